@@ -1,0 +1,251 @@
+"""sqlitekv: a persistent KVStore on one SQLite file (stdlib sqlite3, WAL mode).
+
+Meta (``[Common.DB.Plugin.Meta]``):
+    Path         database file, required; parent folders are created
+    Synchronous  OFF | NORMAL (default) | FULL | EXTRA: SQLite's PRAGMA synchronous
+
+All collections share one table keyed by (collection, key); keys are BLOBs, so SQLite's memcmp
+order is byte order and a prefix scan is the key range [prefix, successor(prefix)).
+Transactions are pessimistic (update takes the write lock with BEGIN IMMEDIATE), so they never
+conflict. Puts inside an update are buffered and written with executemany before the next read
+or at commit: bulk imports run in one statement loop inside SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from typing import Callable, Iterator, TypeVar
+
+from vsm.sdk import KeyNotFoundError
+
+__all__ = ["open"]
+
+T = TypeVar("T")
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_PAGE = 1024  # rows fetched per scan query: bounded memory whatever the collection's size
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    coll TEXT NOT NULL,
+    k    BLOB NOT NULL,
+    v    BLOB NOT NULL,
+    PRIMARY KEY (coll, k)
+)
+"""
+
+
+def open(meta: dict[str, str]) -> SqliteDB:  # noqa: A001 - the exported Constructor's name
+    """Constructor: open (creating if needed) the database at meta["Path"]."""
+    path = meta.get("Path", "")
+    if not path:
+        raise ValueError("sqlitekv: Meta 'Path' is required: set [Common.DB.Plugin.Meta] Path = \"/path/to/kv.db\"")
+    sync = meta.get("Synchronous", "NORMAL").upper()
+    if sync not in _SYNCHRONOUS:
+        raise ValueError(f"sqlitekv: Meta 'Synchronous' = {meta['Synchronous']!r}; use one of {', '.join(_SYNCHRONOUS)}")
+    return SqliteDB(path, sync)
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with prefix; None if there is none."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class SqliteIter:
+    """Keys in order, fetched a page at a time by key range (keyset pagination)."""
+
+    def __init__(self, fetch: Callable[[bytes | None], list[tuple[bytes, bytes]]]) -> None:
+        self._fetch = fetch
+        self._rows: Iterator[tuple[bytes, bytes]] = iter(())
+        self._last: bytes | None = None
+        self._done = False
+
+    def __iter__(self) -> SqliteIter:
+        return self
+
+    def __next__(self) -> tuple[bytes, bytes]:
+        row = next(self._rows, None)
+        if row is None:
+            if self._done:
+                raise StopIteration
+            page = self._fetch(self._last)
+            self._done = len(page) < _PAGE
+            self._rows = iter(page)
+            row = next(self._rows, None)
+            if row is None:
+                self._done = True
+                raise StopIteration
+        self._last = row[0]
+        return row
+
+    def close(self) -> None:
+        self._done = True
+        self._rows = iter(())
+
+
+class SqliteTxn:
+    """A transaction on one collection; valid only inside the view/update function."""
+
+    def __init__(self, coll: Collection, writable: bool) -> None:
+        self._coll = coll
+        self._writable = writable
+        self._puts: list[tuple[str, bytes, bytes]] = []
+
+    def get(self, key: bytes) -> bytes:
+        self.flush()
+        return self._coll._get(key)
+
+    def peek(self, key: bytes, fn: Callable[[bytes], T]) -> T:
+        return fn(self.get(key))
+
+    def put(self, key: bytes, val: bytes) -> None:
+        self._check_writable()
+        self._puts.append((self._coll.name, bytes(key), bytes(val)))
+
+    def delete(self, key: bytes) -> None:
+        self._check_writable()
+        self.flush()
+        self._coll._delete(key)
+
+    def scan(self, prefix: bytes) -> SqliteIter:
+        self.flush()
+        return SqliteIter(self._coll._page_fn(bytes(prefix), self.flush))
+
+    def flush(self) -> None:
+        """Write the buffered puts, so reads and deletes see them in order."""
+        if self._puts:
+            puts, self._puts = self._puts, []
+            self._coll._conn.executemany("INSERT OR REPLACE INTO kv (coll, k, v) VALUES (?, ?, ?)", puts)
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            raise PermissionError("sqlitekv: write in a view transaction; use update")
+
+
+class Collection:
+    """One named collection (a KVStore) of a SqliteDB."""
+
+    def __init__(self, db: SqliteDB, name: str) -> None:
+        self.name = name
+        self._db = db
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self._db._connection()
+
+    def view(self, fn: Callable[[SqliteTxn], T]) -> T:
+        with self._db._lock:
+            conn = self._conn
+            conn.execute("BEGIN")
+            try:
+                return fn(SqliteTxn(self, writable=False))
+            finally:
+                conn.execute("COMMIT")  # a read transaction: ending it releases the snapshot
+
+    def update(self, fn: Callable[[SqliteTxn], T]) -> T:
+        with self._db._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                txn = SqliteTxn(self, writable=True)
+                result = fn(txn)
+                txn.flush()
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return result
+
+    def need_retry_transactions(self) -> bool:
+        return False
+
+    def get(self, key: bytes) -> bytes:
+        with self._db._lock:
+            return self._get(key)
+
+    def peek(self, key: bytes, fn: Callable[[bytes], T]) -> T:
+        return fn(self.get(key))
+
+    def put(self, key: bytes, val: bytes) -> None:
+        with self._db._lock:
+            self._conn.execute("INSERT OR REPLACE INTO kv (coll, k, v) VALUES (?, ?, ?)", (self.name, bytes(key), bytes(val)))
+
+    def delete(self, key: bytes) -> None:
+        with self._db._lock:
+            self._delete(key)
+
+    def scan(self, prefix: bytes) -> SqliteIter:
+        return SqliteIter(self._page_fn(bytes(prefix), None))
+
+    def _get(self, key: bytes) -> bytes:
+        row = self._conn.execute("SELECT v FROM kv WHERE coll = ? AND k = ?", (self.name, bytes(key))).fetchone()
+        if row is None:
+            raise KeyNotFoundError(f"key not found: {bytes(key)!r}")
+        return row[0]
+
+    def _delete(self, key: bytes) -> None:
+        # Go semantics (badger, mongo): deleting a missing key is not an error.
+        self._conn.execute("DELETE FROM kv WHERE coll = ? AND k = ?", (self.name, bytes(key)))
+
+    def _page_fn(
+        self, prefix: bytes, in_txn_flush: Callable[[], None] | None
+    ) -> Callable[[bytes | None], list[tuple[bytes, bytes]]]:
+        """A page fetcher for SqliteIter: inside a txn it runs on the txn (no lock, flushes
+        buffered puts first); outside, each page is its own short read under the lock."""
+        upper = _successor(prefix)
+        sql = "SELECT k, v FROM kv WHERE coll = ? AND k {} ?" + (" AND k < ?" if upper is not None else "")
+        sql += f" ORDER BY k LIMIT {_PAGE}"
+        first, after = sql.format(">="), sql.format(">")
+
+        def fetch(last: bytes | None) -> list[tuple[bytes, bytes]]:
+            args: tuple[object, ...] = (self.name, prefix if last is None else last)
+            if upper is not None:
+                args += (upper,)
+            query = first if last is None else after
+            if in_txn_flush is not None:
+                in_txn_flush()
+                return self._conn.execute(query, args).fetchall()
+            with self._db._lock:
+                return self._conn.execute(query, args).fetchall()
+
+        return fetch
+
+
+class SqliteDB:
+    """What the Constructor returns: one SQLite file holding every collection."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        self.path = os.path.abspath(path)
+        # One connection shared by the worker's threads, serialised by this lock.
+        self._lock = threading.RLock()
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            conn.execute(_SCHEMA)
+        except sqlite3.Error as e:
+            raise RuntimeError(f"sqlitekv: cannot open database {self.path!r}: {e}") from e
+        self._conn: sqlite3.Connection | None = conn
+
+    def run(self) -> None:
+        """Nothing runs in the background."""
+
+    def close(self) -> None:
+        """Close the database; safe to call twice."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def open_collection(self, name: str) -> Collection:
+        return Collection(self, name)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"sqlitekv: database {self.path!r} is closed")
+        return self._conn
