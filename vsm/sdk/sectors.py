@@ -1,0 +1,507 @@
+"""Sector state types (Go `core.SectorState` and friends), their Go JSON and their Arrow form.
+
+Three encodings of one model, all driven by the field tables below:
+
+    Go JSON (KV value)  <->  SectorState (dataclasses)  <->  Arrow row (SECTOR_STATE_SCHEMA)
+
+- Go JSON: field names and order of `damocles-manager/core`, a cid as `{"/": "bafy..."}` (null
+  when undefined), `[]byte` as base64 (null when nil), `[32]byte` as an array of 32 numbers,
+  `omitempty` where Go has it, Go's string escaping. A state exported by damocles-manager
+  decodes and re-encodes to the same bytes.
+- Arrow: snake_case columns, nested types kept (`pieces` is list<struct<...>>), a cid as its
+  string, null where Go has nil. `SECTOR_EVENT_SCHEMA` prefixes the event columns.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+
+__all__ = [
+    "AllocatedSector",
+    "DealInfoV2",
+    "DealProposal",
+    "EVENT_KINDS",
+    "LegacyDealInfo",
+    "MessageInfo",
+    "PieceInfo",
+    "PieceInfoV2",
+    "PreCommitInfo",
+    "ProofInfo",
+    "ReportStateReq",
+    "SECTOR_EVENT_SCHEMA",
+    "SECTOR_STATE_SCHEMA",
+    "STATE_FIELDS",
+    "Seed",
+    "SectorFailure",
+    "SectorID",
+    "SectorPieceV2",
+    "SectorPublicInfo",
+    "SectorState",
+    "SectorStateChange",
+    "SectorUpgradedInfo",
+    "TerminateInfo",
+    "Ticket",
+    "WorkerIdentifier",
+    "arrow_to_states",
+    "decode_field",
+    "go_dumps",
+    "sector_key",
+    "states_to_arrow",
+]
+
+# Event kinds, in the order of the Go hooks (plus "revert": a write-ahead event whose KV commit
+# failed is followed by one carrying the state the KV really holds; see vsm/sectors/_journal.py).
+EVENT_KINDS = ("import", "init", "update", "finalize", "restore", "revert")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class SectorID:
+    miner: int
+    number: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocatedSector:
+    id: SectorID
+    proof_type: int
+
+
+def sector_key(sid: SectorID) -> bytes:
+    """The KV key of a sector's state: `m-<miner>-n-<number>` (Go `makeSectorKey`)."""
+    return b"m-%d-n-%d" % (sid.miner, sid.number)
+
+
+# --- field codecs --------------------------------------------------------------------------
+# Each dataclass lists its fields in Go order with metadata: go name, encoding, omitempty.
+# enc: "int" | "uint" | "bool" | "str" | "cid" | "bytes" | "bytes32" | "uints" | a dataclass
+# (struct) | ("list", dataclass).
+
+
+def _f(go: str, enc: Any, default: Any = None, *, omitempty: bool = False, factory: Any = None) -> Any:
+    md = {"go": go, "enc": enc, "omitempty": omitempty}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=md)
+    return dataclasses.field(default=default, metadata=md)
+
+
+@dataclasses.dataclass
+class Ticket:
+    ticket: bytes | None = _f("Ticket", "bytes")
+    epoch: int = _f("Epoch", "int", 0)
+
+
+@dataclasses.dataclass
+class Seed:
+    seed: bytes | None = _f("Seed", "bytes")
+    epoch: int = _f("Epoch", "int", 0)
+
+
+@dataclasses.dataclass
+class PieceInfo:
+    """Legacy `core.PieceInfo`."""
+
+    size: int = _f("Size", "uint", 0)
+    offset: int = _f("Offset", "uint", 0)
+    cid: str | None = _f("Cid", "cid")
+
+
+@dataclasses.dataclass
+class DealProposal:
+    """`market.DealProposal`; token amounts are decimal strings as in Go's JSON."""
+
+    piece_cid: str | None = _f("PieceCID", "cid")
+    piece_size: int = _f("PieceSize", "uint", 0)
+    verified_deal: bool = _f("VerifiedDeal", "bool", False)
+    client: str = _f("Client", "str", "")
+    provider: str = _f("Provider", "str", "")
+    label: str = _f("Label", "str", "")
+    start_epoch: int = _f("StartEpoch", "int", 0)
+    end_epoch: int = _f("EndEpoch", "int", 0)
+    storage_price_per_epoch: str = _f("StoragePricePerEpoch", "str", "0")
+    provider_collateral: str = _f("ProviderCollateral", "str", "0")
+    client_collateral: str = _f("ClientCollateral", "str", "0")
+
+
+@dataclasses.dataclass
+class LegacyDealInfo:
+    """One entry of the legacy `Deals` list (Go `LegacyDealInfo`, formerly `DealInfo`)."""
+
+    id: int = _f("ID", "uint", 0)
+    payload_size: int = _f("PayloadSize", "uint", 0)
+    piece: PieceInfo = _f("Piece", PieceInfo, factory=PieceInfo)
+    proposal: DealProposal | None = _f("Proposal", DealProposal)
+    is_compatible: bool = _f("IsCompatible", "bool", False)
+
+
+@dataclasses.dataclass
+class PieceInfoV2:
+    """`abi.PieceInfo`."""
+
+    size: int = _f("Size", "uint", 0)
+    piece_cid: str | None = _f("PieceCID", "cid")
+
+
+@dataclasses.dataclass
+class DealInfoV2:
+    """`core.DealInfoV2`: the fields of the embedded `market.DealInfoV2`, then two flags."""
+
+    deal_id: int = _f("DealID", "uint", 0)
+    publish_cid: str | None = _f("PublishCid", "cid")
+    allocation_id: int = _f("AllocationID", "uint", 0)
+    piece_cid: str | None = _f("PieceCID", "cid")
+    piece_size: int = _f("PieceSize", "uint", 0)
+    client: str = _f("Client", "str", "")
+    provider: str = _f("Provider", "str", "")
+    offset: int = _f("Offset", "uint", 0)
+    length: int = _f("Length", "uint", 0)
+    payload_size: int = _f("PayloadSize", "uint", 0)
+    start_epoch: int = _f("StartEpoch", "int", 0)
+    end_epoch: int = _f("EndEpoch", "int", 0)
+    is_builtin_market: bool = _f("IsBuiltinMarket", "bool", False)
+    is_compatible: bool = _f("IsCompatible", "bool", False)
+
+
+@dataclasses.dataclass
+class SectorPieceV2:
+    piece: PieceInfoV2 = _f("Piece", PieceInfoV2, factory=PieceInfoV2)
+    deal_info: DealInfoV2 | None = _f("DealInfo", DealInfoV2)
+
+
+@dataclasses.dataclass
+class PreCommitInfo:
+    comm_r: str | None = _f("CommR", "cid")
+    comm_d: str | None = _f("CommD", "cid")
+    ticket: Ticket = _f("Ticket", Ticket, factory=Ticket)
+    deals: list[int] | None = _f("Deals", "uints")
+
+
+@dataclasses.dataclass
+class ProofInfo:
+    proof: bytes | None = _f("Proof", "bytes")
+
+
+@dataclasses.dataclass
+class MessageInfo:
+    pre_commit_cid: str | None = _f("PreCommitCid", "cid")
+    commit_cid: str | None = _f("CommitCid", "cid")
+    need_send: bool = _f("NeedSend", "bool", False)
+
+
+@dataclasses.dataclass
+class TerminateInfo:
+    terminate_cid: str | None = _f("TerminateCid", "cid")
+    terminated_at: int = _f("TerminatedAt", "int", 0)
+    added_height: int = _f("AddedHeight", "int", 0)
+
+
+@dataclasses.dataclass
+class WorkerIdentifier:
+    instance: str = _f("Instance", "str", "")
+    location: str = _f("Location", "str", "")
+
+
+@dataclasses.dataclass
+class SectorStateChange:
+    prev: str = _f("Prev", "str", "")
+    next: str = _f("Next", "str", "")
+    event: str = _f("Event", "str", "")
+
+
+@dataclasses.dataclass
+class SectorFailure:
+    level: str = _f("Level", "str", "")
+    desc: str = _f("Desc", "str", "")
+
+
+@dataclasses.dataclass
+class ReportStateReq:
+    worker: WorkerIdentifier = _f("Worker", WorkerIdentifier, factory=WorkerIdentifier)
+    state_change: SectorStateChange = _f("StateChange", SectorStateChange, factory=SectorStateChange)
+    failure: SectorFailure | None = _f("Failure", SectorFailure)
+
+
+@dataclasses.dataclass
+class SectorPublicInfo:
+    comm_r: bytes = _f("CommR", "bytes32", b"\0" * 32)
+    sealed_cid: str | None = _f("SealedCID", "cid")
+    activation: int = _f("Activation", "int", 0)
+    expiration: int = _f("Expiration", "int", 0)
+
+
+@dataclasses.dataclass
+class SectorUpgradedInfo:
+    access_instance: str = _f("AccessInstance", "str", "")
+    sealed_cid: str | None = _f("SealedCID", "cid")
+    unsealed_cid: str | None = _f("UnsealedCID", "cid")
+    proof: bytes | None = _f("Proof", "bytes")
+
+
+@dataclasses.dataclass
+class SectorState:
+    """Go `core.SectorState`. `id` is JSON `ID: {Miner, Number}`; Arrow columns `miner`, `number`."""
+
+    id: SectorID = _f("ID", "id", factory=lambda: SectorID(0, 0))
+    sector_type: int = _f("SectorType", "int", 0)
+    ticket: Ticket | None = _f("Ticket", Ticket, omitempty=True)
+    seed: Seed | None = _f("Seed", Seed, omitempty=True)
+    deals: list[LegacyDealInfo] | None = _f("Deals", ("list", LegacyDealInfo))
+    pieces: list[SectorPieceV2] | None = _f("Pieces", ("list", SectorPieceV2))
+    pre: PreCommitInfo | None = _f("Pre", PreCommitInfo, omitempty=True)
+    proof: ProofInfo | None = _f("Proof", ProofInfo, omitempty=True)
+    message_info: MessageInfo = _f("MessageInfo", MessageInfo, factory=MessageInfo)
+    terminate_info: TerminateInfo = _f("TerminateInfo", TerminateInfo, factory=TerminateInfo)
+    latest_state: ReportStateReq | None = _f("LatestState", ReportStateReq, omitempty=True)
+    finalized: bool = _f("Finalized", "bool", False)
+    removed: bool = _f("Removed", "bool", False)
+    abort_reason: str = _f("AbortReason", "str", "")
+    upgraded: bool = _f("Upgraded", "bool", False)
+    upgrade_public: SectorPublicInfo | None = _f("UpgradePublic", SectorPublicInfo)
+    upgraded_info: SectorUpgradedInfo | None = _f("UpgradedInfo", SectorUpgradedInfo)
+    upgrade_message_id: str | None = _f("UpgradeMessageID", "optstr")
+    upgrade_landed_epoch: int | None = _f("UpgradeLandedEpoch", "optint")
+    imported: bool = _f("Imported", "bool", False)
+    need_rebuild: bool = _f("NeedRebuild", "bool", False)
+    unsealing: bool = _f("Unsealing", "bool", False)
+
+    # -- Go JSON --
+    def to_go_dict(self) -> dict[str, Any]:
+        """The state as Go's encoding/json would build it (ordered dict of JSON values)."""
+        return _CODECS[SectorState].to_go(self)  # type: ignore[no-any-return]
+
+    def to_go_json(self) -> bytes:
+        """The exact bytes Go's json.Marshal writes for this state."""
+        return go_dumps(self.to_go_dict())
+
+    @classmethod
+    def from_go_dict(cls, d: Mapping[str, Any]) -> SectorState:
+        return _CODECS[SectorState].from_go(d)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_go_json(cls, data: bytes | str) -> SectorState:
+        return cls.from_go_dict(json.loads(data))
+
+    # -- Arrow --
+    def to_arrow_row(self) -> dict[str, Any]:
+        """One row of SECTOR_STATE_SCHEMA as a Python dict (for pa.RecordBatch.from_pylist)."""
+        return _CODECS[SectorState].to_row(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_arrow_row(cls, row: Mapping[str, Any]) -> SectorState:
+        return _CODECS[SectorState].from_row(row)  # type: ignore[no-any-return]
+
+
+# Go field name -> Python attribute of SectorState, in Go order: what update() accepts.
+STATE_FIELDS: dict[str, str] = {
+    f.metadata["go"]: f.name for f in dataclasses.fields(SectorState)
+}
+
+
+# --- Go JSON text --------------------------------------------------------------------------
+
+_GO_ESC = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_GO_ESC_RE = re.compile("[<>&\u2028\u2029]")
+_PY_SHORT_RE = re.compile(r"\\(.)")
+
+
+def _py_short(m: re.Match[str]) -> str:
+    c = m.group(1)
+    return "\\u0008" if c == "b" else "\\u000c" if c == "f" else m.group(0)
+
+
+def go_dumps(value: Any) -> bytes:
+    """json.dumps with Go's encoding/json output: compact, HTML-safe escapes, UTF-8 kept."""
+    s = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if _GO_ESC_RE.search(s):
+        s = _GO_ESC_RE.sub(lambda m: _GO_ESC[m.group(0)], s)
+    if "\\b" in s or "\\f" in s:  # Go writes \u0008 / \u000c; pairs scanned left to right
+        s = _PY_SHORT_RE.sub(_py_short, s)
+    return s.encode()
+
+
+# --- codecs, compiled once per dataclass -------------------------------------------------
+
+
+class _Codec:
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.fields: list[tuple[str, str, Any, bool]] = [
+            (f.name, f.metadata["go"], f.metadata["enc"], f.metadata["omitempty"]) for f in dataclasses.fields(cls)
+        ]
+
+    # Go JSON
+    def to_go(self, obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, go, enc, omit in self.fields:
+            v = getattr(obj, name)
+            if omit and v is None:
+                continue
+            out[go] = _enc_go(enc, v)
+        return out
+
+    def from_go(self, d: Mapping[str, Any]) -> Any:
+        kw = {}
+        for name, go, enc, _ in self.fields:
+            if go in d:
+                kw[name] = _dec_go(enc, d[go])
+        return self.cls(**kw)
+
+    # Arrow rows
+    def to_row(self, obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, _, enc, _ in self.fields:
+            v = getattr(obj, name)
+            if enc == "id":
+                out["miner"] = v.miner
+                out["number"] = v.number
+            elif isinstance(enc, type):
+                out[name] = None if v is None else _CODECS[enc].to_row(v)
+            elif isinstance(enc, tuple):
+                out[name] = None if v is None else [_CODECS[enc[1]].to_row(x) for x in v]
+            else:
+                out[name] = v
+        return out
+
+    def from_row(self, row: Mapping[str, Any]) -> Any:
+        kw: dict[str, Any] = {}
+        for name, _, enc, _ in self.fields:
+            if enc == "id":
+                kw[name] = SectorID(row["miner"], row["number"])
+                continue
+            v = row.get(name)
+            if isinstance(enc, type):
+                kw[name] = None if v is None else _CODECS[enc].from_row(v)
+            elif isinstance(enc, tuple):
+                kw[name] = None if v is None else [_CODECS[enc[1]].from_row(x) for x in v]
+            elif v is None and enc in ("int", "uint"):
+                kw[name] = 0
+            elif v is None and enc == "bool":
+                kw[name] = False
+            elif v is None and enc == "str":
+                kw[name] = ""
+            else:
+                kw[name] = v
+        return self.cls(**kw)
+
+
+def _enc_go(enc: Any, v: Any) -> Any:
+    if enc == "cid":
+        return None if v is None else {"/": v}
+    if enc == "bytes":
+        return None if v is None else base64.b64encode(v).decode()
+    if enc == "bytes32":
+        return list(v)
+    if enc == "id":
+        return {"Miner": v.miner, "Number": v.number}
+    if isinstance(enc, type):
+        return None if v is None else _CODECS[enc].to_go(v)
+    if isinstance(enc, tuple):
+        return None if v is None else [_CODECS[enc[1]].to_go(x) for x in v]
+    return v  # int, uint, bool, str, optint, optstr, uints
+
+
+def _dec_go(enc: Any, v: Any) -> Any:
+    if v is None:
+        return None if enc not in ("int", "uint", "bool", "str") else _ZERO[enc]
+    if enc == "cid":
+        return v["/"]
+    if enc == "bytes":
+        return base64.b64decode(v)
+    if enc == "bytes32":
+        return bytes(v)
+    if enc == "id":
+        return SectorID(int(v.get("Miner", 0)), int(v.get("Number", 0)))
+    if isinstance(enc, type):
+        return _CODECS[enc].from_go(v)
+    if isinstance(enc, tuple):
+        return [_CODECS[enc[1]].from_go(x) for x in v]
+    return v
+
+
+_ZERO = {"int": 0, "uint": 0, "bool": False, "str": ""}
+
+_CODECS: dict[type, _Codec] = {
+    c: _Codec(c)
+    for c in (
+        Ticket, Seed, PieceInfo, DealProposal, LegacyDealInfo, PieceInfoV2, DealInfoV2, SectorPieceV2,
+        PreCommitInfo, ProofInfo, MessageInfo, TerminateInfo, WorkerIdentifier, SectorStateChange,
+        SectorFailure, ReportStateReq, SectorPublicInfo, SectorUpgradedInfo, SectorState,
+    )
+}
+
+
+def decode_field(go_name: str, value: Any) -> Any:
+    """A typed value for SectorState field `go_name` from its Go JSON form (or pass typed through)."""
+    f = _FIELD_BY_GO[go_name]
+    enc = f.metadata["enc"]
+    if isinstance(value, Mapping) and isinstance(enc, type):
+        return _CODECS[enc].from_go(value)
+    if isinstance(enc, tuple) and isinstance(value, list) and value and isinstance(value[0], Mapping):
+        return [_CODECS[enc[1]].from_go(x) for x in value]
+    if enc == "cid" and isinstance(value, Mapping):
+        return value["/"]
+    return value
+
+
+_FIELD_BY_GO = {f.metadata["go"]: f for f in dataclasses.fields(SectorState)}
+
+
+# --- Arrow schemas -----------------------------------------------------------------------
+
+_ARROW_SCALAR = {
+    "int": pa.int64(),
+    "uint": pa.uint64(),
+    "bool": pa.bool_(),
+    "str": pa.string(),
+    "cid": pa.string(),
+    "bytes": pa.binary(),
+    "bytes32": pa.binary(32),
+    "uints": pa.list_(pa.uint64()),
+    "optint": pa.int64(),
+    "optstr": pa.string(),
+}
+
+
+def _arrow_type(enc: Any) -> pa.DataType:
+    if isinstance(enc, type):
+        return pa.struct([pa.field(f.name, _arrow_type(f.metadata["enc"])) for f in dataclasses.fields(enc)])
+    if isinstance(enc, tuple):
+        return pa.list_(_arrow_type(enc[1]))
+    return _ARROW_SCALAR[enc]
+
+
+def _state_fields() -> list[pa.Field]:
+    out = [pa.field("miner", pa.uint64(), nullable=False), pa.field("number", pa.uint64(), nullable=False)]
+    for f in dataclasses.fields(SectorState):
+        if f.metadata["enc"] != "id":
+            out.append(pa.field(f.name, _arrow_type(f.metadata["enc"])))
+    return out
+
+
+SECTOR_STATE_SCHEMA: pa.Schema = pa.schema(_state_fields())
+
+SECTOR_EVENT_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("seq", pa.uint64(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # one of EVENT_KINDS
+        pa.field("time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("worker_state", pa.string(), nullable=False),  # "online" | "offline"
+        pa.field("changed_fields", pa.list_(pa.string())),  # Go field names
+        *_state_fields(),
+    ]
+)
+
+
+def states_to_arrow(states: Sequence[SectorState], schema: pa.Schema = SECTOR_STATE_SCHEMA) -> pa.RecordBatch:
+    """A RecordBatch of full states (SECTOR_STATE_SCHEMA)."""
+    return pa.RecordBatch.from_pylist([s.to_arrow_row() for s in states], schema=schema)
+
+
+def arrow_to_states(batch: pa.RecordBatch | pa.Table) -> list[SectorState]:
+    """SectorState objects of every row (either schema)."""
+    return [SectorState.from_arrow_row(r) for r in batch.to_pylist()]
