@@ -1,0 +1,27 @@
+"""Conformance kits: the rules a plugin of each kind must keep, runnable against any
+implementation object (imported in-process, or a pooled proxy; both satisfy the SDK protocols).
+
+    results = run_kvstore_kit(db)            # db: a running kvstore.DB
+    results = run_objstore_kit(make_store)   # make_store(read_only: bool) -> objstore.Store
+    print(format_results(results))
+
+Each check is a function whose docstring states its rule; `KVSTORE_CHECKS` and
+`OBJSTORE_CHECKS` list them, so a test suite can run them one by one.
+"""
+
+from __future__ import annotations
+
+from ._kvstore import KVSTORE_CHECKS, KitError, run_kvstore_kit
+from ._objstore import OBJSTORE_CHECKS, MakeStore, run_objstore_kit
+from ._result import CheckResult, format_results
+
+__all__ = [
+    "KVSTORE_CHECKS",
+    "OBJSTORE_CHECKS",
+    "CheckResult",
+    "KitError",
+    "MakeStore",
+    "format_results",
+    "run_kvstore_kit",
+    "run_objstore_kit",
+]
