@@ -1,0 +1,90 @@
+"""The pool seam: what proxies in `vsm/` call. Backends (local processes now, Ray later,
+in-process for tests and baselines) implement `Pool`; nothing above this file knows which.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import enum
+import io
+from typing import Any, BinaryIO, Callable, Protocol
+
+__all__ = ["Pool", "PoolSpec", "PoolState"]
+
+
+class PoolState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DEGRADED = "degraded"  # some worker is being restarted after a crash or a timeout
+    FAILED = "failed"  # crash loop: gave up restarting; calls raise PoolBroken
+    CLOSED = "closed"
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSpec:
+    """How to run one plugin's pool.
+
+    `init` runs once in every worker (and again in each replacement worker); it returns the
+    worker's service object, whose methods the calls name. It must pickle by reference
+    (a module-level function, or functools.partial of one) or by value with cloudpickle.
+    """
+
+    name: str  # shown in every error and status, e.g. "KVStore/memdb"
+    init: Callable[[], Any]
+    workers: int = 1
+    call_timeout: float | None = 60.0  # default per call; None = no limit
+    start_timeout: float = 60.0
+    shutdown_method: str | None = None  # called on each worker's object at close (OnShutdown)
+    ring_slots: int = 0  # shared-memory slots per worker for byte streams; 0 = no streams
+    slot_bytes: int = 8 << 20
+    max_restarts: int = 5  # crashes within restart_window before the pool is FAILED
+    restart_window: float = 60.0
+    preload: tuple[str, ...] = ()  # modules imported once, before workers fork
+
+
+class Pool(Protocol):
+    spec: PoolSpec
+
+    @property
+    def state(self) -> PoolState: ...
+
+    def start(self) -> None:
+        """Start every worker and run init in it; raises PoolStartError naming the cause."""
+        ...
+
+    def call(self, method: str, *args: Any, timeout: float | None = ..., worker: int | None = None) -> Any:
+        """Run obj.method(*args) in some worker (or in worker `worker`) and return its value."""
+        ...
+
+    def submit(
+        self, method: str, *args: Any, timeout: float | None = ..., worker: int | None = None
+    ) -> concurrent.futures.Future[Any]:
+        """Like call, without waiting. The future's `.worker` attribute is set to the id of the
+        worker that took the call (usable as `worker=` for calls that need the same worker)."""
+        ...
+
+    def broadcast(self, method: str, *args: Any, replay: bool = False) -> list[Any]:
+        """Run obj.method(*args) in every live worker; with replay=True also in every worker
+        started later (before it takes calls): this is how per-worker setup is kept."""
+        ...
+
+    def stream_put(self, method: str, args: tuple[Any, ...], source: BinaryIO, timeout: float | None = ...) -> Any:
+        """Run obj.method(*args, reader) in one worker, where reader yields the bytes of source
+        (read with source.readinto straight into shared memory). Returns what method returns."""
+        ...
+
+    def stream_get(self, method: str, args: tuple[Any, ...], timeout: float | None = ...) -> io.RawIOBase:
+        """Run obj.method(*args) in one worker; it returns a binary reader whose bytes come back
+        through shared memory. The returned stream is readable; closing it early cancels."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """{"name", "state", "workers": [{"id", "pid", "busy", "calls"}], "restarts",
+        "calls", "errors", "last_error", "latency_sum", ...}"""
+        ...
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking calls, let in-flight calls finish (up to timeout, then fail them),
+        call shutdown_method in each worker, stop every worker, free shared memory. Idempotent."""
+        ...

@@ -1,0 +1,51 @@
+"""Shared test guards: every test leaves no child process and no shared-memory segment."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+
+# Long-lived helpers of the multiprocess library, shared by every pool of the test session.
+_SESSION_HELPERS = ("forkserver", "resource_tracker")
+
+
+def _ours(proc: psutil.Process, me: psutil.Process) -> bool:
+    """A leftover of the test, not the session's fork server (a direct child; the workers it
+    forks share its command line but are its children)."""
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        helper = proc.ppid() == me.pid and any(h in " ".join(proc.cmdline()) for h in _SESSION_HELPERS)
+    except psutil.Error:
+        return False
+    return not helper
+
+
+def _shm() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if not n.startswith(("sem.", "PostgreSQL."))}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves a child process or a new /dev/shm segment behind."""
+    before = _shm()
+    yield
+    me = psutil.Process()
+    deadline = time.monotonic() + 5
+    while True:
+        children = [c for c in me.children(recursive=True) if _ours(c, me)]
+        if not children or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for c in children:  # kill them so one leak does not cascade into every later test
+        c.kill()
+    leaked = _shm() - before
+    assert not children, f"test left processes behind: {[(c.pid, c.cmdline()[:3]) for c in children]}"
+    assert not leaked, f"test left shared memory behind: {sorted(leaked)}"

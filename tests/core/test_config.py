@@ -1,0 +1,112 @@
+"""Config: the seed's keys, and one line naming file and key path for every mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from vsm.config import default_config_text, load_config, resolve_home
+from vsm.errors import ConfigError
+
+from .conftest import run_cli
+
+
+def _load(tmp_path, text):
+    (tmp_path / "config.toml").write_text(text)
+    return load_config(None, tmp_path)
+
+
+def test_default_config_loads_and_uses_embedded_plugins(tmp_path):
+    cfg, warnings = _load(tmp_path, default_config_text(tmp_path))
+    assert warnings == []
+    assert cfg.db.driver == "sqlite" and cfg.db.plugin_name == "sqlitekv"
+    assert cfg.db.meta == {"Path": str(tmp_path / "data" / "kv.sqlite")}
+    assert [s.name for s in cfg.piece_stores] == ["pieces"] and cfg.piece_stores[0].plugin_name == "fsstore"
+    assert cfg.plugins_dir == str(tmp_path / "plugins")
+    assert cfg.settings("duckdb").meta["Path"].endswith("sectors.duckdb")
+
+
+def test_seed_keys(tmp_path):
+    cfg, _ = _load(
+        tmp_path,
+        """
+[Common.Plugins]
+Dir = "/abs/plugins"
+[Common.Plugins.redis]
+Workers = 4
+CallTimeout = 2.5
+[[Common.PieceStores]]
+Name = "my-s3-store"
+Path = "/path"
+PluginName = "s3store"
+[Common.PieceStores.Meta]
+Bucket = "mybucket"
+[[Common.PersistStores]]
+Path = "/mnt/sealed"
+ReadOnly = true
+Weight = 0
+[Common.DB]
+Driver = "Plugin"
+[Common.DB.Plugin]
+PluginName = "redis"
+[Common.DB.Plugin.Meta]
+Addr = "127.0.0.1:6379"
+""",
+    )
+    assert cfg.plugins_dir == "/abs/plugins"
+    assert cfg.settings("redis").workers == 4 and cfg.settings("redis").call_timeout == 2.5
+    s3 = cfg.piece_stores[0]
+    assert (s3.name, s3.path, s3.plugin_name, s3.meta) == ("my-s3-store", "/path", "s3store", {"Bucket": "mybucket"})
+    sealed = cfg.persist_stores[0]
+    assert sealed.name == "/mnt/sealed" and sealed.read_only and sealed.weight == 1  # Go: empty Name is Path, Weight 0 is 1
+    assert (cfg.db.driver, cfg.db.plugin_name, cfg.db.meta) == ("plugin", "redis", {"Addr": "127.0.0.1:6379"})
+
+
+@pytest.mark.parametrize(
+    "text, key, cause",
+    [
+        ("[Common.DB\n", "", "TOML syntax error"),
+        ('[[Common.PieceStores]]\nPath = "/p"\nWeight = "heavy"\n', "Common.PieceStores[0].Weight", "must be an integer, got 'heavy'"),
+        ("[[Common.PieceStores]]\nName = 'x'\n", "Common.PieceStores[0].Path", "missing"),
+        ('[Common.DB]\nDriver = "mongo"\n', "Common.DB.Driver", "unsupported db driver 'mongo'"),
+        ('[Common.DB]\nDriver = "plugin"\n', "Common.DB.Plugin.PluginName", "missing"),
+        ("[Common.Plugins.redis]\nWorkers = 0\n", "Common.Plugins.redis.Workers", "greater than 0"),
+        ("[Common.Plugins]\nStrict = 'yes'\n", "Common.Plugins.Strict", "must be true or false"),
+        ('[[Common.PieceStores]]\nName="a"\nPath="/x"\n[[Common.PersistStores]]\nName="a"\nPath="/y"\n', "Common.PersistStores[0].Name", "used twice"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path, text, key, cause):
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text)
+    assert info.value.file == str(tmp_path / "config.toml") and info.value.key == key
+    assert cause in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file does not exist"):
+        load_config(tmp_path / "nope.toml", tmp_path)
+
+
+def test_unknown_keys_warn(tmp_path):
+    _, warnings = _load(tmp_path, "[Common.DB]\nDriverr = 'x'\n[Extra]\n")
+    assert any("Common.DB.Driverr: unknown key" in w for w in warnings)
+    assert any("Extra: unknown key" in w for w in warnings)
+
+
+def test_home_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("VSM_HOME", str(tmp_path / "env"))
+    assert resolve_home(None) == tmp_path / "env"
+    assert resolve_home(tmp_path / "flag") == tmp_path / "flag"
+    monkeypatch.delenv("VSM_HOME")
+    assert resolve_home(None).name == ".vsm-pool"
+
+
+def test_config_init_writes_home(tmp_path):
+    home = tmp_path / "home"
+    proc = run_cli("config", "init", "--home", str(home), check=True)
+    assert proc.stdout.strip() == str(home / "config.toml")
+    cfg, warnings = load_config(None, home)
+    assert warnings == []
+    built = sorted(p.name for p in (home / "plugins").iterdir())
+    assert "plugin-sqlitekv.vsmp" in built and "plugin-fsstore.vsmp" in built and "plugin-memdb.vsmp" in built
+    again = run_cli("config", "init", "--home", str(home))
+    assert again.returncode != 0 and "exists" in again.stderr

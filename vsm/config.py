@@ -1,0 +1,330 @@
+"""The manager's config file (TOML, the seed's keys) and the home folder.
+
+Every problem is one ConfigError naming the file and the key path, e.g.
+`~/.vsm-pool/config.toml: Common.PieceStores[0].Weight: must be an integer, got 'x'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import tomli
+
+from .errors import ConfigError
+
+__all__ = [
+    "ApiConfig",
+    "Config",
+    "DBConfig",
+    "PluginSettings",
+    "SectorSyncConfig",
+    "StoreConfig",
+    "default_config_text",
+    "load_config",
+    "resolve_home",
+]
+
+# Builtin DB drivers are bundled plugins run in their own pool like any other.
+BUILTIN_DB_DRIVERS = {"sqlite": "sqlitekv", "memory": "memdb"}
+BUILTIN_STORE_PLUGIN = "fsstore"
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginSettings:
+    """[Common.Plugins.<name>]: how one plugin's pool runs."""
+
+    workers: int = 1
+    call_timeout: float = 60.0
+    disabled: bool = False
+    meta: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DBConfig:
+    driver: str = "sqlite"
+    plugin_name: str = "sqlitekv"
+    meta: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    """One [[Common.PieceStores]] or [[Common.PersistStores]] entry."""
+
+    key: str  # key path, for messages: "Common.PieceStores[0]"
+    name: str
+    path: str
+    plugin_name: str = BUILTIN_STORE_PLUGIN
+    meta: dict[str, str] = dataclasses.field(default_factory=dict)
+    read_only: bool = False
+    strict: bool = False
+    weight: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SectorSyncConfig:
+    """[Common.SectorSync]: micro-batching of sector-state events and the journal."""
+
+    batch_rows: int = 4096
+    batch_age: float = 0.05  # seconds
+    journal_dir: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiConfig:
+    listen: str = "127.0.0.1:1789"
+    max_body_bytes: int = 1 << 20  # JSON-RPC bodies; piece uploads stream and are not bound
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    file: str
+    home: str
+    plugins_dir: str
+    strict: bool = False
+    plugins: dict[str, PluginSettings] = dataclasses.field(default_factory=dict)
+    db: DBConfig = DBConfig()
+    piece_stores: tuple[StoreConfig, ...] = ()
+    persist_stores: tuple[StoreConfig, ...] = ()
+    sector_sync: SectorSyncConfig = SectorSyncConfig()
+    api: ApiConfig = ApiConfig()
+
+    def settings(self, plugin: str) -> PluginSettings:
+        return self.plugins.get(plugin, PluginSettings())
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.home) / "data"
+
+
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """--home, else $VSM_HOME, else ~/.vsm-pool."""
+    chosen = home or os.environ.get("VSM_HOME") or Path.home() / ".vsm-pool"
+    return Path(chosen).expanduser().resolve()
+
+
+class _Reader:
+    """Typed access to a TOML table that remembers the key path for messages."""
+
+    def __init__(self, file: Path, data: Mapping[str, Any], path: str, warnings: list[str]) -> None:
+        self.file, self.data, self.path, self.warnings = file, data, path, warnings
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any, check: Callable[[Any], str | None] | None = None) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            want = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise ConfigError(self.file, self.key(name), f"must be {want}, got {value!r}")
+        if check and (problem := check(value)):
+            raise ConfigError(self.file, self.key(name), problem)
+        return value
+
+    def table(self, name: str) -> "_Reader":
+        value = self.get(name, dict, {})
+        return _Reader(self.file, value, self.key(name), self.warnings)
+
+    def strings(self, name: str) -> dict[str, str]:
+        table = self.get(name, dict, {})
+        for k, v in table.items():
+            if not isinstance(v, (str, int, float, bool)):
+                raise ConfigError(self.file, f"{self.key(name)}.{k}", f"must be a string, got {v!r}")
+        return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in table.items()}
+
+    def warn_unknown(self, also_allowed: Callable[[str], bool] = lambda _: False) -> None:
+        for k in self.data:
+            if k not in self.used and not also_allowed(k):
+                self.warnings.append(f"{self.file}: {self.key(k)}: unknown key, ignored")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table", list: "a list"}
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config, list[str]]:
+    """Parse and validate the config; returns (config, warnings). Plugin names are checked
+    against the loaded plugins later (`Registry.check_config`), since only then are they known."""
+    path = Path(file) if file else home / "config.toml"
+    try:
+        data = tomli.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "", "config file does not exist (create one with `vsm-pool config init`)") from None
+    except tomli.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"TOML syntax error: {e}") from None
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read config: {e.strerror}") from None
+    warnings: list[str] = []
+    root = _Reader(path, data, "", warnings)
+    common = root.table("Common")
+
+    def local_path(value: str) -> str:  # relative paths are relative to the home folder
+        return str((home / Path(value).expanduser()).resolve()) if value else ""
+
+    plugins_t = common.table("Plugins")
+    plugins_dir = local_path(plugins_t.get("Dir", str, "plugins"))
+    strict = plugins_t.get("Strict", bool, False)
+    settings: dict[str, PluginSettings] = {}
+    for name in plugins_t.data:
+        if name in ("Dir", "Strict"):
+            continue
+        t = plugins_t.table(name)
+        settings[name] = PluginSettings(
+            workers=t.get("Workers", int, 1, _positive),
+            call_timeout=float(t.get("CallTimeout", (int, float), 60.0, _positive)),
+            disabled=t.get("Disabled", bool, False),
+            meta=t.strings("Meta"),
+        )
+        t.warn_unknown()
+
+    db_t = common.table("DB")
+    driver = db_t.get("Driver", str, "sqlite").lower()
+    plugin_t = db_t.table("Plugin")
+    if driver == "plugin":
+        plugin_name = plugin_t.get("PluginName", str, "")
+        if not plugin_name:
+            raise ConfigError(path, "Common.DB.Plugin.PluginName", 'missing: Driver = "plugin" needs the KVStore plugin\'s name')
+        db_meta = plugin_t.strings("Meta")
+    elif driver in BUILTIN_DB_DRIVERS:
+        plugin_name = BUILTIN_DB_DRIVERS[driver]
+        db_meta = plugin_t.strings("Meta") or ({"Path": str(home / "data" / "kv.sqlite")} if driver == "sqlite" else {})
+    else:
+        raise ConfigError(
+            path, "Common.DB.Driver", f"unsupported db driver {driver!r}: expected one of {', '.join([*BUILTIN_DB_DRIVERS, 'plugin'])}"
+        )
+    plugin_t.warn_unknown()
+    db_t.warn_unknown()
+
+    stores = {}
+    for section in ("PieceStores", "PersistStores"):
+        entries = common.get(section, list, [])
+        parsed = []
+        for i, entry in enumerate(entries):
+            key = f"Common.{section}[{i}]"
+            if not isinstance(entry, dict):
+                raise ConfigError(path, key, "must be a table ([[Common.%s]])" % section)
+            t = _Reader(path, entry, key, warnings)
+            store_path = t.get("Path", str, "")
+            if not store_path:
+                raise ConfigError(path, f"{key}.Path", "missing: every store needs a Path")
+            plugin = t.get("PluginName", str, "") or BUILTIN_STORE_PLUGIN
+            resolved = store_path if plugin != BUILTIN_STORE_PLUGIN else local_path(store_path)
+            parsed.append(
+                StoreConfig(
+                    key=key,
+                    name=t.get("Name", str, "") or resolved,
+                    path=resolved,
+                    plugin_name=plugin,
+                    meta=t.strings("Meta"),
+                    read_only=t.get("ReadOnly", bool, False),
+                    strict=t.get("Strict", bool, False),
+                    weight=t.get("Weight", int, 1, lambda v: None if v >= 0 else "must be >= 0") or 1,
+                )
+            )
+            t.warn_unknown(lambda k: k in ("AllowMiners", "DenyMiners", "Plugin"))
+        stores[section] = tuple(parsed)
+    first_use: dict[str, str] = {}
+    for s in stores["PieceStores"] + stores["PersistStores"]:
+        if s.name in first_use:
+            raise ConfigError(path, f"{s.key}.Name", f"store name {s.name!r} is used twice (first by {first_use[s.name]})")
+        first_use[s.name] = s.key
+
+    sync_t = common.table("SectorSync")
+    sector_sync = SectorSyncConfig(
+        batch_rows=sync_t.get("BatchRows", int, 4096, _positive),
+        batch_age=float(sync_t.get("BatchAge", (int, float), 0.05, _positive)),
+        journal_dir=local_path(sync_t.get("JournalDir", str, "data/journal")),
+    )
+    sync_t.warn_unknown()
+    api_t = common.table("Api")
+    api = ApiConfig(
+        listen=api_t.get("Listen", str, "127.0.0.1:1789", lambda v: None if ":" in v else "must be host:port"),
+        max_body_bytes=api_t.get("MaxBodyBytes", int, 1 << 20, _positive),
+    )
+    api_t.warn_unknown()
+    common.warn_unknown()
+    root.warn_unknown()
+    return (
+        Config(
+            file=str(path),
+            home=str(home),
+            plugins_dir=plugins_dir,
+            strict=strict,
+            plugins=settings,
+            db=DBConfig(driver=driver, plugin_name=plugin_name, meta=db_meta),
+            piece_stores=stores["PieceStores"],
+            persist_stores=stores["PersistStores"],
+            sector_sync=sector_sync,
+            api=api,
+        ),
+        warnings,
+    )
+
+
+def default_config_text(home: Path) -> str:
+    """The commented config `vsm-pool config init` writes for a home folder."""
+    data = home / "data"
+    return f'''\
+# vsm-pool config. Relative paths are relative to the home folder holding this file.
+
+[Common.Plugins]
+# Plugin artifacts (plugin-<name>.vsmp) are loaded from here, in file-name order.
+Dir = "plugins"
+# true: any plugin that fails to load or initialise stops start-up.
+Strict = false
+
+# Per-plugin pool settings, keyed by the plugin's manifest name:
+# [Common.Plugins.sqlitekv]
+# Workers = 1          # worker processes (never more than the plugin's maxWorkers)
+# CallTimeout = 60     # seconds; a call past it fails and its worker is replaced
+# Disabled = false
+
+# Meta for SyncSectorState and RegisterJsonRpc plugins (passed to their Constructor):
+[Common.Plugins.duckdb.Meta]
+Path = "{data}/sectors.duckdb"    # `vsm-pool query` reads this database
+[Common.Plugins.parquet.Meta]
+Path = "{data}/parquet"           # Parquet files partitioned by day
+
+[Common.DB]
+# sqlite (default: embedded, persistent) | memory | plugin
+Driver = "sqlite"
+[Common.DB.Plugin.Meta]
+Path = "{data}/kv.sqlite"
+# With Driver = "plugin":
+# [Common.DB.Plugin]
+# PluginName = "redis"           # the manifest name, not the file name
+# [Common.DB.Plugin.Meta]
+# Addr = "127.0.0.1:6379"
+
+[[Common.PieceStores]]
+Name = "pieces"
+Path = "{data}/pieces"
+# PluginName = "s3store"         # empty: the bundled fsstore
+# ReadOnly = false
+# [Common.PieceStores.Meta]
+# Bucket = "mybucket"
+
+# [[Common.PersistStores]]
+# Name = "sealed"
+# Path = "/mnt/sealed"
+# Weight = 1
+# Strict = false
+
+[Common.SectorSync]
+BatchRows = 4096     # flush a batch of sector-state events at this many rows...
+BatchAge = 0.05      # ...or after this many seconds
+JournalDir = "{data}/journal"
+
+[Common.Api]
+Listen = "127.0.0.1:1789"
+'''

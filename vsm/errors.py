@@ -1,0 +1,44 @@
+"""Errors the manager reports to operators. Each renders as one line naming the file, key or
+plugin, and the cause.
+
+Tree::
+
+    VsmError
+    ├── ManifestError      manifest.toml (or an artifact's manifest) is wrong: file, key, cause
+    ├── ArtifactError      an artifact file is missing, truncated or not an artifact
+    ├── ConfigError        the config file is wrong: file, key path, cause
+    └── PluginLoadError    a plugin can't be loaded (duplicate name, SPI/Python mismatch,
+                           missing requirement, OnInit failed)
+"""
+
+from __future__ import annotations
+
+__all__ = ["ArtifactError", "ConfigError", "ManifestError", "PluginLoadError", "VsmError"]
+
+
+class VsmError(Exception):
+    """Base of the manager's own errors."""
+
+
+class ManifestError(VsmError):
+    def __init__(self, file: object, key: str, cause: str) -> None:
+        self.file, self.key, self.cause = str(file), key, cause
+        where = f"{self.file}: {key}" if key else self.file
+        super().__init__(f"{where}: {cause}")
+
+
+class ArtifactError(VsmError):
+    def __init__(self, file: object, cause: str) -> None:
+        self.file, self.cause = str(file), cause
+        super().__init__(f"{self.file}: {cause}")
+
+
+class ConfigError(VsmError):
+    def __init__(self, file: object, key: str, cause: str) -> None:
+        self.file, self.key, self.cause = str(file), key, cause
+        where = f"{self.file}: {key}" if key else self.file
+        super().__init__(f"{where}: {cause}")
+
+
+class PluginLoadError(VsmError):
+    pass

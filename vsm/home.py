@@ -1,0 +1,60 @@
+"""The home folder: config.toml, plugins/ (artifacts), data/, the API token and the pid lock.
+
+    ~/.vsm-pool/            (--home, or $VSM_HOME)
+      config.toml           commented default written on first use
+      plugins/              plugin-<name>.vsmp; the bundled plugins are built here on first use
+      data/                 kv.sqlite, pieces/, journal/, sectors.duckdb, parquet/
+      token                 API bearer token, mode 0600
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import tomli
+from loguru import logger
+
+from .artifact import artifact_name, build
+from .config import default_config_text
+
+__all__ = ["DEFAULT_PLUGINS", "bundled_plugins_dir", "bundled_plugin_sources", "ensure_home"]
+
+# Bundled plugins built into a new home: the embedded default needs no server. The plugins for
+# real backends (redis, s3store, sqlsink) are built on request: `vsm-pool plugin build --bundled`.
+DEFAULT_PLUGINS = ("memdb", "sqlitekv", "fsstore", "duckdb_sink", "parquet_sink", "limiter")
+
+
+def bundled_plugins_dir() -> Path:
+    """plugins/ of the source tree, or its copy inside an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_bundled" / "plugins", here.parent / "plugins"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("the bundled plugins are missing from this installation of vsm-pool")
+
+
+def bundled_plugin_sources() -> list[Path]:
+    return sorted(p for p in bundled_plugins_dir().iterdir() if (p / "manifest.toml").is_file())
+
+
+def ensure_home(home: Path) -> Path:
+    """Create the home folder's layout and default config if missing; build any bundled plugin
+    whose artifact is not in the plugins dir yet. Returns the config file."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "data").mkdir(exist_ok=True)
+    plugins = home / "plugins"
+    plugins.mkdir(exist_ok=True)
+    config = home / "config.toml"
+    if not config.exists():
+        config.write_text(default_config_text(home), encoding="utf-8")
+        logger.info("wrote default config {}", config)
+    for src in bundled_plugin_sources():
+        if src.name not in DEFAULT_PLUGINS:
+            continue
+        name = tomli.loads((src / "manifest.toml").read_text(encoding="utf-8"))["name"]
+        if not (plugins / artifact_name(name)).exists():
+            path, _, _ = build(src, plugins)
+            logger.info("built bundled plugin {}", path.name)
+    os.chmod(home, 0o700)
+    return config

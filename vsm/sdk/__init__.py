@@ -1,0 +1,43 @@
+"""The vsm-pool plugin SDK: everything a plugin author imports, and nothing else.
+
+    from vsm.sdk import kvstore, objstore, errors, Kind, Manifest
+
+A plugin is a folder with manifest.toml and a Python module; `vsm-pool plugin build` turns it
+into an artifact. Its code runs only inside its own worker processes, never in the manager.
+"""
+
+from __future__ import annotations
+
+from . import errors, kvstore, objstore, sectors, sectorsync
+from ._kinds import Kind
+from ._manifest import SPI_VERSION, Manifest
+from .errors import (
+    InvalidObjectPathError,
+    KeyNotFoundError,
+    ObjectNotFoundError,
+    PluginError,
+    ReadOnlyStoreError,
+    TransactionConflictError,
+)
+from .objstore import Config, InstanceInfo, Stat, iter_chunks
+
+__all__ = [
+    "SPI_VERSION",
+    "Config",
+    "InstanceInfo",
+    "InvalidObjectPathError",
+    "KeyNotFoundError",
+    "Kind",
+    "Manifest",
+    "ObjectNotFoundError",
+    "PluginError",
+    "ReadOnlyStoreError",
+    "Stat",
+    "TransactionConflictError",
+    "errors",
+    "iter_chunks",
+    "kvstore",
+    "objstore",
+    "sectors",
+    "sectorsync",
+]

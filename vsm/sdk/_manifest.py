@@ -1,0 +1,54 @@
+"""The manifest of a plugin, as data (Go `managerplugin.Manifest` plus what Python needs)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ._kinds import Kind
+
+__all__ = ["Manifest", "SPI_VERSION"]
+
+# Major version of this SDK surface. An artifact built against another major is refused at load,
+# with the fix ("rebuild the plugin with vsm-pool plugin build").
+SPI_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What manifest.toml declares; `build_time` and `spi_version` are stamped by the build."""
+
+    name: str
+    kind: Kind
+    description: str = ""
+    module: str = ""
+    version: str = "0.0.0"
+    on_init: str = ""
+    on_shutdown: str = ""
+    exports: dict[str, str] = dataclasses.field(default_factory=dict)
+    requirements: tuple[str, ...] = ()
+    requires_python: str = ""
+    max_workers: int = 0  # 0: no limit; 1: an in-memory or single-writer plugin
+    build_time: str = ""
+    spi_version: int = SPI_VERSION
+    python_version: str = ""
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """The manifest with manifest.toml's key names (what the build prints as JSON)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "kind": self.kind.value,
+            "module": self.module,
+            "version": self.version,
+            "onInit": self.on_init,
+            "onShutdown": self.on_shutdown,
+            "export": [{"extPoint": k, "impl": v} for k, v in self.exports.items()],
+            "requirements": list(self.requirements),
+            "requiresPython": self.requires_python,
+            "maxWorkers": self.max_workers,
+            "buildTime": self.build_time,
+            "spiVersion": self.spi_version,
+            "pythonVersion": self.python_version,
+        }
+        return out

@@ -1,0 +1,51 @@
+"""Errors a plugin raises and a caller catches, the same in-process and pooled.
+
+Tree::
+
+    PluginError                      base of everything a plugin reports
+    ├── KeyNotFoundError             kvstore: Get/Peek/Del on a missing key (Go ErrKeyNotFound)
+    ├── TransactionConflictError     kvstore: optimistic txn lost; caller retries (Go ErrTransactionConflict)
+    ├── ObjectNotFoundError          objstore: no object at that path (Go ErrObjectNotFound)
+    ├── ReadOnlyStoreError           objstore: put/delete on a read-only store (Go ErrReadOnlyStore)
+    └── InvalidObjectPathError       objstore: path escapes the store (Go ErrInvalidObjectPath)
+
+They carry only their message, so they pickle across a process boundary unchanged.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidObjectPathError",
+    "KeyNotFoundError",
+    "ObjectNotFoundError",
+    "PluginError",
+    "ReadOnlyStoreError",
+    "TransactionConflictError",
+]
+
+
+class PluginError(Exception):
+    """Base of the errors a plugin reports through the SDK."""
+
+
+class KeyNotFoundError(PluginError, KeyError):
+    """The key does not exist in the collection."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the plain message
+        return Exception.__str__(self)
+
+
+class TransactionConflictError(PluginError):
+    """An optimistic transaction lost a race; the manager retries it."""
+
+
+class ObjectNotFoundError(PluginError, FileNotFoundError):
+    """No object at that path in the store."""
+
+
+class ReadOnlyStoreError(PluginError, PermissionError):
+    """The store is read-only: put and delete are refused."""
+
+
+class InvalidObjectPathError(PluginError, ValueError):
+    """The object path is absolute or escapes the store's root."""

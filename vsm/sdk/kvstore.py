@@ -1,0 +1,81 @@
+"""KVStore plugin interfaces (Go `manager-plugin/kvstore/kv.go`).
+
+A KVStore plugin exports `Constructor(meta: dict[str, str]) -> DB`. Keys and values are bytes.
+Functions given to `view`, `update` and `peek` run inside the plugin's worker, next to the
+transaction: they travel by value (cloudpickle), so they must not capture open resources.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Protocol, TypeVar, runtime_checkable
+
+__all__ = ["DB", "Iter", "KVStore", "Key", "Prefix", "Txn", "Val"]
+
+Key = bytes
+Val = bytes
+Prefix = bytes
+T = TypeVar("T")
+
+
+@runtime_checkable
+class Iter(Protocol):
+    """Iterator of (key, value) pairs in key order; close() releases it early."""
+
+    def __iter__(self) -> Iterator[tuple[Key, Val]]: ...
+    def __next__(self) -> tuple[Key, Val]: ...
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Txn(Protocol):
+    """A transaction handle, valid only inside the view/update function."""
+
+    def get(self, key: Key) -> Val:
+        """Value of key; raises KeyNotFoundError."""
+        ...
+
+    def peek(self, key: Key, fn: Callable[[Val], T]) -> T:
+        """fn(value) without copying it out; raises KeyNotFoundError."""
+        ...
+
+    def put(self, key: Key, val: Val) -> None: ...
+    def delete(self, key: Key) -> None: ...
+    def scan(self, prefix: Prefix) -> Iter: ...
+
+
+@runtime_checkable
+class KVStore(Protocol):
+    """One named collection of a DB."""
+
+    def view(self, fn: Callable[[Txn], T]) -> T:
+        """Run fn in a read-only transaction; returns what fn returns."""
+        ...
+
+    def update(self, fn: Callable[[Txn], T]) -> T:
+        """Run fn in a read-write transaction, committed if fn returns."""
+        ...
+
+    def need_retry_transactions(self) -> bool:
+        """True if update may raise TransactionConflictError (optimistic DBs)."""
+        ...
+
+    def get(self, key: Key) -> Val: ...
+    def peek(self, key: Key, fn: Callable[[Val], T]) -> T: ...
+    def put(self, key: Key, val: Val) -> None: ...
+    def delete(self, key: Key) -> None: ...
+    def scan(self, prefix: Prefix) -> Iter: ...
+
+
+@runtime_checkable
+class DB(Protocol):
+    """What Constructor returns."""
+
+    def run(self) -> None:
+        """Start background work, if any; called once before the first collection."""
+        ...
+
+    def close(self) -> None: ...
+
+    def open_collection(self, name: str) -> KVStore:
+        """The collection called name, created if needed."""
+        ...
