@@ -190,10 +190,12 @@ class RedisDB:
             raise PluginError(f"redis: {self.addr}: the DB is closed")
         try:
             yield
-        except rexc.WatchError:
+        except rexc.WatchError as e:
+            # redis-py also raises WatchError when the connection drops while keys are
+            # watched: the watch is void, so a retry is right; say which case it was.
+            why = str(e) if "occurred while watching" in str(e) else "a key it read changed before commit"
             raise TransactionConflictError(
-                f"redis: transaction conflict in collection {collection!r} at {self.addr}: "
-                "a key it read changed before commit; retry"
+                f"redis: transaction conflict in collection {collection!r} at {self.addr}: {why}; retry"
             ) from None
         except rexc.AuthenticationError as e:
             hint = "check Meta 'Password'" if self._has_password else "the server needs a password: set Meta 'Password'"
