@@ -52,6 +52,18 @@ def _open_kv(name: str, tmp_path: pathlib.Path) -> Any:
     return constructor(name)(meta)
 
 
+@pytest.fixture(name="load_plugin")
+def load_plugin_fixture() -> Callable[[str], types.ModuleType]:
+    """load_plugin(name): the plugin's module, imported from its source folder."""
+    return load_plugin
+
+
+@pytest.fixture(name="constructor")
+def constructor_fixture() -> Callable[[str], Callable[..., Any]]:
+    """constructor(name): the plugin's exported Constructor."""
+    return constructor
+
+
 @pytest.fixture(params=["memdb", "sqlitekv"])
 def kv_db(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Any]:
     """A running DB of each bundled KVStore plugin."""

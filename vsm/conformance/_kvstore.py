@@ -14,7 +14,7 @@ from typing import Callable
 from vsm.sdk import KeyNotFoundError
 from vsm.sdk.kvstore import DB, KVStore, Txn
 
-from ._result import CheckResult, expect, expect_raises, run_checks
+from ._result import CheckFailed, CheckResult, expect, expect_raises, run_checks
 
 __all__ = ["KVSTORE_CHECKS", "KitError", "run_kvstore_kit"]
 
@@ -98,8 +98,11 @@ def delete_removes(db: DB) -> None:
     coll.put(b"other", b"v")
     coll.delete(b"k")
     expect_raises(KeyNotFoundError, coll.get, b"k")
-    coll.delete(b"k")
-    coll.delete(b"never-existed")
+    for key in (b"k", b"never-existed"):
+        try:
+            coll.delete(key)
+        except KeyNotFoundError:
+            raise CheckFailed(f"delete({key!r}) of a missing key raised KeyNotFoundError; it must be a no-op") from None
     expect(coll.get(b"other") == b"v", "delete removed another key")
 
 

@@ -1,0 +1,160 @@
+"""fsstore beyond the kit: symlink escapes, atomic puts, zero-copy chunks, config handling."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import stat
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from vsm.sdk import Config, InvalidObjectPathError, ObjectNotFoundError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def root(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "store"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def store(root: pathlib.Path, constructor: Callable[[str], Callable[..., Any]]) -> Any:
+    return constructor("fsstore")(Config(name="", path=str(root)))
+
+
+def _leftovers(root: pathlib.Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_symlinked_folder_leading_out_is_rejected(store: Any, root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(InvalidObjectPathError):
+        store.get("link/secret")
+    with pytest.raises(InvalidObjectPathError):
+        store.put("link/new", io.BytesIO(b"x"))
+    with pytest.raises(InvalidObjectPathError):
+        store.delete("link/secret")
+    assert sorted(os.listdir(outside)) == ["secret"]
+
+
+def test_symlinked_file_leading_out_is_rejected(store: Any, root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    (tmp_path / "secret").write_bytes(b"secret")
+    (root / "obj").symlink_to(tmp_path / "secret")
+    with pytest.raises(InvalidObjectPathError):
+        store.stat("obj")
+    with pytest.raises(InvalidObjectPathError):
+        store.put("obj", io.BytesIO(b"overwritten"))
+    assert (tmp_path / "secret").read_bytes() == b"secret"
+
+
+def test_symlink_inside_the_store_is_allowed(store: Any, root: pathlib.Path) -> None:
+    store.put("real/obj", io.BytesIO(b"data"))
+    (root / "alias").symlink_to(root / "real", target_is_directory=True)
+    assert store.get("alias/obj").read() == b"data"
+
+
+def test_store_root_itself_is_not_an_object(store: Any) -> None:
+    for path in ("", ".", "a/.."):
+        with pytest.raises(InvalidObjectPathError):
+            store.stat(path)
+
+
+def test_put_is_invisible_until_complete(store: Any, root: pathlib.Path) -> None:
+    """While the reader is being consumed, no object exists under the final name."""
+    seen: list[bool] = []
+
+    class Source(io.RawIOBase):
+        chunks = [b"a" * 1000, b"b" * 1000]
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf: Any) -> int:
+            seen.append((root / "obj").exists())
+            if not self.chunks:
+                return 0
+            chunk = self.chunks.pop(0)
+            buf[: len(chunk)] = chunk
+            return len(chunk)
+
+    assert store.put("obj", Source()) == 2000
+    assert seen and not any(seen)
+    assert _leftovers(root) == ["obj"]
+
+
+def test_failed_put_leaves_no_temp_file(store: Any, root: pathlib.Path) -> None:
+    class Broken(io.RawIOBase):
+        calls = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf: Any) -> int:
+            self.calls += 1
+            if self.calls == 3:  # after two chunks reached the temp file
+                raise OSError("source went away")
+            buf[:10] = b"0123456789"
+            return 10
+
+    store.put("dir/old", io.BytesIO(b"old"))
+    with pytest.raises(OSError, match="source went away"):
+        store.put("dir/obj", Broken())
+    assert _leftovers(root) == ["dir/old"]
+
+
+def test_put_consumes_shared_memory_views(store: Any, root: pathlib.Path) -> None:
+    """A reader with iter_views (the pool's shared-memory stream) is consumed view by view."""
+    backing = bytearray(b"x" * 4096)
+
+    class ShmReader(io.RawIOBase):
+        def iter_views(self) -> Iterator[memoryview]:
+            for i in range(3):
+                backing[:] = bytes([65 + i]) * 4096  # the slot is reused for each chunk
+                yield memoryview(backing)
+
+        def read(self, size: int = -1) -> bytes:
+            raise AssertionError("put copied through read() instead of using iter_views")
+
+    assert store.put("obj", ShmReader()) == 3 * 4096
+    assert (root / "obj").read_bytes() == b"A" * 4096 + b"B" * 4096 + b"C" * 4096
+
+
+def test_objects_are_world_readable(store: Any, root: pathlib.Path) -> None:
+    store.put("obj", io.BytesIO(b"x"))
+    assert stat.S_IMODE((root / "obj").stat().st_mode) == 0o644
+
+
+def test_folders_are_not_objects(store: Any) -> None:
+    store.put("dir/obj", io.BytesIO(b"x"))
+    for op in (store.get, store.stat, store.delete):
+        with pytest.raises(ObjectNotFoundError):
+            op("dir")
+
+
+def test_config_defaults_as_go_filestore(root: pathlib.Path, constructor: Callable[[str], Any]) -> None:
+    open_store = constructor("fsstore")
+    relative = os.path.relpath(root)
+    store = open_store(Config(name="", path=relative))
+    assert store.instance_config().path == str(root) and store.instance() == str(root)
+    assert store.type() == "plugin-fs"
+    assert store.full_path("cache/s-t04040-1001") == str(root / "cache" / "s-t04040-1001")
+    named = open_store(Config(name="persist-1", path=str(root), meta={"Fsync": "false"}))
+    assert named.instance() == "persist-1" and named.instance_info().config.name == "persist-1"
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: pathlib.Path, constructor: Callable[[str], Any]) -> None:
+    with pytest.raises(NotADirectoryError, match="nowhere"):
+        constructor("fsstore")(Config(name="", path=str(tmp_path / "nowhere")))
+
+
+def test_bad_fsync_meta_is_a_clear_error(root: pathlib.Path, constructor: Callable[[str], Any]) -> None:
+    with pytest.raises(ValueError, match="Fsync"):
+        constructor("fsstore")(Config(name="", path=str(root), meta={"Fsync": "maybe"}))
