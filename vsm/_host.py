@@ -1,0 +1,238 @@
+"""Worker side of a plugin pool: import the plugin, run onInit, and serve the pool's calls.
+
+`worker_init` is the PoolSpec.init of every plugin pool; it runs in each worker process (never
+in the manager) and returns the host object whose methods the manager's proxies call by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import sys
+from typing import Any, BinaryIO, Callable
+
+from .sdk import Config, Kind, Manifest
+
+__all__ = ["KVHost", "ObjHost", "RpcHost", "worker_init"]
+
+SCAN_PAGE = 1024
+
+
+def worker_init(code_path: str, manifest: Manifest, plugins_dir: str) -> Any:
+    """Import the plugin's module from code_path, run onInit, return its kind's host."""
+    if code_path not in sys.path:
+        sys.path.insert(0, code_path)
+    module = importlib.import_module(manifest.module)
+    if manifest.on_init:
+        getattr(module, manifest.on_init)(plugins_dir, manifest)
+    impls = {point: getattr(module, impl) for point, impl in manifest.exports.items()}
+    on_shutdown = getattr(module, manifest.on_shutdown) if manifest.on_shutdown else None
+    if manifest.kind is Kind.KVStore:
+        return KVHost(manifest, impls["Constructor"], on_shutdown)
+    if manifest.kind is Kind.ObjStore:
+        return ObjHost(manifest, impls["Constructor"], on_shutdown)
+    if manifest.kind is Kind.RegisterJsonRpc:
+        return RpcHost(manifest, impls["Handler"], on_shutdown)
+    from .sectors.sink_host import SinkHost  # only sink workers need pyarrow's sector schema
+
+    return _SinkWorker(manifest, impls, on_shutdown, SinkHost)
+
+
+class _Host:
+    def __init__(self, manifest: Manifest, on_shutdown: Callable[[Manifest], None] | None) -> None:
+        self.manifest = manifest
+        self._on_shutdown = on_shutdown
+
+    def ping(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def shutdown(self) -> None:
+        """Pool shutdown_method: close what the plugin opened, then its onShutdown hook."""
+        try:
+            self._close()
+        finally:
+            if self._on_shutdown is not None:
+                self._on_shutdown(self.manifest)
+
+    def _close(self) -> None:
+        pass
+
+
+class KVHost(_Host):
+    """Serves a KVStore plugin: one DB per worker, collections opened on first use."""
+
+    def __init__(self, manifest: Manifest, constructor: Callable[[dict[str, str]], Any], on_shutdown: Any) -> None:
+        super().__init__(manifest, on_shutdown)
+        self._constructor = constructor
+        self._db: Any = None
+        self._collections: dict[str, Any] = {}
+        self._cursors: dict[int, Any] = {}
+        self._cursor_ids = itertools.count(1)
+
+    def open_db(self, meta: dict[str, str]) -> None:
+        if self._db is None:
+            self._db = self._constructor(dict(meta))
+            self._db.run()
+
+    def close_db(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        for it in self._cursors.values():
+            it.close()
+        self._cursors.clear()
+        self._collections.clear()
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.close()
+
+    def _coll(self, name: str) -> Any:
+        coll = self._collections.get(name)
+        if coll is None:
+            if self._db is None:
+                raise RuntimeError(f"{self.manifest.name}: no database is open in this worker")
+            coll = self._collections[name] = self._db.open_collection(name)
+        return coll
+
+    def get(self, coll: str, key: bytes) -> bytes:
+        return bytes(self._coll(coll).get(key))
+
+    def put(self, coll: str, key: bytes, val: bytes) -> None:
+        self._coll(coll).put(key, val)
+
+    def put_many(self, coll: str, items: list[tuple[bytes, bytes]]) -> int:
+        """Bulk write in one transaction (the manager's import and migrate path)."""
+
+        def write(txn: Any) -> int:
+            for k, v in items:
+                txn.put(k, v)
+            return len(items)
+
+        return self._coll(coll).update(write)
+
+    def delete(self, coll: str, key: bytes) -> None:
+        self._coll(coll).delete(key)
+
+    def peek(self, coll: str, key: bytes, fn: Callable[[bytes], Any]) -> Any:
+        return self._coll(coll).peek(key, fn)
+
+    def view(self, coll: str, fn: Callable[[Any], Any]) -> Any:
+        return self._coll(coll).view(fn)
+
+    def update(self, coll: str, fn: Callable[[Any], Any]) -> Any:
+        return self._coll(coll).update(fn)
+
+    def need_retry_transactions(self, coll: str) -> bool:
+        return bool(self._coll(coll).need_retry_transactions())
+
+    def scan_open(self, coll: str, prefix: bytes) -> tuple[int, list[tuple[bytes, bytes]], bool]:
+        """Start a scan; returns (cursor, first page, done). Later pages come from scan_next on
+        the same worker, since the cursor lives here."""
+        it = iter(self._coll(coll).scan(prefix))
+        cursor = next(self._cursor_ids)
+        self._cursors[cursor] = it
+        page, done = self.scan_next(cursor)
+        return cursor, page, done
+
+    def scan_next(self, cursor: int) -> tuple[list[tuple[bytes, bytes]], bool]:
+        it = self._cursors[cursor]
+        page = [(bytes(k), bytes(v)) for k, v in itertools.islice(it, SCAN_PAGE)]
+        done = len(page) < SCAN_PAGE
+        if done:
+            self.scan_close(cursor)
+        return page, done
+
+    def scan_close(self, cursor: int) -> None:
+        it = self._cursors.pop(cursor, None)
+        if it is not None and hasattr(it, "close"):
+            it.close()
+
+
+class ObjHost(_Host):
+    """Serves an ObjStore plugin: the configured store instances, by instance name."""
+
+    def __init__(self, manifest: Manifest, constructor: Callable[[Config], Any], on_shutdown: Any) -> None:
+        super().__init__(manifest, on_shutdown)
+        self._constructor = constructor
+        self._stores: dict[str, Any] = {}
+
+    def open_store(self, instance: str, cfg: Config) -> None:
+        if instance not in self._stores:
+            self._stores[instance] = self._constructor(cfg)
+
+    def _store(self, instance: str) -> Any:
+        try:
+            return self._stores[instance]
+        except KeyError:
+            raise RuntimeError(f"{self.manifest.name}: store {instance!r} is not open in this worker") from None
+
+    def _close(self) -> None:
+        for store in self._stores.values():
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
+        self._stores.clear()
+
+    def put(self, instance: str, path: str, reader: BinaryIO) -> int:
+        return int(self._store(instance).put(path, reader))
+
+    def get(self, instance: str, path: str) -> BinaryIO:
+        return self._store(instance).get(path)
+
+    def call(self, instance: str, method: str, *args: Any) -> Any:
+        """The store's small methods: type, version, instance, instance_config,
+        instance_info, stat, delete, full_path."""
+        if method not in _OBJ_SMALL_CALLS:
+            raise AttributeError(f"ObjStore has no method {method!r}")
+        return getattr(self._store(instance), method)(*args)
+
+
+_OBJ_SMALL_CALLS = frozenset(
+    {"type", "version", "instance", "instance_config", "instance_info", "stat", "delete", "full_path"}
+)
+
+
+class RpcHost(_Host):
+    """Serves a RegisterJsonRpc plugin: its namespace's methods, by name."""
+
+    def __init__(self, manifest: Manifest, handler: Callable[[], tuple[str, Any]], on_shutdown: Any) -> None:
+        super().__init__(manifest, on_shutdown)
+        self.namespace, self._handler = handler()
+
+    def describe(self) -> tuple[str, list[str]]:
+        methods = [m for m in dir(self._handler) if not m.startswith("_") and callable(getattr(self._handler, m))]
+        return self.namespace, methods
+
+    def invoke(self, method: str, params: Any) -> Any:
+        if method.startswith("_") or not callable(getattr(self._handler, method, None)):
+            raise AttributeError(f"{self.namespace}.{method}: no such method")
+        fn = getattr(self._handler, method)
+        return fn(**params) if isinstance(params, dict) else fn(*(params or ()))
+
+
+class _SinkWorker(_Host):
+    """Serves a SyncSectorState plugin through vsm.sectors' SinkHost."""
+
+    def __init__(self, manifest: Manifest, impls: dict[str, Any], on_shutdown: Any, sink_host_cls: Any) -> None:
+        super().__init__(manifest, on_shutdown)
+        self._impls = impls
+        self._sink_host_cls = sink_host_cls
+        self.host: Any = None
+
+    def open_sink(self, meta: dict[str, str]) -> None:
+        if self.host is None:
+            hooks = {k: v for k, v in self._impls.items() if k != "Constructor"}
+            ctor = self._impls.get("Constructor")
+            self.host = self._sink_host_cls(hooks, ctor(dict(meta)) if ctor else None)
+
+    def __getattr__(self, name: str) -> Any:  # deliver, query, ... go to the SinkHost
+        if name.startswith("_") or self.__dict__.get("host") is None:
+            raise AttributeError(name)
+        return getattr(self.__dict__["host"], name)
+
+    def _close(self) -> None:
+        close = getattr(self.host, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,283 @@
+"""Discovery and loading of plugins: the registry of what is loaded, and their pools.
+
+Discovery reads manifests as data (artifact zips in the plugins dir, in file-name order, and
+source folders registered by pip-installed distributions under the `vsm_pool.plugins`
+entry-point group). Plugin code is imported only inside the plugin's own workers, when its
+pool starts: a plugin that fails there is disabled with a warning (or stops start-up when
+`Strict = true`); the manager and the other plugins go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from loguru import logger
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from executors import Pool, PoolError, PoolSpec, make_pool
+
+from . import _host
+from .artifact import ARTIFACT_SUFFIX, code_path, read_artifact_manifest
+from .config import Config
+from .errors import ArtifactError, ConfigError, ManifestError, PluginLoadError
+from .manifest import read_source_manifest
+from .sdk import SPI_VERSION, Kind, Manifest
+
+__all__ = ["ENTRY_POINT_GROUP", "Plugin", "PluginState", "Registry", "discover"]
+
+ENTRY_POINT_GROUP = "vsm_pool.plugins"
+# Modules every worker needs; imported once by the fork server, not once per worker.
+WORKER_PRELOAD = ("vsm._host", "vsm.sdk", "cloudpickle")
+
+
+class PluginState(enum.Enum):
+    LOADED = "loaded"  # manifest valid; no pool yet (not used by the config)
+    READY = "ready"  # pool running
+    DISABLED = "disabled"  # by config, or its onInit/constructor failed
+    FAILED = "failed"  # cannot load: bad artifact, SPI/Python mismatch, missing requirement
+
+
+@dataclasses.dataclass
+class Plugin:
+    manifest: Manifest
+    source: Path  # artifact file or source folder
+    state: PluginState = PluginState.LOADED
+    error: str = ""
+    pool: Pool | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.kind.value}/{self.manifest.name}"
+
+    @property
+    def code_path(self) -> str:
+        return code_path(self.source) if self.source.is_file() else str(self.source)
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        row = {
+            "kind": m.kind.value,
+            "name": m.name,
+            "version": m.version,
+            "build_time": m.build_time,
+            "state": self.state.value,
+            "artifact": str(self.source),
+            "error": self.error,
+        }
+        if self.pool is not None:
+            status = self.pool.status()
+            row["pool"] = status
+            if status.get("state") in ("failed", "closed") and self.state is PluginState.READY:
+                row["state"] = status["state"]
+                row["error"] = status.get("last_error") or ""
+        return row
+
+
+def discover(plugins_dir: str | Path | None, *, entry_points: bool = True) -> tuple[list[Plugin], list[str]]:
+    """Every plugin found, valid or not (invalid ones are FAILED with their error), plus
+    warnings. Raises PluginLoadError for a name loaded twice, naming both files."""
+    found: list[Plugin] = []
+    warnings: list[str] = []
+    if plugins_dir:
+        directory = Path(plugins_dir)
+        if not directory.is_dir():
+            raise PluginLoadError(f"{directory}: plugins dir does not exist (set [Common.Plugins] Dir)")
+        for path in sorted(directory.iterdir()):
+            if path.is_file() and path.suffix == ARTIFACT_SUFFIX:
+                found.append(_from_artifact(path, warnings))
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            found.append(_from_entry_point(ep, warnings))
+    seen: dict[str, Plugin] = {}
+    for p in found:
+        if p.state is PluginState.FAILED:
+            continue
+        other = seen.setdefault(p.manifest.name, p)
+        if other is not p:
+            raise PluginLoadError(
+                f"plugin name {p.manifest.name!r} is declared by both {other.source} and {p.source}: remove one"
+            )
+    return found, warnings
+
+
+def _failed(source: Path, name: str, error: str) -> Plugin:
+    placeholder = Manifest(name=name, kind=Kind.KVStore)
+    return Plugin(placeholder, source, PluginState.FAILED, error)
+
+
+def _from_artifact(path: Path, warnings: list[str]) -> Plugin:
+    try:
+        manifest, more = read_artifact_manifest(path)
+    except (ArtifactError, ManifestError) as e:
+        return _failed(path, path.stem.removeprefix("plugin-"), str(e))
+    warnings.extend(more)
+    plugin = Plugin(manifest, path)
+    problem = _compatibility_problem(manifest)
+    if problem:
+        plugin.state, plugin.error = PluginState.FAILED, f"{path}: {problem}"
+    return plugin
+
+
+def _from_entry_point(ep: importlib.metadata.EntryPoint, warnings: list[str]) -> Plugin:
+    """An entry point names a package whose folder holds manifest.toml; it is located with
+    find_spec, which does not execute the package."""
+    label = f"entry point {ep.name!r} ({ep.value})"
+    try:
+        spec = importlib.util.find_spec(ep.module)
+    except (ImportError, ValueError) as e:
+        return _failed(Path(ep.value), ep.name, f"{label}: {e}")
+    if spec is None or not (spec.submodule_search_locations or spec.origin):
+        return _failed(Path(ep.value), ep.name, f"{label}: module {ep.module!r} is not installed")
+    folder = Path(list(spec.submodule_search_locations or [])[0] if spec.submodule_search_locations else spec.origin).resolve()  # type: ignore[arg-type]
+    if folder.is_file():
+        folder = folder.parent
+    try:
+        manifest, more = read_source_manifest(folder)
+    except ManifestError as e:
+        return _failed(folder, ep.name, f"{label}: {e}")
+    warnings.extend(more)
+    # A source folder is imported from its parent, with the package as the module.
+    plugin = Plugin(manifest, folder)
+    problem = _compatibility_problem(manifest)
+    if problem:
+        plugin.state, plugin.error = PluginState.FAILED, f"{label}: {problem}"
+    return plugin
+
+
+def _compatibility_problem(manifest: Manifest) -> str:
+    if manifest.spi_version != SPI_VERSION:
+        return (
+            f"built for vsm-pool SPI {manifest.spi_version}, this manager speaks SPI {SPI_VERSION}: "
+            "rebuild the plugin with `vsm-pool plugin build`"
+        )
+    here = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+    if manifest.requires_python:
+        try:
+            if here not in SpecifierSet(manifest.requires_python):
+                return f"requires Python {manifest.requires_python}, this is Python {here}"
+        except InvalidSpecifier:
+            return f"requiresPython {manifest.requires_python!r} is not a version specifier"
+    for text in manifest.requirements:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            return f"requirement {text!r} is not a pip requirement"
+        try:
+            installed = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            return f"requires {text}, which is not installed: pip install '{text}'"
+        if req.specifier and installed not in req.specifier:
+            return f"requires {text}, but {req.name} {installed} is installed: pip install '{text}'"
+    return ""
+
+
+class Registry:
+    """The loaded plugins (Go `LoadedPlugins`), their states and their pools."""
+
+    def __init__(self, plugins: Iterable[Plugin], config: Config | None = None) -> None:
+        self.plugins = list(plugins)
+        self.config = config
+
+    def get(self, kind: Kind, name: str) -> Plugin | None:
+        for p in self.plugins:
+            if p.manifest.kind is kind and p.manifest.name == name and p.state is not PluginState.FAILED:
+                return p
+        return None
+
+    def of_kind(self, kind: Kind) -> list[Plugin]:
+        return [p for p in self.plugins if p.manifest.kind is kind and p.state is not PluginState.FAILED]
+
+    def check_config(self) -> None:
+        """Every plugin the config names exists, with the right kind; raises ConfigError."""
+        cfg = self.config
+        if cfg is None:
+            return
+        wanted = [(Kind.KVStore, cfg.db.plugin_name, "Common.DB.Plugin.PluginName" if cfg.db.driver == "plugin" else "Common.DB.Driver")]
+        wanted += [(Kind.ObjStore, s.plugin_name, f"{s.key}.PluginName") for s in (*cfg.piece_stores, *cfg.persist_stores)]
+        for kind, name, key in wanted:
+            if self.get(kind, name) is None:
+                failed = [p for p in self.plugins if p.manifest.name == name]
+                cause = failed[0].error if failed else ""
+                loaded = ", ".join(sorted(p.manifest.name for p in self.of_kind(kind))) or "none"
+                raise ConfigError(
+                    cfg.file,
+                    key,
+                    f"no loaded {kind.value} plugin {name!r}" + (f" ({cause})" if cause else f" (loaded: {loaded})"),
+                )
+
+    def pool_spec(self, plugin: Plugin, backend_workers: int | None = None) -> PoolSpec:
+        settings = self.config.settings(plugin.manifest.name) if self.config else None
+        workers = backend_workers or (settings.workers if settings else 1)
+        if plugin.manifest.max_workers:
+            workers = min(workers, plugin.manifest.max_workers)
+        plugins_dir = self.config.plugins_dir if self.config else str(plugin.source.parent)
+        return PoolSpec(
+            name=plugin.label,
+            init=functools.partial(_host.worker_init, plugin.code_path, plugin.manifest, plugins_dir),
+            workers=workers,
+            call_timeout=settings.call_timeout if settings else 60.0,
+            shutdown_method="shutdown",
+            ring_slots=4 if plugin.manifest.kind is Kind.ObjStore else 0,
+            preload=WORKER_PRELOAD,
+        )
+
+    def start(self, plugin: Plugin, *, backend: str = "process", workers: int | None = None) -> Pool:
+        """Start the plugin's pool (imports it in its workers, runs onInit). On failure the
+        plugin is DISABLED with the cause and PluginLoadError is raised."""
+        if plugin.pool is not None:
+            return plugin.pool
+        if plugin.state is PluginState.FAILED:
+            raise PluginLoadError(plugin.error)
+        pool = make_pool(self.pool_spec(plugin, workers), backend=backend)
+        try:
+            pool.start()
+        except PoolError as e:
+            plugin.state, plugin.error = PluginState.DISABLED, f"{plugin.label} ({plugin.source}): {e}"
+            raise PluginLoadError(f"call Plugin OnInit failure '{plugin.label}': {e}") from None
+        plugin.pool, plugin.state, plugin.error = pool, PluginState.READY, ""
+        return pool
+
+    def start_all(self, *, needed: set[str], backend: str = "process", strict: bool = False) -> None:
+        """Start the pools of every plugin in `needed` plus every sink and RPC plugin; log
+        each ready one exactly as the Go original does. Failures disable just that plugin,
+        unless strict."""
+        for plugin in self.plugins:
+            if plugin.state is PluginState.FAILED:
+                logger.warning("cannot load plugin: {}", plugin.error)
+                if strict:
+                    raise PluginLoadError(plugin.error)
+                continue
+            settings = self.config.settings(plugin.manifest.name) if self.config else None
+            if settings and settings.disabled:
+                plugin.state, plugin.error = PluginState.DISABLED, "disabled in config"
+                continue
+            kind = plugin.manifest.kind
+            if kind in (Kind.SyncSectorState, Kind.RegisterJsonRpc) or plugin.manifest.name in needed:
+                try:
+                    self.start(plugin, backend=backend)
+                except PluginLoadError as e:
+                    logger.warning("{}", e)
+                    if strict:
+                        raise
+                    continue
+            logger.info("loaded plugin '{}', build time: '{}'.", plugin.label, plugin.manifest.build_time)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every pool (each calls OnShutdown in its workers; errors are logged)."""
+        for plugin in reversed(self.plugins):
+            if plugin.pool is not None:
+                pool, plugin.pool = plugin.pool, None
+                try:
+                    pool.close(timeout)
+                except Exception as e:  # shutdown goes on, like the Go original's OnShutdown
+                    logger.warning("call OnShutdown for failure '{}': {}", plugin.label, e)
+                if plugin.state is PluginState.READY:
+                    plugin.state = PluginState.LOADED

@@ -1,0 +1,161 @@
+"""Manager-side proxies: objects that satisfy the SDK protocols by calling a plugin's pool.
+
+A caller holding a `PooledDB` or a `PooledStore` cannot tell it from the plugin's own object;
+functions given to view/update/peek run in the worker, shipped by value (cloudpickle).
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+
+from executors import Pool
+
+from .sdk import Config, InstanceInfo, Stat
+
+__all__ = ["PooledDB", "PooledKVStore", "PooledStore"]
+
+T = TypeVar("T")
+
+
+class PooledDB:
+    """kvstore.DB over a KVStore plugin's pool. The DB is opened in every worker (replayed in
+    replacement workers) with the config's Meta."""
+
+    def __init__(self, pool: Pool, meta: dict[str, str]) -> None:
+        self.pool = pool
+        self._meta = dict(meta)
+        self._opened = False
+
+    def run(self) -> None:
+        if not self._opened:
+            self.pool.broadcast("open_db", self._meta, replay=True)
+            self._opened = True
+
+    def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            self.pool.broadcast("close_db")
+
+    def open_collection(self, name: str) -> "PooledKVStore":
+        self.run()
+        return PooledKVStore(self.pool, name)
+
+
+class PooledKVStore:
+    """kvstore.KVStore: one collection, every call a pool call."""
+
+    def __init__(self, pool: Pool, collection: str) -> None:
+        self.pool = pool
+        self.collection = collection
+
+    def __repr__(self) -> str:
+        return f"PooledKVStore({self.pool.spec.name!r}, {self.collection!r})"
+
+    def get(self, key: bytes) -> bytes:
+        return self.pool.call("get", self.collection, key)
+
+    def put(self, key: bytes, val: bytes) -> None:
+        self.pool.call("put", self.collection, key, val)
+
+    def put_many(self, items: list[tuple[bytes, bytes]]) -> int:
+        return self.pool.call("put_many", self.collection, items)
+
+    def delete(self, key: bytes) -> None:
+        self.pool.call("delete", self.collection, key)
+
+    def peek(self, key: bytes, fn: Callable[[bytes], T]) -> T:
+        return self.pool.call("peek", self.collection, key, fn)
+
+    def view(self, fn: Callable[[Any], T]) -> T:
+        return self.pool.call("view", self.collection, fn)
+
+    def update(self, fn: Callable[[Any], T]) -> T:
+        return self.pool.call("update", self.collection, fn)
+
+    def need_retry_transactions(self) -> bool:
+        return self.pool.call("need_retry_transactions", self.collection)
+
+    def scan(self, prefix: bytes) -> "PooledIter":
+        return PooledIter(self.pool, self.collection, prefix)
+
+
+class PooledIter:
+    """kvstore.Iter: pages of (key, value) pulled from a cursor kept in one worker."""
+
+    def __init__(self, pool: Pool, collection: str, prefix: bytes) -> None:
+        self._pool = pool
+        future = pool.submit("scan_open", collection, prefix)
+        self._cursor, page, self._done = future.result()
+        self._worker = getattr(future, "worker", None)
+        self._page: Iterator[tuple[bytes, bytes]] = iter(page)
+
+    def __iter__(self) -> "PooledIter":
+        return self
+
+    def __next__(self) -> tuple[bytes, bytes]:
+        while True:
+            item = next(self._page, None)
+            if item is not None:
+                return item
+            if self._done:
+                raise StopIteration
+            page, self._done = self._pool.call("scan_next", self._cursor, worker=self._worker)
+            self._page = iter(page)
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._pool.call("scan_close", self._cursor, worker=self._worker)
+
+    def __enter__(self) -> "PooledIter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PooledStore:
+    """objstore.Store over an ObjStore plugin's pool: one configured store instance.
+    Bytes move through the pool's shared-memory ring in both directions."""
+
+    def __init__(self, pool: Pool, cfg: Config) -> None:
+        self.pool = pool
+        self.cfg = cfg
+        self.name = cfg.name or cfg.path
+        pool.broadcast("open_store", self.name, cfg, replay=True)
+
+    def __repr__(self) -> str:
+        return f"PooledStore({self.pool.spec.name!r}, {self.name!r})"
+
+    def _call(self, method: str, *args: Any) -> Any:
+        return self.pool.call("call", self.name, method, *args)
+
+    def type(self) -> str:
+        return self._call("type")
+
+    def version(self) -> str:
+        return self._call("version")
+
+    def instance(self) -> str:
+        return self._call("instance")
+
+    def instance_config(self) -> Config:
+        return self._call("instance_config")
+
+    def instance_info(self) -> InstanceInfo:
+        return self._call("instance_info")
+
+    def stat(self, path: str) -> Stat:
+        return self._call("stat", path)
+
+    def delete(self, path: str) -> None:
+        self._call("delete", path)
+
+    def full_path(self, path: str) -> str:
+        return self._call("full_path", path)
+
+    def put(self, path: str, reader: BinaryIO) -> int:
+        return self.pool.stream_put("put", (self.name, path), reader)
+
+    def get(self, path: str) -> BinaryIO:
+        return self.pool.stream_get("get", (self.name, path))  # type: ignore[return-value]
