@@ -1,0 +1,116 @@
+"""parquet: a SyncSectorState sink writing events to Parquet, one directory per UTC day.
+
+Meta: `Path` (root directory). Files: `<Path>/date=YYYY-MM-DD/part-<firstseq>-<lastseq>.parquet`
+(hive partitioning; the `date` column lives in the directory name). Each file is written to a
+temp name and renamed, so a reader never sees half a file.
+
+Idempotent by seq: `<Path>/_max_seq` holds the highest seq of the last fully written batch;
+rows at or below it are skipped. At open, files of a batch killed half-way (first seq above
+`_max_seq`) are deleted: that batch is redelivered whole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+__all__ = ["ParquetSink", "open"]
+
+_PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+
+
+def open(meta: dict[str, str]) -> ParquetSink:  # noqa: A001 - the exported Constructor's name
+    """Constructor: meta["Path"] is the root directory (created if missing)."""
+    path = meta.get("Path") or meta.get("path")
+    if not path:
+        raise ValueError("parquet sink: meta key 'Path' (the root directory) is required")
+    return ParquetSink(path, compression=meta.get("Compression", "zstd"))
+
+
+class ParquetSink:
+    def __init__(self, root: str, compression: str = "zstd") -> None:
+        self.root = root
+        self.compression = compression
+        os.makedirs(root, exist_ok=True)
+        self._ms_path = os.path.join(root, "_max_seq")
+        try:
+            with _open(self._ms_path) as f:
+                self.max_seq = int(f.read().strip() or 0)
+        except FileNotFoundError:
+            self.max_seq = 0
+        self._drop_partial()
+
+    def _drop_partial(self) -> None:
+        for d in os.listdir(self.root):
+            dpath = os.path.join(self.root, d)
+            if not (d.startswith("date=") and os.path.isdir(dpath)):
+                continue
+            for name in os.listdir(dpath):
+                m = _PART.match(name)
+                if name.endswith(".tmp") or (m and int(m.group(1)) > self.max_seq):
+                    os.unlink(os.path.join(dpath, name))
+
+    def on_batch(self, batch: pa.RecordBatch) -> None:
+        """Write the rows with seq > max_seq, one file per day they fall on."""
+        seq = batch.column("seq")
+        if batch.num_rows and pc.min(seq).as_py() <= self.max_seq:
+            batch = batch.filter(pc.greater(seq, pa.scalar(self.max_seq, pa.uint64())))
+        if batch.num_rows == 0:
+            return
+        day = pc.strftime(batch.column("time"), format="%Y-%m-%d")
+        days = pc.unique(day).to_pylist()
+        table = pa.Table.from_batches([batch])
+        for d in sorted(days):
+            part = table if len(days) == 1 else table.filter(pc.equal(day, d))
+            s = part.column("seq")
+            first, last = pc.min(s).as_py(), pc.max(s).as_py()
+            ddir = os.path.join(self.root, f"date={d}")
+            os.makedirs(ddir, exist_ok=True)
+            final = os.path.join(ddir, f"part-{first:020d}-{last:020d}.parquet")
+            tmp = final + ".tmp"
+            pq.write_table(part, tmp, compression=self.compression)
+            _fsync_file(tmp)
+            os.replace(tmp, final)
+        last_seq = int(pc.max(batch.column("seq")).as_py())
+        tmp = self._ms_path + ".tmp"
+        with _open(tmp, "w") as f:
+            f.write(str(last_seq))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._ms_path)
+        self.max_seq = last_seq
+
+    def query(self, sql: str) -> Any:
+        """sql over the files with DuckDB (if installed); the view `sector_events` is the data."""
+        import duckdb
+
+        con = duckdb.connect()
+        try:
+            glob = os.path.join(self.root, "date=*", "*.parquet")
+            con.execute(f"CREATE VIEW sector_events AS SELECT * FROM read_parquet('{glob}', hive_partitioning = 1)")
+            rel = con.sql(sql)
+            return pa.table({}) if rel is None else rel.to_arrow_table()
+        finally:
+            con.close()
+
+    def close(self) -> None:
+        pass
+
+
+def _open(path: str, mode: str = "r") -> Any:
+    import builtins
+
+    return builtins.open(path, mode)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,577 @@
+"""SectorStateManager: sector states in the KVStore, every change an event in the journal.
+
+One operation (import chunk, init, update, finalize, restore)::
+
+    hold the sector stripes -> read KV -> compute new states -> submit event rows (seqs)
+    -> wait until the frame is fsynced (write-ahead, group commit) -> commit to KV
+    -> resolve the ticket (watermark may advance) -> release the stripes
+
+Crash argument (kill -9 anywhere):
+- before the frame is durable: neither journal nor KV has the change; the op never returned.
+- frame durable, KV not committed: the event sits past the durable watermark. At restart
+  `_recover` compares every tail event with the KV: per sector, events up to the last one
+  whose state the KV holds are kept, later ones dropped, and the kept tail is renumbered
+  from watermark+1 (crash-safe rewrite, see Journal.replace_tail). Sinks never saw the tail
+  (they read only up to the durable watermark), so renumbering loses and duplicates nothing.
+- KV committed, watermark not advanced: same reconciliation keeps the event.
+- A finalize/restore killed between its two KV writes (put in one collection, delete in the
+  other) is completed by `_recover` when the event is kept.
+If a KV commit fails while running (after conflict retries and a few idempotent retries),
+the manager journals a "revert" event carrying what the KV really holds, so sinks converge.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vsm.sdk.errors import KeyNotFoundError, TransactionConflictError
+from vsm.sdk.sectors import (
+    STATE_FIELDS,
+    AllocatedSector,
+    SectorID,
+    SectorState,
+    decode_field,
+    sector_key,
+)
+
+from ._dispatch import SinkDispatcher
+from ._events import EventWriter, Ticket
+from ._journal import Journal, Watermark
+from ._locks import StripedLocks
+
+__all__ = ["SectorStateManager", "SectorNotFoundError", "ONLINE", "OFFLINE"]
+
+log = logging.getLogger("vsm.sectors")
+
+ONLINE = "online"
+OFFLINE = "offline"
+_COLLECTIONS = {ONLINE: "meta", OFFLINE: "offline_meta"}
+_PY_FIELDS = {v: k for k, v in STATE_FIELDS.items()}  # python attr -> Go name
+
+
+class SectorNotFoundError(KeyError):
+    """No state for that sector in the collection asked for."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+class _Change:
+    __slots__ = ("sid", "kind", "ws", "state", "fields", "writes", "value")
+
+    def __init__(
+        self,
+        sid: SectorID,
+        kind: str,
+        ws: str,
+        state: SectorState | None,
+        fields: list[str] | None,
+        writes: list[tuple[str, bytes | None]],
+        value: bytes | None = None,
+    ) -> None:
+        self.sid = sid
+        self.kind = kind
+        self.ws = ws
+        self.state = state
+        self.fields = fields
+        self.writes = writes  # (worker_state of collection, value or None = delete), in order
+        self.value = value
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class SectorStateManager:
+    """Sector states over a KVStore DB (collections `meta` and `offline_meta`), with events.
+
+    Args:
+        db: a vsm.sdk.kvstore.DB (a KVStore plugin's proxy, or an in-process one).
+        journal_dir: where the event journal, watermark and sink checkpoints live.
+        sinks: name -> endpoint (SinkHost, PoolSink, or an executors Pool of SinkHosts).
+        flush_rows / flush_age: a frame is written when this many rows wait or the oldest
+            has waited this long (seconds).
+        import_chunk: states per KV transaction in import_states.
+        fsync: False only for tests/benchmarks; True makes the crash argument hold.
+    """
+
+    def __init__(
+        self,
+        db: Any,
+        journal_dir: str,
+        *,
+        sinks: Mapping[str, Any] | None = None,
+        flush_rows: int = 10_000,
+        flush_age: float = 0.002,
+        import_chunk: int = 10_000,
+        lock_stripes: int = 1024,
+        segment_bytes: int = 64 << 20,
+        fsync: bool = True,
+        conflict_retries: int = 20,
+        commit_retries: int = 3,
+        sink_backoff: tuple[float, float] = (0.05, 5.0),
+        sink_max_rows: int = 100_000,
+        compact_interval: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.journal_dir = journal_dir
+        os.makedirs(journal_dir, exist_ok=True)
+        self.ckpt_dir = os.path.join(journal_dir, "sinks")
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        self._colls = {ws: db.open_collection(name) for ws, name in _COLLECTIONS.items()}
+        self._retry = {ws: bool(c.need_retry_transactions()) for ws, c in self._colls.items()}
+        self.import_chunk = import_chunk
+        self.flush_rows = flush_rows
+        self.conflict_retries = conflict_retries
+        self.commit_retries = commit_retries
+        self.sink_backoff = sink_backoff
+        self.sink_max_rows = sink_max_rows
+        self._locks = StripedLocks(lock_stripes)
+        self.journal = Journal(journal_dir, segment_bytes=segment_bytes, fsync=fsync)
+        self.journal.redo_intent()
+        self._wm = Watermark(journal_dir, fsync=fsync)
+        self.recovered = self._recover()
+        self._wm_cv = threading.Condition()
+        self._sinks: dict[str, SinkDispatcher] = {}
+        self._sinks_lock = threading.Lock()
+        self._closed = False
+        self.writer = EventWriter(
+            self.journal,
+            self._wm,
+            next_seq=max(self.journal.last_seq, self._wm.value) + 1,
+            flush_rows=flush_rows,
+            flush_age=flush_age,
+            on_durable_watermark=self._notify_wm,
+            idle_tick=self.compact,
+            idle_interval=compact_interval,
+        )
+        for name, ep in (sinks or {}).items():
+            self.add_sink(name, ep)
+
+    # ---------------------------------------------------------------- public operations
+    def import_states(
+        self,
+        states: Iterable[SectorState],
+        override: bool = False,
+        worker_state: str = ONLINE,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Write states as damocles' Import does (skip existing keys unless override), in
+        chunks of import_chunk per KV transaction. Returns how many were written."""
+        coll = self._coll(worker_state)
+        written = 0
+        chunk: list[SectorState] = []
+        for st in states:
+            chunk.append(st)
+            if len(chunk) >= self.import_chunk:
+                written += self._import_chunk(coll, chunk, override, worker_state)
+                if progress:
+                    progress(len(chunk))
+                chunk = []
+        if chunk:
+            written += self._import_chunk(coll, chunk, override, worker_state)
+            if progress:
+                progress(len(chunk))
+        return written
+
+    def _import_chunk(self, coll: Any, chunk: list[SectorState], override: bool, ws: str) -> int:
+        keys = [sector_key(s.id) for s in chunk]
+        with self._locks.hold(s.id for s in chunk):
+            if not override:
+                existing = coll.view(_existing_keys(keys))
+                todo = [(s, k) for s, k in zip(chunk, keys) if k not in existing]
+            else:
+                todo = list(zip(chunk, keys))
+            changes = [_Change(s.id, "import", ws, s, None, [(ws, v)], v) for s, k in todo for v in [s.to_go_json()]]
+            self._apply(changes)
+        return len(changes)
+
+    def init(
+        self,
+        sectors: Sequence[AllocatedSector],
+        worker_state: str = ONLINE,
+        fields: Mapping[str, Any] | None = None,
+    ) -> list[SectorState]:
+        """New states for allocated sectors (Go InitWith): ID, SectorType and optional fields."""
+        self._coll(worker_state)
+        extra = self._typed_fields(fields or {})
+        out: list[SectorState] = []
+        changes: list[_Change] = []
+        for a in sectors:
+            st = SectorState(id=a.id, sector_type=a.proof_type)
+            for go, v in extra.items():
+                setattr(st, STATE_FIELDS[go], v)
+            out.append(st)
+            changes.append(_Change(a.id, "init", worker_state, st, None, [(worker_state, st.to_go_json())]))
+        with self._locks.hold(a.id for a in sectors):
+            self._apply(changes)
+        return out
+
+    def update(self, sector_id: SectorID, fields: Mapping[str, Any], worker_state: str | None = None) -> SectorState:
+        """Set fields (Go names like "Finalized" or attribute names like "finalized"; typed
+        values or their Go JSON form) on a sector's state; returns the new state."""
+        typed = self._typed_fields(fields)
+        with self._locks.hold([sector_id]):
+            ws, st = self._load(sector_id, worker_state)
+            for go, v in typed.items():
+                setattr(st, STATE_FIELDS[go], v)
+            self._apply([_Change(sector_id, "update", ws, st, list(typed), [(ws, st.to_go_json())])])
+            return st
+
+    def finalize(self, sector_id: SectorID) -> SectorState:
+        """Move a state from online (`meta`) to offline (`offline_meta`)."""
+        return self._move(sector_id, ONLINE, OFFLINE, "finalize")
+
+    def restore(self, sector_id: SectorID) -> SectorState:
+        """Move a state from offline back to online."""
+        return self._move(sector_id, OFFLINE, ONLINE, "restore")
+
+    def _move(self, sid: SectorID, src: str, dst: str, kind: str) -> SectorState:
+        with self._locks.hold([sid]):
+            _, st = self._load(sid, src)
+            self._apply([_Change(sid, kind, dst, st, [], [(dst, st.to_go_json()), (src, None)])])
+            return st
+
+    def get(self, sector_id: SectorID, worker_state: str | None = None) -> SectorState:
+        """The state (online first, then offline, unless worker_state says which)."""
+        return self._load(sector_id, worker_state)[1]
+
+    def locate(self, sector_id: SectorID) -> str | None:
+        """"online", "offline" or None."""
+        try:
+            return self._load(sector_id, None)[0]
+        except SectorNotFoundError:
+            return None
+
+    def list(self, worker_state: str = ONLINE, miner: int | None = None) -> Iterator[SectorState]:
+        """States in one collection (optionally one miner's), in key order."""
+        prefix = b"m-" if miner is None else b"m-%d-n-" % miner
+        it = self._coll(worker_state).scan(prefix)
+        try:
+            for _k, v in it:
+                yield SectorState.from_go_json(v)
+        finally:
+            it.close()
+
+    # ---------------------------------------------------------------- sinks and status
+    def add_sink(self, name: str, endpoint: Any, start_seq: int = 0) -> None:
+        """Attach a sink; it resumes from its checkpoint file, else from start_seq (0: the
+        oldest event still in the journal)."""
+        with self._sinks_lock:
+            if name in self._sinks:
+                raise ValueError(f"sink {name!r} is already attached")
+            d = SinkDispatcher(
+                name,
+                endpoint,
+                self.journal,
+                self.ckpt_dir,
+                get_watermark=lambda: self.writer.durable_watermark,
+                wait_watermark=self._wait_wm,
+                max_rows=self.sink_max_rows,
+                backoff=self.sink_backoff,
+                start_seq=start_seq,
+            )
+            self._sinks[name] = d
+        d.start()
+
+    def remove_sink(self, name: str, forget: bool = False) -> None:
+        """Detach a sink; forget=True also deletes its checkpoint (it stops holding the journal)."""
+        with self._sinks_lock:
+            d = self._sinks.pop(name)
+        d.stop()
+        if forget:
+            try:
+                os.unlink(d.ckpt_path)
+            except FileNotFoundError:
+                pass
+
+    def status(self) -> dict[str, Any]:
+        """{"journal": {head, watermark, committed, segments, frames, first_seq}, "sinks": {...}}."""
+        frames = self.journal.frames
+        with self._sinks_lock:
+            sinks = {n: d.status() for n, d in self._sinks.items()}
+        return {
+            "journal": {
+                "head": self.writer.next_seq - 1,
+                "durable": self.writer.durable_seq,
+                "committed": self.writer.committed,
+                "watermark": self.writer.durable_watermark,
+                "frames": len(frames),
+                "segments": len({f.segment for f in frames}),
+                "first_seq": frames[0].first_seq if frames else None,
+                "broken": None if self.writer.broken is None else repr(self.writer.broken),
+            },
+            "sinks": sinks,
+        }
+
+    def wait_delivered(self, timeout: float = 30.0, seq: int | None = None) -> bool:
+        """Block until every sink's checkpoint reaches seq (default: the current head)."""
+        target = self.writer.next_seq - 1 if seq is None else seq
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._sinks_lock:
+                ds = list(self._sinks.values())
+            if all(d.checkpoint >= target for d in ds) and self.writer.durable_watermark >= target:
+                return True
+            time.sleep(0.005)
+        return False
+
+    def compact(self) -> list[str]:
+        """Delete journal segments every sink has passed (all of them up to the watermark if no sink)."""
+        with self._sinks_lock:
+            ckpts = [d.checkpoint for d in self._sinks.values()]
+        upto = min([*ckpts, self.writer.durable_watermark])
+        return self.journal.compact(upto)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish pending frames, persist the watermark, stop the sink threads. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.writer.close(timeout)
+        with self._sinks_lock:
+            ds = list(self._sinks.values())
+        for d in ds:
+            d.stop(timeout)
+        self.journal.close()
+        self._wm.close()
+
+    def __enter__(self) -> SectorStateManager:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- internals
+    def _coll(self, ws: str) -> Any:
+        try:
+            return self._colls[ws]
+        except KeyError:
+            raise ValueError(f"worker_state must be 'online' or 'offline', not {ws!r}") from None
+
+    def _typed_fields(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in fields.items():
+            go = k if k in STATE_FIELDS else _PY_FIELDS.get(k)
+            if go is None:
+                raise ValueError(f"unknown SectorState field {k!r}; known: {', '.join(STATE_FIELDS)}")
+            if go == "ID":
+                raise ValueError("field 'ID' cannot be updated")
+            out[go] = decode_field(go, v)
+        return out
+
+    def _load(self, sid: SectorID, ws: str | None) -> tuple[str, SectorState]:
+        key = sector_key(sid)
+        for w in (ws,) if ws is not None else (ONLINE, OFFLINE):
+            try:
+                data = self._coll(w).get(key)
+            except KeyNotFoundError:
+                continue
+            return w, SectorState.from_go_json(data)
+        where = ws or "online or offline"
+        raise SectorNotFoundError(f"sector m-{sid.miner}-n-{sid.number} not found ({where})")
+
+    def _notify_wm(self, _wm: int) -> None:
+        with self._wm_cv:
+            self._wm_cv.notify_all()
+
+    def _wait_wm(self, above: int, timeout: float) -> int:
+        with self._wm_cv:
+            if self.writer.durable_watermark <= above:
+                self._wm_cv.wait(timeout)
+        return self.writer.durable_watermark
+
+    def _row(self, c: _Change) -> dict[str, Any]:
+        row = c.state.to_arrow_row() if c.state is not None else {"miner": c.sid.miner, "number": c.sid.number}
+        row["kind"] = c.kind
+        row["time"] = _now_us()
+        row["worker_state"] = c.ws
+        row["changed_fields"] = c.fields
+        return row
+
+    def _apply(self, changes: list[_Change]) -> None:
+        """Write-ahead: journal (durable) -> KV -> resolve. Caller holds the stripes."""
+        if not changes:
+            return
+        ticket = self.writer.submit([self._row(c) for c in changes])
+        self.writer.wait_durable(ticket)
+        try:
+            self._commit(changes)
+        except BaseException as e:
+            self._compensate(changes, ticket, e)
+            raise
+        self.writer.resolve(ticket)
+
+    def _commit(self, changes: list[_Change]) -> None:
+        # One transaction per collection, in first-use order: finalize puts offline, then
+        # deletes online (as damocles does). Puts and deletes are idempotent: safe to retry.
+        groups: dict[str, list[tuple[bytes, bytes | None]]] = {}
+        for c in changes:
+            key = sector_key(c.sid)
+            for ws, val in c.writes:
+                groups.setdefault(ws, []).append((key, val))
+        for ws, writes in groups.items():
+            attempt = 0
+            while True:
+                try:
+                    self._update(ws, _apply_writes(writes))
+                    break
+                except TransactionConflictError:
+                    raise  # _update already retried conflicts
+                except Exception:
+                    attempt += 1
+                    if attempt >= self.commit_retries:
+                        raise
+                    time.sleep(0.05 * attempt)
+
+    def _update(self, ws: str, fn: Callable[[Any], Any]) -> Any:
+        coll = self._colls[ws]
+        n = 0
+        while True:
+            try:
+                return coll.update(fn)
+            except TransactionConflictError:
+                n += 1
+                if not self._retry[ws] or n > self.conflict_retries:
+                    raise
+                time.sleep(min(0.001 * (2**n), 0.1))
+
+    def _compensate(self, changes: list[_Change], ticket: Ticket, err: BaseException) -> None:
+        """The KV commit failed after the events were journaled: journal what the KV holds."""
+        log.error("sector KV commit failed after journaling seq %d-%d: %r", ticket.first, ticket.last, err)
+        reverts: list[_Change] = []
+        for c in changes:
+            try:
+                actual = self._read_both(c.sid)
+            except Exception:  # noqa: BLE001 - KV unreachable: the restart reconciliation decides
+                log.exception("cannot read back sector m-%d-n-%d; leaving seq %d unresolved", c.sid.miner, c.sid.number, ticket.first)
+                return  # watermark stays; sinks wait; restart reconciles
+            if c.writes and actual.get(c.writes[0][0]) == c.writes[0][1] and all(
+                actual.get(ws) is None for ws, v in c.writes[1:] if v is None
+            ):
+                continue  # it did commit after all
+            if actual.get(ONLINE) is not None:
+                reverts.append(_Change(c.sid, "revert", ONLINE, SectorState.from_go_json(actual[ONLINE]), None, []))
+            elif actual.get(OFFLINE) is not None:
+                reverts.append(_Change(c.sid, "revert", OFFLINE, SectorState.from_go_json(actual[OFFLINE]), None, []))
+            else:
+                reverts.append(_Change(c.sid, "revert", "none", None, None, []))
+        if reverts:
+            rt = self.writer.submit([self._row(c) for c in reverts])
+            self.writer.wait_durable(rt)
+            self.writer.resolve(rt)
+        self.writer.resolve(ticket)
+
+    def _read_both(self, sid: SectorID) -> dict[str, bytes | None]:
+        key = sector_key(sid)
+        out: dict[str, bytes | None] = {}
+        for ws, coll in self._colls.items():
+            try:
+                out[ws] = coll.get(key)
+            except KeyNotFoundError:
+                out[ws] = None
+        return out
+
+    # ---------------------------------------------------------------- recovery
+    def _recover(self) -> dict[str, int]:
+        """Reconcile journal frames past the durable watermark with the KV (see module doc)."""
+        w = self._wm.value
+        frames = self.journal.frames
+        idx = next((i for i, f in enumerate(frames) if f.last_seq > w), len(frames))
+        tail = frames[idx:]
+        if not tail:
+            return {"tail": 0, "kept": 0, "dropped": 0}
+        table = pa.Table.from_batches([self.journal.read(f) for f in tail])
+        seqs = table.column("seq").to_pylist()
+        past = [i for i, s in enumerate(seqs) if s > w]
+        meta = table.select(["kind", "worker_state", "miner", "number"]).to_pylist()
+        by_sector: dict[SectorID, list[int]] = {}
+        for i in past:
+            m = meta[i]
+            by_sector.setdefault(SectorID(m["miner"], m["number"]), []).append(i)
+        keep = [True] * table.num_rows
+        for i in past:
+            keep[i] = False
+        fixes: list[tuple[str, bytes]] = []
+        for sid, rows in by_sector.items():
+            actual = self._read_both(sid)
+            last_match = -1
+            for j, i in enumerate(rows):
+                ws = meta[i]["worker_state"]
+                if ws == "none":
+                    match = actual[ONLINE] is None and actual[OFFLINE] is None
+                else:
+                    st = SectorState.from_arrow_row(table.slice(i, 1).to_pylist()[0])
+                    match = actual.get(ws) == st.to_go_json()
+                if match:
+                    last_match = j
+            for j in range(last_match + 1):
+                keep[rows[j]] = True
+            if last_match >= 0:
+                last = meta[rows[last_match]]
+                # finish a finalize/restore killed between its put and its delete
+                if last["kind"] == "finalize" and actual[ONLINE] is not None:
+                    fixes.append((ONLINE, sector_key(sid)))
+                elif last["kind"] == "restore" and actual[OFFLINE] is not None:
+                    fixes.append((OFFLINE, sector_key(sid)))
+        for ws, key in fixes:
+            self._update(ws, _apply_writes([(key, None)]))
+        kept = sum(1 for i in past if keep[i])
+        dropped = len(past) - kept
+        if dropped:
+            kept_table = table.filter(pa.array(keep))
+            n_before = sum(1 for s in seqs if s <= w)
+            first = seqs[0]
+            new_seq = pa.array(range(first, first + kept_table.num_rows), pa.uint64())
+            assert n_before == 0 or seqs[n_before - 1] == w
+            kept_table = kept_table.set_column(0, "seq", new_seq)
+            batches = []
+            for off in range(0, kept_table.num_rows, self.flush_rows):
+                part = kept_table.slice(off, self.flush_rows).combine_chunks().to_batches()
+                if not part:
+                    continue
+                b = part[0]
+                col = b.column(0)
+                batches.append((b, int(pc.min(col).as_py()), int(pc.max(col).as_py())))
+            self.journal.replace_tail(idx, batches)
+            new_w = first + kept_table.num_rows - 1
+        else:
+            new_w = tail[-1].last_seq
+        self._wm.store(max(new_w, w))
+        log.info("sector journal recovery: %d events past watermark %d, %d kept, %d dropped", len(past), w, kept, dropped)
+        return {"tail": len(past), "kept": kept, "dropped": dropped}
+
+
+def _existing_keys(keys: list[bytes]) -> Callable[[Any], set[bytes]]:
+    def fn(txn: Any) -> set[bytes]:
+        out = set()
+        for k in keys:
+            try:
+                txn.get(k)
+            except KeyNotFoundError:
+                continue
+            out.add(k)
+        return out
+
+    return fn
+
+
+def _apply_writes(writes: list[tuple[bytes, bytes | None]]) -> Callable[[Any], None]:
+    def fn(txn: Any) -> None:
+        for k, v in writes:
+            if v is None:
+                try:
+                    txn.delete(k)
+                except KeyNotFoundError:
+                    pass
+            else:
+                txn.put(k, v)
+
+    return fn

@@ -1,0 +1,165 @@
+"""Worker side of a SyncSectorState plugin: turn journal frames into the plugin's hook calls.
+
+The manager sends only frame references (segment file, offset, length); the host maps the
+segment (`pa.memory_map`) and decodes zero-copy. A vectorised sink gets one RecordBatch per
+delivery (`on_batch`); a Go-style sink gets its per-event hooks row by row, with the Go
+argument order of damocles' state manager:
+
+    import   -> OnImport(worker_state, state, override)      override is not journaled: False
+    init     -> OnInit(sectors: list[AllocatedSector], worker_state)   consecutive rows grouped
+    update   -> OnUpdate(sector_id, worker_state, fields: {GoName: typed value})
+    finalize -> OnFinalize(sector_id)
+    restore  -> OnRestore(sector_id)
+    revert   -> OnImport(worker_state, state, True)           (no Go hook; skipped if the
+                                                               sector no longer exists)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Callable, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vsm.sdk.sectors import STATE_FIELDS, AllocatedSector, SectorID, SectorState
+
+from ._journal import read_frame
+
+__all__ = ["SinkHost", "make_sink_host", "HOOKS"]
+
+# extPoint -> method name on a Constructor's object
+HOOKS = {
+    "OnBatch": "on_batch",
+    "OnImport": "on_import",
+    "OnInit": "on_init",
+    "OnUpdate": "on_update",
+    "OnFinalize": "on_finalize",
+    "OnRestore": "on_restore",
+}
+
+
+class SinkHost:
+    """Holds one sink (module hooks and/or a Constructor's object) inside a worker."""
+
+    def __init__(self, hooks: Mapping[str, Callable[..., Any]] | None = None, sink_obj: Any = None) -> None:
+        self.sink = sink_obj
+        self._fn: dict[str, Callable[..., Any]] = {}
+        for ext, meth in HOOKS.items():
+            f = (hooks or {}).get(ext)
+            if f is None and sink_obj is not None:
+                f = getattr(sink_obj, meth, None)
+            if f is not None:
+                self._fn[ext] = f
+        if not self._fn:
+            raise ValueError("sink exports no hook: need OnBatch or one of OnImport/OnInit/OnUpdate/OnFinalize/OnRestore")
+        self._maps: dict[str, pa.MemoryMappedFile] = {}
+        self.last_seq = 0
+
+    @classmethod
+    def from_module(cls, module: Any, exports: Mapping[str, str], meta: Mapping[str, str] | None = None) -> SinkHost:
+        """From an imported plugin module and its manifest exports {extPoint: impl}."""
+        hooks = {ext: getattr(module, impl) for ext, impl in exports.items() if ext in HOOKS}
+        obj = None
+        if "Constructor" in exports:
+            obj = getattr(module, exports["Constructor"])(dict(meta or {}))
+        return cls(hooks, obj)
+
+    # -- delivery ------------------------------------------------------------------------
+    def read(self, segments_dir: str, frames: list[tuple[str, int, int]], after_seq: int = 0) -> pa.RecordBatch | None:
+        """The rows of frames with seq > after_seq as one RecordBatch (zero-copy for one frame)."""
+        batches = [read_frame(os.path.join(segments_dir, seg), off, n, self._maps) for seg, off, n in frames]
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return None
+        if len(batches) == 1:
+            batch = batches[0]
+        else:
+            parts = pa.Table.from_batches(batches).combine_chunks().to_batches()
+            batch = parts[0]
+        seq = batch.column(0)
+        if pc.min(seq).as_py() <= after_seq:
+            batch = batch.filter(pc.greater(seq, pa.scalar(after_seq, pa.uint64())))
+        return batch if batch.num_rows else None
+
+    def deliver(self, segments_dir: str, frames: list[tuple[str, int, int]], after_seq: int = 0) -> int:
+        """Deliver frames to the sink; returns the last seq delivered (after_seq if none)."""
+        batch = self.read(segments_dir, frames, after_seq)
+        if batch is None:
+            return after_seq
+        if "OnBatch" in self._fn:
+            self._fn["OnBatch"](batch)
+        else:
+            self._per_event(batch)
+        self.last_seq = int(batch.column(0)[-1].as_py())
+        return self.last_seq
+
+    def _per_event(self, batch: pa.RecordBatch) -> None:
+        fn = self._fn
+        rows = batch.to_pylist()
+        i = 0
+        while i < len(rows):
+            r = rows[i]
+            kind, ws = r["kind"], r["worker_state"]
+            sid = SectorID(r["miner"], r["number"])
+            if kind == "init":
+                j = i
+                group = []
+                while j < len(rows) and rows[j]["kind"] == "init" and rows[j]["worker_state"] == ws:
+                    group.append(AllocatedSector(SectorID(rows[j]["miner"], rows[j]["number"]), rows[j]["sector_type"]))
+                    j += 1
+                if "OnInit" in fn:
+                    fn["OnInit"](group, ws)
+                i = j
+                continue
+            if kind == "import" and "OnImport" in fn:
+                fn["OnImport"](ws, SectorState.from_arrow_row(r), False)
+            elif kind == "revert" and ws != "none" and "OnImport" in fn:
+                fn["OnImport"](ws, SectorState.from_arrow_row(r), True)
+            elif kind == "update" and "OnUpdate" in fn:
+                st = SectorState.from_arrow_row(r)
+                fields = {go: getattr(st, STATE_FIELDS[go]) for go in (r["changed_fields"] or [])}
+                fn["OnUpdate"](sid, ws, fields)
+            elif kind == "finalize" and "OnFinalize" in fn:
+                fn["OnFinalize"](sid)
+            elif kind == "restore" and "OnRestore" in fn:
+                fn["OnRestore"](sid)
+            i += 1
+
+    # -- queries and lifecycle ---------------------------------------------------------------
+    def query(self, sql: str) -> bytes:
+        """Run sql on the sink (if it has `query`); the result as Arrow IPC stream bytes."""
+        q = getattr(self.sink, "query", None)
+        if q is None:
+            raise NotImplementedError("this sink does not answer queries")
+        res = q(sql)
+        if isinstance(res, (bytes, bytearray, memoryview)):
+            return bytes(res)
+        table = res if isinstance(res, pa.Table) else pa.table(res)
+        out = pa.BufferOutputStream()
+        with pa.ipc.new_stream(out, table.schema) as w:
+            w.write_table(table)
+        return out.getvalue().to_pybytes()
+
+    def close(self) -> None:
+        c = getattr(self.sink, "close", None)
+        if c is not None:
+            c()
+        for mm in self._maps.values():
+            mm.close()
+        self._maps.clear()
+
+
+def make_sink_host(module: str, exports: Mapping[str, str], meta: Mapping[str, str] | None = None, path: str | None = None) -> SinkHost:
+    """PoolSpec.init for a sink pool: import `module` (from `path` if given) and build its host."""
+    import sys
+
+    if path and path not in sys.path:
+        sys.path.insert(0, path)
+    return SinkHost.from_module(importlib.import_module(module), exports, meta)
+
+
+def ipc_to_table(data: bytes) -> pa.Table:
+    """Decode what SinkHost.query returns."""
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
