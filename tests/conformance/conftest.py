@@ -11,14 +11,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-PLUGINS = REPO / "plugins"
+from vsm.sdk import Config
 
-# `pytest tests/conformance` from a fresh checkout, before the package is installed.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from vsm.sdk import Config  # noqa: E402
+PLUGINS = pathlib.Path(__file__).resolve().parents[2] / "plugins"
 
 
 def read_manifest(name: str) -> dict[str, Any]:
