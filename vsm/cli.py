@@ -177,6 +177,21 @@ def plugin_test(artifact: Path, meta: tuple[str, ...], workers: int, as_json: bo
     sys.exit(1 if failed else 0)
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="Smaller sizes, for a smoke run (about a minute).")
+@click.option("--suite", "suites", multiple=True, type=click.Choice(["executor", "sectors"]), help="Run only these suites.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results.json"), show_default=True, help="Write the rows here as JSON.")
+def bench(quick: bool, suites: tuple[str, ...], out: Path) -> None:
+    """Measure vsm-pool against what users would pick instead, side by side in one run."""
+    from .home import bundled_root
+
+    sys.path.insert(0, str(bundled_root()))
+    from bench.run import SUITES
+    from bench.run import main as run_bench
+
+    sys.exit(run_bench(list(suites or SUITES), quick, out))
+
+
 def _config(home: Path | None, config_file: Path | None) -> Any:
     from .config import load_config, resolve_home
 

@@ -18,20 +18,25 @@ from loguru import logger
 from .artifact import artifact_name, build
 from .config import default_config_text
 
-__all__ = ["DEFAULT_PLUGINS", "bundled_plugins_dir", "bundled_plugin_sources", "ensure_home"]
+__all__ = ["DEFAULT_PLUGINS", "bundled_plugins_dir", "bundled_root", "bundled_plugin_sources", "ensure_home"]
 
 # Bundled plugins built into a new home: the embedded default needs no server. The plugins for
 # real backends (redis, s3store, sqlsink) are built on request: `vsm-pool plugin build --bundled`.
 DEFAULT_PLUGINS = ("memdb", "sqlitekv", "fsstore", "duckdb_sink", "parquet_sink", "limiter")
 
 
+def bundled_root() -> Path:
+    """The folder holding plugins/ and bench/: the source tree, or vsm/_bundled in a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_bundled", here.parent):
+        if (candidate / "plugins").is_dir() and (candidate / "bench").is_dir():
+            return candidate
+    raise FileNotFoundError("the bundled plugins and benchmarks are missing from this installation of vsm-pool")
+
+
 def bundled_plugins_dir() -> Path:
     """plugins/ of the source tree, or its copy inside an installed wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_bundled" / "plugins", here.parent / "plugins"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("the bundled plugins are missing from this installation of vsm-pool")
+    return bundled_root() / "plugins"
 
 
 def bundled_plugin_sources() -> list[Path]:

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: every workload against its peers, measured in one run."""
