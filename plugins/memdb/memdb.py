@@ -19,7 +19,6 @@ __all__ = ["on_init", "open"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_DELETED = None  # marks a key deleted in an update's write buffer
 
 
 def on_init(plugins_dir: str, manifest: Manifest) -> None:
@@ -72,7 +71,7 @@ class _Table:
 
     def delete(self, key: bytes) -> None:
         # Go semantics (memdb's btree, badger): deleting a missing key is not an error.
-        if self.data.pop(key, _DELETED) is not None and self._keys is not None:
+        if self.data.pop(key, None) is not None and self._keys is not None:
             del self._keys[bisect.bisect_left(self._keys, key)]
 
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
@@ -94,13 +93,13 @@ class MemTxn:
     def __init__(self, table: _Table, writable: bool) -> None:
         self._table = table
         self._writable = writable
-        self._writes: dict[bytes, bytes | None] = {}
+        self._writes: dict[bytes, bytes | None] = {}  # None: deleted in this transaction
 
     def get(self, key: bytes) -> bytes:
         key = bytes(key)
         if key in self._writes:
             val = self._writes[key]
-            if val is _DELETED:
+            if val is None:
                 raise KeyNotFoundError(f"key not found: {key!r}")
             return val
         return self._table.get(key)
@@ -114,7 +113,7 @@ class MemTxn:
 
     def delete(self, key: bytes) -> None:
         self._check_writable()
-        self._writes[bytes(key)] = _DELETED
+        self._writes[bytes(key)] = None
 
     def scan(self, prefix: bytes) -> MemIter:
         prefix = bytes(prefix)
@@ -123,7 +122,7 @@ class MemTxn:
         if mine:
             merged = dict(items)
             for k, v in mine.items():
-                if v is _DELETED:
+                if v is None:
                     merged.pop(k, None)
                 else:
                     merged[k] = v
@@ -132,7 +131,7 @@ class MemTxn:
 
     def commit(self) -> None:
         for k, v in self._writes.items():
-            if v is _DELETED:
+            if v is None:
                 self._table.delete(k)
             else:
                 self._table.put(k, v)

@@ -8,7 +8,8 @@ All collections share one table keyed by (collection, key); keys are BLOBs, so S
 order is byte order and a prefix scan is the key range [prefix, successor(prefix)).
 Transactions are pessimistic (update takes the write lock with BEGIN IMMEDIATE), so they never
 conflict. Puts inside an update are buffered and written with executemany before the next read
-or at commit: bulk imports run in one statement loop inside SQLite.
+or at commit: bulk imports run in one statement loop inside SQLite. A scan outside a transaction
+reads a page at a time and may see writes made meanwhile; txn.scan inside view is a snapshot.
 """
 
 from __future__ import annotations
