@@ -1,0 +1,86 @@
+"""Test helpers: sinks that record, fail or lag; realistic states; plugin loading."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import threading
+import time
+from types import ModuleType
+from typing import Any
+
+import pyarrow as pa
+
+from vsm.sdk.sectors import (
+    MessageInfo,
+    PreCommitInfo,
+    ProofInfo,
+    ReportStateReq,
+    Seed,
+    SectorID,
+    SectorPieceV2,
+    SectorState,
+    SectorStateChange,
+    Ticket,
+    WorkerIdentifier,
+    PieceInfoV2,
+    DealInfoV2,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_plugin(name: str, module: str) -> ModuleType:
+    path = os.path.join(ROOT, "plugins", name, module + ".py")
+    spec = importlib.util.spec_from_file_location(f"_test_plugin_{name}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_state(miner: int, number: int, with_piece: bool | None = None) -> SectorState:
+    """A sealed-looking state; every third one carries a DDO piece."""
+    if with_piece is None:
+        with_piece = number % 3 == 0
+    st = SectorState(SectorID(miner, number), 8)
+    st.ticket = Ticket(number.to_bytes(8, "big") * 4, 2_500_000 + number)
+    st.seed = Seed(b"\x01" * 32, 2_500_150 + number)
+    st.pre = PreCommitInfo("bagboea4b5abcamxkzmzcciabkdxzu4vqkpmpvwgyiyldaogf7ssr4c7yl5u7ftxb", "baga6ea4seaqhfd5zcatqebd4jrulvrqcz6rqg4nlfmkvqalqk6ykdhbvfptevli", Ticket(b"\x02" * 32, 2_500_000), [])
+    st.proof = ProofInfo(b"\x03" * 192)
+    st.message_info = MessageInfo("bafy2bzacedxkkpqwmuf4dnnz4h5djmvjc7zu2bhzbhbkoqqm6npg3zpd5lewu", None, True)
+    st.latest_state = ReportStateReq(WorkerIdentifier("worker-01", "10.0.0.7"), SectorStateChange("C2Done", "Persisted", "Evt"), None)
+    if with_piece:
+        cid = "baga6ea4seaqhfd5zcatqebd4jrulvrqcz6rqg4nlfmkvqalqk6ykdhbvfptevli"
+        st.pieces = [SectorPieceV2(PieceInfoV2(34359738368, cid), DealInfoV2(0, None, 1000 + number, cid, 34359738368, "f03344", "f0%d" % miner, 0, 34359738368, 3 << 30, 2_510_000, 5_000_000, False, False))]
+    return st
+
+
+class RecordingSink:
+    """on_batch sink: keeps every row's seq; optional failures and delay."""
+
+    def __init__(self, fail_first: int = 0, delay: float = 0.0) -> None:
+        self.seqs: list[int] = []
+        self.batches = 0
+        self.fail_left = fail_first
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.tables: list[pa.Table] = []
+
+    def on_batch(self, batch: pa.RecordBatch) -> None:
+        if self.fail_left > 0:
+            self.fail_left -= 1
+            raise RuntimeError("sink down (injected)")
+        if self.delay:
+            time.sleep(self.delay)
+        with self.lock:
+            self.seqs.extend(batch.column("seq").to_pylist())
+            self.batches += 1
+            self.tables.append(pa.Table.from_batches([batch]))
+
+
+def assert_no_gaps(seqs: list[int]) -> None:
+    s = sorted(set(seqs))
+    assert s == list(range(1, len(s) + 1)), f"gap or duplicate in seqs: first={s[:3]} last={s[-3:]} n={len(s)}"

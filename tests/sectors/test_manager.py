@@ -1,0 +1,279 @@
+"""SectorStateManager: operations, collections, serialisation, seq without gaps, sinks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from vsm.sdk.sectors import AllocatedSector, PreCommitInfo, SectorID, SectorState, Ticket, sector_key
+from vsm.sectors import SectorNotFoundError, SectorStateManager, SinkHost
+
+from .helpers import RecordingSink, assert_no_gaps, load_plugin, make_state
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _mgr(db, tmp_path, sinks=None, **kw):  # type: ignore[no-untyped-def]
+    kw.setdefault("fsync", False)
+    return SectorStateManager(db, str(tmp_path / "journal"), sinks=sinks, **kw)
+
+
+def test_operations_and_collections(dictdb, tmp_path, sample_json) -> None:  # type: ignore[no-untyped-def]
+    rec = RecordingSink()
+    with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}) as m:
+        st = SectorState.from_go_json(sample_json)
+        assert m.import_states([st]) == 1
+        assert m.import_states([st]) == 0  # exists, no override
+        assert m.import_states([st], override=True) == 1
+        online = dictdb.open_collection("meta")
+        offline = dictdb.open_collection("offline_meta")
+        assert online.data[b"m-1001-n-42"] == sample_json
+
+        sids = [SectorID(7, n) for n in range(3)]
+        m.init([AllocatedSector(s, 8) for s in sids])
+        assert m.get(sids[0]).sector_type == 8
+        pre = PreCommitInfo("bafyr", "bafyd", Ticket(b"t", 5), [1])
+        new = m.update(sids[0], {"Pre": pre, "abort_reason": "x", "Finalized": True})
+        assert new.pre == pre and new.abort_reason == "x" and new.finalized
+        # Go JSON form of a value is accepted too
+        m.update(sids[1], {"Pre": {"CommR": {"/": "bafyr"}, "CommD": None, "Ticket": {"Ticket": None, "Epoch": 1}, "Deals": None}})
+        assert m.get(sids[1]).pre == PreCommitInfo("bafyr", None, Ticket(None, 1), None)
+        with pytest.raises(ValueError, match="unknown SectorState field 'Nope'"):
+            m.update(sids[0], {"Nope": 1})
+
+        m.finalize(sids[0])
+        assert sector_key(sids[0]) not in online.data and sector_key(sids[0]) in offline.data
+        assert m.locate(sids[0]) == "offline"
+        assert [s.id for s in m.list("offline")] == [sids[0]]
+        with pytest.raises(SectorNotFoundError):
+            m.finalize(sids[0])
+        m.restore(sids[0])
+        assert sector_key(sids[0]) in online.data and sector_key(sids[0]) not in offline.data
+        assert [s.id.number for s in m.list("online", miner=7)] == [0, 1, 2]
+        with pytest.raises(SectorNotFoundError):
+            m.update(SectorID(9, 9), {"Finalized": True})
+
+        assert m.wait_delivered(10)
+        import pyarrow as pa
+
+        t = pa.concat_tables(rec.tables)
+        assert t.column("kind").to_pylist() == ["import", "import", "init", "init", "init", "update", "update", "finalize", "restore"]
+        assert t.column("worker_state").to_pylist()[-2:] == ["offline", "online"]
+        assert t.column("changed_fields").to_pylist()[5] == ["Pre", "AbortReason", "Finalized"]
+        assert_no_gaps(rec.seqs)
+
+
+def test_conflicts_are_retried(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from .conftest import DictDB
+
+    db = DictDB(retry=True)
+    with _mgr(db, tmp_path) as m:
+        db.open_collection("meta").conflicts = 3
+        m.init([AllocatedSector(SectorID(1, 1), 8)])
+        assert m.get(SectorID(1, 1)).sector_type == 8
+
+
+def test_per_sector_serialisation_and_no_gaps(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Threads update different fields of the same sectors. update() is a read-modify-write
+    # under the sector's lock: without it, one thread's write would drop another's field.
+    rec = RecordingSink()
+    sectors = [SectorID(1, n) for n in range(6)]
+    fields = ["AbortReason", "UpgradeMessageID", "UpgradeLandedEpoch"]
+    per_thread = 30
+    with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}) as m:
+        m.init([AllocatedSector(s, 8) for s in sectors])
+
+        def writer(job: tuple[SectorID, str]) -> None:
+            sid, field = job
+            for i in range(1, per_thread + 1):
+                m.update(sid, {field: i if field == "UpgradeLandedEpoch" else str(i)})
+
+        with ThreadPoolExecutor(12) as ex:
+            list(ex.map(writer, [(s, f) for s in sectors for f in fields]))
+        assert m.wait_delivered(20)
+        import pyarrow as pa
+
+        rows = pa.concat_tables(rec.tables).to_pylist()
+        assert_no_gaps(rec.seqs)
+        assert len(rows) == len(sectors) * (1 + len(fields) * per_thread)
+        cols = {"AbortReason": "abort_reason", "UpgradeMessageID": "upgrade_message_id", "UpgradeLandedEpoch": "upgrade_landed_epoch"}
+        for sid in sectors:
+            evs = [r for r in rows if r["number"] == sid.number]
+            for prev, cur in zip(evs, evs[1:]):
+                # each event = previous event's state + only the fields it names
+                for go, col in cols.items():
+                    if go not in cur["changed_fields"]:
+                        assert cur[col] == prev[col], (sid, cur["seq"], go)
+            final = m.get(sid)
+            assert (final.abort_reason, final.upgrade_message_id, final.upgrade_landed_epoch) == (
+                str(per_thread), str(per_thread), per_thread)
+
+
+def test_different_sectors_run_in_parallel(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # a slow KV commit on one sector must not hold another sector's update
+    with _mgr(dictdb, tmp_path, flush_age=0.0) as m:
+        m.init([AllocatedSector(SectorID(1, 1), 8), AllocatedSector(SectorID(1, 2), 8)])
+        orig = m._commit
+        gate = threading.Event()
+
+        def slow_commit(changes):  # type: ignore[no-untyped-def]
+            if changes[0].sid.number == 1:
+                gate.wait(5)
+            return orig(changes)
+
+        m._commit = slow_commit  # type: ignore[method-assign]
+        t = threading.Thread(target=m.update, args=(SectorID(1, 1), {"Removed": True}))
+        t.start()
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        m.update(SectorID(1, 2), {"Removed": True})
+        assert time.monotonic() - t0 < 1.0
+        gate.set()
+        t.join(5)
+        assert m.get(SectorID(1, 1)).removed
+
+
+def test_failing_sink_catches_up_and_slow_sink_does_not_block(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    flaky = RecordingSink(fail_first=4)
+    slow = RecordingSink(delay=0.3)
+    fast = RecordingSink()
+    sinks = {"flaky": SinkHost(sink_obj=flaky), "slow": SinkHost(sink_obj=slow), "fast": SinkHost(sink_obj=fast)}
+    with _mgr(dictdb, tmp_path, sinks, sink_backoff=(0.01, 0.05), flush_age=0.0) as m:
+        t0 = time.monotonic()
+        for i in range(50):
+            m.init([AllocatedSector(SectorID(2, i), 8)])
+        elapsed = time.monotonic() - t0
+        assert elapsed < 5.0  # the slow sink (0.3 s per batch) is not in the op path
+        st = m.status()
+        assert st["sinks"]["flaky"]["errors"] >= 1
+        assert "sink down" in (st["sinks"]["flaky"]["last_error"] or "")
+        deadline = time.monotonic() + 2
+        while fast.seqs[-1:] != [50] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fast.seqs[-1:] == [50]  # fast sink is done while slow still lags
+        assert m.wait_delivered(20)
+        st = m.status()
+        for name in ("flaky", "slow", "fast"):
+            assert st["sinks"][name]["lag"] == 0 and st["sinks"][name]["checkpoint"] == 50
+            assert st["sinks"][name]["state"] == "running"
+        assert_no_gaps(flaky.seqs)
+        assert_no_gaps(slow.seqs)
+        assert slow.batches < 50  # backlog was coalesced into bigger deliveries
+
+
+def test_kv_failure_journals_revert(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rec = RecordingSink()
+    with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}, commit_retries=1) as m:
+        m.init([AllocatedSector(SectorID(3, 1), 8)])
+        dictdb.open_collection("meta").fail_next = OSError("disk gone")
+        with pytest.raises(OSError):
+            m.update(SectorID(3, 1), {"Removed": True})
+        assert not m.get(SectorID(3, 1)).removed
+        assert m.wait_delivered(10)
+        import pyarrow as pa
+
+        t = pa.concat_tables(rec.tables).to_pylist()
+        assert [r["kind"] for r in t] == ["init", "update", "revert"]
+        assert t[2]["removed"] is False
+        assert_no_gaps(rec.seqs)
+
+
+def test_restart_resumes_checkpoints_and_compacts(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rec = RecordingSink()
+    m = _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}, segment_bytes=1)
+    for i in range(5):
+        m.init([AllocatedSector(SectorID(4, i), 8)])
+    assert m.wait_delivered(10)
+    m.close()
+    m.close()  # idempotent
+    rec2 = RecordingSink()
+    m = _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec2)}, segment_bytes=1)
+    m.init([AllocatedSector(SectorID(4, 9), 8)])
+    assert m.wait_delivered(10)
+    assert rec2.seqs == [6]  # resumed after its checkpoint, nothing redelivered
+    removed = m.compact()
+    assert removed  # every sink passed the old segments
+    assert m.status()["journal"]["first_seq"] == 6
+    m.close()
+
+
+def test_duckdb_tables_match_kv(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    duck = load_plugin("duckdb_sink", "duckdb_sink")
+    host = SinkHost.from_module(duck, {"Constructor": "open"}, {"Path": str(tmp_path / "s.duckdb")})
+    with _mgr(dictdb, tmp_path, {"duckdb": host}) as m:
+        m.import_states([make_state(10, n) for n in range(300)])
+        for n in range(0, 300, 7):
+            m.update(SectorID(10, n), {"Removed": True})
+        for n in range(0, 300, 11):
+            m.finalize(SectorID(10, n))
+        assert m.wait_delivered(20)
+        # redelivering everything changes nothing (idempotent by seq)
+        host.deliver(m.journal.seg_dir, [f.as_tuple() for f in m.journal.frames], 0)
+        sink = host.sink
+        n_events = sink.query("SELECT count(*) AS n, max(seq) AS s FROM sector_events").to_pylist()[0]
+        assert n_events == {"n": m.status()["journal"]["head"], "s": m.status()["journal"]["head"]}
+        rows = sink.query("SELECT * FROM sectors ORDER BY miner, number")
+        from vsm.sdk.sectors import arrow_to_states
+
+        states = arrow_to_states(rows)
+        ws = rows.column("worker_state").to_pylist()
+        assert len(states) == 300
+        for st, w in zip(states, ws):
+            coll = dictdb.open_collection("meta" if w == "online" else "offline_meta")
+            assert coll.data[sector_key(st.id)] == st.to_go_json()
+        assert sum(1 for w in ws if w == "offline") == len(range(0, 300, 11))
+        # the IPC path the daemon uses
+        from vsm.sectors import ipc_to_table
+
+        t = ipc_to_table(host.query("SELECT count(*) AS n FROM sectors WHERE removed"))
+        assert t.to_pylist() == [{"n": len(range(0, 300, 7))}]
+    host.close()
+    from vsm.sectors import query_duckdb
+
+    assert query_duckdb(str(tmp_path / "s.duckdb"), "SELECT count(*) AS n FROM sectors").to_pylist() == [{"n": 300}]
+
+
+def test_parquet_sink_partitions_and_is_idempotent(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pqmod = load_plugin("parquet_sink", "parquet_sink")
+    host = SinkHost.from_module(pqmod, {"Constructor": "open"}, {"Path": str(tmp_path / "pq")})
+    with _mgr(dictdb, tmp_path, {"parquet": host}) as m:
+        m.import_states([make_state(11, n) for n in range(100)])
+        m.update(SectorID(11, 1), {"Removed": True})
+        assert m.wait_delivered(20)
+        host.deliver(m.journal.seg_dir, [f.as_tuple() for f in m.journal.frames], 0)  # redelivery
+    import glob
+
+    import pyarrow.dataset as ds
+
+    files = glob.glob(str(tmp_path / "pq" / "date=*" / "part-*.parquet"))
+    assert files and all("/date=20" in f for f in files)
+    t = ds.dataset(str(tmp_path / "pq"), format="parquet", partitioning="hive").to_table()
+    assert sorted(t.column("seq").to_pylist()) == list(range(1, 102))
+
+
+def test_per_event_hooks_get_go_arguments(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    calls: list[tuple] = []
+    hooks = {
+        "OnImport": lambda ws, st, ov: calls.append(("import", ws, st.id, ov)),
+        "OnInit": lambda secs, ws: calls.append(("init", [a.id.number for a in secs], ws)),
+        "OnUpdate": lambda sid, ws, f: calls.append(("update", sid, ws, f)),
+        "OnFinalize": lambda sid: calls.append(("finalize", sid)),
+        "OnRestore": lambda sid: calls.append(("restore", sid)),
+    }
+    with _mgr(dictdb, tmp_path, {"go": SinkHost(hooks)}) as m:
+        m.import_states([make_state(12, 100)])
+        m.init([AllocatedSector(SectorID(12, n), 8) for n in range(3)])
+        m.update(SectorID(12, 0), {"Finalized": True})
+        m.finalize(SectorID(12, 0))
+        m.restore(SectorID(12, 0))
+        assert m.wait_delivered(10)
+    assert calls == [
+        ("import", "online", SectorID(12, 100), False),
+        ("init", [0, 1, 2], "online"),
+        ("update", SectorID(12, 0), "online", {"Finalized": True}),
+        ("finalize", SectorID(12, 0)),
+        ("restore", SectorID(12, 0)),
+    ]
