@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any, Callable
 
@@ -158,3 +157,16 @@ def test_every_check_states_its_rule(constructor: Callable[[str], Any], tmp_path
     obj = run_objstore_kit(lambda ro: constructor("fsstore")(Config(name="", path=str(tmp_path), read_only=ro)))
     assert all(r.rule for r in kv + obj)
     assert len({r.name for r in kv}) == len(kv) and len({r.name for r in obj}) == len(obj)
+
+
+def test_objstore_factory_contract_is_explained(tmp_path: Any, constructor: Callable[[str], Any]) -> None:
+    """A factory giving each store its own folder breaks the kit's contract, and is told so."""
+    count = iter(range(100))
+
+    def make(read_only: bool) -> Any:
+        root = tmp_path / f"store-{next(count)}"
+        root.mkdir()
+        return constructor("fsstore")(Config(name="", path=str(root), read_only=read_only))
+
+    results = {r.name: r for r in run_objstore_kit(make)}
+    assert "share one backing location" in results["read_only_refuses_writes"].error

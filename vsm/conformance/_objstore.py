@@ -16,7 +16,7 @@ from typing import Callable
 from vsm.sdk import Config, InstanceInfo, InvalidObjectPathError, ObjectNotFoundError, ReadOnlyStoreError
 from vsm.sdk.objstore import Store
 
-from ._result import CheckResult, expect, expect_raises, run_checks
+from ._result import CheckFailed, CheckResult, expect, expect_raises, run_checks
 
 __all__ = ["OBJSTORE_CHECKS", "MakeStore", "run_objstore_kit"]
 
@@ -147,6 +147,13 @@ def read_only_refuses_writes(make_store: MakeStore) -> None:
     path = _prefix(read_only_refuses_writes) + "obj"
     make_store(False).put(path, io.BytesIO(b"kept"))
     ro = make_store(True)
+    try:
+        ro.stat(path)
+    except ObjectNotFoundError:
+        raise CheckFailed(
+            "make_store(True) does not see what make_store(False) wrote: every store the factory "
+            "returns must share one backing location"
+        ) from None
     expect(ro.instance_config().read_only is True, "read-only store's config says read_only is False")
     expect_raises(ReadOnlyStoreError, ro.put, path, io.BytesIO(b"new"))
     expect_raises(ReadOnlyStoreError, ro.put, path + "-new", io.BytesIO(b"new"))
