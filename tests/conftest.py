@@ -35,12 +35,15 @@ def _shm() -> set[str]:
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Fail a test that leaves a child process or a new /dev/shm segment behind."""
-    before = _shm()
-    yield
     me = psutil.Process()
+    before = _shm()
+    # Servers that session- or module-scoped fixtures started are set up before this fixture
+    # and torn down after it: only processes new since the test began are its leftovers.
+    existing = {c.pid for c in me.children(recursive=True)}
+    yield
     deadline = time.monotonic() + 5
     while True:
-        children = [c for c in me.children(recursive=True) if _ours(c, me)]
+        children = [c for c in me.children(recursive=True) if c.pid not in existing and _ours(c, me)]
         if not children or time.monotonic() > deadline:
             break
         time.sleep(0.05)

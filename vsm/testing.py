@@ -3,7 +3,6 @@ built artifact in its own pool, through the same proxies the manager uses."""
 
 from __future__ import annotations
 
-import itertools
 import tempfile
 from pathlib import Path
 
@@ -36,13 +35,13 @@ def run_conformance(artifact: Path, meta: dict[str, str], *, workers: int = 1, b
                 finally:
                     db.close()
             if manifest.kind is Kind.ObjStore:
-                counter = itertools.count()
+                location = str(Path(scratch) / "store")
+                Path(location).mkdir()
 
                 def make_store(read_only: bool) -> PooledStore:
-                    n = next(counter)
-                    path = Path(scratch) / f"store-{n}"
-                    path.mkdir()
-                    return PooledStore(pool, Config(name=f"kit-{n}", path=str(path), meta=dict(meta), read_only=read_only))
+                    # The kit's contract: every store it asks for sees the same location.
+                    name = "kit-read-only" if read_only else "kit"
+                    return PooledStore(pool, Config(name=name, path=location, meta=dict(meta), read_only=read_only))
 
                 return run_objstore_kit(make_store)
             raise PluginLoadError(f"{artifact}: no conformance kit for {manifest.kind.value} plugins yet")

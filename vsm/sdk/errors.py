@@ -3,7 +3,7 @@
 Tree::
 
     PluginError                      base of everything a plugin reports
-    ├── KeyNotFoundError             kvstore: Get/Peek/Del on a missing key (Go ErrKeyNotFound)
+    ├── KeyNotFoundError             kvstore: Get/Peek of a missing key (Go ErrKeyNotFound); Del of one is a no-op
     ├── TransactionConflictError     kvstore: optimistic txn lost; caller retries (Go ErrTransactionConflict)
     ├── ObjectNotFoundError          objstore: no object at that path (Go ErrObjectNotFound)
     ├── ReadOnlyStoreError           objstore: put/delete on a read-only store (Go ErrReadOnlyStore)
