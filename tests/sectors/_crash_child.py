@@ -1,0 +1,58 @@
+"""Child process for test_crash: bulk import + updates into sqlitekv, killed by the parent or itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+sys.path.insert(0, sys.argv[1])
+
+from tests.sectors.helpers import load_plugin, make_state  # noqa: E402
+from vsm.sdk.sectors import SectorID  # noqa: E402
+from vsm.sectors import SectorStateManager  # noqa: E402
+
+root, mode = sys.argv[2], sys.argv[3]
+kv = load_plugin("sqlitekv", "sqlitekv").open({"Path": os.path.join(root, "kv.db")})
+kv.run()
+m = SectorStateManager(kv, os.path.join(root, "journal"), import_chunk=500, flush_rows=500, flush_age=0.001)
+
+if mode == "after_journal":
+    # die exactly in the window: chunk 6's frame is fsynced, its KV commit never happens
+    orig = m._commit
+    n = {"chunks": 0}
+
+    def commit(changes):  # type: ignore[no-untyped-def]
+        if changes[0].kind == "import":
+            n["chunks"] += 1
+            if n["chunks"] == 6:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return orig(changes)
+
+    m._commit = commit  # type: ignore[method-assign]
+elif mode == "mid_finalize":
+    orig_update = m._update
+
+    def upd(ws, fn):  # type: ignore[no-untyped-def]
+        out = orig_update(ws, fn)
+        if ws == "offline":  # the offline put landed; the online delete never will
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+m.import_states([make_state(20, n) for n in range(1000)])
+if mode == "mid_finalize":
+    m._update = upd  # type: ignore[method-assign]
+    m.finalize(SectorID(20, 5))
+
+
+def updates() -> None:
+    i = 0
+    while True:
+        m.update(SectorID(20, i % 1000), {"AbortReason": "u%d" % i})
+        i += 1
+
+
+threading.Thread(target=updates, daemon=True).start()
+print("ready", flush=True)
+m.import_states(make_state(21, n) for n in range(1_000_000))
