@@ -9,7 +9,9 @@ Why an index: Redis keeps no key order. SCAN MATCH walks the whole keyspace of t
 for every prefix scan (all collections, O(N) round trips) and then needs a sort; a sorted set
 with equal scores is ordered by memcmp of its members, so ZRANGEBYLEX answers a prefix scan
 in O(log N + M), already in byte order, paged by the last key seen. Every write changes the
-value and the index in one MULTI/EXEC, so they never disagree. Collection names may not
+value and the index in one MULTI/EXEC, so they never disagree (keys written into the
+namespace by other tools, bypassing the index, are found by get but not by scan; keys removed
+by other tools are skipped by scan). Collection names may not
 contain ':' (so no index key can equal a data key). Redis Cluster is not supported (the
 multi-key MULTI would need hash tags).
 

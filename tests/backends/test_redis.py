@@ -43,6 +43,14 @@ def test_keys_live_under_prefix_and_collection(db: Any, redis_meta: dict[str, st
     assert db.client.exists(f"{prefix}:meta") == 0  # an emptied index goes away
 
 
+def test_view_refuses_writes(db: Any) -> None:
+    coll = db.open_collection("meta")
+    with pytest.raises(PermissionError, match="view"):
+        coll.view(lambda txn: txn.put(b"k", b"v"))
+    with pytest.raises(KeyNotFoundError):
+        coll.get(b"k")
+
+
 def test_collection_name_with_colon_refused(db: Any) -> None:
     with pytest.raises(ValueError, match="collection name"):
         db.open_collection("a:b")
