@@ -1,0 +1,100 @@
+"""executors: a generic engine of worker pools (knows nothing of sectors or plugins).
+
+    pool = make_pool(PoolSpec(name="KVStore/memdb", init=functools.partial(open_db, meta)))
+    pool.start()
+    pool.call("get", b"key")
+    pool.close()
+"""
+
+from __future__ import annotations
+
+from ._api import Pool, PoolSpec, PoolState
+from ._inline import InlinePool
+from ._pool import ProcessPool, prestart
+from .errors import (
+    CallTimeout,
+    PoolBroken,
+    PoolClosed,
+    PoolError,
+    PoolStartError,
+    RemoteError,
+    RemoteTraceback,
+    StreamAborted,
+    WorkerCrashed,
+)
+
+__all__ = [
+    "CallTimeout",
+    "InlinePool",
+    "Pool",
+    "PoolBroken",
+    "PoolClosed",
+    "PoolError",
+    "PoolSpec",
+    "PoolStartError",
+    "PoolState",
+    "ProcessPool",
+    "RemoteError",
+    "RemoteTraceback",
+    "StreamAborted",
+    "WorkerCrashed",
+    "cleanup_stale_segments",
+    "make_pool",
+    "prestart",
+]
+
+BACKENDS = ("process", "inline")
+
+
+def make_pool(spec: PoolSpec, backend: str = "process") -> Pool:
+    """A not-yet-started pool for spec. backend: "process" (local worker processes) or
+    "inline" (in the calling process: tests, baselines). A Ray backend will plug in here."""
+    if backend == "process":
+        return ProcessPool(spec)
+    if backend == "inline":
+        return InlinePool(spec)
+    raise ValueError(f"unknown pool backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def cleanup_stale_segments(directory: str = "/dev/shm") -> list[str]:
+    """Remove `vsmpool-<pid>-*` segments whose owner pid is dead; returns the removed names.
+
+    The engine's rings are memfd (anonymous), so it names no segment itself; this is a
+    safety net for any future named segment and for operators."""
+    import os
+
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith("vsmpool-"):
+            continue
+        try:
+            pid = int(name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # owner alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or callable(_obj):
+        try:
+            _obj.__module__ = "executors"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

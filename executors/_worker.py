@@ -1,0 +1,321 @@
+"""The worker process: one socket to the manager, one service object, requests run in order.
+
+    manager socket --frames--> FrameReader --> handle(op) --> obj.method(*args)
+                   <--frames-- out (replies batched: flushed when no request is waiting,
+                                    after 256 replies or 2 ms)
+
+The worker leaves on socket EOF (manager gone or closing), on OP_EXIT, and is killed by
+PR_SET_PDEATHSIG when its parent (the forkserver, which itself exits with the manager) dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+from . import _wire as W
+from ._ring import Ring, SlotReader
+from .errors import StreamAborted
+
+__all__ = ["main"]
+
+_FLUSH_COUNT = 256
+_FLUSH_SECONDS = 0.002
+
+
+def _die_with_parent(expected_ppid: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    # the parent may have died before prctl: then we were already reparented
+    if expected_ppid and os.getppid() != expected_ppid:
+        os._exit(1)
+
+
+def main(sock: socket.socket, expected_ppid: int) -> None:
+    """Process target. Never returns normally: exits via os._exit to skip atexit work
+    inherited from the parent."""
+    _die_with_parent(expected_ppid)
+    sock.set_inheritable(False)  # a grandchild holding it would hide our EOF from the manager
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C goes to the manager, which closes us
+    faulthandler.enable()
+    code = 0
+    try:
+        _Worker(sock).run()
+    except (EOFError, ConnectionError):
+        pass
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _error_reply(exc: BaseException, method: str) -> bytes:
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        eb: bytes | None = W.dumps(exc)
+    except Exception:
+        eb = None
+    return pickle.dumps((W.K_ERROR, eb, tb, type(exc).__qualname__, f"{method}: {exc}"), 5)
+
+
+class _Exit(Exception):
+    pass
+
+
+class _Worker:
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(True)
+        self.sock = sock
+        self.rd = W.FrameReader(sock, with_fds=True)
+        self.out: list[bytes] = []
+        self.out_t0 = 0.0
+        self.obj: Any = None
+        self.ring: Ring | None = None
+        self.deferred: deque[tuple[int, Any]] = deque()
+        self.name = "?"
+
+    # -- io -------------------------------------------------------------------------------
+    def _decode(self, rid: int, body: memoryview) -> Any:
+        try:
+            return pickle.loads(body)
+        except BaseException as exc:  # a class the worker cannot import, a bad pickle
+            return exc
+
+    def recv(self, block: bool, probe: bool = True) -> tuple[int, Any] | None:
+        """Next message (deferred ones first). Non-blocking: None when none is buffered
+        (and, with probe, none is waiting in the socket either)."""
+        if self.deferred:
+            return self.deferred.popleft()
+        rd = self.rd
+        while True:
+            f = rd.next()
+            if f is not None:
+                rid, body = f
+                return rid, self._decode(rid, body)
+            if not block and not probe:
+                return None
+            if not (rd.fill_spin(W.SPIN_SECONDS) if block else rd.fill(False)):
+                return None
+
+    def reply(self, rid: int, body: bytes) -> None:
+        if not self.out:
+            self.out_t0 = time.monotonic()
+        self.out.append(W.frame(rid, body))
+
+    def flush(self) -> None:
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            self.sock.sendall(data)
+
+    def send_now(self, rid: int, body: bytes) -> None:
+        self.reply(rid, body)
+        self.flush()
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        self._init()
+        recv = self.recv
+        while True:
+            msg = recv(False, probe=False)
+            if msg is None:  # nothing buffered: answer what we have, then wait
+                self.flush()
+                msg = recv(True)
+            try:
+                self.handle(*msg)
+            except _Exit:
+                self.flush()
+                return
+            out = self.out
+            if out and (len(out) >= _FLUSH_COUNT or time.monotonic() - self.out_t0 > _FLUSH_SECONDS):
+                self.flush()
+
+    def _init(self) -> None:
+        rid, msg = self.recv(True)  # type: ignore[misc]
+        try:
+            if isinstance(msg, BaseException):
+                raise msg
+            op, init_bytes, preload, name, env = msg
+            assert op == W.OP_INIT, op
+            self.name = name
+            if env != os.environ:
+                for k in set(os.environ) - set(env):
+                    del os.environ[k]
+                os.environ.update(env)
+            for mod in preload:
+                __import__(mod)
+            init = pickle.loads(init_bytes)
+            self.obj = init()
+        except BaseException as exc:
+            tb = "".join(traceback.format_exception(exc))
+            self.send_now(rid, pickle.dumps((W.K_INIT_ERROR, tb), 5))
+            raise _Exit from None
+        self.send_now(rid, pickle.dumps((W.K_READY, os.getpid()), 5))
+
+    def handle(self, rid: int, msg: Any) -> None:
+        if isinstance(msg, BaseException):
+            self.reply(rid, _error_reply(msg, "<request could not be unpickled in the worker>"))
+            return
+        op = msg[0]
+        if op == W.OP_CALL:
+            method = msg[1]
+            try:
+                value = getattr(self.obj, method)(*msg[2])
+            except Exception as exc:
+                self.reply(rid, _error_reply(exc, method))
+                return
+            self.reply(rid, self._result(value, method))
+        elif op == W.OP_PUT:
+            self._put(rid, msg[1], msg[2])
+        elif op == W.OP_GET:
+            self._get(rid, msg[1], msg[2])
+        elif op == W.OP_RING:
+            fd = self.rd.fds.popleft()
+            if self.ring is not None:
+                self.ring.close()
+            self.ring = Ring(msg[1], msg[2], fd=fd)
+        elif op == W.OP_EXIT:
+            raise _Exit
+        # stale stream messages (DATA/EOF/ABORT/FREE of a finished stream) are dropped
+
+    def _result(self, value: Any, method: str) -> bytes:
+        try:
+            return pickle.dumps((W.K_RESULT, value), 5)
+        except Exception:
+            pass
+        try:
+            return W.dumps((W.K_RESULT, value))
+        except Exception as exc:
+            tb = "".join(traceback.format_exception(exc))
+            text = f"{method}: its return value of type {type(value).__qualname__} could not be pickled: {exc}"
+            return pickle.dumps((W.K_ERROR, None, tb, "RemoteError", text), 5)
+
+    # -- streams --------------------------------------------------------------------------
+    def _stream_msg(self, rid: int, block: bool) -> Any:
+        """Next message of stream `rid`; other requests are deferred until the stream ends."""
+        while True:
+            rd = self.rd
+            f = rd.next()
+            if f is None:
+                self.flush()
+                if not rd.fill(block):
+                    return None
+                continue
+            mrid, body = f
+            msg = self._decode(mrid, body)
+            if mrid == rid and not isinstance(msg, BaseException) and msg[0] in (W.OP_DATA, W.OP_EOF, W.OP_ABORT, W.OP_FREE):
+                return msg
+            if not isinstance(msg, BaseException) and msg[0] in (W.OP_DATA, W.OP_EOF, W.OP_ABORT, W.OP_FREE):
+                continue  # stale message of an earlier stream
+            if not isinstance(msg, BaseException) and msg[0] == W.OP_RING:
+                self.handle(mrid, msg)  # must pop its fd in order
+                continue
+            self.deferred.append((mrid, msg))
+
+    def _put(self, rid: int, method: str, args: tuple[Any, ...]) -> None:
+        ring = self.ring
+        if ring is None:
+            self.reply(rid, _error_reply(StreamAborted(f"pool {self.name!r}: no ring for stream"), method))
+            return
+
+        def next_slot() -> tuple[int, int] | None:
+            msg = self._stream_msg(rid, True)
+            op = msg[0]
+            if op == W.OP_DATA:
+                return msg[1], msg[2]
+            if op == W.OP_EOF:
+                return None
+            raise StreamAborted(f"pool {self.name!r}: stream to {method} aborted by the caller: {msg[1]}")
+
+        def free_slot(slot: int) -> None:
+            self.send_now(rid, pickle.dumps((W.K_FREE, slot), 5))
+
+        reader = SlotReader(ring, next_slot, free_slot)
+        try:
+            value = getattr(self.obj, method)(*args, reader)
+        except Exception as exc:
+            body = _error_reply(exc, method)
+        else:
+            body = self._result(value, method)
+        finally:
+            reader._on_close = None
+            try:
+                reader.close()
+            except Exception:
+                pass
+        self.send_now(rid, body)
+
+    def _get(self, rid: int, method: str, args: tuple[Any, ...]) -> None:
+        ring = self.ring
+        if ring is None:
+            self.reply(rid, _error_reply(StreamAborted(f"pool {self.name!r}: no ring for stream"), method))
+            return
+        free = list(range(ring.nslots - 1, -1, -1))
+        cancelled = False
+        src: Any = None
+        try:
+            src = getattr(self.obj, method)(*args)
+            readinto = getattr(src, "readinto", None)
+            while True:
+                # take what the caller sent: freed slots, a cancel
+                while True:
+                    msg = self._stream_msg(rid, not free)
+                    if msg is None:
+                        break
+                    if msg[0] == W.OP_FREE:
+                        free.append(msg[1])
+                    elif msg[0] == W.OP_ABORT:
+                        cancelled = True
+                        break
+                    if free:
+                        break
+                if cancelled:
+                    break
+                slot = free.pop()
+                view = ring.slot(slot)
+                if readinto is not None:
+                    n = readinto(view) or 0
+                else:
+                    chunk = src.read(len(view))
+                    n = len(chunk)
+                    view[:n] = chunk
+                try:
+                    view.release()
+                except BufferError:
+                    pass
+                if not n:
+                    break
+                self.send_now(rid, pickle.dumps((W.K_DATA, slot, n), 5))
+        except Exception as exc:
+            body = _error_reply(exc, method)
+        else:
+            body = pickle.dumps((W.K_RESULT, None), 5)
+        finally:
+            close = getattr(src, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    traceback.print_exc()
+        self.send_now(rid, body)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit("executors._worker is started by ProcessPool")
