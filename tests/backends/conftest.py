@@ -79,10 +79,6 @@ def constructor(name: str) -> Callable[..., Any]:
 
 # -- throwaway server processes --------------------------------------------------------------
 
-# pids of the servers fixtures started on purpose; the leak guard below ignores them.
-_SERVER_PIDS: set[int] = set()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,7 +118,6 @@ class ServerProcess:
                 self._argv(self.port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **(self._env or {})}, start_new_session=True,
             )
-        _SERVER_PIDS.add(self.proc.pid)
         try:
             _wait_port(self.port, self.proc, timeout, self.log)
         except Exception:
@@ -140,37 +135,6 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        _SERVER_PIDS.discard(proc.pid)
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Overrides the suite's leak guard: the same check, but the servers that fixtures of
-    this folder started (and stop by pid) are not leaks."""
-    yield
-    me = psutil.Process()
-    deadline = time.monotonic() + 5
-    while True:
-        children = [c for c in me.children(recursive=True) if _leaked(c, me)]
-        if not children or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    for c in children:
-        c.kill()
-    assert not children, f"test left processes behind: {[(c.pid, c.cmdline()[:3]) for c in children]}"
-
-
-def _leaked(proc: psutil.Process, me: psutil.Process) -> bool:
-    try:
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        chain = [proc, *proc.parents()]
-        if any(p.pid in _SERVER_PIDS for p in chain):
-            return False
-        cmd = " ".join(proc.cmdline())
-        return not (proc.ppid() == me.pid and ("forkserver" in cmd or "resource_tracker" in cmd))
-    except psutil.Error:
-        return False
 
 
 @pytest.fixture
@@ -218,8 +182,7 @@ def _moto(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None =
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One moto S3 server per test module (buckets keep tests apart); gone before the next
-    module runs, so the suite's leak guard elsewhere never sees it."""
+    """One moto S3 server per test module (buckets keep tests apart)."""
     server = _moto(tmp_path_factory)
     yield server
     server.kill()
