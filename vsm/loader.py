@@ -14,6 +14,7 @@ import enum
 import functools
 import importlib.metadata
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -59,7 +60,11 @@ class Plugin:
 
     @property
     def code_path(self) -> str:
-        return code_path(self.source) if self.source.is_file() else str(self.source)
+        """What a worker puts on sys.path to import the module."""
+        if self.source.is_file():
+            return code_path(self.source)
+        inside = self.source.name == self.manifest.module and (self.source / "__init__.py").is_file()
+        return str(self.source.parent if inside else self.source)
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
@@ -144,7 +149,6 @@ def _from_entry_point(ep: importlib.metadata.EntryPoint, warnings: list[str]) ->
     except ManifestError as e:
         return _failed(folder, ep.name, f"{label}: {e}")
     warnings.extend(more)
-    # A source folder is imported from its parent, with the package as the module.
     plugin = Plugin(manifest, folder)
     problem = _compatibility_problem(manifest)
     if problem:
@@ -177,6 +181,19 @@ def _compatibility_problem(manifest: Manifest) -> str:
         if req.specifier and installed not in req.specifier:
             return f"requires {text}, but {req.name} {installed} is installed: pip install '{text}'"
     return ""
+
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)')
+
+
+def _one_line(report: str) -> str:
+    """A worker's start failure as one line: the exception, and where in the plugin it rose."""
+    lines = [line for line in report.strip().splitlines() if line.strip()]
+    if len(lines) < 2:
+        return report.strip()
+    frames = [m for m in map(_FRAME.search, lines) if m]
+    where = f" (at {Path(frames[-1]['file']).name}:{frames[-1]['line']} in {frames[-1]['fn']})" if frames else ""
+    return f"{lines[-1].strip()}{where}"
 
 
 class Registry:
@@ -240,8 +257,10 @@ class Registry:
         try:
             pool.start()
         except PoolError as e:
-            plugin.state, plugin.error = PluginState.DISABLED, f"{plugin.label} ({plugin.source}): {e}"
-            raise PluginLoadError(f"call Plugin OnInit failure '{plugin.label}': {e}") from None
+            logger.debug("{} failed to start:\n{}", plugin.label, e)
+            cause = _one_line(str(e))
+            plugin.state, plugin.error = PluginState.DISABLED, f"{plugin.source}: {cause}"
+            raise PluginLoadError(f"call Plugin OnInit failure '{plugin.label}' ({plugin.source}): {cause}") from None
         plugin.pool, plugin.state, plugin.error = pool, PluginState.READY, ""
         return pool
 

@@ -145,8 +145,10 @@ def _read_exports(raw: Any, kind: Kind, file: object) -> dict[str, str]:
 
 
 def module_sources(src_dir: Path, module: str, file: object) -> str:
-    """Source text of the module's top level (a .py file or a package's __init__.py)."""
-    for candidate in (src_dir / f"{module}.py", src_dir / module / "__init__.py"):
+    """Source text of the module's top level: a .py file or a package beside the manifest, or
+    the folder itself when the manifest sits inside the package (pip-installed plugins)."""
+    inside = [src_dir / "__init__.py"] if src_dir.name == module else []
+    for candidate in (src_dir / f"{module}.py", src_dir / module / "__init__.py", *inside):
         if candidate.is_file():
             return candidate.read_text(encoding="utf-8")
     raise ManifestError(file, "module", f"no {module}.py or {module}/__init__.py next to the manifest")

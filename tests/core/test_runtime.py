@@ -85,6 +85,7 @@ def test_failing_plugin_is_disabled_and_the_rest_go_on(tmp_path, write_plugin, l
         registry.start_all(needed={"bad", "memdb"})
         by_name = {p.manifest.name: p for p in registry.plugins}
         assert by_name["bad"].state is PluginState.DISABLED and cause in by_name["bad"].error
+        assert "\n" not in by_name["bad"].error and "plugin-bad.vsmp" in by_name["bad"].error
         assert by_name["memdb"].state is PluginState.READY
         warning = [line for line in logs if "call Plugin OnInit failure 'KVStore/bad'" in line]
         assert len(warning) == 1 and cause in warning[0]
