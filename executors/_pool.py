@@ -471,7 +471,10 @@ class ProcessPool:
                     raise self._dead_error(w, item.method)
                 return w
             self._check_open()
-            w = self._pick(pinned)
+            again = self._pick(pinned)
+            if again is w:
+                time.sleep(0.001)  # its replacement is being put in place
+            w = again
         self._drain(w)
         return w
 
@@ -847,15 +850,17 @@ class ProcessPool:
             if w.pending.pop(it.rid, None) is None:
                 continue
             w.kill_reason = f"killed after timeout of {it.method}"
-            self._fail(it, CallTimeout(
-                f"pool {self.spec.name!r}: {it.method} did not finish within {it.timeout}s; "
-                f"worker {w.id} (pid {w.pid}) was killed and is being replaced"
-            ))
-            self._last_error = str(it.exception())
             try:
                 os.kill(w.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            # handle the death now, so that the caller, once told, already finds the
+            # replacement (and not the doomed worker) when it calls again
+            self._on_death(w)
+            self._fail(it, CallTimeout(
+                f"pool {self.spec.name!r}: {it.method} did not finish within {it.timeout}s; "
+                f"worker {w.id} (pid {w.pid}) was killed and is being replaced"
+            ))
 
     def _on_death(self, w: _Worker) -> None:
         """The worker's sentinel fired or its socket hit EOF: fail its calls, replace it."""
@@ -897,27 +902,33 @@ class ProcessPool:
         with w.mu:
             items = list(w.pending.values())
             w.pending.clear()
-        closing = self._closing
         if w.kill_reason:
             what = f"was {w.kill_reason} ({reason})"
         else:
             what = f"died with {reason}"
         err = f"pool {name!r}: worker {w.id} (pid {w.pid}) {what}"
+        self._close_worker_fds(w)
+        # replace it (or give up) before telling the callers, so a caller that retries at
+        # once lands on the replacement
+        if not self._closing and self._state in (PoolState.READY, PoolState.DEGRADED):
+            self._crashed(w, err)
         for it in items:
-            if closing:
+            if self._closing:
                 exc: PoolError = PoolClosed(f"pool {name!r} closed; {it.method} was not answered")
+            elif self._state is PoolState.FAILED and self._broken is not None:
+                exc = PoolBroken(str(self._broken))
             else:
                 exc = WorkerCrashed(f"{err}; {it.method} was pending on it")
             self._fail(it, exc)
-        self._close_worker_fds(w)
         with self._cond:
             self._cond.notify_all()
-        if closing or self._state not in (PoolState.READY, PoolState.DEGRADED):
-            return
-        self._crashed(w, err)
 
-    def _crashed(self, w: _Worker, err: str) -> None:
-        """Count a crash; replace the worker after a back-off, or give up (FAILED)."""
+    def _crashed(
+        self, w: _Worker, err: str, carry: tuple[dict[int, _Item], list[Any]] | None = None
+    ) -> bool:
+        """Count a crash; replace the worker after a back-off (True), or give up (FAILED).
+        `carry`: calls that never reached a worker (queued for one that failed to start);
+        they move to the replacement."""
         spec = self.spec
         with self._lock:
             self._last_error = err
@@ -931,11 +942,15 @@ class ProcessPool:
                     f"pool {spec.name!r} is broken: {len(ct)} worker crashes within "
                     f"{spec.restart_window}s (max_restarts={spec.max_restarts}); last error: {err}"
                 )
-                return
+                return False
             if self._closing or self._state not in (PoolState.READY, PoolState.DEGRADED):
-                return
+                return False
             delay = min(0.1 * 2 ** (len(ct) - 1), 10.0)
             new = _Worker(w.id)
+            if carry is not None:
+                new.pending.update(carry[0])
+                new.sendq.extend(carry[1])
+                new.min_deadline = min((it.deadline for it in carry[0].values()), default=_INF)
             self._workers[w.id] = new
             replays = list(self._replays)
             self._restarts += 1
@@ -947,6 +962,7 @@ class ProcessPool:
             self._restart_threads.append(t)
         log.warning("%s; restarting it in %.1fs", err, delay)
         t.start()
+        return True
 
     def _restart(self, w: _Worker, delay: float, replays: list[tuple[str, tuple[Any, ...]]]) -> None:
         if self._stop_evt.wait(delay) or self._closing:
@@ -958,9 +974,22 @@ class ProcessPool:
         except Exception as exc:
             self._kill(w)
             msg = str(exc) if isinstance(exc, PoolStartError) else f"pool {self.spec.name!r}: restart failed: {exc!r}"
-            self._abandon(w, WorkerCrashed(f"replacement worker failed to start: {msg}"))
-            if not self._closing and self._state in (PoolState.READY, PoolState.DEGRADED):
-                self._crashed(w, msg)
+            with w.mu:
+                w.dead = True
+                items = dict(w.pending)
+                queued = list(w.sendq)
+                w.pending.clear()
+                w.sendq = []
+            self._close_worker_fds(w)
+            if self._closing or not self._crashed(w, msg, (items, queued)):
+                if self._closing:
+                    err: PoolError = PoolClosed(f"pool {self.spec.name!r} is closed")
+                elif self._broken is not None:
+                    err = PoolBroken(str(self._broken))
+                else:
+                    err = WorkerCrashed(f"replacement worker failed to start: {msg}")
+                for it in items.values():
+                    self._fail(it, err)
             return
         if self._closing:
             self._kill(w)
@@ -1188,8 +1217,8 @@ class ProcessPool:
 
     def _close(self, timeout: float) -> None:
         name = self.spec.name
-        if not self._started or self._ep is None:
-            return
+        if not self._started or self._ep is None or self._wake_fd < 0:
+            return  # never started, or start() failed and already tore everything down
         self._stop_evt.set()
         deadline = time.monotonic() + timeout
         while any(w.pending for w in self._workers) and time.monotonic() < deadline:
@@ -1234,13 +1263,6 @@ class ProcessPool:
                 except ProcessLookupError:
                     pass
                 proc.join(5.0)
-        self._stop = True
-        try:
-            os.eventfd_write(self._wake_fd, 1)
-        except OSError:
-            pass
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(5.0)
         self._teardown()
 
     def _teardown(self) -> None:

@@ -43,11 +43,27 @@ def _die_with_parent(expected_ppid: int) -> None:
         os._exit(1)
 
 
+def _drop_forkserver_alive_fd() -> None:
+    """forkserver hands every child a copy of its "alive" pipe, and only exits once every
+    copy is closed: a worker stuck in a long call would keep it (and so itself, through
+    PDEATHSIG) alive after the manager is killed. We never ask the forkserver for children."""
+    try:
+        from multiprocess import forkserver
+
+        fd = forkserver._forkserver._forkserver_alive_fd
+        if fd is not None:
+            forkserver._forkserver._forkserver_alive_fd = None
+            os.close(fd)
+    except Exception:
+        pass
+
+
 def main(sock: socket.socket, expected_ppid: int) -> None:
     """Process target. Never returns normally: exits via os._exit to skip atexit work
     inherited from the parent."""
     _die_with_parent(expected_ppid)
     sock.set_inheritable(False)  # a grandchild holding it would hide our EOF from the manager
+    _drop_forkserver_alive_fd()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C goes to the manager, which closes us
     faulthandler.enable()
     code = 0
