@@ -918,7 +918,7 @@ class ProcessPool:
             elif self._state is PoolState.FAILED and self._broken is not None:
                 exc = PoolBroken(str(self._broken))
             else:
-                exc = WorkerCrashed(f"{err}; {it.method} was pending on it")
+                exc = WorkerCrashed(f"pool {name!r}: {it.method} failed: worker {w.id} (pid {w.pid}) {what}")
             self._fail(it, exc)
         with self._cond:
             self._cond.notify_all()

@@ -1,0 +1,187 @@
+"""Byte streams through the shared-memory ring: correctness, cancel, failures, flat memory."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+
+import psutil
+import pytest
+
+import exec_services as S
+from executors import InlinePool, PoolSpec, ProcessPool, StreamAborted, WorkerCrashed
+
+SLOT = 64 << 10
+
+
+def _pool(**kw):
+    kw.setdefault("name", "test/objstore")
+    kw.setdefault("init", S.make_kv)
+    kw.setdefault("ring_slots", 3)
+    kw.setdefault("slot_bytes", SLOT)
+    p = ProcessPool(PoolSpec(**kw))
+    p.start()
+    return p
+
+
+@pytest.fixture
+def pool():
+    p = _pool(workers=2)
+    yield p
+    p.close()
+
+
+def _pattern(n: int) -> bytes:
+    return (bytes(range(256)) * (n // 256 + 1))[:n]
+
+
+@pytest.mark.parametrize("size", [0, 1, SLOT - 1, SLOT, 5 * SLOT + 17])
+def test_put_roundtrip(pool, size):
+    data = os.urandom(size)
+    assert pool.stream_put("consume_bytes", ("obj",), io.BytesIO(data)) == data
+
+
+def test_put_zero_copy_views(pool):
+    assert pool.stream_put("consume", ("obj:views",), S.GenReader(3 * SLOT + 5)) == 3 * SLOT + 5
+
+
+def test_put_reader_stopping_early_returns_its_result(pool):
+    assert pool.stream_put("consume_some", ("obj",), S.GenReader(20 * SLOT)) == 10
+    assert pool.call("echo", 1) == (1,)
+
+
+@pytest.mark.parametrize("size", [0, 100, 7 * SLOT + 3])
+def test_get_roundtrip(pool, size):
+    with pool.stream_get("produce", (size, 4096)) as r:
+        data = r.read()
+    assert data == _pattern(size)
+
+
+def test_get_iter_views(pool):
+    r = pool.stream_get("produce", (10 * SLOT,))
+    total = sum(len(v) for v in r.iter_views())
+    r.close()
+    assert total == 10 * SLOT
+
+
+def test_get_close_early_cancels_and_frees_the_worker():
+    p = _pool(workers=1)
+    try:
+        r = p.stream_get("produce", (1 << 30,))
+        assert len(r.read(1000)) == 1000
+        r.close()
+        assert p.call("echo", 1, timeout=5) == (1,)
+        assert p.status()["workers"][0]["outstanding"] == 0
+    finally:
+        p.close()
+
+
+def test_lazily_created_ring():
+    p = _pool(workers=1, ring_slots=0)
+    try:
+        assert p.stream_put("consume", ("x",), S.GenReader(3 << 20)) == 3 << 20
+    finally:
+        p.close()
+
+
+def test_source_error_fails_the_put_and_frees_the_worker():
+    p = _pool(workers=1)
+    try:
+        with pytest.raises(OSError, match="disk read error"):
+            p.stream_put("consume", ("x",), S.FailingSource(100 * SLOT, after=3 * SLOT))
+        assert p.call("echo", 2, timeout=5) == (2,)
+        assert p.stream_put("consume", ("x",), S.GenReader(5 * SLOT)) == 5 * SLOT
+    finally:
+        p.close()
+
+
+def test_worker_death_mid_put_is_reported_not_hung():
+    p = _pool(workers=1)
+    try:
+        with pytest.raises(WorkerCrashed, match="consume_and_die.*SIGKILL"):
+            p.stream_put("consume_and_die", ("x",), S.GenReader(100 * SLOT))
+        assert p.stream_put("consume", ("x",), S.GenReader(5 * SLOT)) == 5 * SLOT
+    finally:
+        p.close()
+
+
+def test_worker_death_mid_get_is_reported_not_hung():
+    p = _pool(workers=1)
+    try:
+        r = p.stream_get("produce_and_die", (100 * SLOT,))
+        with pytest.raises((WorkerCrashed, StreamAborted)):
+            r.read()
+        r.close()
+        with p.stream_get("produce", (SLOT,)) as r2:
+            assert len(r2.read()) == SLOT
+    finally:
+        p.close()
+
+
+def test_streams_on_inline_pool():
+    p = InlinePool(PoolSpec(name="inline", init=S.make_kv))
+    p.start()
+    assert p.stream_put("consume_bytes", ("x",), io.BytesIO(b"abc")) == b"abc"
+    assert p.stream_get("produce", (10,)).read() == _pattern(10)
+    p.close()
+
+
+class _PeakRSS:
+    def __init__(self) -> None:
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __enter__(self) -> "_PeakRSS":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def _hwm(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("direction", ["put", "get"])
+def test_memory_stays_flat_for_2gib(direction):
+    slots, slot_bytes = 4, 8 << 20
+    ring = slots * slot_bytes
+    size = 2 << 30
+    p = _pool(workers=1, ring_slots=slots, slot_bytes=slot_bytes)
+    try:
+        wpid = p.status()["workers"][0]["pid"]
+        w_before = psutil.Process(wpid).memory_info().rss
+        with _PeakRSS() as m:
+            base = m.peak
+            if direction == "put":
+                n = p.stream_put("consume", ("big",), S.GenReader(size, slot_bytes))
+            else:
+                n = 0
+                with p.stream_get("produce", (size, slot_bytes)) as r:
+                    buf = bytearray(1 << 20)
+                    while True:
+                        k = r.readinto(buf)
+                        if not k:
+                            break
+                        n += k
+        assert n == size
+        limit = ring + (100 << 20)
+        assert m.peak - base < limit, f"manager RSS grew by {(m.peak - base) >> 20} MiB"
+        assert _hwm(wpid) - w_before < limit, f"worker RSS grew by {(_hwm(wpid) - w_before) >> 20} MiB"
+    finally:
+        p.close()
