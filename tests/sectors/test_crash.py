@@ -52,7 +52,7 @@ def test_restart_after_kill9(tmp_path, mode) -> None:  # type: ignore[no-untyped
     try:
         if mode == "after_journal":
             assert m.recovered["dropped"] >= 1  # the journaled, uncommitted chunk was cut
-        assert m.wait_delivered(60)
+        assert m.wait_delivered(60), (m.status()["sinks"], m.recovered)
         assert_no_gaps(rec.seqs)
         head = m.status()["journal"]["head"]
         assert rec.seqs[-1] == head

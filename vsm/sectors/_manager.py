@@ -531,7 +531,7 @@ class SectorStateManager:
             first = seqs[0]
             new_seq = pa.array(range(first, first + kept_table.num_rows), pa.uint64())
             assert n_before == 0 or seqs[n_before - 1] == w
-            kept_table = kept_table.set_column(0, "seq", new_seq)
+            kept_table = kept_table.set_column(0, table.schema.field("seq"), new_seq)  # keep not-null
             batches = []
             for off in range(0, kept_table.num_rows, self.flush_rows):
                 part = kept_table.slice(off, self.flush_rows).combine_chunks().to_batches()
