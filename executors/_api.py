@@ -36,7 +36,9 @@ class PoolSpec:
     call_timeout: float | None = 60.0  # default per call; None = no limit
     start_timeout: float = 60.0
     shutdown_method: str | None = None  # called on each worker's object at close (OnShutdown)
-    ring_slots: int = 0  # shared-memory slots per worker for byte streams; 0 = no streams
+    # shared-memory slots per worker for byte streams: >0 = ring made at worker start;
+    # 0 = made on the worker's first stream, with 4 slots (memfd: nothing in /dev/shm)
+    ring_slots: int = 0
     slot_bytes: int = 8 << 20
     max_restarts: int = 5  # crashes within restart_window before the pool is FAILED
     restart_window: float = 60.0
@@ -71,7 +73,9 @@ class Pool(Protocol):
 
     def stream_put(self, method: str, args: tuple[Any, ...], source: BinaryIO, timeout: float | None = ...) -> Any:
         """Run obj.method(*args, reader) in one worker, where reader yields the bytes of source
-        (read with source.readinto straight into shared memory). Returns what method returns."""
+        (read with source.readinto straight into shared memory). Returns what method returns.
+        For streams `timeout` bounds the time without progress, not the whole transfer. If
+        source raises, the worker's reader raises StreamAborted and the error reaches the caller."""
         ...
 
     def stream_get(self, method: str, args: tuple[Any, ...], timeout: float | None = ...) -> io.RawIOBase:
@@ -80,8 +84,9 @@ class Pool(Protocol):
         ...
 
     def status(self) -> dict[str, Any]:
-        """{"name", "state", "workers": [{"id", "pid", "busy", "calls"}], "restarts",
-        "calls", "errors", "last_error", "latency_sum", ...}"""
+        """{"name", "state" (PoolState value), "workers": [{"id", "pid", "alive",
+        "outstanding", "calls"}], "restarts", "calls", "errors", "last_error",
+        "latency_sum" (seconds, summed over finished calls), "started_at" (epoch seconds)}"""
         ...
 
     def close(self, timeout: float = 10.0) -> None:

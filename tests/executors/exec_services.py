@@ -131,7 +131,7 @@ class GenReader:
     def __init__(self, size: int, chunk: int = 1 << 20) -> None:
         self.left = size
         self.closed_called = False
-        self.pattern = bytes(range(256)) * (chunk // 256 + 1)
+        self.pattern = memoryview(bytes(range(256)) * (chunk // 256 + 1))
 
     def readable(self) -> bool:
         return True
