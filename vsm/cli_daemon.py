@@ -193,7 +193,7 @@ def status(home: Path | None, as_json: bool) -> None:
     if sinks:
         click.echo("")
         _print(
-            [{"sink": n, **{k: s.get(k, "") for k in ("state", "checkpoint", "lag", "last_error")}} for n, s in sinks.items()],
+            [{"sink": n, **{k: s.get(k) or "" for k in ("state", "checkpoint", "lag", "last_error")}} for n, s in sinks.items()],
             ["sink", "state", "checkpoint", "lag", "last_error"],
             False,
         )
@@ -278,3 +278,199 @@ def pieces_del(home: Path | None, config_file: Path | None, target: str) -> None
     with _client(home, config_file) as client:
         client.call("pieces.delete", {"store": store, "path": path})
     click.echo(f"deleted {store}/{path}")
+
+
+# --- sectors ---------------------------------------------------------------------------------
+
+
+@main.group()
+def sectors() -> None:
+    """Sector states: import, get, list, update, finalize, restore."""
+
+
+def _show_state(state: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    sid = state.get("ID", {})
+    flags = [k for k in ("Finalized", "Removed", "Imported", "NeedRebuild", "Upgraded", "Unsealing") if state.get(k)]
+    latest = (state.get("LatestState") or {}).get("StateChange", {}).get("Next", "")
+    click.echo(
+        f"m-{sid.get('Miner')}-n-{sid.get('Number')}  {state.get('WorkerState', '')}  type {state.get('SectorType')}"
+        f"  pieces {len(state.get('Pieces') or [])}  deals {len(state.get('Deals') or [])}"
+        + (f"  state {latest}" if latest else "")
+        + (f"  [{', '.join(flags)}]" if flags else "")
+        + (f"  abort: {state['AbortReason']}" if state.get("AbortReason") else "")
+    )
+
+
+@sectors.command("import")
+@_home_option
+@_config_option
+@click.option("--override", is_flag=True, help="Replace sectors that exist already.")
+@click.option("--offline", "worker_state", flag_value="offline", default="online", help="Import into the offline (finalized) collection.")
+@click.option("--chunk", default=5000, show_default=True, help="States per request.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def sectors_import(home: Path | None, config_file: Path | None, override: bool, worker_state: str, chunk: int, file: Path) -> None:
+    """Bulk-load FILE: JSON lines of SectorState in damocles' encoding, or Parquet in the Arrow schema."""
+    from .sectors import read_import_file
+
+    written = total = 0
+    with _client(home, config_file) as client, tqdm(unit=" sectors", desc="import", file=sys.stderr, disable=None) as bar:
+        for states in read_import_file(str(file), chunk=chunk):
+            payload = [s.to_go_dict() for s in states]
+            written += client.call("sectors.import", {"states": payload, "override": override, "worker_state": worker_state})
+            total += len(states)
+            bar.update(len(states))
+    click.echo(f"imported {written} of {total} sectors from {file}" + ("" if written == total or override else " (the rest exist already; --override replaces them)"))
+
+
+@sectors.command("get")
+@_home_option
+@_config_option
+@_json_option
+@click.argument("miner", type=int)
+@click.argument("number", type=int)
+def sectors_get(home: Path | None, config_file: Path | None, as_json: bool, miner: int, number: int) -> None:
+    """One sector's state."""
+    with _client(home, config_file) as client:
+        _show_state(client.call("sectors.get", {"miner": miner, "number": number}), as_json)
+
+
+@sectors.command("list")
+@_home_option
+@_config_option
+@_json_option
+@click.option("--offline", "worker_state", flag_value="offline", default="online", help="List finalized (offline) sectors.")
+@click.option("--miner", type=int)
+@click.option("--limit", default=1000, show_default=True)
+def sectors_list(home: Path | None, config_file: Path | None, as_json: bool, worker_state: str, miner: int | None, limit: int) -> None:
+    """Sectors in key order."""
+    with _client(home, config_file) as client:
+        states = client.call("sectors.list", {"worker_state": worker_state, "miner": miner, "limit": limit})
+    if as_json:
+        click.echo(json.dumps(states, indent=2))
+        return
+    for state in states:
+        _show_state(state, False)
+
+
+@sectors.command("update")
+@_home_option
+@_config_option
+@_json_option
+@click.argument("miner", type=int)
+@click.argument("number", type=int)
+@click.argument("fields", nargs=-1, required=True)
+def sectors_update(home: Path | None, config_file: Path | None, as_json: bool, miner: int, number: int, fields: tuple[str, ...]) -> None:
+    """Set FIELD=VALUE on a sector (Go field names; VALUE is JSON, or a plain string)."""
+    parsed: dict[str, Any] = {}
+    for item in fields:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not FIELD=VALUE", param_hint="FIELDS")
+        try:
+            parsed[key] = json.loads(raw)
+        except ValueError:
+            parsed[key] = raw
+    with _client(home, config_file) as client:
+        _show_state(client.call("sectors.update", {"miner": miner, "number": number, "fields": parsed}), as_json)
+
+
+@sectors.command("finalize")
+@_home_option
+@_config_option
+@_json_option
+@click.argument("miner", type=int)
+@click.argument("number", type=int)
+def sectors_finalize(home: Path | None, config_file: Path | None, as_json: bool, miner: int, number: int) -> None:
+    """Move a sector from online to offline."""
+    with _client(home, config_file) as client:
+        _show_state(client.call("sectors.finalize", {"miner": miner, "number": number}), as_json)
+
+
+@sectors.command("restore")
+@_home_option
+@_config_option
+@_json_option
+@click.argument("miner", type=int)
+@click.argument("number", type=int)
+def sectors_restore(home: Path | None, config_file: Path | None, as_json: bool, miner: int, number: int) -> None:
+    """Move a sector from offline back to online."""
+    with _client(home, config_file) as client:
+        _show_state(client.call("sectors.restore", {"miner": miner, "number": number}), as_json)
+
+
+# --- query -----------------------------------------------------------------------------------
+
+
+@main.command()
+@_home_option
+@_config_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of standard output (required for parquet).")
+@click.option("--sink", default="duckdb", show_default=True, help="The sink plugin whose database answers.")
+@click.argument("sql")
+def query(home: Path | None, config_file: Path | None, fmt: str, out: Path | None, sink: str, sql: str) -> None:
+    """Run SQL over the DuckDB sink (tables sector_events and sectors)."""
+    import base64
+
+    import pyarrow as pa
+
+    client = daemon_client(home, config_file)
+    if client is not None:
+        from .sectors import ipc_to_table
+
+        table = ipc_to_table(base64.b64decode(client.call("query.arrow", {"sql": sql, "sink": sink})))
+    else:
+        from .sectors import query_duckdb
+
+        cfg, _ = _load(home, config_file)
+        path = cfg.settings(sink).meta.get("Path")
+        if not path:
+            raise click.ClickException(f"{cfg.file}: Common.Plugins.{sink}.Meta.Path: not set, so there is no database to query")
+        if not Path(path).exists():
+            raise click.ClickException(f"{path}: no sector database yet (it is created when the daemon first runs)")
+        try:
+            table = query_duckdb(path, sql)
+        except Exception as e:
+            raise click.ClickException(f"query failed: {e}") from None
+    _write_table(table, fmt, out)
+
+
+def _write_table(table: Any, fmt: str, out: Path | None) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if fmt == "parquet":
+        if out is None:
+            raise click.UsageError("--format parquet needs --out FILE")
+        pq.write_table(table, out)
+        return
+    if fmt == "csv":
+        if out is not None:
+            pacsv.write_csv(table, out)
+        else:
+            import io
+
+            buf = io.BytesIO()
+            pacsv.write_csv(table, buf)
+            click.echo(buf.getvalue().decode(), nl=False)
+        return
+    if fmt == "json":
+        text = json.dumps(table.to_pylist(), indent=2, default=str)
+    else:
+        rows = [{k: ("" if v is None else v) for k, v in r.items()} for r in table.to_pylist()]
+        import io as _io
+
+        buf = _io.StringIO()
+        widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in table.column_names}
+        buf.write("  ".join(c.ljust(widths[c]) for c in table.column_names).rstrip() + "\n")
+        for r in rows:
+            buf.write("  ".join(str(r[c]).ljust(widths[c]) for c in table.column_names).rstrip() + "\n")
+        buf.write(f"({table.num_rows} rows)\n")
+        text = buf.getvalue().rstrip("\n")
+    if out is not None:
+        out.write_text(text + "\n")
+    else:
+        click.echo(text)

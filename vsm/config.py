@@ -67,15 +67,15 @@ class StoreConfig:
 class SectorSyncConfig:
     """[Common.SectorSync]: micro-batching of sector-state events and the journal."""
 
-    batch_rows: int = 4096
-    batch_age: float = 0.05  # seconds
+    batch_rows: int = 10000
+    batch_age: float = 0.01  # seconds
     journal_dir: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class ApiConfig:
     listen: str = "127.0.0.1:1789"
-    max_body_bytes: int = 1 << 20  # JSON-RPC bodies; piece uploads stream and are not bound
+    max_body_bytes: int = 64 << 20  # JSON-RPC bodies; piece uploads stream and are not bound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,15 +241,15 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
 
     sync_t = common.table("SectorSync")
     sector_sync = SectorSyncConfig(
-        batch_rows=sync_t.get("BatchRows", int, 4096, _positive),
-        batch_age=float(sync_t.get("BatchAge", (int, float), 0.05, _positive)),
+        batch_rows=sync_t.get("BatchRows", int, 10000, _positive),
+        batch_age=float(sync_t.get("BatchAge", (int, float), 0.01, _positive)),
         journal_dir=local_path(sync_t.get("JournalDir", str, "data/journal")),
     )
     sync_t.warn_unknown()
     api_t = common.table("Api")
     api = ApiConfig(
         listen=api_t.get("Listen", str, "127.0.0.1:1789", lambda v: None if ":" in v else "must be host:port"),
-        max_body_bytes=api_t.get("MaxBodyBytes", int, 1 << 20, _positive),
+        max_body_bytes=api_t.get("MaxBodyBytes", int, 64 << 20, _positive),
     )
     api_t.warn_unknown()
     common.warn_unknown()
@@ -321,8 +321,8 @@ Path = "{data}/pieces"
 # Strict = false
 
 [Common.SectorSync]
-BatchRows = 4096     # flush a batch of sector-state events at this many rows...
-BatchAge = 0.05      # ...or after this many seconds
+BatchRows = 10000    # flush a batch of sector-state events at this many rows...
+BatchAge = 0.01      # ...or after this many seconds
 JournalDir = "{data}/journal"
 
 [Common.Api]

@@ -164,7 +164,7 @@ def make_app(manager: Manager, token: str, request_stop: Callable[[], None]) -> 
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/rpc/v0", _rpc)
     app.router.add_put("/pieces/{store}/{path:.+}", _piece_put)
-    app.router.add_get("/pieces/{store}/{path:.+}", _piece_get)
+    app.router.add_get("/pieces/{store}/{path:.+}", _piece_get, allow_head=False)
     app.router.add_route("HEAD", "/pieces/{store}/{path:.+}", _piece_head)
     app.router.add_delete("/pieces/{store}/{path:.+}", _piece_delete)
     return app

@@ -47,7 +47,7 @@ def ensure_home(home: Path) -> Path:
     """Create the home folder's layout and default config if missing; build any bundled plugin
     whose artifact is not in the plugins dir yet. Returns the config file."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "data").mkdir(exist_ok=True)
+    (home / "data" / "pieces").mkdir(parents=True, exist_ok=True)  # the default piece store
     plugins = home / "plugins"
     plugins.mkdir(exist_ok=True)
     config = home / "config.toml"

@@ -90,15 +90,23 @@ class Manager:
     def _start_sectors(self) -> None:
         """The sector state manager over the DB, with every ready sink attached."""
         assert self.registry is not None and self.db is not None
-        from .sectors import open_state_manager
+        from .sectors import SectorStateManager
 
         sinks = {}
         for plugin in self.registry.of_kind(Kind.SyncSectorState):
             if plugin.pool is None:
                 continue
-            plugin.pool.broadcast("open_sink", self.config.settings(plugin.manifest.name).meta, replay=True)
+            try:
+                plugin.pool.broadcast("open_sink", self.config.settings(plugin.manifest.name).meta, replay=True)
+            except Exception as e:  # its Constructor failed: this sink only
+                plugin.error = f"{plugin.source}: Constructor failed: {e}"
+                logger.warning("sink '{}' is not attached: {}", plugin.label, plugin.error)
+                continue
             sinks[plugin.manifest.name] = plugin.pool
-        self.sectors = open_state_manager(self.db, Path(self.config.sector_sync.journal_dir), sinks, self.config.sector_sync)
+        sync = self.config.sector_sync
+        self.sectors = SectorStateManager(
+            self.db, Path(sync.journal_dir), sinks=sinks, flush_rows=sync.batch_rows, flush_age=sync.batch_age
+        )
 
     def store(self, name: str) -> PooledStore:
         try:
