@@ -113,3 +113,26 @@ def test_log_line_is_exactly_the_go_format(tmp_path, logs):
     finally:
         registry.close()
     assert f"loaded plugin 'KVStore/memdb', build time: '{manifest.build_time}'." in logs
+
+
+def test_on_shutdown_runs_in_every_worker_when_the_pool_stops(tmp_path, write_plugin):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    folder = write_plugin(
+        'name = "tidy"\nkind = "KVStore"\nonShutdown = "on_shutdown"\nexport = [{extPoint="Constructor", impl="open"}]\n',
+        "import os\n"
+        f"MARKS = {str(marks)!r}\n"
+        "def open(meta): return None\n"
+        "def on_shutdown(manifest):\n"
+        "    open_ = __builtins__['open'] if isinstance(__builtins__, dict) else __builtins__.open\n"
+        "    with open_(os.path.join(MARKS, f'{manifest.name}-{os.getpid()}'), 'w'): pass\n",
+        name="tidy",
+    )
+    build(folder, tmp_path / "plugins")
+    plugins, _ = discover(tmp_path / "plugins", entry_points=False)
+    registry = Registry(plugins)
+    pool = registry.start(plugins[0], workers=2)
+    pids = {w["pid"] for w in pool.status()["workers"]}
+    registry.close()
+    assert {p.name for p in marks.iterdir()} == {f"tidy-{pid}" for pid in pids}
+    assert plugins[0].pool is None and plugins[0].state is PluginState.LOADED
