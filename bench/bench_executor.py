@@ -335,29 +335,32 @@ def bytes_stream(quick: bool) -> list[dict[str, Any]]:
         rows.append(_row(wl, f"in-process {method}", rate / 1e9, "GB/s", manager_peak_rss_growth_mib=(m.peak - m.base) / 2**20))
     ip.close()
 
-    for method in ("drop", "keep"):
-        pp = ProcessPool(PoolSpec(name=f"bench/bytes-{method}", init=BenchKV, workers=1, ring_slots=4, slot_bytes=CHUNK))
-        pp.start()
-        try:
-            pp.stream_put(method, ("warm",), GenSource(64 << 20))
-            w0 = pp.call("rss_hwm")
-            with _PeakRSS() as m:
-                rate = _best_rate(lambda: pp.stream_put(method, ("obj",), GenSource(size)), 2)
-            w1 = pp.call("rss_hwm")
-            rows.append(
-                _row(
-                    wl,
-                    f"ProcessPool stream_put {method}",
-                    rate / 1e9,
-                    "GB/s",
-                    manager_peak_rss_growth_mib=(m.peak - m.base) / 2**20,
-                    worker_peak_rss_mib=w1 / 2**20,
-                    worker_peak_growth_mib=(w1 - w0) / 2**20,
-                    ring_mib=4 * CHUNK / 2**20,
+    for slots, slot_bytes in ((8, 1 << 20), (4, 8 << 20)):
+        ring = f"ring {slots}x{slot_bytes >> 20} MiB"
+        for method in ("drop", "keep"):
+            spec = PoolSpec(name=f"bench/bytes-{method}", init=BenchKV, workers=1, ring_slots=slots, slot_bytes=slot_bytes)
+            pp = ProcessPool(spec)
+            pp.start()
+            try:
+                pp.stream_put(method, ("warm",), GenSource(64 << 20))
+                w0 = pp.call("rss_hwm")
+                with _PeakRSS() as m:
+                    rate = _best_rate(lambda: pp.stream_put(method, ("obj",), GenSource(size)), 2)
+                w1 = pp.call("rss_hwm")
+                rows.append(
+                    _row(
+                        wl,
+                        f"ProcessPool stream_put {method} {ring}",
+                        rate / 1e9,
+                        "GB/s",
+                        manager_peak_rss_growth_mib=(m.peak - m.base) / 2**20,
+                        worker_peak_rss_mib=w1 / 2**20,
+                        worker_peak_growth_mib=(w1 - w0) / 2**20,
+                        ring_mib=slots * slot_bytes / 2**20,
+                    )
                 )
-            )
-        finally:
-            pp.close()
+            finally:
+                pp.close()
 
     with cf.ProcessPoolExecutor(1) as ex:
         ex.submit(_ppe_drop, b"x").result()
@@ -401,8 +404,11 @@ def start_cost(quick: bool) -> list[dict[str, Any]]:
     wl = "pool start, 2 workers"
     rows = []
     t = time.perf_counter()
-    prestart()
-    rows.append(_row(wl, "forkserver server start (once)", (time.perf_counter() - t) * 1e3, "ms"))
+    prestart()  # returns once the server is spawned; it imports its preload in the background
+    p = ProcessPool(PoolSpec(name="bench/start-first", init=BenchKV, workers=2))
+    p.start()
+    rows.append(_row(wl, "forkserver first pool (server start+preload)", (time.perf_counter() - t) * 1e3, "ms"))
+    p.close()
     n = 3 if quick else 7
     for method in ("forkserver", "fork"):
         starts, closes = [], []

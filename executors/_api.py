@@ -37,9 +37,10 @@ class PoolSpec:
     start_timeout: float = 60.0
     shutdown_method: str | None = None  # called on each worker's object at close (OnShutdown)
     # shared-memory slots per worker for byte streams: >0 = ring made at worker start;
-    # 0 = made on the worker's first stream, with 4 slots (memfd: nothing in /dev/shm)
+    # 0 = made on the worker's first stream, with 8 slots (memfd: nothing in /dev/shm).
+    # 1 MiB slots measured ~1.3-2x faster than 8 MiB here (the ring stays in cache).
     ring_slots: int = 0
-    slot_bytes: int = 8 << 20
+    slot_bytes: int = 1 << 20
     max_restarts: int = 5  # crashes within restart_window before the pool is FAILED
     restart_window: float = 60.0
     preload: tuple[str, ...] = ()  # modules imported once, before workers fork

@@ -75,9 +75,7 @@ __all__ = ["ProcessPool", "prestart"]
 
 log = logging.getLogger("executors")
 
-# Measured with bench/bench_executor.py (start workload), this machine, 2 workers, tiny init:
-# START_COST is filled in from that run; see the module docstring of bench_executor.
-DEFAULT_RING_SLOTS = 4
+DEFAULT_RING_SLOTS = 8  # ring made lazily when spec.ring_slots == 0
 _TICK = 0.05  # deadline scan period: timeouts fire within this of their deadline
 _INF = float("inf")
 _EXIT_GRACE = 2.0
@@ -155,7 +153,6 @@ class _Worker:
         self.fd = -1
         self.sentinel = -1
         self.rd: W.FrameReader | None = None
-        self.poller: Any = None
         self.mu = threading.Lock()
         self.pending: dict[int, _Item] = {}
         self.sendq: list[tuple[int, bytes, list[int] | None]] = []
@@ -389,9 +386,6 @@ class ProcessPool:
 
     def _go_live(self, w: _Worker) -> None:
         assert w.sock is not None
-        w.poller = select.poll()
-        w.poller.register(w.fd, select.POLLIN)
-        w.poller.register(w.sentinel, select.POLLIN)
         with w.mu:
             if w.dead:
                 return

@@ -207,3 +207,18 @@ def test_unknown_worker_index(ppool):
 
 def test_errors_derive_from_pool_error():
     assert issubclass(PoolBroken, PoolError) and issubclass(PoolClosed, PoolError)
+
+
+def test_cleanup_stale_segments_removes_only_dead_owners(tmp_path):
+    import subprocess
+    import sys
+
+    from executors import cleanup_stale_segments
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"vsmpool-{dead.pid}-ring").write_bytes(b"x")
+    (tmp_path / f"vsmpool-{os.getpid()}-ring").write_bytes(b"x")
+    (tmp_path / "other-segment").write_bytes(b"x")
+    assert cleanup_stale_segments(str(tmp_path)) == [f"vsmpool-{dead.pid}-ring"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other-segment", f"vsmpool-{os.getpid()}-ring"]
