@@ -5,30 +5,46 @@ Data flow::
     caller thread                                manager thread (one per pool)
     -------------                                -----------------------------
     call/submit(method, *args)                   epoll on: every worker socket,
-      | pickle (C pickle; cloudpickle              every worker sentinel, a wakeup fd
-      |  only if that fails) into a frame              |
+      | C pickle (cloudpickle only if that          every worker sentinel, a wakeup fd
+      |  fails) into a frame <len, rid, body>          |
       v                                                | recv -> frames -> pending[rid]
-    _Worker.pending[rid] = _Item(future)               |   -> future.set_result/_exception
-    _Worker.sendq += frame                             | sentinel -> _on_death: fail every
-      | the caller that finds no send in progress      |   pending item (WorkerCrashed),
-      | becomes the sender and drains sendq in         |   restart with back-off, or FAILED
-      | ONE sendall (batching, no thread hop)          | tick (50 ms) -> deadlines: CallTimeout,
-      v                                                |   SIGKILL the stuck worker
+    _Worker.pending[rid] = CallFuture                  |   -> CallFuture.resolve/reject
+    _Worker.sendq += frame                             | then sends what submit() left
+      | the caller that finds no send in progress      |   queued (nagle), never blocking
+      | becomes the sender and drains sendq in         | sentinel/EOF -> _on_death: replace
+      | ONE sendall (no thread hop);                   |   the worker (back-off) or FAILED,
+      | submit() also waits while the worker           |   then fail its calls WorkerCrashed
+      | owes an answer (nagle, see below)              | tick 50 ms -> deadlines: CallTimeout,
+      v                                                |   SIGKILL + replace the worker
     socketpair (AF_UNIX stream, one per worker) <------+
       |                                           ^
-      v                                           | replies, batched (<=256 or 2 ms)
-    worker process: FrameReader -> obj.method(*args) -> frames
+      v                                           | replies batched: flushed when no request
+    worker: FrameReader -> obj.method(*args) -----+   is buffered, or 256 replies, or 2 ms
 
-    call() alone on an idle worker takes the socket away from the manager thread
-    (epoll unregister), sends, and reads its own reply: no thread hop on either side.
+    call() on an idle worker takes the socket from the manager thread (epoll unregister),
+    sends, and reads its own reply: no thread hop on either side.
+    byte streams: a per-worker ring of memfd slots (_ring.py); only (slot, n) cross here.
 
-    byte streams (stream_put / stream_get): a per-worker ring of memfd slots, see _ring.py;
-    only (slot, nbytes) cross the socket.
+Why these choices (numbers: bench/bench_executor.py on this noisy 2-vCPU VM, one run):
 
-Start method: workers come from multiprocess's forkserver with `executors._worker` (and
-`spec.preload`) imported once in the server. The manager is multi-threaded (one thread per
-pool), so fork is unsafe; measured here (bench/bench_executor.py `start`, 2 workers, tiny
-init): see START_COST below.
+- Per-message wake-ups dominate. A sleeping peer costs ~15-30 us to wake; so the worker and
+  a direct-reading caller poll for up to SPIN_SECONDS (50 us) before sleeping. call() one at
+  a time: 13-18 us (56k-76k calls/s) vs ProcessPoolExecutor(1).submit().result() 126-176 us
+  (7-13x), multiprocess.Pool(1).apply ~520 us.
+- Many in flight: submit() sends at once only when the worker owes nothing; otherwise the
+  frame waits and the manager thread sends the whole batch right after reading the next
+  answer (Nagle's rule). 10k-50k submits then wait: 150k-250k calls/s (20-44x the executor).
+- CallFuture makes its Condition only when someone waits (a stock Future costs ~1 us and 4
+  GC-tracked objects per call; the GC pass over many pending calls was half the submit cost).
+- C pickle 0.26 us vs cloudpickle.dumps 2.8 us for a small request tuple: cloudpickle only on
+  failure (lambdas, local functions).
+- Start method: forkserver with `executors._worker` (+ spec.preload) imported once in the
+  server. 2-worker pool start: forkserver 14-37 ms, fork 7-9 ms (first forkserver pool ~170
+  ms: server start + preload); close ~2-3 ms either way. fork is 2-4x cheaper but unsafe
+  here: the manager is multi-threaded (a lock held by another thread at fork time stays held
+  in the child) and each child would inherit the other workers' sockets, hiding their EOF.
+  Start cost is paid at start and restart only, so safety wins. `start_method="fork"` is
+  kept for that measurement.
 """
 
 from __future__ import annotations
