@@ -75,6 +75,8 @@ def cleanup_stale_segments(directory: str = "/dev/shm") -> list[str]:
             pid = int(name.split("-")[1])
         except (IndexError, ValueError):
             continue
+        if pid <= 0:
+            continue
         try:
             os.kill(pid, 0)
             continue  # owner alive

@@ -127,6 +127,18 @@ def prestart(preload: Iterable[str] = ()) -> None:
         multiprocess.forkserver.ensure_running()
 
 
+def _sigkill(pid: int) -> None:
+    """SIGKILL one worker. Refuses pid <= 1: kill(0) hits our process group and kill(-1)
+    every process we may signal."""
+    if pid is None or pid <= 1:
+        log.error("refusing to SIGKILL pid %r", pid)
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _forkserver_pid() -> int:
     return multiprocess.forkserver._forkserver._forkserver_pid or 0  # type: ignore[attr-defined]
 
@@ -860,10 +872,7 @@ class ProcessPool:
             if w.pending.pop(it.rid, None) is None:
                 continue
             w.kill_reason = f"killed after timeout of {it.method}"
-            try:
-                os.kill(w.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _sigkill(w.pid)
             # handle the death now, so that the caller, once told, already finds the
             # replacement (and not the doomed worker) when it calls again
             self._on_death(w)
@@ -1041,10 +1050,7 @@ class ProcessPool:
         proc = w.proc
         if proc is None or proc.exitcode is not None:
             return
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _sigkill(proc.pid)
         proc.join(2.0)
 
     def _close_worker_fds(self, w: _Worker) -> None:
@@ -1268,10 +1274,7 @@ class ProcessPool:
             proc.join(max(0.0, end - time.monotonic()))
         for proc in self._procs:
             if proc.exitcode is None:
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _sigkill(proc.pid)
                 proc.join(5.0)
         self._teardown()
 
@@ -1290,10 +1293,7 @@ class ProcessPool:
             self._close_worker_fds(w)
         for proc in self._procs:
             if proc.exitcode is None:
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _sigkill(proc.pid)
                 proc.join(5.0)
             try:
                 proc.close()

@@ -51,7 +51,8 @@ class KV:
     def unpicklable_result(self) -> Any:
         return lambda_holder()
 
-    def die(self, how: str) -> None:
+    def die(self, how: str, delay: float = 0.0) -> None:
+        time.sleep(delay)
         if how == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif how == "exit":

@@ -64,7 +64,7 @@ def test_worker_death_fails_its_calls_and_is_replaced(how, reason, via):
                 p.call("die", how)
             err = ei.value
         else:
-            dying = p.submit("die", how)
+            dying = p.submit("die", how, 0.2)
             queued = p.submit("echo", 1)  # behind it on the same worker
             with pytest.raises(WorkerCrashed) as ei:
                 dying.result()
@@ -198,3 +198,57 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_no_call_stays_pending_when_workers_are_killed_under_load():
+    p = _pool(workers=2, max_restarts=50)
+    try:
+        futs = []
+        killed = 0
+        for i in range(4000):
+            futs.append(p.submit("echo", i))
+            if i in (1000, 2500):
+                pid = p.status()["workers"][i % 2]["pid"]
+                if pid <= 1:  # replacement not launched yet; kill(0)/kill(-1) hit a group/everything
+                    continue
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:
+                    pass  # already dead, its replacement not started yet
+        assert killed
+        ok = crashed = 0
+        for f in futs:
+            try:
+                f.result(timeout=20)
+                ok += 1
+            except WorkerCrashed:
+                crashed += 1
+        assert ok + crashed == len(futs) and ok > 0
+        _wait_ready(p)
+        assert all(w["outstanding"] == 0 for w in p.status()["workers"])
+    finally:
+        p.close()
+
+
+def test_close_during_a_stream_fails_it_with_pool_closed():
+    import threading
+
+    from executors import PoolClosed
+
+    p = _pool(workers=1, ring_slots=2, slot_bytes=1 << 16)
+    errors = []
+
+    def put():
+        try:
+            p.stream_put("consume", ("x",), S.GenReader(1 << 40))
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=put)
+    t.start()
+    time.sleep(0.3)
+    p.close(timeout=0.2)
+    t.join(10)
+    assert not t.is_alive()
+    assert errors and isinstance(errors[0], PoolClosed), errors
