@@ -356,13 +356,15 @@ class ProcessPool:
             if f is not None:
                 rid, body = f
                 return rid, pickle.loads(body)
+            if self._closing:
+                raise PoolStartError(f"pool {self.spec.name!r} was closed during {what} of worker {w.id}")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PoolStartError(
                     f"pool {self.spec.name!r}: worker {w.id} (pid {w.pid}) did not finish {what} "
                     f"within {self.spec.start_timeout}s"
                 )
-            events = dict(poller.poll(min(left, 1.0) * 1000))
+            events = dict(poller.poll(min(left, 0.1) * 1000))
             if w.fd in events:
                 try:
                     w.rd.fill(False)

@@ -197,3 +197,13 @@ def make_kv_crashing_after_start() -> KV:
     with open(marker, "w") as f:
         f.write("x")
     return KV()
+
+
+def make_kv_hanging_after_start() -> KV:
+    """init succeeds on the first worker start only (marker file), then hangs."""
+    marker = os.environ["EXEC_TEST_MARKER"]
+    if os.path.exists(marker):
+        time.sleep(600)
+    with open(marker, "w") as f:
+        f.write("x")
+    return KV()

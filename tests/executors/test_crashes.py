@@ -252,3 +252,15 @@ def test_close_during_a_stream_fails_it_with_pool_closed():
     t.join(10)
     assert not t.is_alive()
     assert errors and isinstance(errors[0], PoolClosed), errors
+
+
+def test_close_does_not_wait_for_a_hanging_replacement_init(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXEC_TEST_MARKER", str(tmp_path / "started"))
+    p = _pool(workers=1, init=S.make_kv_hanging_after_start, start_timeout=60)
+    with pytest.raises(WorkerCrashed):
+        p.call("die", "sigkill")
+    time.sleep(0.5)  # the replacement is now stuck in init
+    t = time.monotonic()
+    p.close(timeout=1)
+    assert time.monotonic() - t < 10
+    assert p.state is PoolState.CLOSED
