@@ -1,9 +1,20 @@
 """executors: a generic engine of worker pools (knows nothing of sectors or plugins).
 
     pool = make_pool(PoolSpec(name="KVStore/memdb", init=functools.partial(open_db, meta)))
-    pool.start()
-    pool.call("get", b"key")
-    pool.close()
+    pool.start()                                  # PoolStartError names the cause
+    pool.call("get", b"key")                      # obj.get(b"key") in a worker
+    fut = pool.submit("put", b"k", b"v")          # a concurrent.futures.Future; .worker
+    pool.broadcast("setup", cfg, replay=True)     # every worker, and every replacement
+    pool.stream_put("put", ("path",), source)     # source.readinto -> shared-memory ring
+    with pool.stream_get("get", ("path",)) as r:  # readinto / read / iter_views()
+        ...
+    pool.status(); pool.close()
+
+Backends: "process" (ProcessPool: forkserver workers, one socketpair each, memfd ring) and
+"inline" (InlinePool: same contract in the calling process, for tests and baselines).
+`prestart()` starts the forkserver early; `cleanup_stale_segments()` removes named
+`vsmpool-<pid>-*` segments of dead owners (the engine itself only uses anonymous memfd).
+Errors: see executors/errors.py.
 """
 
 from __future__ import annotations

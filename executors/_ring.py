@@ -143,7 +143,7 @@ class SlotReader(io.RawIOBase):
                 try:
                     view.release()
                 except BufferError:
-                    pass  # the consumer kept a view of it; it stays valid until freed
+                    pass  # the consumer kept a derived view; its bytes change once the slot is reused
 
     @property
     def at_eof(self) -> bool:
