@@ -640,6 +640,8 @@ class ProcessPool:
         try:
             return fut.result(limit)
         except cf.TimeoutError:
+            if fut.done():
+                raise  # the call's own CallTimeout (a TimeoutError too)
             raise CallTimeout(
                 f"pool {self.spec.name!r}: {item.method} got no answer within {limit}s"
             ) from None

@@ -101,7 +101,7 @@ def test_timeout_kills_and_replaces_the_worker(via):
             with pytest.raises(WorkerCrashed, match="killed after timeout of sleep"):
                 queued.result()
         msg = str(ei.value)
-        assert "test/crash" in msg and "sleep" in msg and "0.3" in msg, msg
+        assert "test/crash" in msg and "sleep did not finish within 0.3s" in msg, msg
         assert isinstance(ei.value, TimeoutError)
         assert p.call("pid") != pid
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -264,3 +264,17 @@ def test_close_does_not_wait_for_a_hanging_replacement_init(tmp_path, monkeypatc
     p.close(timeout=1)
     assert time.monotonic() - t < 10
     assert p.state is PoolState.CLOSED
+
+
+def test_call_queued_for_a_replacement_times_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXEC_TEST_MARKER", str(tmp_path / "started"))
+    p = _pool(workers=1, init=S.make_kv_hanging_after_start)
+    try:
+        with pytest.raises(WorkerCrashed):
+            p.call("die", "sigkill")
+        t = time.monotonic()
+        with pytest.raises(CallTimeout, match="echo.*waiting for worker 0 to start"):
+            p.call("echo", 1, timeout=0.3)
+        assert time.monotonic() - t < 3
+    finally:
+        p.close(timeout=1)

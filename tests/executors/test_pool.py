@@ -222,3 +222,17 @@ def test_cleanup_stale_segments_removes_only_dead_owners(tmp_path):
     (tmp_path / "other-segment").write_bytes(b"x")
     assert cleanup_stale_segments(str(tmp_path)) == [f"vsmpool-{dead.pid}-ring"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other-segment", f"vsmpool-{os.getpid()}-ring"]
+
+
+def test_several_pools_side_by_side():
+    pools = [ProcessPool(_spec(name=f"test/p{i}", workers=1)) for i in range(3)]
+    for p in pools:
+        p.start()
+    try:
+        for i, p in enumerate(pools):
+            p.call("put", "k", i)
+        assert [p.call("get", "k") for p in pools] == [0, 1, 2]
+        assert len({p.call("pid") for p in pools}) == 3
+    finally:
+        for p in pools:
+            p.close()
