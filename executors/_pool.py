@@ -29,11 +29,11 @@ Why these choices (numbers: bench/bench_executor.py on this noisy 2-vCPU VM, one
 
 - Per-message wake-ups dominate. A sleeping peer costs ~15-30 us to wake; so the worker and
   a direct-reading caller poll for up to SPIN_SECONDS (50 us) before sleeping. call() one at
-  a time: 13-18 us (56k-76k calls/s) vs ProcessPoolExecutor(1).submit().result() 126-176 us
-  (7-13x), multiprocess.Pool(1).apply ~520 us.
+  a time: 13-18 us (56k-76k calls/s) vs ProcessPoolExecutor(1).submit().result() 126-227 us
+  (7-15x), multiprocess.Pool(1).apply 400-520 us.
 - Many in flight: submit() sends at once only when the worker owes nothing; otherwise the
   frame waits and the manager thread sends the whole batch right after reading the next
-  answer (Nagle's rule). 10k-50k submits then wait: 150k-250k calls/s (20-44x the executor).
+  answer (Nagle's rule). 10k-50k submits then wait: 150k-250k calls/s (20-49x the executor).
 - CallFuture makes its Condition only when someone waits (a stock Future costs ~1 us and 4
   GC-tracked objects per call; the GC pass over many pending calls was half the submit cost).
 - C pickle 0.26 us vs cloudpickle.dumps 2.8 us for a small request tuple: cloudpickle only on

@@ -15,7 +15,7 @@ for _p in (_ROOT, _HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-DEFAULT_TIMEOUT = 60
+DEFAULT_TIMEOUT = int(os.environ.get("EXEC_TEST_TIMEOUT", "60"))
 _OUR_SHM_PREFIXES = ("vsmpool-", "psm_", "wnsm_", "mp-", "sem.mp-")
 
 
