@@ -12,11 +12,12 @@ by both sides (the fd crosses the worker socket with SCM_RIGHTS). Nothing is eve
 (madvise MADV_POPULATE_WRITE, or one write per page) so copies run at memcpy speed instead of
 paying ~2.9 us per first-touched 4 KiB page (reference/ipc-costs.md section 2).
 
-Measured (bench/bench_executor.py, 4 GiB generated source, this 2-vCPU VM, two runs):
-stream_put into a worker that drops the bytes 11-15 GB/s with 8 x 1 MiB slots (7-13 GB/s
-with 4 x 8 MiB: the small ring stays in cache), one that copies them into its own buffer
-4.4-10.6 GB/s; a plain memcpy 27-32 GB/s; ProcessPoolExecutor with pickled 8 MiB chunks
-0.46-0.48 GB/s. Manager RSS does not grow; the worker's grows by the ring only.
+Measured (bench/bench_executor.py, 4 GiB generated source, this noisy 2-vCPU VM):
+stream_put into a worker that drops the bytes: 15.2 GB/s with 8 x 1 MiB slots (one run),
+11.4-13.1 GB/s with 4 x 8 MiB (two runs); into one that copies them into its own buffer:
+10.6 GB/s (8 x 1 MiB), 4.4-9.1 GB/s (4 x 8 MiB). A plain memcpy: 27-32 GB/s;
+ProcessPoolExecutor with pickled 8 MiB chunks: 0.46-0.48 GB/s. Manager RSS did not grow;
+the worker's peak did not grow past its ring.
 """
 
 from __future__ import annotations
