@@ -12,6 +12,7 @@ Bytes: stream_put of a generated N-GiB source (4 GiB, --quick 256 MiB) into an o
   plain memory copy of the same size. Peak RSS of manager and worker is reported.
 Start: time to start (and close) a 2-worker ProcessPool, forkserver vs fork.
 
+PPExecutor = concurrent.futures.ProcessPoolExecutor.
 Rows: {"workload", "variant", "value", "unit", "ratio_vs": {peer: value / peer value}, ...};
 ratios are what to compare (this is a noisy 2-vCPU VM, absolute numbers drift).
 """
@@ -255,7 +256,7 @@ def small_calls(quick: bool) -> list[dict[str, Any]]:
             return n_fut
 
         rows.append(_row(wl, "ProcessPool.call one at a time", _best_rate(seq, rep), "calls/s"))
-        rows.append(_row(wl, f"ProcessPool submit x{n_fut} then wait", _best_rate(inflight, rep), "calls/s"))
+        rows.append(_row(wl, f"ProcessPool submit x{n_fut}, wait", _best_rate(inflight, rep), "calls/s"))
     finally:
         pp.close()
 
@@ -270,7 +271,7 @@ def small_calls(quick: bool) -> list[dict[str, Any]]:
                 f.result()
             return n_fut
 
-        rows.append(_row(wl, f"ProcessPool(2) submit x{n_fut} then wait", _best_rate(inflight2, rep), "calls/s"))
+        rows.append(_row(wl, f"ProcessPool(2) submit x{n_fut}, wait", _best_rate(inflight2, rep), "calls/s"))
     finally:
         pp2.close()
 
@@ -282,7 +283,7 @@ def small_calls(quick: bool) -> list[dict[str, Any]]:
                 ex.submit(_ppe_get, keys[i]).result()
             return n_slow
 
-        rows.append(_row(wl, "ProcessPoolExecutor(1).submit().result()", _best_rate(ppe, rep), "calls/s"))
+        rows.append(_row(wl, "PPExecutor(1).submit().result()", _best_rate(ppe, rep), "calls/s"))
 
     import multiprocess
 
@@ -298,7 +299,7 @@ def small_calls(quick: bool) -> list[dict[str, Any]]:
 
     for r in rows:
         r["us_per_call"] = 1e6 / r["value"]
-    _ratios(rows, {"vs ProcessPoolExecutor": "ProcessPoolExecutor(1).submit().result()", "vs direct": "direct in-process"})
+    _ratios(rows, {"vs ProcessPoolExecutor": "PPExecutor(1).submit().result()", "vs direct": "direct in-process"})
     return rows
 
 
@@ -336,7 +337,7 @@ def bytes_stream(quick: bool) -> list[dict[str, Any]]:
     ip.close()
 
     for slots, slot_bytes in ((8, 1 << 20), (4, 8 << 20)):
-        ring = f"ring {slots}x{slot_bytes >> 20} MiB"
+        ring = f"ring {slots}x{slot_bytes >> 20}MiB"
         for method in ("drop", "keep"):
             spec = PoolSpec(name=f"bench/bytes-{method}", init=BenchKV, workers=1, ring_slots=slots, slot_bytes=slot_bytes)
             pp = ProcessPool(spec)
@@ -350,7 +351,7 @@ def bytes_stream(quick: bool) -> list[dict[str, Any]]:
                 rows.append(
                     _row(
                         wl,
-                        f"ProcessPool stream_put {method} {ring}",
+                        f"ProcessPool put {method} {ring}",
                         rate / 1e9,
                         "GB/s",
                         manager_peak_rss_growth_mib=(m.peak - m.base) / 2**20,
@@ -387,14 +388,14 @@ def bytes_stream(quick: bool) -> list[dict[str, Any]]:
         rows.append(
             _row(
                 wl,
-                "ProcessPoolExecutor pickled 8 MiB chunks drop",
+                "PPExecutor pickled 8MiB chunks",
                 rate / 1e9,
                 "GB/s",
                 manager_peak_rss_growth_mib=(m.peak - m.base) / 2**20,
                 worker_peak_rss_mib=whwm / 2**20,
             )
         )
-    _ratios(rows, {"vs memcpy": "memcpy (memoryview slice assign)", "vs ProcessPoolExecutor": "ProcessPoolExecutor pickled 8 MiB chunks drop"})
+    _ratios(rows, {"vs memcpy": "memcpy (memoryview slice assign)", "vs ProcessPoolExecutor": "PPExecutor pickled 8MiB chunks"})
     return rows
 
 
@@ -407,7 +408,7 @@ def start_cost(quick: bool) -> list[dict[str, Any]]:
     prestart()  # returns once the server is spawned; it imports its preload in the background
     p = ProcessPool(PoolSpec(name="bench/start-first", init=BenchKV, workers=2))
     p.start()
-    rows.append(_row(wl, "forkserver first pool (server start+preload)", (time.perf_counter() - t) * 1e3, "ms"))
+    rows.append(_row(wl, "forkserver first pool (+server)", (time.perf_counter() - t) * 1e3, "ms"))
     p.close()
     n = 3 if quick else 7
     for method in ("forkserver", "fork"):
