@@ -1136,7 +1136,12 @@ class ProcessPool:
                         pass
                     raise
                 finally:
-                    view.release()
+                    try:
+                        view.release()
+                    except BufferError:
+                        pass  # the source kept a view of the slot
+                if tmo is not None:  # a slow source is progress too: the worker just waits
+                    item.deadline = time.monotonic() + tmo
                 if not n:
                     self._enqueue(w, None, rid, W.frame(rid, W.dumps((W.OP_EOF,))), strict=True)
                     break
@@ -1164,11 +1169,12 @@ class ProcessPool:
             with st.cond:
                 while not st.q and not st.done:
                     st.cond.wait(0.5)
+                # a failed stream raises at once: after a crash the ring is unmapped, so
+                # slots announced before it are not readable any more
+                if item.done() and item.exception() is not None:
+                    raise item.exception()  # type: ignore[misc]
                 if st.q:
                     return st.q.popleft()  # type: ignore[no-any-return]
-            exc = item.exception()
-            if exc is not None:
-                raise exc
             return None
 
         def free_slot(slot: int) -> None:
