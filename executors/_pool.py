@@ -1205,6 +1205,17 @@ class ProcessPool:
             finally:
                 self._unreserve(w)
 
+        # Wait for the first chunk, the end, or the failure: a get that fails (no such object,
+        # bad path) raises here, at the call, as the Go `Get` returns its error.
+        give_up = None if tmo is None else time.monotonic() + tmo
+        with st.cond:
+            while not st.q and not st.done and not item.done():
+                if give_up is not None and time.monotonic() > give_up:
+                    break
+                st.cond.wait(0.05)
+        if item.done() and item.exception() is not None and not st.q:
+            on_close(False)
+            raise item.exception()  # type: ignore[misc]
         return SlotReader(ring, next_slot, free_slot, on_close)
 
     # -- status / close -------------------------------------------------------------------
