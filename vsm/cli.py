@@ -192,6 +192,55 @@ def bench(quick: bool, suites: tuple[str, ...], out: Path) -> None:
     sys.exit(run_bench(list(suites or SUITES), quick, out))
 
 
+@main.group()
+def util() -> None:
+    """Maintenance tools."""
+
+
+def _meta_pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        pairs[key] = value
+    return pairs
+
+
+@util.command("migrate")
+@_home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="Config file (default: <home>/config.toml).")
+@click.option("--dir", "plugins_dir", type=click.Path(path_type=Path), help="Plugins dir (default: the config's).")
+@click.option("--from", "source", required=True, help="Source KVStore plugin name.")
+@click.option("--from-meta", multiple=True, help="Source Meta KEY=VALUE (repeatable).")
+@click.option("--to", "target", required=True, help="Target KVStore plugin name.")
+@click.option("--to-meta", multiple=True, help="Target Meta KEY=VALUE (repeatable).")
+@click.option("--collection", "collections", multiple=True, help="Collections to copy (default: damocles' collections).")
+def util_migrate(home: Path | None, config_file: Path | None, plugins_dir: Path | None, source: str, from_meta: tuple[str, ...],
+                 target: str, to_meta: tuple[str, ...], collections: tuple[str, ...]) -> None:
+    """Copy every KV collection from one KVStore plugin to another, then check the counts."""
+    from tqdm import tqdm
+
+    from .loader import Registry, discover
+    from .migrate import COLLECTIONS, migrate
+
+    directory = plugins_dir or _config(home, config_file).plugins_dir
+    plugins, _ = discover(directory)
+    with tqdm(unit=" keys", desc="migrate", file=sys.stderr, disable=None) as bar:
+        report = migrate(
+            Registry(plugins),
+            (source, _meta_pairs(from_meta, "--from-meta")),
+            (target, _meta_pairs(to_meta, "--to-meta")),
+            collections or COLLECTIONS,
+            progress=lambda coll, n: (bar.set_postfix_str(coll), bar.update(n)),
+        )
+    bad = [r for r in report if not r.ok]
+    _print([{**r.__dict__, "ok": r.ok} for r in report], ["name", "copied", "source_count", "target_count", "ok"], False)
+    if bad:
+        raise click.ClickException(f"count check failed for: {', '.join(r.name for r in bad)}")
+    click.echo(f"migrated {sum(r.copied for r in report)} keys in {len(report)} collections from {source} to {target}")
+
+
 def _config(home: Path | None, config_file: Path | None) -> Any:
     from .config import load_config, resolve_home
 
