@@ -19,7 +19,7 @@ import click
 from tqdm import tqdm
 
 from .cli import _home_option, _print, main
-from .client import DaemonError, daemon_client
+from .client import DaemonError, daemon_client, pid_alive
 
 __all__: list[str] = []
 
@@ -150,9 +150,7 @@ def stop(home: Path | None, timeout: float) -> None:
     client.call("daemon.stop")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             click.echo(f"vsm-pool (pid {pid}) stopped")
             return
         time.sleep(0.1)

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, Callable
 from .config import resolve_home
 from .errors import VsmError
 
-__all__ = ["Client", "DaemonError", "daemon_client"]
+__all__ = ["Client", "DaemonError", "daemon_client", "pid_alive"]
 
 
 class DaemonError(VsmError):
@@ -24,7 +24,7 @@ def daemon_client(home: Path | None, config_file: Path | None = None) -> "Client
 
     home_dir = resolve_home(home)
     info = daemon_info(home_dir)
-    if not info or not _alive(int(info.get("pid", 0))):
+    if not info or not pid_alive(int(info.get("pid", 0))):
         return None
     try:
         token = read_token(home_dir)
@@ -33,16 +33,19 @@ def daemon_client(home: Path | None, config_file: Path | None = None) -> "Client
     return Client(info["listen"], token)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while the process runs; an exited daemon its parent has not reaped yet (a zombie)
+    counts as gone."""
+    import psutil
+
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 class Client:
