@@ -20,17 +20,17 @@ m = SectorStateManager(kv, os.path.join(root, "journal"), import_chunk=500, flus
 
 if mode == "after_journal":
     # die exactly in the window: chunk 6's frame is fsynced, its KV commit never happens
-    orig = m._commit
+    # (an import chunk's KV write is _commit_puts; other ops go through _commit)
+    orig = m._commit_puts
     n = {"chunks": 0}
 
-    def commit(changes):  # type: ignore[no-untyped-def]
-        if changes[0].kind == "import":
-            n["chunks"] += 1
-            if n["chunks"] == 6:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return orig(changes)
+    def commit(ws, keys, values):  # type: ignore[no-untyped-def]
+        n["chunks"] += 1
+        if n["chunks"] == 6:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return orig(ws, keys, values)
 
-    m._commit = commit  # type: ignore[method-assign]
+    m._commit_puts = commit  # type: ignore[method-assign]
 elif mode == "mid_finalize":
     orig_update = m._update
 

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from vsm.sdk.sectors import AllocatedSector, PreCommitInfo, SectorID, SectorState, Ticket, sector_key
+import pyarrow as pa
+
+from vsm.sdk.sectors import AllocatedSector, PreCommitInfo, SectorID, SectorState, Ticket, arrow_to_states, sector_key
 from vsm.sectors import SectorNotFoundError, SectorStateManager, SinkHost
 
 from .helpers import RecordingSink, assert_no_gaps, load_plugin, make_state
@@ -64,6 +66,32 @@ def test_operations_and_collections(dictdb, tmp_path, sample_json) -> None:  # t
         assert t.column("worker_state").to_pylist()[-2:] == ["offline", "online"]
         assert t.column("changed_fields").to_pylist()[5] == ["Pre", "AbortReason", "Finalized"]
         assert_no_gaps(rec.seqs)
+
+
+def test_import_arrow_writes_what_import_states_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vsm.sdk.sectors import states_to_arrow
+
+    from .conftest import DictDB
+
+    states = [make_state(13, n) for n in range(250)]
+    a, b = DictDB(), DictDB()
+    rec = RecordingSink()
+    with _mgr(a, tmp_path / "a", import_chunk=64) as m:
+        assert m.import_states(states) == 250
+    with _mgr(b, tmp_path / "b", {"rec": SinkHost(sink_obj=rec)}, import_chunk=64) as m:
+        assert m.import_arrow(states_to_arrow(states[:100])) == 100
+        # existing ones are skipped, columns may come in any order or be missing
+        table = pa.Table.from_batches([states_to_arrow(states)]).drop_columns(["unsealing"])
+        assert m.import_arrow(table.select(list(reversed(table.column_names)))) == 150
+        assert m.import_arrow(states_to_arrow(states[:10]), override=True) == 10
+        assert m.wait_delivered(10)
+    want = {k: v for k, v in a.open_collection("meta").data.items()}
+    assert b.open_collection("meta").data == want
+    assert_no_gaps(rec.seqs)
+    assert len(rec.seqs) == 260
+    rows = pa.concat_tables(rec.tables)
+    assert set(rows.column("kind").to_pylist()) == {"import"}
+    assert arrow_to_states(rows.slice(0, 1))[0] == states[0]
 
 
 def test_conflicts_are_retried(tmp_path) -> None:  # type: ignore[no-untyped-def]

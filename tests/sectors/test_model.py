@@ -99,3 +99,23 @@ def test_json_to_arrow_to_duckdb_exact(sample_json: bytes) -> None:
 
 def test_sector_key() -> None:
     assert sector_key(SectorID(1001, 42)) == b"m-1001-n-42"
+
+
+def test_arrow_to_go_json_matches_per_row_encoder(sample_json: bytes) -> None:
+    # the column-wise encoder of the import path writes the same bytes as to_go_json
+    from vsm.sdk.sectors import arrow_to_go_json
+
+    from .helpers import make_state
+
+    odd = SectorState.from_go_json(sample_json)
+    assert odd.pre is not None and odd.ticket is not None and odd.proof is not None
+    odd.deals, odd.pieces, odd.pre.deals = [], [], None
+    odd.ticket.ticket, odd.proof.proof = b"", b"\x00\xff\x10\x11"
+    odd.abort_reason = "tab\there \"quoted\" \\ \x01 \u2029 <x>"
+    states = [SectorState.from_go_json(sample_json), SectorState(SectorID(1, 2), 8), odd]
+    states += [make_state(5, n) for n in range(200)]
+    batch = states_to_arrow(states)
+    want = [s.to_go_json() for s in states]
+    assert arrow_to_go_json(batch).to_pylist() == want
+    assert arrow_to_go_json(batch.slice(3, 50)).to_pylist() == want[3:53]
+    assert arrow_to_go_json(pa.Table.from_batches([batch.slice(0, 2), batch.slice(2)])).to_pylist() == want

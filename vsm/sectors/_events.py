@@ -36,12 +36,17 @@ class JournalBroken(RuntimeError):
 
 
 class Ticket:
-    __slots__ = ("first", "last", "rows")
+    """Seqs first..last; rows are dicts (one op) or `batch`, an event batch built column-wise
+    (bulk import) whose seq column the flusher fills in."""
 
-    def __init__(self, first: int, last: int, rows: list[dict[str, Any]]) -> None:
+    __slots__ = ("first", "last", "rows", "batch", "n")
+
+    def __init__(self, first: int, last: int, rows: list[dict[str, Any]], batch: pa.RecordBatch | None = None) -> None:
         self.first = first
         self.last = last
         self.rows = rows
+        self.batch = batch
+        self.n = last - first + 1
 
 
 class EventWriter:
@@ -78,18 +83,23 @@ class EventWriter:
         self._thread.start()
 
     # -- op side -------------------------------------------------------------------------
-    def submit(self, rows: list[dict[str, Any]]) -> Ticket:
-        """Assign seqs to rows (mutating their "seq") and queue them for the next frame."""
+    def submit(self, rows: list[dict[str, Any]] | pa.RecordBatch) -> Ticket:
+        """Assign seqs to rows (mutating their "seq"; for a RecordBatch of SECTOR_EVENT_SCHEMA
+        the flusher writes them into its seq column) and queue them for the next frame."""
         with self._cv:
             if self._broken is not None:
                 raise JournalBroken(f"sector event journal is broken: {self._broken!r}") from self._broken
             if self._closing:
                 raise JournalBroken("sector state manager is closed")
             first = self._next
-            for i, r in enumerate(rows):
-                r["seq"] = first + i
-            self._next = first + len(rows)
-            t = Ticket(first, self._next - 1, rows)
+            if isinstance(rows, pa.RecordBatch):
+                self._next = first + rows.num_rows
+                t = Ticket(first, self._next - 1, [], rows)
+            else:
+                for i, r in enumerate(rows):
+                    r["seq"] = first + i
+                self._next = first + len(rows)
+                t = Ticket(first, self._next - 1, rows)
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append(t)
@@ -125,7 +135,7 @@ class EventWriter:
             with self._cv:
                 while True:
                     now = time.monotonic()
-                    rows = sum(len(t.rows) for t in self._pending)
+                    rows = sum(t.n for t in self._pending)
                     if self._pending and (
                         rows >= self.flush_rows or now - self._pending_since >= self.flush_age or self._closing
                     ):
@@ -142,20 +152,19 @@ class EventWriter:
                     self._cv.wait(timeout)
                 take: list[Ticket] = []
                 n = 0
-                while self._pending and (not take or n + len(self._pending[0].rows) <= self.flush_rows):
+                while self._pending and (not take or n + self._pending[0].n <= self.flush_rows):
                     t = self._pending.pop(0)
                     take.append(t)
-                    n += len(t.rows)
+                    n += t.n
                 if self._pending:
                     self._pending_since = time.monotonic()
                 wm = self.committed
             try:
                 if take:
-                    rows_all = take[0].rows if len(take) == 1 else [r for t in take for r in t.rows]
-                    batch = pa.RecordBatch.from_pylist(rows_all, schema=SECTOR_EVENT_SCHEMA)
+                    batch = _frame_batch(take)
                     self.journal.append(batch, take[0].first, take[-1].last)
                     for t in take:
-                        t.rows = []  # the journal has them now
+                        t.rows, t.batch = [], None  # the journal has them now
                 if wm > self.durable_watermark:
                     self.wm.store(wm)
             except BaseException as e:  # noqa: BLE001 - every waiter must hear of it
@@ -188,3 +197,23 @@ class EventWriter:
     @property
     def broken(self) -> BaseException | None:
         return self._broken
+
+
+def _frame_batch(take: list[Ticket]) -> pa.RecordBatch:
+    """One RecordBatch of the tickets' rows in seq order (runs of dict rows converted at once)."""
+    parts: list[pa.RecordBatch] = []
+    rows: list[dict[str, Any]] = []
+    for t in take:
+        if t.batch is None:
+            rows.extend(t.rows)
+            continue
+        if rows:
+            parts.append(pa.RecordBatch.from_pylist(rows, schema=SECTOR_EVENT_SCHEMA))
+            rows = []
+        seq = pa.array(range(t.first, t.last + 1), pa.uint64())
+        parts.append(t.batch.set_column(0, SECTOR_EVENT_SCHEMA.field("seq"), seq))
+    if rows:
+        parts.append(pa.RecordBatch.from_pylist(rows, schema=SECTOR_EVENT_SCHEMA))
+    if len(parts) == 1:
+        return parts[0]
+    return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 from vsm.sdk.sectors import SectorID
 
@@ -22,9 +24,21 @@ class StripedLocks:
     def index(self, sid: SectorID) -> int:
         return (sid.miner * 1_000_003 + sid.number) % self._n
 
+    def indices(self, miner: Any, number: Any) -> list[int]:
+        """Stripe indices (sorted, unique) of the sectors in two Arrow/array columns; the same
+        mapping as index()."""
+        m = np.asarray(miner, dtype=np.uint64)
+        n = np.asarray(number, dtype=np.uint64)
+        if len(m) and (int(m.max()) >= 1 << 43 or int(n.max()) >= 1 << 63):  # would wrap in uint64
+            return sorted({(a * 1_000_003 + b) % self._n for a, b in zip(m.tolist(), n.tolist())})
+        return np.unique((m * np.uint64(1_000_003) + n) % np.uint64(self._n)).tolist()  # type: ignore[no-any-return]
+
+    def hold(self, sids: Iterable[SectorID]) -> "contextlib.AbstractContextManager[None]":
+        return self.hold_indices(sorted({self.index(s) for s in sids}))
+
     @contextlib.contextmanager
-    def hold(self, sids: Iterable[SectorID]) -> Iterator[None]:
-        idx = sorted({self.index(s) for s in sids})
+    def hold_indices(self, idx: list[int]) -> Iterator[None]:
+        """Hold the stripes idx, which must be sorted ascending."""
         taken: list[threading.Lock] = []
         try:
             for i in idx:

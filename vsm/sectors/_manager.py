@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
@@ -33,12 +34,16 @@ import pyarrow.compute as pc
 
 from vsm.sdk.errors import KeyNotFoundError, TransactionConflictError
 from vsm.sdk.sectors import (
+    SECTOR_EVENT_SCHEMA,
+    SECTOR_STATE_SCHEMA,
     STATE_FIELDS,
     AllocatedSector,
     SectorID,
     SectorState,
+    arrow_to_go_json,
     decode_field,
     sector_key,
+    states_to_arrow,
 )
 
 from ._dispatch import SinkDispatcher
@@ -166,32 +171,85 @@ class SectorStateManager:
         """Write states as damocles' Import does (skip existing keys unless override), in
         chunks of import_chunk per KV transaction. Returns how many were written."""
         coll = self._coll(worker_state)
+
+        def chunks() -> Iterator[list[SectorState]]:
+            chunk: list[SectorState] = []
+            for st in states:
+                chunk.append(st)
+                if len(chunk) >= self.import_chunk:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
+        return self._import_chunks(coll, chunks(), override, worker_state, progress)
+
+    def import_arrow(
+        self,
+        data: pa.Table | pa.RecordBatch,
+        override: bool = False,
+        worker_state: str = ONLINE,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """import_states for states already in Arrow (SECTOR_STATE_SCHEMA columns, e.g. a
+        Parquet import file): no SectorState objects are built. Returns how many were written."""
+        coll = self._coll(worker_state)
+        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+        missing = [f for f in SECTOR_STATE_SCHEMA if f.name not in table.column_names]
+        for f in missing:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+        table = table.select(SECTOR_STATE_SCHEMA.names).cast(SECTOR_STATE_SCHEMA)
+        step = self.import_chunk
+        chunks = (table.slice(off, step) for off in range(0, table.num_rows, step))
+        return self._import_chunks(coll, chunks, override, worker_state, progress)
+
+    def _import_chunks(
+        self, coll: Any, chunks: Iterator[Any], override: bool, ws: str, progress: Callable[[int], None] | None
+    ) -> int:
         written = 0
-        chunk: list[SectorState] = []
-        for st in states:
-            chunk.append(st)
-            if len(chunk) >= self.import_chunk:
-                written += self._import_chunk(coll, chunk, override, worker_state)
+        # Encode the next chunk while this one waits for its journal fsync and KV commit.
+        with ThreadPoolExecutor(1, thread_name_prefix="vsm-import-encode") as ex:
+            nxt = next(chunks, None)
+            fut = ex.submit(_prepare_import, nxt) if nxt is not None else None
+            while fut is not None:
+                prepared = fut.result()
+                nxt = next(chunks, None)
+                fut = ex.submit(_prepare_import, nxt) if nxt is not None else None
+                written += self._import_prepared(coll, prepared, override, ws)
                 if progress:
-                    progress(len(chunk))
-                chunk = []
-        if chunk:
-            written += self._import_chunk(coll, chunk, override, worker_state)
-            if progress:
-                progress(len(chunk))
+                    progress(prepared.n)
         return written
 
-    def _import_chunk(self, coll: Any, chunk: list[SectorState], override: bool, ws: str) -> int:
-        keys = [sector_key(s.id) for s in chunk]
-        with self._locks.hold(s.id for s in chunk):
-            if not override:
-                existing = coll.view(_existing_keys(keys))
-                todo = [(s, k) for s, k in zip(chunk, keys) if k not in existing]
+    def _import_prepared(self, coll: Any, p: "_Prepared", override: bool, ws: str) -> int:
+        if p.n == 0:
+            return 0
+        with self._locks.hold_indices(self._locks.indices(p.miner, p.number)):
+            if override:
+                keys, values, state = p.keys, p.values, p.state
             else:
-                todo = list(zip(chunk, keys))
-            changes = [_Change(s.id, "import", ws, s, None, [(ws, v)], v) for s, k in todo for v in [s.to_go_json()]]
-            self._apply(changes)
-        return len(changes)
+                existing = coll.view(_existing_keys(p.keys))
+                if existing:
+                    keep = [k not in existing for k in p.keys]
+                    keys = [k for k, f in zip(p.keys, keep) if f]
+                    values = [v for v, f in zip(p.values, keep) if f]
+                    state = p.state.filter(pa.array(keep))
+                else:
+                    keys, values, state = p.keys, p.values, p.state
+            if not keys:
+                return 0
+            ticket = self.writer.submit(_event_batch(state, "import", ws))
+            self.writer.wait_durable(ticket)
+            try:
+                self._commit_puts(ws, keys, values)
+            except BaseException as e:
+                changes = [
+                    _Change(SectorID(m, n), "import", ws, None, None, [(ws, v)], v)
+                    for m, n, v in zip(state.column("miner").to_pylist(), state.column("number").to_pylist(), values)
+                ]
+                self._compensate(changes, ticket, e)
+                raise
+            self.writer.resolve(ticket)
+        return len(keys)
 
     def init(
         self,
@@ -431,6 +489,36 @@ class SectorStateManager:
                         raise
                     time.sleep(0.05 * attempt)
 
+    def _commit_puts(self, ws: str, keys: list[bytes], values: list[bytes]) -> None:
+        """Bulk puts into one collection: one put_many round trip when the KVStore has it
+        (the pooled proxy does), else one update transaction. Idempotent: safe to retry."""
+        coll = self._colls[ws]
+        put_many = getattr(coll, "put_many", None)
+        attempt = 0
+        while True:
+            try:
+                if put_many is not None:
+                    n = 0
+                    while True:
+                        try:
+                            put_many(list(zip(keys, values)))
+                            break
+                        except TransactionConflictError:
+                            n += 1
+                            if not self._retry[ws] or n > self.conflict_retries:
+                                raise
+                            time.sleep(min(0.001 * (2**n), 0.1))
+                else:
+                    self._update(ws, _apply_writes(list(zip(keys, values))))
+                return
+            except TransactionConflictError:
+                raise
+            except Exception:
+                attempt += 1
+                if attempt >= self.commit_retries:
+                    raise
+                time.sleep(0.05 * attempt)
+
     def _update(self, ws: str, fn: Callable[[Any], Any]) -> Any:
         coll = self._colls[ws]
         n = 0
@@ -575,3 +663,44 @@ def _apply_writes(writes: list[tuple[bytes, bytes | None]]) -> Callable[[Any], N
                 txn.put(k, v)
 
     return fn
+
+
+class _Prepared:
+    """One import chunk, encoded outside the stripes: state columns, KV keys and Go JSON."""
+
+    __slots__ = ("state", "keys", "values", "miner", "number", "n")
+
+    def __init__(self, state: pa.RecordBatch) -> None:
+        self.state = state
+        self.n = state.num_rows
+        miner, number = state.column("miner"), state.column("number")
+        self.miner, self.number = miner, number
+        key = pc.binary_join_element_wise("m-", pc.cast(miner, pa.string()), "-n-", pc.cast(number, pa.string()), "")
+        self.keys: list[bytes] = key.cast(pa.binary()).to_pylist()
+        self.values: list[bytes] = arrow_to_go_json(state).to_pylist()
+
+
+def _prepare_import(chunk: pa.Table | pa.RecordBatch | list[SectorState]) -> _Prepared:
+    if isinstance(chunk, list):
+        chunk = states_to_arrow(chunk)
+    if isinstance(chunk, pa.Table):
+        chunk = chunk.combine_chunks().to_batches()[0] if chunk.num_rows else pa.RecordBatch.from_pylist([], schema=chunk.schema)
+    return _Prepared(chunk)
+
+
+_EVENT_PREFIX = SECTOR_EVENT_SCHEMA.names[: SECTOR_EVENT_SCHEMA.get_field_index("miner")]
+
+
+def _event_batch(state: pa.RecordBatch, kind: str, ws: str) -> pa.RecordBatch:
+    """Event rows for states of one kind, column-wise (the flusher fills in seq)."""
+    n = state.num_rows
+    f = SECTOR_EVENT_SCHEMA.field
+    head = [
+        pa.nulls(n, pa.uint64()).fill_null(0),
+        pa.array([kind], pa.string()).take(pa.nulls(n, pa.int8()).fill_null(0)),
+        pa.array([_now_us()], pa.int64()).take(pa.nulls(n, pa.int8()).fill_null(0)).cast(f("time").type),
+        pa.array([ws], pa.string()).take(pa.nulls(n, pa.int8()).fill_null(0)),
+        pa.nulls(n, f("changed_fields").type),
+    ]
+    assert len(head) == len(_EVENT_PREFIX)
+    return pa.RecordBatch.from_arrays(head + [state.column(i) for i in range(state.num_columns)], schema=SECTOR_EVENT_SCHEMA)
