@@ -9,8 +9,11 @@ Meta: `Path` (database file; ":memory:" for tests). Tables:
   seq <= max_seq are skipped, all in one transaction with the inserts, so a redelivered batch
   changes nothing.
 
-Each batch: register the Arrow batch, then INSERT ... SELECT into both tables and update
-max_seq in one transaction. `query(sql)` returns a pyarrow.Table (the host sends it as IPC).
+Each batch: drop rows at or below max_seq, keep the last event per sector (in Arrow), then in
+one transaction INSERT ... SELECT the registered batch into `sector_events`, its latest rows
+into `sectors` (a plain INSERT when every row is an import/init, retried as INSERT OR REPLACE
+if a sector exists; INSERT OR REPLACE otherwise: index lookups, no scan of `sectors`), and set
+max_seq. `query(sql)` returns a pyarrow.Table (the host sends it as IPC).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA
 
@@ -41,6 +45,15 @@ def _arrow(rel: Any) -> pa.Table:
             out = f()
             return out if isinstance(out, pa.Table) else out.read_all()
     raise TypeError(f"cannot fetch Arrow from {type(rel).__name__}")
+
+
+def _latest_per_sector(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch's last event per (miner, number): the batch itself when no sector repeats."""
+    t = pa.Table.from_batches([batch])
+    last = t.group_by(["miner", "number"]).aggregate([("seq", "max")])
+    if last.num_rows == batch.num_rows:
+        return batch
+    return batch.filter(pc.is_in(batch.column("seq"), last.column("seq_max")))
 
 
 class DuckDBSink:
@@ -67,37 +80,53 @@ class DuckDBSink:
 
     def on_batch(self, batch: pa.RecordBatch) -> None:
         """Store a batch of events (SECTOR_EVENT_SCHEMA); rows already stored are skipped."""
+        seq = batch.column("seq")
+        if batch.num_rows and pc.min(seq).as_py() <= self.max_seq:
+            batch = batch.filter(pc.greater(seq, pa.scalar(self.max_seq, pa.uint64())))
         if batch.num_rows == 0:
             return
-        table = pa.Table.from_batches([batch])
+        last = int(pc.max(batch.column("seq")).as_py())
+        latest = _latest_per_sector(batch)  # what `sectors` gets: one row per sector
+        gone = pc.any(pc.equal(latest.column("worker_state"), "none")).as_py()
+        # New sectors only (a bulk import, allocations): a plain INSERT, which the primary key
+        # checks anyway. Anything else, or an INSERT that meets an existing row: upsert.
+        fresh = not gone and pc.all(pc.is_in(latest.column("kind"), pa.array(["import", "init"]))).as_py()
         with self._lock:
             con = self.con
-            con.register("_batch", table)
+            con.register("_batch", batch)
+            con.register("_latest", latest)
             try:
-                con.execute("BEGIN TRANSACTION")
-                try:
-                    ms = self.max_seq
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS SELECT * FROM _batch WHERE seq > {ms}")
-                    con.execute("INSERT INTO sector_events SELECT * FROM _new")
-                    # latest event per sector in this batch replaces the current row
-                    con.execute(
-                        "CREATE OR REPLACE TEMP TABLE _latest AS SELECT * FROM _new "
-                        "QUALIFY row_number() OVER (PARTITION BY miner, number ORDER BY seq DESC) = 1"
-                    )
-                    con.execute("DELETE FROM sectors WHERE (miner, number) IN (SELECT miner, number FROM _latest)")
-                    con.execute("INSERT INTO sectors SELECT * FROM _latest WHERE worker_state <> 'none'")
-                    con.execute(
-                        "UPDATE sink_meta SET value = greatest(value, (SELECT coalesce(max(seq), 0) FROM _new)) "
-                        "WHERE key = 'max_seq'"
-                    )
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                row = con.execute("SELECT value FROM sink_meta WHERE key = 'max_seq'").fetchall()[0]
-                self.max_seq = int(row[0])
+                if not (fresh and self._store(last, "INSERT INTO sectors SELECT * FROM _latest", quiet=True)):
+                    self._store(last, "INSERT OR REPLACE INTO sectors SELECT * FROM _latest WHERE worker_state <> 'none'", gone)
             finally:
                 con.unregister("_batch")
+                con.unregister("_latest")
+            self.max_seq = last
+
+    def _store(self, last: int, into_sectors: str, gone: bool = False, quiet: bool = False) -> bool:
+        """One transaction: the events, the current states, max_seq. quiet: False instead of
+        raising if `sectors` already has one of the rows."""
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("INSERT INTO sector_events SELECT * FROM _batch")
+            if gone:  # a revert to a sector that no longer exists: drop its row
+                con.execute(
+                    "DELETE FROM sectors WHERE (miner, number) IN "
+                    "(SELECT miner, number FROM _latest WHERE worker_state = 'none')"
+                )
+            con.execute(into_sectors)
+            con.execute(f"UPDATE sink_meta SET value = {last} WHERE key = 'max_seq'")
+            con.execute("COMMIT")
+            return True
+        except duckdb.ConstraintException:
+            con.execute("ROLLBACK")
+            if quiet:
+                return False
+            raise
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def query(self, sql: str) -> pa.Table:
         """Run sql on the database; the result as a pyarrow.Table."""
