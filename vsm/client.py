@@ -6,12 +6,13 @@ import http.client
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, BinaryIO, Callable
 
 from .config import resolve_home
 from .errors import VsmError
 
-__all__ = ["Client", "DaemonError", "daemon_client", "pid_alive"]
+__all__ = ["Client", "DaemonError", "daemon_client", "pid_alive", "piece_url"]
 
 
 class DaemonError(VsmError):
@@ -60,6 +61,23 @@ class Client:
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}", **(extra or {})}
 
+    def _where(self) -> str:
+        return f"the daemon at {self.host}:{self.port}"
+
+    @staticmethod
+    def _error_text(status: int, raw: bytes) -> str:
+        """The daemon's own message out of an error body (JSON {"error": ...} or text)."""
+        if status == 401:
+            return "the daemon refused the token (401): is <home>/token the one of this daemon?"
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return f"{status}: {raw.decode(errors='replace').strip()[:300]}"
+        err = body.get("error", body) if isinstance(body, dict) else body
+        if isinstance(err, dict):  # a JSON-RPC error object
+            err = err.get("message", err)
+        return f"{status}: {err}"
+
     def call(self, method: str, params: Any = None) -> Any:
         self._ids += 1
         body = json.dumps({"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params if params is not None else {}})
@@ -68,50 +86,62 @@ class Client:
             conn.request("POST", "/rpc/v0", body=body, headers=self._headers({"Content-Type": "application/json"}))
             resp = conn.getresponse()
             raw = resp.read()
-        except OSError as e:
-            raise DaemonError(f"cannot reach the daemon at {self.host}:{self.port}: {e}") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise DaemonError(f"{method}: cannot reach {self._where()}: {e}") from None
         finally:
             conn.close()
-        if resp.status == 401:
-            raise DaemonError("the daemon refused the token (401): is <home>/token the one of this daemon?")
-        reply = json.loads(raw)
-        if "error" in reply:
-            raise DaemonError(f"{method}: {reply['error']['message']}")
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            reply = None
+        if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
+            raise DaemonError(f"{method}: {reply['error'].get('message', reply['error'])}")
+        if resp.status != 200 or not isinstance(reply, dict) or "result" not in reply:
+            raise DaemonError(f"{method}: {self._error_text(resp.status, raw)}")
         return reply["result"]
 
     def put_piece(self, store: str, path: str, source: BinaryIO, size: int, progress: Callable[[int], None] | None = None) -> Any:
         conn = self._conn()
+        what = f"put {store}/{path}"
         try:
-            conn.putrequest("PUT", f"/pieces/{store}/{path}")
+            conn.putrequest("PUT", piece_url(store, path))
             for k, v in self._headers({"Content-Length": str(size), "Content-Type": "application/octet-stream"}).items():
                 conn.putheader(k, v)
             conn.endheaders()
             buf = bytearray(1 << 20)
             view = memoryview(buf)
-            while True:
-                n = source.readinto(buf)
-                if not n:
-                    break
-                conn.send(view[:n])
-                if progress:
-                    progress(n)
-            resp = conn.getresponse()
-            body = json.loads(resp.read() or b"{}")
+            try:
+                while True:
+                    n = source.readinto(buf)
+                    if not n:
+                        break
+                    conn.send(view[:n])
+                    if progress:
+                        progress(n)
+            except OSError:
+                pass  # the daemon stopped reading (refused the upload): its answer says why
+            try:
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                raise DaemonError(f"{what}: the upload broke off ({self._where()}): {e}") from None
+        except OSError as e:
+            raise DaemonError(f"{what}: cannot reach {self._where()}: {e}") from None
         finally:
             conn.close()
         if resp.status >= 400:
-            raise DaemonError(f"put {store}/{path}: {resp.status}: {body.get('error', body)}")
-        return body
+            raise DaemonError(f"{what}: {self._error_text(resp.status, raw)}")
+        return json.loads(raw or b"{}")
 
     def get_piece(self, store: str, path: str, sink: BinaryIO, progress: Callable[[int], None] | None = None) -> int:
         conn = self._conn()
+        what = f"get {store}/{path}"
+        total = 0
         try:
-            conn.request("GET", f"/pieces/{store}/{path}", headers=self._headers())
+            conn.request("GET", piece_url(store, path), headers=self._headers())
             resp = conn.getresponse()
             if resp.status >= 400:
-                body = resp.read()
-                raise DaemonError(f"get {store}/{path}: {resp.status}: {json.loads(body or b'{}').get('error', body)}")
-            total = 0
+                raise DaemonError(f"{what}: {self._error_text(resp.status, resp.read())}")
             buf = bytearray(1 << 20)
             while True:
                 n = resp.readinto(buf)
@@ -121,14 +151,28 @@ class Client:
                 total += n
                 if progress:
                     progress(n)
-            return total
+            short = resp.length  # bytes the Content-Length still promised (None: not given)
+        except (OSError, http.client.HTTPException) as e:
+            raise DaemonError(f"{what}: the download broke off after {total} bytes ({self._where()}): {e}") from None
         finally:
             conn.close()
+        if short:
+            raise DaemonError(f"{what}: the download broke off after {total} bytes, {short} short")
+        return total
 
     def piece_request(self, verb: str, store: str, path: str) -> http.client.HTTPResponse:
         conn = self._conn()
-        conn.request(verb, f"/pieces/{store}/{path}", headers=self._headers())
-        resp = conn.getresponse()
-        resp.read()
-        conn.close()
+        try:
+            conn.request(verb, piece_url(store, path), headers=self._headers())
+            resp = conn.getresponse()
+            resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise DaemonError(f"{verb} {store}/{path}: cannot reach {self._where()}: {e}") from None
+        finally:
+            conn.close()
         return resp
+
+
+def piece_url(store: str, path: str) -> str:
+    """/pieces/<store>/<path>, percent-encoded: a name may hold spaces, '?', '#' or '%'."""
+    return f"/pieces/{quote(store, safe='')}/{quote(path, safe='/')}"
