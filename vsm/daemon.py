@@ -150,7 +150,7 @@ def make_app(manager: Manager, token: str, request_stop: Callable[[], None]) -> 
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path != "/healthz":
+        if not (request.path == "/healthz" and request.method in ("GET", "HEAD")):
             given = request.headers.get("Authorization", "").encode()
             if not secrets.compare_digest(given, expected):
                 return web.Response(status=401, text="401: missing or wrong bearer token\n")
@@ -180,14 +180,19 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _rpc(request: web.Request) -> web.Response:
+    limit = request.app["manager"].config.api.max_body_bytes
+    too_large = web.json_response(
+        {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": f"request body over {limit} bytes ([Common.Api] MaxBodyBytes)"}},
+        status=413,
+    )
+    if request.content_length is not None and request.content_length > limit:
+        too_large.force_close()  # answer on the header: never wait for a body we would refuse
+        return too_large
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app["manager"].config.api.max_body_bytes
-        return web.json_response(
-            {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": f"request body over {limit} bytes ([Common.Api] MaxBodyBytes)"}},
-            status=413,
-        )
+        too_large.force_close()
+        return too_large
     reply = await dispatch_rpc(raw, request.app["manager"], request.app["request_stop"])
     if reply is None:  # only notifications
         return web.Response(status=204)
