@@ -191,7 +191,7 @@ def status(home: Path | None, as_json: bool) -> None:
     if sinks:
         click.echo("")
         _print(
-            [{"sink": n, **{k: s.get(k) or "" for k in ("state", "checkpoint", "lag", "last_error")}} for n, s in sinks.items()],
+            [{"sink": n, **{k: "" if s.get(k) is None else s[k] for k in ("state", "checkpoint", "lag", "last_error")}} for n, s in sinks.items()],
             ["sink", "state", "checkpoint", "lag", "last_error"],
             False,
         )
