@@ -292,3 +292,18 @@ def test_store_calls_during_a_held_download_default_workers(start_daemon: Any, t
 def test_store_calls_during_a_held_download_two_workers(start_daemon: Any, tmp_path: Path) -> None:
     home = prepare_home(tmp_path / "home", append="[Common.Plugins.fsstore]\nWorkers = 2\nCallTimeout = 3")
     _stall_then_ask(start_daemon(home))
+
+
+@pytest.mark.parametrize("name", ["odd/a b.bin", "odd/q?x=1#frag", "odd/pct%41.bin", "odd/ünï.bin"])
+def test_cli_names_that_need_quoting(daemon: Daemon, tmp_path: Path, name: str) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(100_000))
+    daemon.cli("pieces", "put", str(src), f"pieces/{name}")
+    assert (_store_dir(daemon) / name).read_bytes() == src.read_bytes()  # stored under that very name
+    assert daemon.cli("pieces", "stat", f"pieces/{name}").stdout.strip().endswith("100000 bytes")
+    out = tmp_path / "out.bin"
+    daemon.cli("pieces", "get", f"pieces/{name}", str(out))
+    assert out.read_bytes() == src.read_bytes()
+    daemon.cli("pieces", "del", f"pieces/{name}")
+    proc = daemon.cli("pieces", "get", f"pieces/{name}", str(out), check=False)
+    assert proc.returncode != 0 and "not found" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
