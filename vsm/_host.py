@@ -18,30 +18,45 @@ __all__ = ["KVHost", "ObjHost", "RpcHost", "worker_init"]
 SCAN_PAGE = 1024
 
 
-def worker_init(code_path: str, manifest: Manifest, plugins_dir: str) -> Any:
-    """Import the plugin's module from code_path, run onInit, return its kind's host."""
+def worker_init(code_path: str, manifest: Manifest, plugins_dir: str, loaded: dict[str, Manifest] | None = None) -> Any:
+    """Import the plugin's module from code_path, run validate and onInit, return its kind's
+    host. `loaded` is every loaded plugin's manifest by name, for validate."""
     if code_path not in sys.path:
         sys.path.insert(0, code_path)
     module = importlib.import_module(manifest.module)
+    if manifest.validate:
+        getattr(module, manifest.validate)(manifest, dict(loaded or {}))
     if manifest.on_init:
         getattr(module, manifest.on_init)(plugins_dir, manifest)
     impls = {point: getattr(module, impl) for point, impl in manifest.exports.items()}
     on_shutdown = getattr(module, manifest.on_shutdown) if manifest.on_shutdown else None
+    on_flush = getattr(module, manifest.on_flush) if manifest.on_flush else None
     if manifest.kind is Kind.KVStore:
-        return KVHost(manifest, impls["Constructor"], on_shutdown)
-    if manifest.kind is Kind.ObjStore:
-        return ObjHost(manifest, impls["Constructor"], on_shutdown)
-    if manifest.kind is Kind.RegisterJsonRpc:
-        return RpcHost(manifest, impls["Handler"], on_shutdown)
-    from .sectors.sink_host import SinkHost  # only sink workers need pyarrow's sector schema
+        host: _Host = KVHost(manifest, impls["Constructor"], on_shutdown)
+    elif manifest.kind is Kind.ObjStore:
+        host = ObjHost(manifest, impls["Constructor"], on_shutdown)
+    elif manifest.kind is Kind.RegisterJsonRpc:
+        host = RpcHost(manifest, impls["Handler"], on_shutdown)
+    else:
+        from .sectors.sink_host import SinkHost  # only sink workers need the sector schema
 
-    return _SinkWorker(manifest, impls, on_shutdown, SinkHost)
+        host = _SinkWorker(manifest, impls, on_shutdown, SinkHost)
+    host._on_flush = on_flush
+    return host
 
 
 class _Host:
     def __init__(self, manifest: Manifest, on_shutdown: Callable[[Manifest], None] | None) -> None:
         self.manifest = manifest
         self._on_shutdown = on_shutdown
+        self._on_flush: Callable[[Manifest], None] | None = None
+
+    def flush(self) -> bool:
+        """The plugin's onFlush (re-read its own settings); False when it has none."""
+        if self._on_flush is None:
+            return False
+        self._on_flush(self.manifest)
+        return True
 
     def ping(self) -> int:
         import os
@@ -227,12 +242,18 @@ class _SinkWorker(_Host):
             ctor = self._impls.get("Constructor")
             self.host = self._sink_host_cls(hooks, ctor(dict(meta)) if ctor else None)
 
+    def close_sink(self) -> None:
+        """Release what the sink holds (a DuckDB file lock) so a new build can open it; the
+        sink can be opened again in this worker if the new build fails."""
+        host, self.host = self.host, None
+        close = getattr(host, "close", None)
+        if close is not None:
+            close()
+
     def __getattr__(self, name: str) -> Any:  # deliver, query, ... go to the SinkHost
         if name.startswith("_") or self.__dict__.get("host") is None:
             raise AttributeError(name)
         return getattr(self.__dict__["host"], name)
 
     def _close(self) -> None:
-        close = getattr(self.host, "close", None)
-        if close is not None:
-            close()
+        self.close_sink()

@@ -26,6 +26,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from executors import Pool, PoolError, PoolSpec, make_pool
 
 from . import _host
+from ._swap import SwappablePool
 from .artifact import ARTIFACT_SUFFIX, code_path, read_artifact_manifest
 from .config import Config
 from .errors import ArtifactError, ConfigError, ManifestError, PluginLoadError
@@ -212,6 +213,10 @@ class Registry:
     def of_kind(self, kind: Kind) -> list[Plugin]:
         return [p for p in self.plugins if p.manifest.kind is kind and p.state is not PluginState.FAILED]
 
+    def loaded_manifests(self) -> dict[str, Manifest]:
+        """Every loadable plugin's manifest by name: what a plugin's validate hook sees."""
+        return {p.manifest.name: p.manifest for p in self.plugins if p.state is not PluginState.FAILED}
+
     def check_config(self) -> None:
         """Every plugin the config names exists, with the right kind; raises ConfigError."""
         cfg = self.config
@@ -238,7 +243,7 @@ class Registry:
         plugins_dir = self.config.plugins_dir if self.config else str(plugin.source.parent)
         return PoolSpec(
             name=plugin.label,
-            init=functools.partial(_host.worker_init, plugin.code_path, plugin.manifest, plugins_dir),
+            init=functools.partial(_host.worker_init, plugin.code_path, plugin.manifest, plugins_dir, self.loaded_manifests()),
             workers=workers,
             call_timeout=settings.call_timeout if settings else 60.0,
             shutdown_method="shutdown",
@@ -253,16 +258,72 @@ class Registry:
             return plugin.pool
         if plugin.state is PluginState.FAILED:
             raise PluginLoadError(plugin.error)
+        try:
+            pool = self._start_pool(plugin, backend, workers)
+        except PluginLoadError as e:
+            plugin.state, plugin.error = PluginState.DISABLED, str(e).split(": ", 1)[1]
+            raise
+        plugin.pool, plugin.state, plugin.error = SwappablePool(pool), PluginState.READY, ""
+        return plugin.pool
+
+    def _start_pool(self, plugin: Plugin, backend: str, workers: int | None) -> Pool:
         pool = make_pool(self.pool_spec(plugin, workers), backend=backend)
         try:
             pool.start()
         except PoolError as e:
             logger.debug("{} failed to start:\n{}", plugin.label, e)
-            cause = _one_line(str(e))
-            plugin.state, plugin.error = PluginState.DISABLED, f"{plugin.source}: {cause}"
-            raise PluginLoadError(f"call Plugin OnInit failure '{plugin.label}' ({plugin.source}): {cause}") from None
-        plugin.pool, plugin.state, plugin.error = pool, PluginState.READY, ""
+            raise PluginLoadError(f"call Plugin OnInit failure '{plugin.label}': {plugin.source}: {_one_line(str(e))}") from None
         return pool
+
+    def reload(
+        self, name: str, artifact: Path | None = None, *, backend: str = "process", drain_timeout: float = 60.0, handover: Any = None
+    ) -> tuple[Plugin, Manifest]:
+        """Swap a running plugin for a new build (its own artifact file re-read, or `artifact`):
+        start the new pool (validate, onInit), replay its setup, move traffic, drain the old
+        pool. On any failure the old pool keeps serving and PluginLoadError says why.
+        Returns (plugin, previous manifest)."""
+        plugin = next((p for p in self.plugins if p.manifest.name == name and p.state is not PluginState.FAILED), None)
+        if plugin is None:
+            raise PluginLoadError(f"no loaded plugin {name!r}")
+        source = Path(artifact) if artifact else plugin.source
+        try:
+            manifest, _ = read_artifact_manifest(source)
+        except (ArtifactError, ManifestError) as e:
+            raise PluginLoadError(f"reload of '{plugin.label}' refused: {e}") from None
+        if manifest.name != name or manifest.kind is not plugin.manifest.kind:
+            raise PluginLoadError(
+                f"reload of '{plugin.label}' refused: {source} holds '{manifest.kind.value}/{manifest.name}'"
+            )
+        problem = _compatibility_problem(manifest)
+        if problem:
+            raise PluginLoadError(f"reload of '{plugin.label}' refused: {source}: {problem}")
+        candidate = Plugin(manifest, source.resolve())
+        if plugin.pool is None:  # not running: the new build just replaces the old one
+            previous, plugin.manifest, plugin.source = plugin.manifest, manifest, candidate.source
+            return plugin, previous
+        new_pool = self._start_pool(candidate, backend, None)
+        old_pool = plugin.pool.pinned()  # type: ignore[union-attr]
+        if handover is not None:
+            handover.before(old_pool)
+        try:
+            plugin.pool.swap(new_pool, drain_timeout)  # type: ignore[union-attr]
+        except BaseException as e:
+            new_pool.close()
+            if handover is not None:
+                handover.undo(old_pool)
+            raise PluginLoadError(f"reload of '{plugin.label}' refused: the new build failed its setup: {_one_line(str(e))}") from None
+        if handover is not None:
+            handover.after()
+        previous, plugin.manifest, plugin.source = plugin.manifest, manifest, candidate.source
+        logger.info("reloaded plugin '{}': version {} -> {}, build time: '{}'.", plugin.label, previous.version, manifest.version, manifest.build_time)
+        return plugin, previous
+
+    def flush(self, name: str) -> list[bool]:
+        """onFlush in every worker of the plugin's pool (TiDB's FLUSH PLUGINS)."""
+        plugin = next((p for p in self.plugins if p.manifest.name == name and p.pool is not None), None)
+        if plugin is None:
+            raise PluginLoadError(f"no running plugin {name!r}")
+        return plugin.pool.broadcast("flush")
 
     def start_all(self, *, needed: set[str], backend: str = "process", strict: bool = False) -> None:
         """Start the pools of every plugin in `needed` plus every sink and RPC plugin; log
@@ -273,6 +334,9 @@ class Registry:
                 logger.warning("cannot load plugin: {}", plugin.error)
                 if strict:
                     raise PluginLoadError(plugin.error)
+                continue
+            if plugin.state is PluginState.DISABLED:
+                logger.info("plugin '{}' is disabled: {}", plugin.label, plugin.error)
                 continue
             settings = self.config.settings(plugin.manifest.name) if self.config else None
             if settings and settings.disabled:

@@ -7,6 +7,8 @@ stopped with OnShutdown).
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,31 @@ from loguru import logger
 
 from .config import Config, StoreConfig
 from .errors import ConfigError, PluginLoadError
-from .loader import PluginState, Registry, discover
+from .loader import Plugin, PluginState, Registry, discover
 from .proxies import PooledDB, PooledStore
 from .sdk import Config as StoreCfg
 from .sdk import Kind
 
 __all__ = ["Manager"]
+
+
+class _SinkHandover:
+    """Around a sink's pool swap: pause delivery and release the sink's files in the old
+    workers before the new build opens them; undo both if the new build fails."""
+
+    def __init__(self, manager: "Manager", plugin: Plugin) -> None:
+        self.manager, self.plugin = manager, plugin
+
+    def before(self, old: Any) -> None:
+        self.manager.sectors.remove_sink(self.plugin.manifest.name)  # waits for the delivery in flight
+        old.broadcast("close_sink")
+
+    def undo(self, old: Any) -> None:
+        old.broadcast("open_sink", self.manager.config.settings(self.plugin.manifest.name).meta)
+        self.manager.sectors.add_sink(self.plugin.manifest.name, self.plugin.pool)
+
+    def after(self) -> None:
+        self.manager.sectors.add_sink(self.plugin.manifest.name, self.plugin.pool)
 
 
 class Manager:
@@ -33,11 +54,32 @@ class Manager:
         self.rpc: dict[str, Any] = {}  # namespace -> (plugin, methods)
         self.sectors: Any = None
 
+    @property
+    def _state_file(self) -> Path:
+        return self.config.data_dir / "plugin-state.json"
+
+    def _disabled_by_operator(self) -> set[str]:
+        try:
+            return set(json.loads(self._state_file.read_text()).get("disabled", []))
+        except FileNotFoundError:
+            return set()
+        except ValueError as e:
+            raise ConfigError(self._state_file, "disabled", f"unreadable plugin state ({e}): fix or delete the file") from None
+
+    def _save_disabled(self, names: set[str]) -> None:
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"disabled": sorted(names)}))
+        os.replace(tmp, self._state_file)
+
     def start(self) -> "Manager":
         cfg = self.config
         plugins, warnings = discover(cfg.plugins_dir)
         for w in warnings:
             logger.warning(w)
+        for plugin in plugins:  # disabled by `vsm-pool plugin disable`: kept across restarts
+            if plugin.manifest.name in self._disabled_by_operator() and plugin.state is PluginState.LOADED:
+                plugin.state, plugin.error = PluginState.DISABLED, "disabled by `vsm-pool plugin disable`"
         self.registry = registry = Registry(plugins, cfg)
         registry.check_config()
         stores = (*cfg.piece_stores, *cfg.persist_stores)
@@ -92,21 +134,124 @@ class Manager:
         assert self.registry is not None and self.db is not None
         from .sectors import SectorStateManager
 
-        sinks = {}
-        for plugin in self.registry.of_kind(Kind.SyncSectorState):
-            if plugin.pool is None:
-                continue
-            try:
-                plugin.pool.broadcast("open_sink", self.config.settings(plugin.manifest.name).meta, replay=True)
-            except Exception as e:  # its Constructor failed: this sink only
-                plugin.error = f"{plugin.source}: Constructor failed: {e}"
-                logger.warning("sink '{}' is not attached: {}", plugin.label, plugin.error)
-                continue
-            sinks[plugin.manifest.name] = plugin.pool
         sync = self.config.sector_sync
-        self.sectors = SectorStateManager(
-            self.db, Path(sync.journal_dir), sinks=sinks, flush_rows=sync.batch_rows, flush_age=sync.batch_age
-        )
+        self.sectors = SectorStateManager(self.db, Path(sync.journal_dir), flush_rows=sync.batch_rows, flush_age=sync.batch_age)
+        for plugin in self.registry.of_kind(Kind.SyncSectorState):
+            if plugin.pool is not None:
+                self._attach_sink(plugin)
+
+    def _attach_sink(self, plugin: Plugin) -> bool:
+        """Open the sink in its workers and let it consume from its checkpoint."""
+        assert plugin.pool is not None and self.sectors is not None
+        try:
+            plugin.pool.broadcast("open_sink", self.config.settings(plugin.manifest.name).meta, replay=True)
+        except Exception as e:  # its Constructor failed: this sink only
+            plugin.error = f"{plugin.source}: Constructor failed: {e}"
+            logger.warning("sink '{}' is not attached: {}", plugin.label, plugin.error)
+            return False
+        self.sectors.add_sink(plugin.manifest.name, plugin.pool)
+        return True
+
+    # --- plugins at run time -------------------------------------------------------------
+
+    def _plugin(self, name: str) -> Plugin:
+        assert self.registry is not None
+        for p in self.registry.plugins:
+            if p.manifest.name == name and p.state is not PluginState.FAILED:
+                return p
+        failed = [p for p in self.registry.plugins if p.manifest.name == name]
+        raise PluginLoadError(f"plugin {name!r} failed to load: {failed[0].error}" if failed else f"no plugin named {name!r}")
+
+    def _users(self, plugin: Plugin) -> list[str]:
+        """What in the config needs this plugin running: the DB, or stores by key and name."""
+        cfg, name = self.config, plugin.manifest.name
+        users = []
+        if plugin.manifest.kind is Kind.KVStore and cfg.db.plugin_name == name:
+            users.append("Common.DB (the sector metadata database)")
+        if plugin.manifest.kind is Kind.ObjStore:
+            users += [f"{s.key} (store {s.name!r})" for s in (*cfg.piece_stores, *cfg.persist_stores) if s.plugin_name == name]
+        return users
+
+    def disable(self, name: str) -> dict[str, Any]:
+        """Stop the plugin's pool and keep it stopped across restarts. A sink keeps its
+        checkpoint and catches up when enabled again."""
+        plugin = self._plugin(name)
+        users = self._users(plugin)
+        if users:
+            raise PluginLoadError(f"cannot disable '{plugin.label}': it is used by {', '.join(users)}")
+        if plugin.manifest.kind is Kind.SyncSectorState and self.sectors is not None and plugin.pool is not None:
+            self.sectors.remove_sink(name)  # keeps the checkpoint file
+        if plugin.manifest.kind is Kind.RegisterJsonRpc:
+            self.rpc = {ns: entry for ns, entry in self.rpc.items() if entry[0] is not plugin}
+        if plugin.pool is not None:
+            pool, plugin.pool = plugin.pool, None
+            pool.close()
+        plugin.state, plugin.error = PluginState.DISABLED, "disabled by `vsm-pool plugin disable`"
+        self._save_disabled(self._disabled_by_operator() | {name})
+        logger.info("disabled plugin '{}'", plugin.label)
+        return plugin.describe()
+
+    def enable(self, name: str) -> dict[str, Any]:
+        """Start a disabled plugin's pool again (a sink resumes from its checkpoint)."""
+        assert self.registry is not None
+        plugin = self._plugin(name)
+        self._save_disabled(self._disabled_by_operator() - {name})
+        if plugin.pool is None:
+            plugin.state = PluginState.LOADED
+            self.registry.start(plugin, backend=self.backend)
+            if plugin.manifest.kind is Kind.SyncSectorState and self.sectors is not None:
+                self._attach_sink(plugin)
+            if plugin.manifest.kind is Kind.RegisterJsonRpc:
+                self._register_rpc()
+            logger.info("enabled plugin '{}'", plugin.label)
+        return plugin.describe()
+
+    def reload(self, name: str, artifact: str | None = None) -> dict[str, Any]:
+        """Swap a plugin for a new build while the manager keeps serving (see Registry.reload).
+        A sink is handed over at a batch boundary: its dispatcher pauses (its checkpoint says
+        where it was), the old workers release the sink's files, the new build opens them,
+        and delivery resumes from the checkpoint; if the new build fails, the old one reopens."""
+        assert self.registry is not None
+        plugin = self._plugin(name)
+        if plugin.manifest.kind is Kind.SyncSectorState and plugin.pool is not None and self.sectors is not None:
+            handover = _SinkHandover(self, plugin)
+            plugin, previous = self.registry.reload(name, Path(artifact) if artifact else None, backend=self.backend, handover=handover)
+        else:
+            plugin, previous = self.registry.reload(name, Path(artifact) if artifact else None, backend=self.backend)
+        return {**plugin.describe(), "previous_version": previous.version, "previous_build_time": previous.build_time}
+
+    def flush(self, name: str) -> list[bool]:
+        assert self.registry is not None
+        return self.registry.flush(name)
+
+    def rescan(self) -> list[dict[str, Any]]:
+        """Pick up changed and new artifacts in the plugins dir, on request only: a changed
+        build of a loaded plugin is reloaded; a new plugin is loaded (and started if it is a
+        sink or an RPC plugin)."""
+        assert self.registry is not None
+        found, warnings = discover(self.config.plugins_dir)
+        for w in warnings:
+            logger.warning(w)
+        changes = []
+        known = {p.manifest.name: p for p in self.registry.plugins if p.state is not PluginState.FAILED}
+        for fresh in found:
+            name = fresh.manifest.name
+            if fresh.state is PluginState.FAILED:
+                changes.append({"name": name, "artifact": str(fresh.source), "change": "failed", "error": fresh.error})
+                continue
+            old = known.get(name)
+            if old is None:
+                self.registry.plugins.append(fresh)
+                if fresh.manifest.kind in (Kind.SyncSectorState, Kind.RegisterJsonRpc):
+                    self.enable(name)
+                changes.append({"name": name, "artifact": str(fresh.source), "change": "loaded"})
+            elif (fresh.manifest.build_time, fresh.source) != (old.manifest.build_time, old.source):
+                try:
+                    self.reload(name, str(fresh.source))
+                    changes.append({"name": name, "artifact": str(fresh.source), "change": "reloaded", "version": fresh.manifest.version})
+                except PluginLoadError as e:
+                    changes.append({"name": name, "artifact": str(fresh.source), "change": "refused", "error": str(e)})
+        return changes
 
     def store(self, name: str) -> PooledStore:
         try:

@@ -30,6 +30,8 @@ _SOURCE_KEYS = {
     "version": "version",
     "onInit": "on_init",
     "onShutdown": "on_shutdown",
+    "validate": "validate",
+    "onFlush": "on_flush",
     "export": "exports",
     "requirements": "requirements",
     "requiresPython": "requires_python",
@@ -37,7 +39,15 @@ _SOURCE_KEYS = {
 }
 _BUILD_KEYS = {"buildTime": "build_time", "spiVersion": "spi_version", "pythonVersion": "python_version"}
 # Lifecycle hook -> the parameters its impl must accept (Go: OnInit(ctx, pluginsDir, manifest)).
-LIFECYCLE_HOOKS = {"onInit": ("plugins_dir", "manifest"), "onShutdown": ("manifest",)}
+# TiDB's validate and onFlush too: validate(manifest, loaded) runs before onInit, with the
+# manifests of every loaded plugin by name; onFlush(manifest) when an operator asks.
+LIFECYCLE_HOOKS = {
+    "onInit": ("plugins_dir", "manifest"),
+    "onShutdown": ("manifest",),
+    "validate": ("manifest", "loaded"),
+    "onFlush": ("manifest",),
+}
+_HOOK_FIELDS = {"onInit": "on_init", "onShutdown": "on_shutdown", "validate": "validate", "onFlush": "on_flush"}
 
 
 def read_source_manifest(src_dir: Path) -> tuple[Manifest, list[str]]:
@@ -104,6 +114,8 @@ def manifest_from_dict(data: Mapping[str, Any], file: object, *, from_artifact: 
         version=text("version", "0.0.0"),
         on_init=text("onInit"),
         on_shutdown=text("onShutdown"),
+        validate=text("validate"),
+        on_flush=text("onFlush"),
         exports=exports,
         requirements=tuple(requirements),
         requires_python=text("requiresPython"),
@@ -181,7 +193,7 @@ def check_impls(manifest: Manifest, source: str, file: object) -> None:
         (f"export.{point}", impl, EXT_POINTS[manifest.kind][point][1]) for point, impl in manifest.exports.items()
     ]
     for key, params in LIFECYCLE_HOOKS.items():
-        impl = manifest.on_init if key == "onInit" else manifest.on_shutdown
+        impl = getattr(manifest, _HOOK_FIELDS[key])
         if impl:
             wanted.append((key, impl, params))
     for key, impl, params in wanted:

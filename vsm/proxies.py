@@ -83,6 +83,8 @@ class PooledIter:
     """kvstore.Iter: pages of (key, value) pulled from a cursor kept in one worker."""
 
     def __init__(self, pool: Pool, collection: str, prefix: bytes) -> None:
+        # The cursor lives in one worker of one pool: keep that pool even across a reload.
+        pool = getattr(pool, "pinned", lambda: pool)()
         self._pool = pool
         future = pool.submit("scan_open", collection, prefix)
         self._cursor, page, self._done = future.result()

@@ -25,6 +25,8 @@ class Manifest:
     version: str = "0.0.0"
     on_init: str = ""
     on_shutdown: str = ""
+    validate: str = ""  # TiDB's Validate: (manifest, loaded) before onInit; raising refuses the plugin
+    on_flush: str = ""  # TiDB's OnFlush: (manifest) when an operator asks to re-read settings
     exports: dict[str, str] = dataclasses.field(default_factory=dict)
     requirements: tuple[str, ...] = ()
     requires_python: str = ""
@@ -43,6 +45,8 @@ class Manifest:
             "version": self.version,
             "onInit": self.on_init,
             "onShutdown": self.on_shutdown,
+            "validate": self.validate,
+            "onFlush": self.on_flush,
             "export": [{"extPoint": k, "impl": v} for k, v in self.exports.items()],
             "requirements": list(self.requirements),
             "requiresPython": self.requires_python,
