@@ -1,34 +1,119 @@
-"""Sector-state benchmarks: Arrow fan-out vs direct DuckDB ingest, bulk import, commit-to-row delay.
+"""Sector-state benchmarks on the real engine: Arrow fan-out vs direct DuckDB ingest, bulk
+import, commit-to-DuckDB-row delay.
 
     python -m bench.bench_sectors [--quick]
 
-Sinks run in their own processes (a minimal fork + pipe endpoint here, standing in for an
-executors pool: only frame references cross the pipe, the batch is read from the journal file).
+The KVStore (memdb) and the sinks (duckdb, parquet and a no-op sink) run in real plugin pools
+built from the bundled plugin sources, wired as vsm/manager.py does (artifact -> discover ->
+Registry.start -> PooledDB / a sink pool per plugin). The direct variant runs the same DuckDB
+sink code in this process on the same batches, in the same run. RSS is this (the manager's)
+process only; the pools' workers are separate processes.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import multiprocessing as mp
 import os
-import resource
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import pyarrow as pa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA, AllocatedSector, SectorID  # noqa: E402
-from vsm.sectors import SectorStateManager, SinkHost  # noqa: E402
+from vsm.artifact import build  # noqa: E402
+from vsm.loader import Registry, discover  # noqa: E402
+from vsm.proxies import PooledDB  # noqa: E402
+from vsm.sdk import Kind  # noqa: E402
+from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA, SECTOR_STATE_SCHEMA, AllocatedSector, SectorID  # noqa: E402
+from vsm.sectors import SectorStateManager, ipc_to_table  # noqa: E402
 from vsm.sectors._dispatch import SinkDispatcher  # noqa: E402
 from vsm.sectors._journal import Journal  # noqa: E402
+
+_NOOP_MANIFEST = """name = "noop"
+description = "bench: a sink that drops every batch"
+kind = "SyncSectorState"
+module = "noop_sink"
+export = [ {extPoint = "OnBatch", impl = "on_batch"} ]
+"""
+_NOOP_MODULE = "def on_batch(batch):\n    pass\n"
+
+
+class Engine:
+    """Plugin pools from freshly built artifacts: memdb, duckdb, parquet, noop."""
+
+    def __init__(self, tmp: str) -> None:
+        self.tmp = tmp
+        plugins_dir = Path(tmp, "plugins")
+        noop = Path(tmp, "noop_src")
+        noop.mkdir(parents=True, exist_ok=True)
+        (noop / "manifest.toml").write_text(_NOOP_MANIFEST)
+        (noop / "noop_sink.py").write_text(_NOOP_MODULE)
+        for src in (Path(ROOT, "plugins", "memdb"), Path(ROOT, "plugins", "duckdb_sink"), Path(ROOT, "plugins", "parquet_sink"), noop):
+            build(src, plugins_dir)
+        plugins, _ = discover(plugins_dir, entry_points=False)
+        self.registry = Registry(plugins)
+        self.pools: list[Any] = []
+
+    def _plugin(self, kind: Kind, name: str) -> Any:
+        p = self.registry.get(kind, name)
+        assert p is not None, name
+        return p
+
+    def _pool(self, kind: Kind, name: str) -> Any:
+        pool = self.registry.start(self._plugin(kind, name))
+        self.pools.append(pool)
+        return pool
+
+    def kv(self) -> PooledDB:
+        db = PooledDB(self._pool(Kind.KVStore, "memdb"), {})
+        db.run()
+        return db
+
+    def sinks(self, tag: str) -> dict[str, Any]:
+        """Fresh sink pools (new DuckDB file, new Parquet dir) named by tag."""
+        out = {}
+        for name, meta in (
+            ("duckdb", {"Path": os.path.join(self.tmp, f"{tag}.duckdb")}),
+            ("parquet", {"Path": os.path.join(self.tmp, f"{tag}_pq")}),
+            ("noop", {}),
+        ):
+            pool = self._pool(Kind.SyncSectorState, name)
+            pool.broadcast("open_sink", meta, replay=True)
+            out[name] = pool
+        return out
+
+    def stop(self) -> None:
+        for plugin in self.registry.plugins:
+            if plugin.pool is not None:
+                pool, plugin.pool = plugin.pool, None
+                pool.close(10)
+        self.pools.clear()
+
+
+class TimedSink:
+    """A sink endpoint (pool) that notes (last seq delivered, wall time) when deliver returns,
+    i.e. once the sink committed the rows: the time a query could see them."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.marks: list[tuple[int, float]] = []
+
+    def deliver(self, segments_dir: str, frames: list[tuple[str, int, int]], after_seq: int) -> int:
+        last = int(self.pool.call("deliver", segments_dir, frames, after_seq, timeout=300))
+        self.marks.append((last, time.time()))
+        return last
+
+
+def _query(pool: Any, sql: str) -> pa.Table:
+    return ipc_to_table(pool.call("query", sql, timeout=300))
 
 
 def _load(name: str, module: str) -> Any:
@@ -40,128 +125,66 @@ def _load(name: str, module: str) -> Any:
     return mod
 
 
-class _Noop:
-    def on_batch(self, batch: pa.RecordBatch) -> None:
-        self.last = batch.column(0)[-1]
+def _state_batch(rows: int, miner: int) -> pa.RecordBatch:
+    from tests.sectors.helpers import make_state
+    from vsm.sdk.sectors import states_to_arrow
+
+    return states_to_arrow([make_state(miner, i) for i in range(rows)])
 
 
-class _TimedDuck:
-    """DuckDB sink that notes (last seq, wall time) after each committed batch."""
-
-    def __init__(self, path: str) -> None:
-        self.inner = _load("duckdb_sink", "duckdb_sink").open({"Path": path})
-        self.marks: list[tuple[int, float]] = []
-
-    def on_batch(self, batch: pa.RecordBatch) -> None:
-        self.inner.on_batch(batch)
-        self.marks.append((int(batch.column(0)[-1].as_py()), time.time()))
-
-    def query(self, sql: str) -> Any:
-        if sql == "__marks__":
-            return pa.table({"seq": [m[0] for m in self.marks], "t": [m[1] for m in self.marks]})
-        return self.inner.query(sql)
-
-
-def _make_sink(kind: str, arg: str) -> SinkHost:
-    if kind == "duckdb":
-        return SinkHost(sink_obj=_TimedDuck(arg))
-    if kind == "parquet":
-        return SinkHost.from_module(_load("parquet_sink", "parquet_sink"), {"Constructor": "open"}, {"Path": arg})
-    return SinkHost(sink_obj=_Noop())
-
-
-def _serve(conn: Any, kind: str, arg: str) -> None:
-    host = _make_sink(kind, arg)
-    conn.send("ready")
-    while True:
-        msg = conn.recv()
-        if msg is None:
-            host.close()
-            conn.send("bye")
-            return
-        op, args = msg
-        try:
-            conn.send(("ok", getattr(host, op)(*args)))
-        except Exception as e:  # noqa: BLE001
-            conn.send(("err", repr(e)))
-
-
-class ProcSink:
-    """A sink in its own process; deliver() sends frame references only."""
-
-    def __init__(self, kind: str, arg: str) -> None:
-        ctx = mp.get_context("fork")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, kind, arg), daemon=True)
-        self.proc.start()
-        assert self.conn.recv() == "ready"
-        self.lock = threading.Lock()
-
-    def _call(self, op: str, *args: Any) -> Any:
-        with self.lock:
-            self.conn.send((op, args))
-            st, val = self.conn.recv()
-        if st != "ok":
-            raise RuntimeError(val)
-        return val
-
-    def deliver(self, segments_dir: str, frames: list[tuple[str, int, int]], after_seq: int) -> int:
-        return int(self._call("deliver", segments_dir, frames, after_seq))
-
-    def query(self, sql: str) -> pa.Table:
-        return pa.ipc.open_stream(self._call("query", sql)).read_all()
-
-    def close(self) -> None:
-        try:
-            with self.lock:
-                self.conn.send(None)
-                self.conn.recv()
-        except Exception:  # noqa: BLE001
-            pass
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
+def _renumber(batch: pa.RecordBatch, first: int) -> pa.RecordBatch:
+    i = batch.schema.get_field_index("number")
+    return batch.set_column(i, batch.schema.field(i), pa.array(range(first, first + batch.num_rows), pa.uint64()))
 
 
 def _event_batches(n_batches: int, rows: int) -> list[pa.RecordBatch]:
-    from tests.sectors.helpers import make_state
-
-    base = [make_state(1000, i).to_arrow_row() for i in range(rows)]
+    base = _state_batch(rows, 1000)
+    now = pa.array([time.time_ns() // 1000] * rows, pa.int64()).cast(SECTOR_EVENT_SCHEMA.field("time").type)
     out = []
-    now = time.time_ns() // 1000
     for b in range(n_batches):
-        for i, r in enumerate(base):
-            r.update(seq=b * rows + i + 1, kind="import", time=now, worker_state="online", changed_fields=None, number=b * rows + i)
-        out.append(pa.RecordBatch.from_pylist(base, schema=SECTOR_EVENT_SCHEMA))
+        st = _renumber(base, b * rows)
+        head = [
+            pa.array(range(b * rows + 1, (b + 1) * rows + 1), pa.uint64()),
+            pa.array(["import"] * rows),
+            now,
+            pa.array(["online"] * rows),
+            pa.nulls(rows, pa.list_(pa.string())),
+        ]
+        out.append(pa.RecordBatch.from_arrays(head + st.columns, schema=SECTOR_EVENT_SCHEMA))
     return out
 
 
-def bench_fanout(quick: bool, tmp: str) -> list[dict[str, Any]]:
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_fanout(quick: bool, eng: Engine) -> list[dict[str, Any]]:
     n_batches, rows = (10, 5000) if quick else (40, 10000)
     batches = _event_batches(n_batches, rows)
     total = n_batches * rows
-    # direct: the same batches into DuckDB in this process
-    duck = _load("duckdb_sink", "duckdb_sink").open({"Path": os.path.join(tmp, "direct.duckdb")})
+    # direct: the same batches into the same DuckDB sink code, in this process
+    duck = _load("duckdb_sink", "duckdb_sink").open({"Path": os.path.join(eng.tmp, "direct.duckdb")})
     t0 = time.perf_counter()
     for b in batches:
         duck.on_batch(b)
     direct = total / (time.perf_counter() - t0)
     duck.close()
-    # fan-out: journal frames -> 3 sink processes (duckdb, parquet, noop) in parallel
-    j = Journal(os.path.join(tmp, "fan"), fsync=False)
+    # fan-out: journal frames -> 3 sink pools in parallel, frame references only on the wire
+    jdir = os.path.join(eng.tmp, "fan")
+    j = Journal(jdir, fsync=False)
     for b in batches:
         j.append(b, int(b.column(0)[0].as_py()), int(b.column(0)[-1].as_py()))
-    sinks = {
-        "duckdb": ProcSink("duckdb", os.path.join(tmp, "fan.duckdb")),
-        "parquet": ProcSink("parquet", os.path.join(tmp, "fanpq")),
-        "noop": ProcSink("noop", ""),
-    }
-    os.makedirs(os.path.join(tmp, "fan", "sinks"), exist_ok=True)
-    wm = {"v": total}
+    sinks = eng.sinks("fan")
+    os.makedirs(os.path.join(jdir, "sinks"), exist_ok=True)
     ds = [
-        SinkDispatcher(n, s, j, os.path.join(tmp, "fan", "sinks"), get_watermark=lambda: wm["v"],
-                       wait_watermark=lambda a, t: wm["v"], max_rows=rows)
-        for n, s in sinks.items()
+        # a caught-up dispatcher waits (sleeps) as with the manager's watermark condition
+        SinkDispatcher(n, p, j, os.path.join(jdir, "sinks"), get_watermark=lambda: total,
+                       wait_watermark=lambda a, t: (time.sleep(min(t, 0.05)), total)[1], max_rows=rows)  # same batches as direct
+        for n, p in sinks.items()
     ]
     t0 = time.perf_counter()
     for d in ds:
@@ -174,81 +197,90 @@ def bench_fanout(quick: bool, tmp: str) -> list[dict[str, Any]]:
     all_done = total / (time.perf_counter() - t0)
     for d in ds:
         d.stop()
-    for s in sinks.values():
-        s.close()
+    n = _query(sinks["duckdb"], "SELECT count(*) AS n FROM sector_events").column(0)[0].as_py()
+    assert n == total, n
     j.close()
+    eng.stop()
     return [
         {"workload": "duckdb_ingest", "variant": "direct_in_process", "value": round(direct), "unit": "rows/s", "ratio_vs": {}},
-        {"workload": "duckdb_ingest", "variant": "journal_fanout_3_sinks", "value": round(fan), "unit": "rows/s",
+        {"workload": "duckdb_ingest", "variant": "pool_fanout_duckdb_done", "value": round(fan), "unit": "rows/s",
          "ratio_vs": {"direct_in_process": round(fan / direct, 3)}},
-        {"workload": "duckdb_ingest", "variant": "journal_fanout_all_3_done", "value": round(all_done), "unit": "rows/s",
+        {"workload": "duckdb_ingest", "variant": "pool_fanout_all_3_done", "value": round(all_done), "unit": "rows/s",
          "ratio_vs": {"direct_in_process": round(all_done / direct, 3)}},
     ]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+def _parquet_input(path: str, n: int) -> None:
+    import pyarrow.parquet as pq
+
+    base = _state_batch(10_000, 2000)
+    with pq.ParquetWriter(path, SECTOR_STATE_SCHEMA) as w:
+        for first in range(0, n, base.num_rows):
+            w.write_batch(_renumber(base, first).slice(0, n - first))
 
 
-def bench_import(quick: bool, tmp: str) -> list[dict[str, Any]]:
-    from tests.sectors.helpers import make_state
+def bench_import(quick: bool, eng: Engine) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
 
     n = 50_000 if quick else 1_000_000
-    kv = _load("memdb", "memdb").open({})
-    sinks = {
-        "duckdb": ProcSink("duckdb", os.path.join(tmp, "imp.duckdb")),
-        "parquet": ProcSink("parquet", os.path.join(tmp, "imppq")),
-        "noop": ProcSink("noop", ""),
-    }
-    m = SectorStateManager(kv, os.path.join(tmp, "imp"), sinks=sinks, fsync=True)
+    src = os.path.join(eng.tmp, "import.parquet")
+    _parquet_input(src, n)
+    kv = eng.kv()
+    sinks = eng.sinks("imp")
+    m = SectorStateManager(kv, os.path.join(eng.tmp, "imp"), sinks=sinks, fsync=True)
     rss0 = _rss_mb()
     peak = [rss0]
     stop = threading.Event()
 
     def sample() -> None:
-        while not stop.wait(0.2):
+        while not stop.wait(0.1):
             peak[0] = max(peak[0], _rss_mb())
 
     threading.Thread(target=sample, daemon=True).start()
     t0 = time.perf_counter()
-    m.import_states(make_state(2000, i) for i in range(n))
+    written = m.import_arrow(pq.ParquetFile(src).iter_batches(batch_size=10_000))
     t_kv = time.perf_counter() - t0
-    m.wait_delivered(600)
+    assert m.wait_delivered(1800)
     t_all = time.perf_counter() - t0
     stop.set()
-    cnt = sinks["duckdb"].query("SELECT count(*) AS n FROM sectors").column(0)[0].as_py()
+    cnt = _query(sinks["duckdb"], "SELECT count(*) AS n FROM sectors").column(0)[0].as_py()
+    assert written == n and cnt == n, (written, cnt)
+    # the same through SectorState objects (the JSON-RPC / CLI path), a smaller count
+    from vsm.sdk.sectors import arrow_to_states
+
+    n_obj = 20_000 if quick else 100_000
+    objs = [s for b in pq.ParquetFile(src).iter_batches(batch_size=10_000) for s in arrow_to_states(b)][:n_obj]
+    for s in objs:
+        s.id = SectorID(2001, s.id.number)
+    t0 = time.perf_counter()
+    m.import_states(objs)
+    assert m.wait_delivered(600)
+    t_obj = time.perf_counter() - t0
     m.close()
-    for s in sinks.values():
-        s.close()
-    assert cnt == n, cnt
+    kv.close()
+    eng.stop()
     return [
-        {"workload": f"bulk_import_{n}", "variant": "kv_committed", "value": round(n / t_kv), "unit": "sectors/s", "ratio_vs": {}},
-        {"workload": f"bulk_import_{n}", "variant": "kv_and_3_sinks_done", "value": round(n / t_all), "unit": "sectors/s",
-         "ratio_vs": {"kv_committed": round(t_kv / t_all, 3)}},
+        {"workload": f"bulk_import_{n}", "variant": "parquet_kv_committed", "value": round(n / t_kv), "unit": "sectors/s", "ratio_vs": {}},
+        {"workload": f"bulk_import_{n}", "variant": "parquet_kv_and_3_sinks_done", "value": round(n / t_all), "unit": "sectors/s",
+         "ratio_vs": {"parquet_kv_committed": round(t_kv / t_all, 3)}},
         {"workload": f"bulk_import_{n}", "variant": "manager_peak_rss", "value": round(peak[0], 1), "unit": "MiB",
          "ratio_vs": {"start_rss": round(peak[0] / rss0, 2)}},
+        {"workload": f"bulk_import_{n_obj}", "variant": "objects_kv_and_3_sinks_done", "value": round(n_obj / t_obj), "unit": "sectors/s",
+         "ratio_vs": {"parquet_kv_and_3_sinks_done": round((n_obj / t_obj) / (n / t_all), 3)}},
     ]
 
 
-def bench_delay(quick: bool, tmp: str) -> list[dict[str, Any]]:
+def bench_delay(quick: bool, eng: Engine) -> list[dict[str, Any]]:
     secs = 5 if quick else 30
     rate = 1000
-    kv = _load("memdb", "memdb").open({})
-    sinks = {
-        "duckdb": ProcSink("duckdb", os.path.join(tmp, "lat.duckdb")),
-        "parquet": ProcSink("parquet", os.path.join(tmp, "latpq")),
-        "noop": ProcSink("noop", ""),
-    }
-    m = SectorStateManager(kv, os.path.join(tmp, "lat"), sinks=sinks, fsync=True)
+    kv = eng.kv()
+    pools = eng.sinks("lat")
+    timed = TimedSink(pools["duckdb"])
+    m = SectorStateManager(kv, os.path.join(eng.tmp, "lat"), sinks={"duckdb": timed, "parquet": pools["parquet"], "noop": pools["noop"]}, fsync=True)
     n_sectors = 2000
     m.init([AllocatedSector(SectorID(3000, i), 8) for i in range(n_sectors)])
-    m.wait_delivered(60)
-    commit_t: dict[int, float] = {}
-    lock = threading.Lock()
+    assert m.wait_delivered(60)
+    first_seq = m.status()["journal"]["head"] + 1
     workers = 16
     total = rate * secs
 
@@ -256,18 +288,11 @@ def bench_delay(quick: bool, tmp: str) -> list[dict[str, Any]]:
         # worker k owns sectors k, k+workers, ...; paced to rate/workers per second
         per = rate / workers
         start = time.perf_counter()
-        i = 0
-        while i < total // workers:
-            due = start + i / per
-            d = due - time.perf_counter()
+        for i in range(total // workers):
+            d = start + i / per - time.perf_counter()
             if d > 0:
                 time.sleep(d)
-            sid = SectorID(3000, (k + workers * i) % n_sectors)
-            m.update(sid, {"AbortReason": f"{k}-{i}"})
-            t = time.time()
-            with lock:
-                commit_t[len(commit_t)] = t  # placeholder; seqs are read back below
-            i += 1
+            m.update(SectorID(3000, (k + workers * i) % n_sectors), {"AbortReason": f"{k}-{i}"})
 
     ths = [threading.Thread(target=drive, args=(k,)) for k in range(workers)]
     t0 = time.perf_counter()
@@ -276,48 +301,44 @@ def bench_delay(quick: bool, tmp: str) -> list[dict[str, Any]]:
     for t in ths:
         t.join()
     achieved = total / (time.perf_counter() - t0)
-    m.wait_delivered(60)
-    marks = sinks["duckdb"].query("__marks__")
-    ev = sinks["duckdb"].query(
-        "SELECT seq, epoch_us(time) AS t FROM sector_events WHERE kind = 'update' ORDER BY seq"
-    ).to_pydict()
-    mseq, mt = marks.column("seq").to_pylist(), marks.column("t").to_pylist()
+    assert m.wait_delivered(60)
+    ev = _query(pools["duckdb"], f"SELECT seq, epoch_us(time) AS t FROM sector_events WHERE seq >= {first_seq} ORDER BY seq").to_pydict()
+    marks = sorted(timed.marks)
     delays = []
     j = 0
     for s, t in zip(ev["seq"], ev["t"]):
-        while mseq[j] < s:
+        while marks[j][0] < s:
             j += 1
-        delays.append(mt[j] - t / 1e6)
+        delays.append(marks[j][1] - t / 1e6)
     delays.sort()
     m.close()
-    for s in sinks.values():
-        s.close()
+    kv.close()
+    eng.stop()
 
     def pct(p: float) -> float:
         return round(delays[min(len(delays) - 1, int(p * len(delays)))] * 1000, 2)
 
+    w = f"update_{rate}_per_s_{secs}s"
     return [
-        {"workload": f"update_{rate}_per_s_{secs}s", "variant": "event_to_duckdb_row_p50", "value": pct(0.5), "unit": "ms",
-         "ratio_vs": {}},
-        {"workload": f"update_{rate}_per_s_{secs}s", "variant": "event_to_duckdb_row_p99", "value": pct(0.99), "unit": "ms",
-         "ratio_vs": {"p50": round(pct(0.99) / max(pct(0.5), 1e-9), 2)}},
-        {"workload": f"update_{rate}_per_s_{secs}s", "variant": "achieved_rate", "value": round(achieved), "unit": "updates/s",
-         "ratio_vs": {"target": round(achieved / rate, 3)}},
+        {"workload": w, "variant": "event_to_duckdb_row_p50", "value": pct(0.5), "unit": "ms", "ratio_vs": {}},
+        {"workload": w, "variant": "event_to_duckdb_row_p99", "value": pct(0.99), "unit": "ms", "ratio_vs": {"p50": round(pct(0.99) / max(pct(0.5), 1e-9), 2)}},
+        {"workload": w, "variant": "achieved_rate", "value": round(achieved), "unit": "updates/s", "ratio_vs": {"target": round(achieved / rate, 3)}},
     ]
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
     tmp = tempfile.mkdtemp(prefix="bench_sectors_")
+    eng = Engine(tmp)
     try:
         rows: list[dict[str, Any]] = []
-        rows += bench_fanout(quick, tmp)
-        rows += bench_delay(quick, tmp)
-        rows += bench_import(quick, tmp)
+        for bench in (bench_fanout, bench_delay, bench_import):
+            rows += bench(quick, eng)
         return rows
     finally:
+        eng.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
     for row in run("--quick" in sys.argv):
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)

@@ -186,22 +186,32 @@ class SectorStateManager:
 
     def import_arrow(
         self,
-        data: pa.Table | pa.RecordBatch,
+        data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch],
         override: bool = False,
         worker_state: str = ONLINE,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """import_states for states already in Arrow (SECTOR_STATE_SCHEMA columns, e.g. a
-        Parquet import file): no SectorState objects are built. Returns how many were written."""
+        """import_states for states already in Arrow (SECTOR_STATE_SCHEMA columns, in any
+        order, missing ones null; e.g. `pq.ParquetFile(f).iter_batches()`): no SectorState
+        objects are built. Returns how many were written."""
         coll = self._coll(worker_state)
-        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
-        missing = [f for f in SECTOR_STATE_SCHEMA if f.name not in table.column_names]
-        for f in missing:
-            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
-        table = table.select(SECTOR_STATE_SCHEMA.names).cast(SECTOR_STATE_SCHEMA)
+        if isinstance(data, pa.RecordBatch):
+            data = [data]
         step = self.import_chunk
-        chunks = (table.slice(off, step) for off in range(0, table.num_rows, step))
-        return self._import_chunks(coll, chunks, override, worker_state, progress)
+
+        def chunks() -> Iterator[pa.Table]:
+            if isinstance(data, pa.Table):
+                parts: Iterable[Any] = (data.slice(off, step) for off in range(0, data.num_rows, step))
+            else:
+                parts = (b.slice(off, step) for b in data for off in range(0, b.num_rows, step))
+            for part in parts:
+                t = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
+                for f in SECTOR_STATE_SCHEMA:
+                    if f.name not in t.column_names:
+                        t = t.append_column(f, pa.nulls(t.num_rows, f.type))
+                yield t.select(SECTOR_STATE_SCHEMA.names).cast(SECTOR_STATE_SCHEMA)
+
+        return self._import_chunks(coll, chunks(), override, worker_state, progress)
 
     def _import_chunks(
         self, coll: Any, chunks: Iterator[Any], override: bool, ws: str, progress: Callable[[int], None] | None
