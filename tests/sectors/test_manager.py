@@ -305,3 +305,27 @@ def test_per_event_hooks_get_go_arguments(dictdb, tmp_path) -> None:  # type: ig
         ("finalize", SectorID(12, 0)),
         ("restore", SectorID(12, 0)),
     ]
+
+
+def test_duckdb_sink_keeps_a_legacy_sectors_table(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # a file from before `sectors` became a view over sector_heads keeps its table, up to date
+    import duckdb
+
+    from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA
+
+    path = str(tmp_path / "old.duckdb")
+    con = duckdb.connect(path)
+    con.register("s", pa.Table.from_batches([], schema=SECTOR_EVENT_SCHEMA))
+    con.execute("CREATE TABLE sector_events AS SELECT * FROM s LIMIT 0")
+    ddl = ", ".join(f'"{c[0]}" {c[1]}' for c in con.execute("DESCRIBE SELECT * FROM s").fetchall())
+    con.execute(f"CREATE TABLE sectors ({ddl}, PRIMARY KEY (miner, number))")
+    con.close()
+    duck = load_plugin("duckdb_sink", "duckdb_sink")
+    host = SinkHost.from_module(duck, {"Constructor": "open"}, {"Path": path})
+    with _mgr(dictdb, tmp_path, {"duckdb": host}) as m:
+        m.import_states([make_state(14, n) for n in range(20)])
+        m.update(SectorID(14, 3), {"Removed": True})
+        assert m.wait_delivered(10)
+    assert host.sink.legacy
+    assert host.sink.query("SELECT count(*) AS n, count(*) FILTER (WHERE removed) AS r FROM sectors").to_pylist() == [{"n": 20, "r": 1}]
+    host.close()
