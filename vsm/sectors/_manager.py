@@ -486,6 +486,9 @@ class SectorStateManager:
             for ws, val in c.writes:
                 groups.setdefault(ws, []).append((key, val))
         for ws, writes in groups.items():
+            if all(v is not None for _, v in writes):  # puts only: no function to pickle
+                self._commit_puts(ws, [k for k, _ in writes], [v for _, v in writes])  # type: ignore[misc]
+                continue
             attempt = 0
             while True:
                 try:
