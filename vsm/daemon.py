@@ -8,7 +8,8 @@
 
 Every endpoint but /healthz needs `Authorization: Bearer <token>`; the token is made on first
 start in <home>/token (mode 0600). Blocking work (pool calls) runs in a thread pool so one slow
-plugin never stalls the event loop or the other requests.
+plugin never stalls the event loop or the other requests. A piece transfer whose client stalls
+for $VSM_TRANSFER_IDLE_TIMEOUT seconds (default 120) is failed, which frees its worker.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ from .sdk import errors as sdk_errors
 __all__ = ["DaemonAlreadyRunning", "read_token", "run_daemon", "token_path"]
 
 PIECE_CHUNK = 1 << 20
+# A stopping daemon lets in-flight requests finish for this long, then fails them: small calls
+# take milliseconds; a piece transfer that needs longer is cut (the client retries it).
+SHUTDOWN_GRACE = 10.0
+# A piece transfer whose client neither sends nor takes a byte for this long is failed: its
+# stream holds a worker of the store's pool, which must not wait on a vanished client forever.
+TRANSFER_IDLE_TIMEOUT = float(os.environ.get("VSM_TRANSFER_IDLE_TIMEOUT", "120"))
 
 
 class DaemonAlreadyRunning(VsmError):
@@ -131,7 +138,7 @@ async def _serve(manager: Manager, sock: socket.socket, token: str, home: Path) 
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="vsm-api")
     loop.set_default_executor(threads)
     app = make_app(manager, token, stop.set)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=30.0)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
@@ -142,7 +149,10 @@ async def _serve(manager: Manager, sock: socket.socket, token: str, home: Path) 
     await stop.wait()
     logger.info("vsm-pool stopping: finishing in-flight requests")
     await runner.cleanup()  # stops accepting, waits for handlers up to shutdown_timeout
-    threads.shutdown(wait=True, cancel_futures=True)
+    # Pool calls of cancelled handlers may still run in the threads, and an upload's reader
+    # needs this loop to get its bytes (or its end): wait for them without blocking the loop.
+    threads.shutdown(wait=False, cancel_futures=True)
+    await loop.shutdown_default_executor()
 
 
 def make_app(manager: Manager, token: str, request_stop: Callable[[], None]) -> web.Application:
@@ -235,16 +245,40 @@ class _BodyReader:
         self._content = request.content
         self._loop = loop
         self._pending = memoryview(b"")
+        self._cancelled = ""
         self.received = 0
         self.expected = request.content_length
+
+    def cancel(self, why: str) -> None:
+        """Fail the next read (the handler is gone): the store drops its partial object."""
+        self._cancelled = why
 
     def readable(self) -> bool:
         return True
 
+    def _next_chunk(self) -> bytes:
+        fut = asyncio.run_coroutine_threadsafe(self._content.readany(), self._loop)
+        idle = 0.0
+        while True:
+            if self._cancelled:
+                fut.cancel()
+                raise ConnectionError(f"upload cancelled after {self.received} bytes: {self._cancelled}")
+            try:
+                return fut.result(0.5)
+            except concurrent.futures.TimeoutError:
+                idle += 0.5
+                if idle >= TRANSFER_IDLE_TIMEOUT:
+                    fut.cancel()
+                    raise ConnectionError(f"upload stalled: no byte for {TRANSFER_IDLE_TIMEOUT:.0f}s after {self.received} bytes") from None
+            except concurrent.futures.CancelledError:  # aiohttp cancels the payload on shutdown
+                raise ConnectionError(f"upload cancelled after {self.received} bytes: the daemon is stopping") from None
+            except Exception as e:  # the connection broke: aiohttp fails the payload
+                raise ConnectionError(f"upload cut off after {self.received} of {self.expected} bytes: {e or type(e).__name__}") from None
+
     def readinto(self, buf: Any) -> int:
         view = memoryview(buf).cast("B")
         if not self._pending:
-            chunk = asyncio.run_coroutine_threadsafe(self._content.readany(), self._loop).result()
+            chunk = self._next_chunk()
             if not chunk:
                 if self.expected is not None and self.received < self.expected:
                     raise ConnectionError(f"upload cut off after {self.received} of {self.expected} bytes")
@@ -269,12 +303,16 @@ async def _piece_put(request: web.Request) -> web.Response:
     reader = _BodyReader(request, loop)
     try:
         size = await loop.run_in_executor(None, store.put, path, reader)
-    except ConnectionError as e:
-        return web.json_response({"error": str(e)}, status=400)
+    except asyncio.CancelledError:
+        reader.cancel("the daemon is stopping")
+        logger.warning("upload {}/{} cancelled after {} bytes, nothing stored: the daemon is stopping", store.name, path, reader.received)
+        raise
     except Exception as e:
-        if isinstance(e.__cause__, ConnectionError) or "cut off" in str(e):
-            return web.json_response({"error": f"upload cut off: {e}"}, status=400)
-        return _piece_error(e)
+        # the body's own failure (cut off, stalled, cancelled) comes back as it is, or as the cause
+        if not isinstance(e, ConnectionError) and not isinstance(e.__cause__, ConnectionError) and not str(e).startswith("upload "):
+            return _piece_error(e)
+        logger.warning("upload {}/{} failed, nothing stored: {}", store.name, path, e)
+        return web.json_response({"error": f"{store.name}/{path}: {e}"}, status=400)
     return web.json_response({"store": store.name, "path": path, "size": size}, status=201)
 
 
@@ -291,10 +329,15 @@ async def _piece_get(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         async for chunk in _chunks(reader, loop):
-            await response.write(chunk)
+            # a client that takes nothing for this long holds a worker of the store: drop it
+            await asyncio.wait_for(response.write(chunk), TRANSFER_IDLE_TIMEOUT)
         await response.write_eof()
-    except (ConnectionError, asyncio.CancelledError):
-        logger.debug("client went away while downloading {}/{}", store.name, path)
+    except asyncio.TimeoutError:
+        logger.warning("download {}/{} dropped: the client took no byte for {:.0f}s", store.name, path, TRANSFER_IDLE_TIMEOUT)
+        if request.transport is not None:
+            request.transport.close()  # the body is incomplete: the client sees a short read
+    except (ConnectionError, asyncio.CancelledError) as e:
+        logger.debug("download {}/{} ended early: {}", store.name, path, type(e).__name__)
         raise
     finally:
         await loop.run_in_executor(None, reader.close)  # early close cancels the stream
