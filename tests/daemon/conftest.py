@@ -27,12 +27,12 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Any]:
-    """Start fresh daemons in this test: `start_daemon(home=None, port=None)`; each is stopped
+    """Start fresh daemons in this test: `start_daemon(home=None, port=None, env=None)`; each is stopped
     with SIGTERM and checked at the end unless the test stopped it."""
     started: list[Daemon] = []
 
-    def _start(home: Path | None = None, port: int | None = None) -> Daemon:
-        d = start(home or tmp_path / f"home{len(started)}", port)
+    def _start(home: Path | None = None, port: int | None = None, env: dict[str, str] | None = None) -> Daemon:
+        d = start(home or tmp_path / f"home{len(started)}", port, env=env)
         started.append(d)
         return d
 

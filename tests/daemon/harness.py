@@ -5,6 +5,7 @@ the CLI and raw HTTP, stop it with a signal and check that it left nothing behin
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -153,14 +154,26 @@ class Daemon:
         except subprocess.TimeoutExpired:
             kill_tree(self.proc)
             raise AssertionError(f"the daemon did not exit within {timeout}s of {sig!r}; log:\n{self.log_text()[-3000:]}") from None
-        gone, alive = psutil.wait_procs(descendants, timeout=10)
+        alive = descendants
+        deadline = time.monotonic() + 10
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if _running(p)]
+            time.sleep(0.02)
         for p in alive:
-            p.kill()
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         assert not alive, f"the daemon left processes behind: {[(p.pid, p.cmdline()[:3]) for p in alive]}"
         leaked = shm_entries() - self.shm_before
         assert not leaked, f"the daemon left shared memory behind: {sorted(leaked)}"
         assert not (self.home / "daemon.json").exists(), "daemon.json outlived the daemon"
         return rc
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
@@ -191,21 +204,21 @@ def prepare_home(home: Path, api: str = "", append: str = "") -> Path:
     return home
 
 
-def launch(home: Path, port: int | None = None, *extra: str) -> tuple[subprocess.Popen[bytes], Path, int]:
+def launch(home: Path, port: int | None = None, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path, int]:
     port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
     log = home.parent / f"{home.name}-daemon.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vsm", "start", "--home", str(home), "--listen", f"127.0.0.1:{port}", *extra],
-            cwd=ROOT, env=cli_env(home), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=ROOT, env={**cli_env(home), **(env or {})}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     return proc, log, port
 
 
-def start(home: Path, port: int | None = None, *extra: str) -> Daemon:
+def start(home: Path, port: int | None = None, *extra: str, env: dict[str, str] | None = None) -> Daemon:
     shm_before = shm_entries()
-    proc, log, port = launch(home, port, *extra)
+    proc, log, port = launch(home, port, *extra, env=env)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if proc.poll() is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from vsm.daemon import SHUTDOWN_GRACE
 from vsm.home import DEFAULT_PLUGINS
 
 from .harness import Daemon, launch, run_cli
@@ -111,12 +113,17 @@ def test_sigterm_during_upload_stops(start_daemon: Any) -> None:
     t.start()
     try:
         time.sleep(1.0)
+        t0 = time.monotonic()
         assert d.stop(signal.SIGTERM, timeout=60) == 0
+        took = time.monotonic() - t0
     finally:
         stop.set()
         sock.close()
         t.join(10)
+    assert took < SHUTDOWN_GRACE + 10, f"stopping took {took:.1f}s"
     assert not (d.home / "data" / "pieces" / "inflight.bin").exists()
+    assert not [n for n in os.listdir(d.home / "data" / "pieces") if "inflight" in n]  # nor its temp file
+    assert re.search(r"upload pieces/inflight.bin (cancelled|failed).*nothing stored", d.log_text()), d.log_text()[-2000:]
 
 
 def test_start_failure_is_one_line(tmp_path: Path) -> None:

@@ -307,3 +307,61 @@ def test_cli_names_that_need_quoting(daemon: Daemon, tmp_path: Path, name: str) 
     daemon.cli("pieces", "del", f"pieces/{name}")
     proc = daemon.cli("pieces", "get", f"pieces/{name}", str(out), check=False)
     assert proc.returncode != 0 and "not found" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+IDLE = {"VSM_TRANSFER_IDLE_TIMEOUT": "2"}
+
+
+def test_stalled_upload_is_failed_and_frees_the_store(start_daemon: Any) -> None:
+    """A client that sends half a piece and then nothing, connection open: failed after the idle
+    timeout, nothing stored, and the store's only worker serves the next transfer."""
+    d: Daemon = start_daemon(env=IDLE)
+    sock = socket.create_connection(("127.0.0.1", d.port), timeout=30)
+    try:
+        sock.sendall(
+            f"PUT /pieces/pieces/stall/up.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d.token}\r\n"
+            f"Content-Length: {8 * MiB}\r\n\r\n".encode() + b"u" * MiB
+        )
+        t0 = time.monotonic()
+        reply = sock.recv(65536)
+        took = time.monotonic() - t0
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:300]
+    assert b"upload stalled" in reply and b"stall/up.bin" in reply, reply
+    assert 1.5 < took < 20, took
+    assert d.request("HEAD", "/pieces/pieces/stall/up.bin")[0] == 404
+    folder = _store_dir(d) / "stall"
+    assert not folder.exists() or os.listdir(folder) == [], os.listdir(folder)  # no temp file either
+    assert _put_raw(d, "stall/next.bin", b"next")[0] == 201
+    assert d.request("GET", "/pieces/pieces/stall/next.bin")[2] == b"next"
+
+
+def test_stalled_download_is_dropped_and_frees_the_store(start_daemon: Any) -> None:
+    d: Daemon = start_daemon(env=IDLE)
+    data = os.urandom(32 * MiB)
+    assert _put_raw(d, "stall/down.bin", data)[0] == 201
+    sock = socket.create_connection(("127.0.0.1", d.port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    try:
+        sock.sendall(f"GET /pieces/pieces/stall/down.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d.token}\r\n\r\n".encode())
+        got = len(sock.recv(65536))
+        # the held stream is dropped after the idle timeout; the next download does not wait long
+        t0 = time.monotonic()
+        conn = d.conn(timeout=30)
+        try:
+            conn.request("GET", "/pieces/pieces/stall/down.bin", headers=d.auth())
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == data
+        finally:
+            conn.close()
+        assert time.monotonic() - t0 < 20
+        # and the stalled client finds its body cut short
+        while chunk := sock.recv(MiB):
+            got += len(chunk)
+        assert got < len(data)
+    finally:
+        sock.close()
+    assert "dropped: the client took no byte" in d.log_text()
+    pool = _fsstore(d)
+    assert pool["restarts"] == 0 and all(w["outstanding"] == 0 for w in pool["workers"]), pool
