@@ -62,13 +62,22 @@ def read_token(home: Path) -> str:
     return token_path(home).read_text().strip()
 
 
+MIN_TOKEN_CHARS = 16
+
+
 def _ensure_token(home: Path) -> str:
     path = token_path(home)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         os.chmod(path, 0o600)  # keep it the owner's only, whatever happened to it since
-        return read_token(home)
+        token = read_token(home)
+        if len(token) >= MIN_TOKEN_CHARS and token.isprintable() and " " not in token:
+            return token
+        # an empty or trivial token would let "Bearer " (or a guess) in: make a real one
+        logger.warning("{}: the token is empty or shorter than {} characters; writing a new one", path, MIN_TOKEN_CHARS)
+        path.unlink()
+        return _ensure_token(home)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_urlsafe(32) + "\n")
     return read_token(home)
