@@ -17,7 +17,7 @@ import pytest
 from vsm.daemon import SHUTDOWN_GRACE
 from vsm.home import DEFAULT_PLUGINS
 
-from .harness import Daemon, launch, run_cli
+from .harness import Daemon, launch, prepare_home, run_cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -137,3 +137,17 @@ def test_start_failure_is_one_line(tmp_path: Path) -> None:
     text = log.read_text()
     assert "Traceback" not in text, text
     assert "config.toml" in text and "Listen" in text, text
+
+
+@pytest.mark.parametrize("content", ["", "\n", "short\n"], ids=["empty", "newline", "short"])
+def test_empty_or_trivial_token_is_replaced(start_daemon: Any, tmp_path: Path, content: str) -> None:
+    home = prepare_home(tmp_path / "home")
+    (home / "token").write_text(content)
+    (home / "token").chmod(0o644)
+    d: Daemon = start_daemon(home)
+    assert len(d.token) >= 32 and d.token != content.strip()
+    assert stat.S_IMODE((home / "token").stat().st_mode) == 0o600
+    for header in ("Bearer ", "Bearer", f"Bearer {content.strip()}"):
+        assert d.request("GET", "/metrics", headers={"Authorization": header}, token=None)[0] == 401, header
+    assert d.request("GET", "/metrics")[0] == 200
+    assert "writing a new one" in d.log_text()

@@ -109,7 +109,8 @@ def test_invalid_requests(daemon: Daemon) -> None:
 
 
 def test_unknown_method(daemon: Daemon) -> None:
-    for name in ("nope", "sectors.nope", "VSM_LIMITER.nope", "NOPE.acquire", "", "__init__", "METHODS"):
+    for name in ("nope", "sectors.nope", "VSM_LIMITER.nope", "VSM_LIMITER._live", "VSM_LIMITER.__init__", "NOPE.acquire", "",
+                 "__init__", "METHODS", "daemon.nope"):
         err = daemon.rpc_error(name)
         assert err["code"] == -32601, (name, err)
         assert repr(name) in err["message"]
