@@ -19,6 +19,8 @@ Errors: see executors/errors.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._api import Pool, PoolSpec, PoolState
 from ._inline import InlinePool
 from ._pool import ProcessPool, prestart
@@ -54,12 +56,24 @@ __all__ = [
     "prestart",
 ]
 
-BACKENDS = ("process", "inline")
+BACKENDS = ("process", "inline", "ray")
 
 
-def make_pool(spec: PoolSpec, backend: str = "process") -> Pool:
-    """A not-yet-started pool for spec. backend: "process" (local worker processes) or
-    "inline" (in the calling process: tests, baselines). A Ray backend will plug in here."""
+def make_pool(spec: PoolSpec, backend: str = "process", **options: Any) -> Pool:
+    """A not-yet-started pool for spec. backend: "process" (local worker processes),
+    "inline" (in the calling process: tests, baselines) or "ray" (one Ray actor per worker;
+    options: address, resources, node, runtime_env, env; see executors/_ray.py). Ray is
+    imported only here, when asked for."""
+    if backend == "ray":
+        try:
+            from ._ray import RayPool
+        except ImportError as exc:
+            raise PoolError(
+                f"pool {spec.name!r}: backend 'ray' needs Ray: pip install 'vsm-pool[ray]' ({exc})"
+            ) from exc
+        return RayPool(spec, **options)
+    if options:
+        raise TypeError(f"backend {backend!r} takes no options, got {', '.join(sorted(options))}")
     if backend == "process":
         return ProcessPool(spec)
     if backend == "inline":
