@@ -858,6 +858,11 @@ class ProcessPool:
                 continue
             with w.mu:
                 items = list(w.pending.values())
+                for it in items:
+                    # A stream whose queue holds slots for the manager side (data to read, or
+                    # room to fill) waits on the manager, not on the plugin: not its timeout.
+                    if it.stream is not None and it.stream.q and it.timeout is not None:
+                        it.deadline = now + it.timeout
                 expired = [it for it in items if it.deadline <= now]
                 w.min_deadline = min((it.deadline for it in items if it.deadline > now), default=_INF)
                 if expired and not w.live:
@@ -872,6 +877,20 @@ class ProcessPool:
                         f"waiting for worker {w.id} to start"
                     ))
                 continue
+            if w.reserved:
+                # Small calls queued behind a byte stream on this worker: fail them, but do not
+                # kill the worker for them, which would cut the stream (a stat during a 32 GiB
+                # put). The stream's own call is bounded by its no-progress deadline.
+                behind = [it for it in expired if it.stream is None]
+                for it in behind:
+                    if w.pending.pop(it.rid, None) is not None:
+                        self._fail(it, CallTimeout(
+                            f"pool {self.spec.name!r}: {it.method} did not start within {it.timeout}s: "
+                            f"worker {w.id} is busy with a byte stream (raise Workers to serve calls beside streams)"
+                        ))
+                expired = [it for it in expired if it.stream is not None]
+                if not expired:
+                    continue
             it = min(expired, key=lambda i: i.rid)
             if w.pending.pop(it.rid, None) is None:
                 continue
