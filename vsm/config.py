@@ -36,7 +36,7 @@ BUILTIN_STORE_PLUGIN = "fsstore"
 class PluginSettings:
     """[Common.Plugins.<name>]: how one plugin's pool runs."""
 
-    workers: int = 1
+    workers: int | None = None  # None: the kind's default (vsm.loader.DEFAULT_WORKERS)
     call_timeout: float = 60.0
     disabled: bool = False
     meta: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -180,7 +180,7 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
             continue
         t = plugins_t.table(name)
         settings[name] = PluginSettings(
-            workers=t.get("Workers", int, 1, _positive),
+            workers=t.get("Workers", int, None, _positive),
             call_timeout=float(t.get("CallTimeout", (int, float), 60.0, _positive)),
             disabled=t.get("Disabled", bool, False),
             meta=t.strings("Meta"),
@@ -285,7 +285,8 @@ Strict = false
 
 # Per-plugin pool settings, keyed by the plugin's manifest name:
 # [Common.Plugins.sqlitekv]
-# Workers = 1          # worker processes (never more than the plugin's maxWorkers)
+# Workers = 2          # worker processes, never more than the plugin's maxWorkers; default:
+#                      # KVStore 2, ObjStore 4 (a byte stream holds a worker while it runs), others 1
 # CallTimeout = 60     # seconds; a call past it fails and its worker is replaced
 # Disabled = false
 

@@ -36,6 +36,10 @@ from .sdk import SPI_VERSION, Kind, Manifest
 __all__ = ["ENTRY_POINT_GROUP", "Plugin", "PluginState", "Registry", "discover"]
 
 ENTRY_POINT_GROUP = "vsm_pool.plugins"
+# Workers per pool when the config does not say (capped by the manifest's maxWorkers). An
+# ObjStore pool gets more: a byte stream holds its worker for the whole transfer, and the
+# store's small calls (stat, delete) need a free one meanwhile.
+DEFAULT_WORKERS = {Kind.KVStore: 2, Kind.ObjStore: 4, Kind.SyncSectorState: 1, Kind.RegisterJsonRpc: 1}
 # Modules every worker needs; imported once by the fork server, not once per worker.
 WORKER_PRELOAD = ("vsm._host", "vsm.sdk", "cloudpickle")
 
@@ -237,7 +241,7 @@ class Registry:
 
     def pool_spec(self, plugin: Plugin, backend_workers: int | None = None) -> PoolSpec:
         settings = self.config.settings(plugin.manifest.name) if self.config else None
-        workers = backend_workers or (settings.workers if settings else 1)
+        workers = backend_workers or (settings.workers if settings else None) or DEFAULT_WORKERS[plugin.manifest.kind]
         if plugin.manifest.max_workers:
             workers = min(workers, plugin.manifest.max_workers)
         plugins_dir = self.config.plugins_dir if self.config else str(plugin.source.parent)
