@@ -241,6 +241,77 @@ def util_migrate(home: Path | None, config_file: Path | None, plugins_dir: Path 
     click.echo(f"migrated {sum(r.copied for r in report)} keys in {len(report)} collections from {source} to {target}")
 
 
+def _daemon_or_fail(home: Path | None, config_file: Path | None) -> Any:
+    from .client import daemon_client
+
+    client = daemon_client(home, config_file)
+    if client is None:
+        raise click.ClickException("no vsm-pool daemon is running for this home folder (start one with `vsm-pool start`)")
+    return client
+
+
+@plugin.command("disable")
+@_home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("name")
+def plugin_disable(home: Path | None, config_file: Path | None, as_json: bool, name: str) -> None:
+    """Stop a plugin's pool and keep it stopped across restarts (a sink keeps its checkpoint)."""
+    row = _daemon_or_fail(home, config_file).call("plugin.disable", {"name": name})
+    click.echo(json.dumps(row, indent=2, default=str) if as_json else f"disabled {row['kind']}/{row['name']}")
+
+
+@plugin.command("enable")
+@_home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("name")
+def plugin_enable(home: Path | None, config_file: Path | None, as_json: bool, name: str) -> None:
+    """Start a disabled plugin again (a sink catches up from its checkpoint)."""
+    row = _daemon_or_fail(home, config_file).call("plugin.enable", {"name": name})
+    click.echo(json.dumps(row, indent=2, default=str) if as_json else f"enabled {row['kind']}/{row['name']}: {row['state']}")
+
+
+@plugin.command("reload")
+@_home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("name")
+@click.argument("artifact", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def plugin_reload(home: Path | None, config_file: Path | None, as_json: bool, name: str, artifact: Path | None) -> None:
+    """Swap a running plugin for a new build (its file in the plugins dir, or ARTIFACT) while the
+    manager keeps serving; if the new build fails, the old one keeps serving."""
+    params = {"name": name, "artifact": str(artifact.resolve()) if artifact else None}
+    row = _daemon_or_fail(home, config_file).call("plugin.reload", params)
+    if as_json:
+        click.echo(json.dumps(row, indent=2, default=str))
+    else:
+        click.echo(f"reloaded {row['kind']}/{row['name']}: {row['previous_version']} -> {row['version']} (build time {row['build_time']})")
+
+
+@plugin.command("flush")
+@_home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.argument("name")
+def plugin_flush(home: Path | None, config_file: Path | None, name: str) -> None:
+    """Ask every worker of the plugin to re-read its own settings (its onFlush hook)."""
+    answers = _daemon_or_fail(home, config_file).call("plugin.flush", {"name": name})
+    if not any(answers):
+        click.echo(f"{name} has no onFlush hook: nothing to do")
+    else:
+        click.echo(f"flushed {name} in {len(answers)} worker(s)")
+
+
+@plugin.command("rescan")
+@_home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def plugin_rescan(home: Path | None, config_file: Path | None, as_json: bool) -> None:
+    """Pick up changed or new artifacts in the plugins dir (never done silently)."""
+    changes = _daemon_or_fail(home, config_file).call("plugin.rescan")
+    _print(changes, ["name", "change", "version", "artifact", "error"], as_json)
+
+
 def _config(home: Path | None, config_file: Path | None) -> Any:
     from .config import load_config, resolve_home
 

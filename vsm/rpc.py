@@ -282,3 +282,7 @@ def query(manager: Any, sql: str, sink: str = "duckdb") -> dict[str, Any]:
 
     table = ipc_to_table(base64.b64decode(query_arrow(manager, sql, sink)))
     return {"columns": table.column_names, "rows": [list(r.values()) for r in table.to_pylist()]}
+
+
+# The run-time plugin methods (plugin.enable/disable/reload/flush/rescan) live beside these.
+from . import rpc_admin  # noqa: E402,F401
