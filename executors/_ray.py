@@ -48,9 +48,19 @@ Placement: `resources` ({"CPU": 1, "GPU": 0, "memory": bytes, "<custom>": n}; CP
 a node IP; hard affinity). The plugin's code must be importable on the node (same paths on
 one machine; `runtime_env` with py_modules/working_dir across machines).
 
-Measured (bench/bench_ray.py; 2-vCPU VM, one-node local cluster, same run as ProcessPool):
-see the module docstring of bench/bench_ray.py and the report; roughly 1k-2k small calls/s
-one at a time (ProcessPool: 50k+), a few k/s in flight, streams limited by ray.put copies.
+Measured (bench/bench_ray.py --quick, this noisy 2-vCPU VM, one-node local Ray, one run beside
+ProcessPool): RayPool.call one at a time 1.2-1.3k calls/s, the same as a bare
+`ray.get(actor.call.remote(...))` (0.97-0.99x: the pool's futures, deadlines and death
+handling cost ~nothing next to Ray's ~0.8 ms round trip); ProcessPool.call 7.6k-70k/s on the
+same run (Ray's threads steal its spin). 2000 submits in flight: 2.1-2.4k/s vs ProcessPool
+107k-151k/s. stream_put 256 MiB 0.69-0.83 GB/s, stream_get 0.63-0.97 GB/s (ProcessPool's shm
+ring: 9.6-11 / 5.3-6.8 GB/s): every chunk is copied into the store by ray.put. Start of a
+2-worker pool: ~0.6 s (ProcessPool ~60-80 ms). Use Ray for placement and scale-out, not
+for the latency of small calls.
+
+Arrow batches to sinks: `share(batch)` is one ray.put; passing the returned ref as a
+top-level argument of each sink pool's call makes every sink actor read the same copy
+(zero-copy for Arrow/numpy buffers on its node; Ray moves it once to other nodes).
 """
 
 from __future__ import annotations
