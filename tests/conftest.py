@@ -25,6 +25,20 @@ def _ours(proc: psutil.Process, me: psutil.Process) -> bool:
     return not helper
 
 
+def _under(proc: psutil.Process, existing: set[int], me: psutil.Process) -> bool:
+    """A descendant of a process that was there before the test (a module's daemon starting a
+    worker): that process owns it and is checked when it stops."""
+    try:
+        parent = proc.parent()
+        while parent is not None and parent.pid != me.pid:
+            if parent.pid in existing:
+                return True
+            parent = parent.parent()
+    except psutil.Error:
+        return False
+    return False
+
+
 def _shm() -> set[str]:
     try:
         return {n for n in os.listdir("/dev/shm") if not n.startswith(("sem.", "PostgreSQL."))}
@@ -40,10 +54,13 @@ def no_leaks():
     # Servers that session- or module-scoped fixtures started are set up before this fixture
     # and torn down after it: only processes new since the test began are its leftovers.
     existing = {c.pid for c in me.children(recursive=True)}
+    # Owners whose descendants are theirs to check (a module's daemon); not the session's fork
+    # server, whose children are the workers of this test's own pools.
+    owners = {c.pid for c in me.children(recursive=True) if _ours(c, me)}
     yield
     deadline = time.monotonic() + 5
     while True:
-        children = [c for c in me.children(recursive=True) if c.pid not in existing and _ours(c, me)]
+        children = [c for c in me.children(recursive=True) if c.pid not in existing and _ours(c, me) and not _under(c, owners, me)]
         if not children or time.monotonic() > deadline:
             break
         time.sleep(0.05)
