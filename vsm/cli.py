@@ -179,7 +179,7 @@ def plugin_test(artifact: Path, meta: tuple[str, ...], workers: int, as_json: bo
 
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller sizes, for a smoke run (about a minute).")
-@click.option("--suite", "suites", multiple=True, type=click.Choice(["executor", "sectors"]), help="Run only these suites.")
+@click.option("--suite", "suites", multiple=True, type=click.Choice(["executor", "sectors", "ray"]), help="Run only these suites.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results.json"), show_default=True, help="Write the rows here as JSON.")
 def bench(quick: bool, suites: tuple[str, ...], out: Path) -> None:
     """Measure vsm-pool against what users would pick instead, side by side in one run."""

@@ -30,6 +30,7 @@ __all__ = [
 # Builtin DB drivers are bundled plugins run in their own pool like any other.
 BUILTIN_DB_DRIVERS = {"sqlite": "sqlitekv", "memory": "memdb"}
 BUILTIN_STORE_PLUGIN = "fsstore"
+POOL_BACKENDS = ("process", "ray")  # [Common.Plugins] Backend / [Common.Plugins.<name>] Backend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,19 @@ class PluginSettings:
     call_timeout: float = 60.0
     disabled: bool = False
     meta: dict[str, str] = dataclasses.field(default_factory=dict)
+    backend: str = "process"  # "process" (local worker processes) | "ray" (one Ray actor per worker)
+    ray_address: str = ""  # "" = RAY_ADDRESS or a local Ray; one address per manager process
+    ray_resources: dict[str, float] = dataclasses.field(default_factory=dict)  # per actor: CPU, GPU, memory, custom
+    ray_node: str = ""  # node id or IP: every worker of the plugin runs there
+
+    def pool_options(self) -> dict[str, Any]:
+        """make_pool(..., backend="ray", **options) for this plugin."""
+        options: dict[str, Any] = {"resources": dict(self.ray_resources)}
+        if self.ray_address:
+            options["address"] = self.ray_address
+        if self.ray_node:
+            options["node"] = self.ray_node
+        return options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +99,7 @@ class Config:
     plugins_dir: str
     strict: bool = False
     plugins: dict[str, PluginSettings] = dataclasses.field(default_factory=dict)
+    plugin_defaults: PluginSettings = PluginSettings()  # [Common.Plugins] Backend / RayAddress
     db: DBConfig = DBConfig()
     piece_stores: tuple[StoreConfig, ...] = ()
     persist_stores: tuple[StoreConfig, ...] = ()
@@ -92,7 +107,7 @@ class Config:
     api: ApiConfig = ApiConfig()
 
     def settings(self, plugin: str) -> PluginSettings:
-        return self.plugins.get(plugin, PluginSettings())
+        return self.plugins.get(plugin, self.plugin_defaults)
 
     @property
     def data_dir(self) -> Path:
@@ -174,16 +189,40 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
     plugins_t = common.table("Plugins")
     plugins_dir = local_path(plugins_t.get("Dir", str, "plugins"))
     strict = plugins_t.get("Strict", bool, False)
+
+    def backend_name(v: str) -> str | None:
+        return None if v in POOL_BACKENDS else f"must be one of {', '.join(POOL_BACKENDS)}, got {v!r}"
+
+    def resources(t: _Reader) -> dict[str, float]:
+        table = t.get("RayResources", dict, {})
+        for k, v in table.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(path, f"{t.key('RayResources')}.{k}", f"must be a number >= 0, got {v!r}")
+        return {k: float(v) for k, v in table.items()}
+
+    default_backend = plugins_t.get("Backend", str, "process", backend_name)
+    ray_address = plugins_t.get("RayAddress", str, "")
+    defaults = PluginSettings(backend=default_backend, ray_address=ray_address)
     settings: dict[str, PluginSettings] = {}
     for name in plugins_t.data:
-        if name in ("Dir", "Strict"):
+        if name in ("Dir", "Strict", "Backend", "RayAddress"):
             continue
         t = plugins_t.table(name)
+        address = t.get("RayAddress", str, ray_address)
+        if address != ray_address:
+            # Ray connects a process to one cluster: every plugin must name the same one
+            raise ConfigError(
+                path, t.key("RayAddress"), f"differs from [Common.Plugins] RayAddress {ray_address!r}: set it there, once"
+            )
         settings[name] = PluginSettings(
             workers=t.get("Workers", int, None, _positive),
             call_timeout=float(t.get("CallTimeout", (int, float), 60.0, _positive)),
             disabled=t.get("Disabled", bool, False),
             meta=t.strings("Meta"),
+            backend=t.get("Backend", str, default_backend, backend_name),
+            ray_address=address,
+            ray_resources=resources(t),
+            ray_node=t.get("RayNode", str, ""),
         )
         t.warn_unknown()
 
@@ -261,6 +300,7 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
             plugins_dir=plugins_dir,
             strict=strict,
             plugins=settings,
+            plugin_defaults=defaults,
             db=DBConfig(driver=driver, plugin_name=plugin_name, meta=db_meta),
             piece_stores=stores["PieceStores"],
             persist_stores=stores["PersistStores"],
@@ -283,12 +323,20 @@ Dir = "plugins"
 # true: any plugin that fails to load or initialise stops start-up.
 Strict = false
 
+# Where plugin pools run: "process" (local worker processes) or "ray" (one Ray actor per
+# worker; pip install 'vsm-pool[ray]'). RayAddress: the cluster ("" = RAY_ADDRESS or a local Ray).
+# Backend = "process"
+# RayAddress = ""
+
 # Per-plugin pool settings, keyed by the plugin's manifest name:
 # [Common.Plugins.sqlitekv]
 # Workers = 2          # worker processes, never more than the plugin's maxWorkers; default:
 #                      # KVStore 2, ObjStore 4 (a byte stream holds a worker while it runs), others 1
 # CallTimeout = 60     # seconds; a call past it fails and its worker is replaced
 # Disabled = false
+# Backend = "ray"      # this plugin only; default: [Common.Plugins] Backend
+# RayNode = ""         # node id or IP to pin the workers to
+# RayResources = {{ CPU = 1 }}   # per worker actor: CPU, GPU, memory (bytes), custom resources
 
 # Meta for SyncSectorState and RegisterJsonRpc plugins (passed to their Constructor):
 [Common.Plugins.duckdb.Meta]

@@ -255,7 +255,7 @@ class Registry:
             preload=WORKER_PRELOAD,
         )
 
-    def start(self, plugin: Plugin, *, backend: str = "process", workers: int | None = None) -> Pool:
+    def start(self, plugin: Plugin, *, backend: str | None = None, workers: int | None = None) -> Pool:
         """Start the plugin's pool (imports it in its workers, runs onInit). On failure the
         plugin is DISABLED with the cause and PluginLoadError is raised."""
         if plugin.pool is not None:
@@ -270,8 +270,12 @@ class Registry:
         plugin.pool, plugin.state, plugin.error = SwappablePool(pool), PluginState.READY, ""
         return plugin.pool
 
-    def _start_pool(self, plugin: Plugin, backend: str, workers: int | None) -> Pool:
-        pool = make_pool(self.pool_spec(plugin, workers), backend=backend)
+    def _start_pool(self, plugin: Plugin, backend: str | None, workers: int | None) -> Pool:
+        """backend None: the plugin's configured Backend (with its Ray options)."""
+        settings = self.config.settings(plugin.manifest.name) if self.config else None
+        chosen = backend or (settings.backend if settings else "process")
+        options = settings.pool_options() if settings is not None and chosen == "ray" else {}
+        pool = make_pool(self.pool_spec(plugin, workers), backend=chosen, **options)
         try:
             pool.start()
         except PoolError as e:
@@ -280,7 +284,7 @@ class Registry:
         return pool
 
     def reload(
-        self, name: str, artifact: Path | None = None, *, backend: str = "process", drain_timeout: float = 60.0, handover: Any = None
+        self, name: str, artifact: Path | None = None, *, backend: str | None = None, drain_timeout: float = 60.0, handover: Any = None
     ) -> tuple[Plugin, Manifest]:
         """Swap a running plugin for a new build (its own artifact file re-read, or `artifact`):
         start the new pool (validate, onInit), replay its setup, move traffic, drain the old
@@ -329,7 +333,7 @@ class Registry:
             raise PluginLoadError(f"no running plugin {name!r}")
         return plugin.pool.broadcast("flush")
 
-    def start_all(self, *, needed: set[str], backend: str = "process", strict: bool = False) -> None:
+    def start_all(self, *, needed: set[str], backend: str | None = None, strict: bool = False) -> None:
         """Start the pools of every plugin in `needed` plus every sink and RPC plugin; log
         each ready one exactly as the Go original does. Failures disable just that plugin,
         unless strict."""

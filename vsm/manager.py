@@ -44,7 +44,7 @@ class _SinkHandover:
 
 
 class Manager:
-    def __init__(self, config: Config, *, backend: str = "process") -> None:
+    def __init__(self, config: Config, *, backend: str | None = None) -> None:
         self.config = config
         self.backend = backend
         self.registry: Registry | None = None

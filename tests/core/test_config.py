@@ -110,3 +110,14 @@ def test_config_init_writes_home(tmp_path):
     assert "plugin-sqlitekv.vsmp" in built and "plugin-fsstore.vsmp" in built and "plugin-memdb.vsmp" in built
     again = run_cli("config", "init", "--home", str(home))
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_backend_keys_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"Common.Plugins.Backend: must be one of process, ray, got 'dask'"):
+        _load(tmp_path, '[Common.Plugins]\nBackend = "dask"\n')
+    with pytest.raises(ConfigError, match=r"Common.Plugins.x.RayAddress: differs from"):
+        _load(tmp_path, '[Common.Plugins]\nRayAddress = "a:1"\n[Common.Plugins.x]\nRayAddress = "b:2"\n')
+    with pytest.raises(ConfigError, match=r"Common.Plugins.x.RayResources.CPU: must be a number >= 0"):
+        _load(tmp_path, '[Common.Plugins.x]\nRayResources = { CPU = -1 }\n')
+    cfg, _ = _load(tmp_path, '[Common.Plugins]\nBackend = "ray"\n[Common.Plugins.x]\nBackend = "process"\n')
+    assert cfg.settings("x").backend == "process" and cfg.settings("other").backend == "ray"
