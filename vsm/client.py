@@ -160,18 +160,6 @@ class Client:
             raise DaemonError(f"{what}: the download broke off after {total} bytes, {short} short")
         return total
 
-    def piece_request(self, verb: str, store: str, path: str) -> http.client.HTTPResponse:
-        conn = self._conn()
-        try:
-            conn.request(verb, piece_url(store, path), headers=self._headers())
-            resp = conn.getresponse()
-            resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise DaemonError(f"{verb} {store}/{path}: cannot reach {self._where()}: {e}") from None
-        finally:
-            conn.close()
-        return resp
-
 
 def piece_url(store: str, path: str) -> str:
     """/pieces/<store>/<path>, percent-encoded: a name may hold spaces, '?', '#' or '%'."""
