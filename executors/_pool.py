@@ -52,7 +52,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures as cf
 import array
-import itertools
 import logging
 import os
 import pickle
@@ -61,12 +60,10 @@ import signal
 import socket
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from typing import Any, BinaryIO, Iterable
 
-import cloudpickle
 import multiprocess
 import multiprocess.forkserver
 import multiprocess.process
@@ -74,35 +71,19 @@ import multiprocess.process
 from . import _wire as W
 from . import _worker
 from ._api import PoolSpec, PoolState
+from ._core import INF as _INF
+from ._core import TICK as _TICK
+from ._core import _PoolCore, _WorkerCore, remote_exc, undecodable
 from ._future import CallFuture
 from ._ring import Ring, SlotReader
-from .errors import (
-    CallTimeout,
-    PoolBroken,
-    PoolClosed,
-    PoolError,
-    PoolStartError,
-    RemoteError,
-    RemoteTraceback,
-    WorkerCrashed,
-)
+from .errors import CallTimeout, PoolError, PoolStartError
 
 __all__ = ["ProcessPool", "prestart"]
 
 log = logging.getLogger("executors")
 
 DEFAULT_RING_SLOTS = 8  # ring made lazily when spec.ring_slots == 0
-_TICK = 0.05  # deadline scan period: timeouts fire within this of their deadline
-_INF = float("inf")
 _EXIT_GRACE = 2.0
-
-_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
-    PoolState.STARTING: frozenset({PoolState.READY, PoolState.CLOSED}),
-    PoolState.READY: frozenset({PoolState.DEGRADED, PoolState.FAILED, PoolState.CLOSED}),
-    PoolState.DEGRADED: frozenset({PoolState.READY, PoolState.FAILED, PoolState.CLOSED}),
-    PoolState.FAILED: frozenset({PoolState.CLOSED}),
-    PoolState.CLOSED: frozenset(),
-}
 
 _SOCK = 1
 _SENT = 2
@@ -170,19 +151,16 @@ class _Stream:
 _Item = CallFuture  # one request in flight: its future is also the manager's record of it
 
 
-class _Worker:
+class _Worker(_WorkerCore):
     """Manager-side record of one worker process. Replaced (new object) on restart."""
 
     def __init__(self, wid: int) -> None:
-        self.id = wid
+        super().__init__(wid)
         self.proc: Any = None
-        self.pid = 0
         self.sock: socket.socket | None = None
         self.fd = -1
         self.sentinel = -1
         self.rd: W.FrameReader | None = None
-        self.mu = threading.Lock()
-        self.pending: dict[int, _Item] = {}
         self.sendq: list[tuple[int, bytes, list[int] | None]] = []
         self.sending = True  # held by the starter until the worker is live
         self.nq = 0  # call frames in sendq (pending minus nq = sent, not yet answered)
@@ -191,115 +169,46 @@ class _Worker:
         self.direct = False  # a call() thread is reading the socket itself
         self.watched = False  # socket registered in the manager's epoll
         self.mreading = False  # the manager thread is reading the socket
-        self.live = False
-        self.dead = False
-        self.reserved = False  # a byte stream owns this worker
         self.ring: Ring | None = None
         self.min_deadline = _INF
-        self.kill_reason = ""
-        self.calls = 0
 
 
 # -- the pool -------------------------------------------------------------------------------
 
 
-class ProcessPool:
-    """A `Pool` of local worker processes (see executors/_api.py for the contract).
+class ProcessPool(_PoolCore[_Worker]):
+    """A `Pool` of local worker processes (see executors/_api.py for the contract; state,
+    crash handling and status are _PoolCore's, executors/_core.py).
 
     `start_method="fork"` exists only to measure start cost; it is unsafe in a
     multi-threaded manager and leaks the other workers' sockets into each child.
     """
 
+    _KIND = "ProcessPool"
+    _THREAD = "vsmpool"
+    _DIED_UNSENT = "pool {name!r}: {worker} died before {method} was sent"
+    _registry = _live_pools
+
     def __init__(self, spec: PoolSpec, *, start_method: str = "forkserver") -> None:
-        if spec.workers < 1:
-            raise ValueError(f"pool {spec.name!r}: workers must be >= 1, got {spec.workers}")
-        self.spec = spec
+        super().__init__(spec)
         self._start_method = start_method
         self._ctx = multiprocess.get_context(start_method)
-        self._state = PoolState.STARTING
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._rids = itertools.count(1)
-        self._workers: list[_Worker] = []
         self._procs: list[Any] = []
         self._fdmap: dict[int, tuple[int, _Worker | None]] = {}
         self._ep: Any = None
         self._wake_fd = -1
-        self._thread: threading.Thread | None = None
-        self._stop = False
-        self._closing = False
-        self._closed_evt = threading.Event()  # close() finished
-        self._stop_evt = threading.Event()  # close() began: cuts restart back-offs short
-        self._started = False
-        self._broken: PoolBroken | None = None
-        self._crash_times: deque[float] = deque()
-        self._restart_threads: list[threading.Thread] = []
-        self._replays: list[tuple[str, tuple[Any, ...]]] = []
-        self._init_bytes = b""
-        # metrics
-        self._restarts = 0
-        self._calls = 0
-        self._errors = 0
-        self._latency = 0.0
-        self._last_error = ""
-        self._started_at = 0.0
-
-    def __repr__(self) -> str:
-        return f"<ProcessPool {self.spec.name!r} {self._state.value} workers={self.spec.workers}>"
-
-    # -- state --------------------------------------------------------------------------
-    @property
-    def state(self) -> PoolState:
-        return self._state
-
-    def _move(self, new: PoolState) -> bool:
-        with self._lock:
-            if new is self._state:
-                return True
-            if new not in _TRANSITIONS[self._state]:
-                return False
-            self._state = new
-            self._cond.notify_all()
-            return True
-
-    def _refresh_state(self) -> None:
-        with self._lock:
-            if self._state in (PoolState.READY, PoolState.DEGRADED):
-                ok = all(w.live for w in self._workers)
-                self._move(PoolState.READY if ok else PoolState.DEGRADED)
-
-    def _check_open(self) -> None:
-        st = self._state
-        if st is PoolState.READY or st is PoolState.DEGRADED:
-            if self._closing:
-                raise PoolClosed(f"pool {self.spec.name!r} is closed")
-            return
-        if st is PoolState.FAILED:
-            assert self._broken is not None
-            raise PoolBroken(str(self._broken))
-        if st is PoolState.CLOSED or self._closing:
-            raise PoolClosed(f"pool {self.spec.name!r} is closed")
-        raise PoolError(f"pool {self.spec.name!r} is not started (state {st.value})")
 
     # -- start --------------------------------------------------------------------------
     def start(self) -> None:
-        with self._lock:
-            if self._started:
-                raise PoolError(f"pool {self.spec.name!r} was already started")
-            self._started = True
+        self._begin_start()
         spec = self.spec
-        try:
-            self._init_bytes = cloudpickle.dumps(spec.init, 5)
-        except Exception as exc:
-            self._move(PoolState.CLOSED)
-            raise PoolStartError(f"pool {spec.name!r}: init {spec.init!r} does not pickle: {exc}") from exc
         if self._start_method == "forkserver":
             prestart(spec.preload)
         self._ep = select.epoll()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._fdmap[self._wake_fd] = (_WAKE, None)
         self._ep.register(self._wake_fd, select.EPOLLIN)
-        self._thread = threading.Thread(target=self._loop, name=f"vsmpool:{spec.name}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"{self._THREAD}:{spec.name}", daemon=True)
         self._thread.start()
         workers = [_Worker(i) for i in range(spec.workers)]
         self._workers = workers
@@ -315,12 +224,7 @@ class ProcessPool:
             self._teardown()
             self._move(PoolState.CLOSED)
             raise
-        for w in workers:
-            self._go_live(w)
-        self._started_at = time.time()
-        _live_pools.add(self)
-        self._move(PoolState.READY)
-        self._refresh_state()
+        self._finish_start(workers)
 
     def _launch(self, w: _Worker) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -400,6 +304,10 @@ class ProcessPool:
                     f"(pid {w.pid}):\n{msg[2]}"
                 )
 
+    def _start_worker(self, w: _Worker, replays: list[tuple[str, tuple[Any, ...]]]) -> None:
+        self._launch(w)
+        self._handshake(w, time.monotonic() + self.spec.start_timeout, replays)
+
     def _make_ring(self, w: _Worker, direct: bool = False) -> Ring:
         ring = w.ring
         if ring is not None:
@@ -431,30 +339,6 @@ class ProcessPool:
         self._refresh_state()
 
     # -- calls ----------------------------------------------------------------------------
-    def _pick(self, worker: int | None) -> _Worker:
-        ws = self._workers
-        if worker is not None:
-            try:
-                return ws[worker]
-            except IndexError:
-                raise ValueError(f"pool {self.spec.name!r} has no worker {worker} (it has {len(ws)})") from None
-        if len(ws) == 1:
-            return ws[0]
-        best = ws[0]
-        bestn = 1 << 62
-        for w in ws:
-            n = len(w.pending)
-            if w.reserved:
-                n += 1 << 40
-            if not w.live:
-                n += 1 << 50
-            if n < bestn:
-                best, bestn = w, n
-        return best
-
-    def _timeout(self, timeout: Any) -> float | None:
-        return self.spec.call_timeout if timeout is ... else timeout
-
     def _enqueue(
         self,
         w: _Worker,
@@ -502,13 +386,6 @@ class ProcessPool:
         self._drain(w)
         return w
 
-    def _dead_error(self, w: _Worker, method: str) -> PoolError:
-        if self._state is PoolState.FAILED and self._broken is not None:
-            return PoolBroken(str(self._broken))
-        if self._closing:
-            return PoolClosed(f"pool {self.spec.name!r} is closed")
-        return WorkerCrashed(f"pool {self.spec.name!r}: worker {w.id} (pid {w.pid}) died before {method} was sent")
-
     def _drain(self, w: _Worker) -> None:
         """Send everything queued for w; the caller holds the send role (w.sending)."""
         sock = w.sock
@@ -545,9 +422,6 @@ class ProcessPool:
                     w.sending = False
                     w.sendq = []
                 return  # the manager thread sees the death on the sentinel
-
-    def _new_item(self, method: str, timeout: Any, stream: _Stream | None = None) -> _Item:
-        return CallFuture(next(self._rids), method, self._timeout(timeout), time.monotonic(), stream)
 
     def submit(
         self, method: str, *args: Any, timeout: float | None = ..., worker: int | None = None  # type: ignore[assignment]
@@ -630,30 +504,6 @@ class ProcessPool:
                     self._ep.register(w.fd, select.EPOLLIN)
                     w.watched = True
 
-    def _wait(self, item: _Item) -> Any:
-        fut = item
-        if fut._state == "FINISHED":  # type: ignore[attr-defined]
-            return fut.result()
-        # the manager thread resolves every pending item (result, crash, timeout, close);
-        # the bound here only guards against a bug there
-        limit = None if item.timeout is None else item.timeout + 30.0
-        try:
-            return fut.result(limit)
-        except cf.TimeoutError:
-            if fut.done():
-                raise  # the call's own CallTimeout (a TimeoutError too)
-            raise CallTimeout(
-                f"pool {self.spec.name!r}: {item.method} got no answer within {limit}s"
-            ) from None
-
-    def broadcast(self, method: str, *args: Any, replay: bool = False) -> list[Any]:
-        self._check_open()
-        if replay:
-            with self._lock:
-                self._replays.append((method, args))
-        futs = [self.submit(method, *args, worker=i) for i in range(len(self._workers))]
-        return [f.result() for f in futs]
-
     # -- reading --------------------------------------------------------------------------
     def _read_frames(self, w: _Worker) -> bool:
         """Read and dispatch what the socket has (non-blocking). False at EOF. The caller
@@ -680,14 +530,7 @@ class ProcessPool:
         try:
             msg = pickle.loads(body)
         except Exception as exc:
-            tb = traceback.format_exc()
-            msg = (
-                W.K_ERROR,
-                None,
-                tb,
-                "RemoteError",
-                f"{item.method}: its result could not be unpickled in the manager: {exc!r}",
-            )
+            msg = undecodable(item.method, exc)
         kind = msg[0]
         if kind == W.K_RESULT:
             w.pending.pop(rid, None)
@@ -696,7 +539,7 @@ class ProcessPool:
         elif kind == W.K_ERROR:
             w.pending.pop(rid, None)
             w.calls += 1
-            self._fail(item, self._remote_exc(item, msg))
+            self._fail(item, remote_exc(self.spec.name, msg))
         else:
             st = item.stream
             if st is None:
@@ -706,42 +549,6 @@ class ProcessPool:
             with st.cond:
                 st.q.append(msg[1] if kind == W.K_FREE else (msg[1], msg[2]))
                 st.cond.notify()
-
-    def _remote_exc(self, item: _Item, msg: tuple[Any, ...]) -> BaseException:
-        _, eb, tb, tname, text = msg
-        cause = RemoteTraceback(tb)
-        if eb is not None:
-            try:
-                exc = pickle.loads(eb)
-                if isinstance(exc, BaseException):
-                    exc.__cause__ = cause
-                    return exc
-            except Exception:
-                pass
-        err = RemoteError(f"pool {self.spec.name!r}: {text} ({tname})\n{tb}")
-        err.__cause__ = cause
-        return err
-
-    def _ok(self, item: _Item, value: Any) -> None:
-        self._calls += 1
-        self._latency += time.monotonic() - item.t0
-        item.resolve(value)
-        st = item.stream
-        if st is not None:
-            with st.cond:
-                st.done = True
-                st.cond.notify_all()
-
-    def _fail(self, item: _Item, exc: BaseException) -> None:
-        self._calls += 1
-        self._errors += 1
-        self._latency += time.monotonic() - item.t0
-        item.reject(exc)
-        st = item.stream
-        if st is not None:
-            with st.cond:
-                st.done = True
-                st.cond.notify_all()
 
     # -- manager thread -------------------------------------------------------------------
     def _loop(self) -> None:
@@ -852,57 +659,42 @@ class ProcessPool:
                         self._ep.modify(w.fd, select.EPOLLIN)
                 return
 
-    def _check_deadlines(self, now: float) -> None:
-        for w in list(self._workers):
-            if w.min_deadline > now or w.dead:
-                continue
-            with w.mu:
-                items = list(w.pending.values())
-                for it in items:
-                    # A stream whose queue holds slots for the manager side (data to read, or
-                    # room to fill) waits on the manager, not on the plugin: not its timeout.
-                    if it.stream is not None and it.stream.q and it.timeout is not None:
-                        it.deadline = now + it.timeout
-                expired = [it for it in items if it.deadline <= now]
-                w.min_deadline = min((it.deadline for it in items if it.deadline > now), default=_INF)
-                if expired and not w.live:
-                    for it in expired:
-                        w.pending.pop(it.rid, None)
-            if not expired:
-                continue
-            if not w.live:
+    # -- deadlines: the loop is _PoolCore._check_deadlines ----------------------------------
+    def _overdue(self, w: _Worker, now: float) -> list[_Item]:
+        if w.min_deadline > now or w.dead:
+            return []
+        with w.mu:
+            items = list(w.pending.values())
+            for it in items:
+                # A stream whose queue holds slots for the manager side (data to read, or
+                # room to fill) waits on the manager, not on the plugin: not its timeout.
+                if it.stream is not None and it.stream.q and it.timeout is not None:
+                    it.deadline = now + it.timeout
+            expired = [it for it in items if it.deadline <= now]
+            w.min_deadline = min((it.deadline for it in items if it.deadline > now), default=_INF)
+            if expired and not w.live:
                 for it in expired:
-                    self._fail(it, CallTimeout(
-                        f"pool {self.spec.name!r}: {it.method} timed out after {it.timeout}s "
-                        f"waiting for worker {w.id} to start"
-                    ))
-                continue
-            if w.reserved:
-                # Small calls queued behind a byte stream on this worker: fail them, but do not
-                # kill the worker for them, which would cut the stream (a stat during a 32 GiB
-                # put). The stream's own call is bounded by its no-progress deadline.
-                behind = [it for it in expired if it.stream is None]
-                for it in behind:
-                    if w.pending.pop(it.rid, None) is not None:
-                        self._fail(it, CallTimeout(
-                            f"pool {self.spec.name!r}: {it.method} did not start within {it.timeout}s: "
-                            f"worker {w.id} is busy with a byte stream (raise Workers to serve calls beside streams)"
-                        ))
-                expired = [it for it in expired if it.stream is not None]
-                if not expired:
-                    continue
-            it = min(expired, key=lambda i: i.rid)
-            if w.pending.pop(it.rid, None) is None:
-                continue
-            w.kill_reason = f"killed after timeout of {it.method}"
-            _sigkill(w.pid)
-            # handle the death now, so that the caller, once told, already finds the
-            # replacement (and not the doomed worker) when it calls again
-            self._on_death(w)
-            self._fail(it, CallTimeout(
-                f"pool {self.spec.name!r}: {it.method} did not finish within {it.timeout}s; "
-                f"worker {w.id} (pid {w.pid}) was killed and is being replaced"
-            ))
+                    w.pending.pop(it.rid, None)
+        return expired
+
+    def _spare(self, w: _Worker, expired: list[_Item]) -> list[_Item]:
+        if not w.reserved:
+            return expired
+        # Small calls queued behind a byte stream on this worker: fail them, but do not
+        # kill the worker for them, which would cut the stream (a stat during a 32 GiB
+        # put). The stream's own call is bounded by its no-progress deadline.
+        behind = [it for it in expired if it.stream is None]
+        for it in behind:
+            if w.pending.pop(it.rid, None) is not None:
+                self._fail(it, CallTimeout(
+                    f"pool {self.spec.name!r}: {it.method} did not start within {it.timeout}s: "
+                    f"worker {w.id} is busy with a byte stream (raise Workers to serve calls beside streams)"
+                ))
+        return [it for it in expired if it.stream is not None]
+
+    def _kill_overdue(self, w: _Worker) -> None:
+        _sigkill(w.pid)
+        self._on_death(w)
 
     def _on_death(self, w: _Worker) -> None:
         """The worker's sentinel fired or its socket hit EOF: fail its calls, replace it."""
@@ -940,7 +732,6 @@ class ProcessPool:
         if proc.exitcode is None:
             self._kill(w)
         reason = W.exit_reason(proc.exitcode)
-        name = self.spec.name
         with w.mu:
             items = list(w.pending.values())
             w.pending.clear()
@@ -948,126 +739,33 @@ class ProcessPool:
             what = f"was {w.kill_reason} ({reason})"
         else:
             what = f"died with {reason}"
-        err = f"pool {name!r}: worker {w.id} (pid {w.pid}) {what}"
         self._close_worker_fds(w)
-        # replace it (or give up) before telling the callers, so a caller that retries at
-        # once lands on the replacement
-        if not self._closing and self._state in (PoolState.READY, PoolState.DEGRADED):
-            self._crashed(w, err)
-        for it in items:
-            if self._closing:
-                exc: PoolError = PoolClosed(f"pool {name!r} closed; {it.method} was not answered")
-            elif self._state is PoolState.FAILED and self._broken is not None:
-                exc = PoolBroken(str(self._broken))
-            else:
-                exc = WorkerCrashed(f"pool {name!r}: {it.method} failed: worker {w.id} (pid {w.pid}) {what}")
-            self._fail(it, exc)
-        with self._cond:
-            self._cond.notify_all()
+        self._worker_died(w, what, items)
 
-    def _crashed(
-        self, w: _Worker, err: str, carry: tuple[dict[int, _Item], list[Any]] | None = None
-    ) -> bool:
-        """Count a crash; replace the worker after a back-off (True), or give up (FAILED).
-        `carry`: calls that never reached a worker (queued for one that failed to start);
-        they move to the replacement."""
-        spec = self.spec
-        with self._lock:
-            self._last_error = err
-            now = time.monotonic()
-            ct = self._crash_times
-            ct.append(now)
-            while ct and ct[0] < now - spec.restart_window:
-                ct.popleft()
-            if len(ct) > spec.max_restarts:
-                self._fail_pool(
-                    f"pool {spec.name!r} is broken: {len(ct)} worker crashes within "
-                    f"{spec.restart_window}s (max_restarts={spec.max_restarts}); last error: {err}"
-                )
-                return False
-            if self._closing or self._state not in (PoolState.READY, PoolState.DEGRADED):
-                return False
-            delay = min(0.1 * 2 ** (len(ct) - 1), 10.0)
-            new = _Worker(w.id)
-            if carry is not None:
-                new.pending.update(carry[0])
-                new.sendq.extend(carry[1])
-                new.min_deadline = min((it.deadline for it in carry[0].values()), default=_INF)
-            self._workers[w.id] = new
-            replays = list(self._replays)
-            self._restarts += 1
-            self._move(PoolState.DEGRADED)
-            t = threading.Thread(
-                target=self._restart, args=(new, delay, replays), name=f"vsmpool:{spec.name}:restart", daemon=True
-            )
-            self._restart_threads = [x for x in self._restart_threads if x.is_alive()]
-            self._restart_threads.append(t)
-        log.warning("%s; restarting it in %.1fs", err, delay)
-        t.start()
-        return True
+    # -- restarts: _PoolCore._crashed / _restart ---------------------------------------------
+    def _replacement(
+        self, w: _Worker, carry: tuple[dict[int, _Item], list[tuple[int, bytes, list[int] | None]]] | None
+    ) -> _Worker:
+        new = _Worker(w.id)
+        if carry is not None:
+            new.pending.update(carry[0])
+            new.sendq.extend(carry[1])
+            new.min_deadline = min((it.deadline for it in carry[0].values()), default=_INF)
+        return new
 
-    def _restart(self, w: _Worker, delay: float, replays: list[tuple[str, tuple[Any, ...]]]) -> None:
-        if self._stop_evt.wait(delay) or self._closing:
-            self._abandon(w, PoolClosed(f"pool {self.spec.name!r} is closed"))
-            return
-        try:
-            self._launch(w)
-            self._handshake(w, time.monotonic() + self.spec.start_timeout, replays)
-        except Exception as exc:
-            self._kill(w)
-            msg = str(exc) if isinstance(exc, PoolStartError) else f"pool {self.spec.name!r}: restart failed: {exc!r}"
-            with w.mu:
-                w.dead = True
-                items = dict(w.pending)
-                queued = list(w.sendq)
-                w.pending.clear()
-                w.sendq = []
-            self._close_worker_fds(w)
-            if self._closing or not self._crashed(w, msg, (items, queued)):
-                if self._closing:
-                    err: PoolError = PoolClosed(f"pool {self.spec.name!r} is closed")
-                elif self._broken is not None:
-                    err = PoolBroken(str(self._broken))
-                else:
-                    err = WorkerCrashed(f"replacement worker failed to start: {msg}")
-                for it in items.values():
-                    self._fail(it, err)
-            return
-        if self._closing:
-            self._kill(w)
-            self._abandon(w, PoolClosed(f"pool {self.spec.name!r} is closed"))
-            return
-        self._go_live(w)
-
-    def _abandon(self, w: _Worker, exc: PoolError) -> None:
+    def _take_failed(self, w: _Worker) -> tuple[Any, list[_Item]]:
         with w.mu:
             w.dead = True
-            items = list(w.pending.values())
+            items = dict(w.pending)
+            queued = list(w.sendq)
             w.pending.clear()
             w.sendq = []
-        for it in items:
-            self._fail(it, exc)
         self._close_worker_fds(w)
+        return (items, queued), list(items.values())
 
-    def _fail_pool(self, msg: str) -> None:
-        with self._lock:
-            if not self._move(PoolState.FAILED):
-                return
-            self._broken = PoolBroken(msg)
-            self._last_error = msg
-            workers = list(self._workers)
-        log.error("%s", msg)
-        for w in workers:
-            with w.mu:
-                w.dead = True
-                w.live = False
-                items = list(w.pending.values())
-                w.pending.clear()
-            for it in items:
-                self._fail(it, PoolBroken(msg))
-            self._kill(w)
-        with self._cond:
-            self._cond.notify_all()
+    def _release(self, w: _Worker) -> None:
+        w.sendq = []  # never live: its frames were never sent
+        self._close_worker_fds(w)
 
     def _kill(self, w: _Worker) -> None:
         proc = w.proc
@@ -1094,26 +792,6 @@ class ProcessPool:
             w.ring = None
 
     # -- streams --------------------------------------------------------------------------
-    def _reserve(self, timeout: float | None) -> _Worker:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                self._check_open()
-                cands = [w for w in self._workers if w.live and not w.reserved and not w.dead]
-                if cands:
-                    w = min(cands, key=lambda x: len(x.pending))
-                    w.reserved = True
-                    return w
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise CallTimeout(f"pool {self.spec.name!r}: no worker free for a byte stream within {timeout}s")
-                self._cond.wait(0.1 if left is None else min(left, 0.1))
-
-    def _unreserve(self, w: _Worker) -> None:
-        with self._cond:
-            w.reserved = False
-            self._cond.notify_all()
-
     def stream_put(self, method: str, args: tuple[Any, ...], source: BinaryIO, timeout: float | None = ...) -> Any:  # type: ignore[assignment]
         """See Pool.stream_put. `timeout` bounds the time without progress, not the total."""
         self._check_open()
@@ -1237,61 +915,12 @@ class ProcessPool:
             raise item.exception()  # type: ignore[misc]
         return SlotReader(ring, next_slot, free_slot, on_close)
 
-    # -- status / close -------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "state": self._state.value,
-            "workers": [
-                {"id": w.id, "pid": w.pid, "alive": w.live, "outstanding": len(w.pending), "calls": w.calls}
-                for w in self._workers
-            ],
-            "restarts": self._restarts,
-            "calls": self._calls,
-            "errors": self._errors,
-            "last_error": self._last_error,
-            "latency_sum": self._latency,
-            "started_at": self._started_at,
-        }
+    # -- close: _PoolCore.close / _close, then this ------------------------------------------
+    def _running(self) -> bool:
+        return self._started and self._ep is not None and self._wake_fd >= 0
 
-    def close(self, timeout: float = 10.0) -> None:
-        with self._lock:
-            if self._closing:
-                already = True
-            else:
-                already = False
-                self._closing = True
-        if already:
-            self._closed_evt.wait(timeout + 5.0)
-            return
-        try:
-            self._close(timeout)
-        finally:
-            _live_pools.discard(self)
-            self._move(PoolState.CLOSED)
-            self._closed_evt.set()
-
-    def _close(self, timeout: float) -> None:
+    def _stop_workers(self, live: list[_Worker], deadline: float) -> None:
         name = self.spec.name
-        if not self._started or self._ep is None or self._wake_fd < 0:
-            return  # never started, or start() failed and already tore everything down
-        self._stop_evt.set()
-        deadline = time.monotonic() + timeout
-        while any(w.pending for w in self._workers) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        busy: list[_Worker] = []
-        for w in list(self._workers):
-            with w.mu:
-                items = list(w.pending.values())
-                w.pending.clear()
-            for it in items:
-                self._fail(it, PoolClosed(f"pool {name!r} closed before {it.method} finished"))
-            if items:
-                busy.append(w)
-                self._kill(w)  # still running a call it was given: it cannot shut down cleanly
-        for t in list(self._restart_threads):
-            t.join(self.spec.start_timeout)
-        live = [w for w in self._workers if w.live and not w.dead and w not in busy]
         sm = self.spec.shutdown_method
         if sm:
             items = []
@@ -1345,12 +974,3 @@ class ProcessPool:
         if self._wake_fd >= 0:
             os.close(self._wake_fd)
             self._wake_fd = -1
-
-    def __enter__(self) -> "ProcessPool":
-        if not self._started:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
