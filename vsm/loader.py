@@ -251,7 +251,6 @@ class Registry:
             workers=workers,
             call_timeout=settings.call_timeout if settings else 60.0,
             shutdown_method="shutdown",
-            ring_slots=4 if plugin.manifest.kind is Kind.ObjStore else 0,
             preload=WORKER_PRELOAD,
         )
 
