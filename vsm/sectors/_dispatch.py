@@ -6,7 +6,15 @@
           +- compaction deletes segments every sink has passed
 
 Only references cross the process boundary: the OS page cache is the one shared copy. A sink
-that raises is retried with capped exponential back-off; its backlog stays on disk, so a slow
+in a Ray pool (issue 7) may sit on a node that cannot see the journal, so it gets the frames
+themselves, through Ray's object store, put there once for every sink of the manager:
+
+    sink thread --(segment, offset)--> SharedBatches (one per journal) --miss: read frame,
+        |                                  pool.share(batch) = one ray.put, keep the ref
+        +-- pool.call("deliver_batch", [ref, ...], after_seq) --> every Ray sink actor reads
+                                                                  the same object
+An entry is dropped once every Ray sink of the journal has taken it, and the oldest ones past
+a byte/entry bound (a stalled sink costs a later re-put, not memory). A sink that raises is retried with capped exponential back-off; its backlog stays on disk, so a slow
 or dead sink never blocks the state manager or another sink. Delivery is at-least-once (a
 crash after deliver and before the checkpoint write redelivers); sinks deduplicate by seq.
 """
@@ -17,11 +25,13 @@ import enum
 import os
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from typing import Any, Callable, Protocol
 
-from ._journal import Journal
+from ._journal import FrameRef, Journal
 
-__all__ = ["SinkDispatcher", "SinkEndpoint", "SinkState", "PoolSink", "as_endpoint"]
+__all__ = ["SharedBatches", "SinkDispatcher", "SinkEndpoint", "SinkState", "PoolSink", "as_endpoint", "shared_batches"]
 
 
 class SinkState(enum.Enum):
@@ -46,6 +56,19 @@ class PoolSink:
     def deliver(self, segments_dir: str, frames: list[tuple[str, int, int]], after_seq: int) -> int:
         return int(self.pool.call("deliver", segments_dir, frames, after_seq, timeout=self.timeout))
 
+    def shared_pool(self) -> Any:
+        """The pool serving now if it hands batches over through a shared object store (it has
+        `share`: a RayPool), else None. A SwappablePool is looked through: a reload may change
+        the backend, so this is asked per delivery."""
+        pinned = getattr(self.pool, "pinned", None)
+        pool = pinned() if pinned is not None else self.pool
+        return pool if callable(getattr(pool, "share", None)) else None
+
+    def deliver_batch(self, pool: Any, refs: list[Any], after_seq: int) -> int:
+        """Deliver shared frames (refs from `pool.share`) on `pool`, the one shared_pool()
+        returned: a swap since then fails this delivery with PoolClosed, and it is retried."""
+        return int(pool.call("deliver_batch", refs, after_seq, timeout=self.timeout))
+
     def query(self, sql: str) -> bytes:
         return bytes(self.pool.call("query", sql, timeout=self.timeout))
 
@@ -57,6 +80,130 @@ def as_endpoint(obj: Any) -> Any:
     if hasattr(obj, "call"):
         return PoolSink(obj)
     raise TypeError(f"not a sink endpoint (needs deliver() or a Pool): {obj!r}")
+
+
+class _Entry:
+    __slots__ = ("ref", "nbytes", "ready", "takers")
+
+    def __init__(self) -> None:
+        self.ref: Any = None  # None until the put is done (or after it failed)
+        self.nbytes = 0
+        self.ready = threading.Event()
+        self.takers: set[str] = set()
+
+
+class SharedBatches:
+    """Journal frames put into a shared object store once, for every sink of one journal.
+
+    Keyed by (segment, offset). Concurrent askers of one frame wait for the one put. An entry
+    goes when every attached sink has taken it, or when it is the oldest past max_bytes /
+    max_entries; a sink that needs a dropped frame again (late start, retry) puts it again.
+    `puts` and `hits` count what happened (tests, status).
+    """
+
+    def __init__(
+        self, journal: Journal, *, max_bytes: int = 256 << 20, max_entries: int = 4096, put_timeout: float = 60.0
+    ) -> None:
+        self._journal = weakref.ref(journal)
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.put_timeout = put_timeout
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+        self._sinks: set[str] = set()
+        self.nbytes = 0
+        self.puts = 0
+        self.hits = 0
+
+    def attach(self, sink: str) -> None:
+        with self._lock:
+            self._sinks.add(sink)
+
+    def detach(self, sink: str) -> None:
+        """A sink left: entries only it was missing are dropped (all of them when none is left)."""
+        with self._lock:
+            self._sinks.discard(sink)
+            for key, e in list(self._entries.items()):
+                if e.ready.is_set() and self._sinks <= e.takers:
+                    self._drop(key)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def take(self, sink: str, frames: list[FrameRef], share: Callable[[Any], Any]) -> list[Any]:
+        """One shared ref per frame for `sink`, putting (with `share`) the frames not held yet."""
+        return [self._take(sink, f, share) for f in frames]
+
+    def _take(self, sink: str, frame: FrameRef, share: Callable[[Any], Any]) -> Any:
+        key = (frame.segment, frame.offset)
+        while True:
+            with self._lock:
+                e = self._entries.get(key)
+                if e is None:
+                    e = self._entries[key] = _Entry()
+                    mine = True
+                else:
+                    mine = False
+            if not mine:
+                if not e.ready.wait(self.put_timeout):
+                    raise TimeoutError(f"frame {key} was not put into the object store within {self.put_timeout}s")
+                with self._lock:
+                    if e.ref is None:  # its put failed: try ours
+                        continue
+                    self.hits += 1
+                    return self._taken(key, e, sink)
+            try:
+                journal = self._journal()
+                if journal is None:
+                    raise RuntimeError("the journal is closed")
+                batch = journal.read(frame)
+                ref = share(batch)
+            except BaseException:
+                with self._lock:
+                    if self._entries.get(key) is e:
+                        del self._entries[key]
+                e.ready.set()
+                raise
+            with self._lock:
+                e.ref, e.nbytes = ref, batch.nbytes
+                self.nbytes += e.nbytes
+                self.puts += 1
+                e.ready.set()
+                ref = self._taken(key, e, sink)
+                self._bound()
+                return ref
+
+    def _taken(self, key: tuple[str, int], e: _Entry, sink: str) -> Any:
+        ref = e.ref
+        e.takers.add(sink)
+        if self._sinks <= e.takers:
+            self._drop(key)  # the caller's ref keeps the object alive until its call is done
+        return ref
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        e = self._entries.pop(key, None)
+        if e is not None:
+            self.nbytes -= e.nbytes
+
+    def _bound(self) -> None:
+        while self._entries and (self.nbytes > self.max_bytes or len(self._entries) > self.max_entries):
+            key, e = next(iter(self._entries.items()))
+            if not e.ready.is_set():
+                break  # the oldest is still being put; the bound is met once it is
+            self._drop(key)
+
+
+_shared: weakref.WeakKeyDictionary[Journal, SharedBatches] = weakref.WeakKeyDictionary()
+_shared_lock = threading.Lock()
+
+
+def shared_batches(journal: Journal) -> SharedBatches:
+    """The SharedBatches of a journal: every sink thread of one manager uses the same one."""
+    with _shared_lock:
+        sb = _shared.get(journal)
+        if sb is None:
+            sb = _shared[journal] = SharedBatches(journal)
+        return sb
 
 
 class SinkDispatcher:
@@ -90,9 +237,33 @@ class SinkDispatcher:
         self._stop = threading.Event()
         self.checkpoint = self._load_ckpt(start_seq)
         self._thread = threading.Thread(target=self._run, name=f"vsm-sink-{name}", daemon=True)
+        self._shared: SharedBatches | None = None  # set while this sink is served by a Ray pool
 
     def start(self) -> None:
+        self._shared_pool()  # attach now, so sinks started together share from the first frame
         self._thread.start()
+
+    def _shared_pool(self) -> Any:
+        """The endpoint's pool if it takes shared batches (Ray), attaching this sink to the
+        journal's SharedBatches; None (and detached) for a local pool or a plain endpoint."""
+        get = getattr(self.endpoint, "shared_pool", None)
+        pool = get() if get is not None else None
+        if pool is not None and self._shared is None:
+            self._shared = shared_batches(self.journal)
+            self._shared.attach(self.name)
+        elif pool is None and self._shared is not None:
+            self._shared.detach(self.name)
+            self._shared = None
+        return pool
+
+    def _deliver(self, frames: list[FrameRef]) -> None:
+        pool = self._shared_pool()
+        if pool is None:  # local: frame references only, the worker maps the journal
+            self.endpoint.deliver(self.journal.seg_dir, [f.as_tuple() for f in frames], self.checkpoint)
+            return
+        assert self._shared is not None
+        refs = self._shared.take(self.name, frames, pool.share)
+        self.endpoint.deliver_batch(pool, refs, self.checkpoint)
 
     def _load_ckpt(self, default: int) -> int:
         try:
@@ -123,9 +294,7 @@ class SinkDispatcher:
                 self._wait_wm(wm, 0.5)
                 continue
             try:
-                self.endpoint.deliver(
-                    self.journal.seg_dir, [f.as_tuple() for f in frames], self.checkpoint
-                )
+                self._deliver(frames)
             except Exception as e:  # noqa: BLE001 - any sink failure: record, back off, retry
                 self.errors += 1
                 self.last_error = f"{type(e).__name__}: {e}"
@@ -140,6 +309,9 @@ class SinkDispatcher:
             self.last_delivery = time.time()
             self.state = SinkState.RUNNING
             delay = self.backoff[0]
+        if self._shared is not None:  # frames only this sink was still missing go now
+            self._shared.detach(self.name)
+            self._shared = None
         self.state = SinkState.STOPPED
 
     def status(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Worker side of a SyncSectorState plugin: turn journal frames into the plugin's hook calls.
 
-The manager sends only frame references (segment file, offset, length); the host maps the
-segment (`pa.memory_map`) and decodes zero-copy. A vectorised sink gets one RecordBatch per
+A local pool's worker is sent only frame references (segment file, offset, length) and maps the
+segment (`pa.memory_map`), decoding zero-copy (`deliver`). A Ray sink actor, maybe on another
+node, is handed the frames themselves as refs to one shared object-store copy (`deliver_batch`,
+vsm/sectors/_dispatch.py). A vectorised sink gets one RecordBatch per
 delivery (`on_batch`); a Go-style sink gets its per-event hooks row by row, with the Go
 argument order of damocles' state manager:
 
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Callable, Mapping
+import sys
+from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,22 +73,31 @@ class SinkHost:
     def read(self, segments_dir: str, frames: list[tuple[str, int, int]], after_seq: int = 0) -> pa.RecordBatch | None:
         """The rows of frames with seq > after_seq as one RecordBatch (zero-copy for one frame)."""
         batches = [read_frame(os.path.join(segments_dir, seg), off, n, self._maps) for seg, off, n in frames]
-        batches = [b for b in batches if b.num_rows]
-        if not batches:
-            return None
-        if len(batches) == 1:
-            batch = batches[0]
-        else:
-            parts = pa.Table.from_batches(batches).combine_chunks().to_batches()
-            batch = parts[0]
-        seq = batch.column(0)
-        if pc.min(seq).as_py() <= after_seq:
-            batch = batch.filter(pc.greater(seq, pa.scalar(after_seq, pa.uint64())))
-        return batch if batch.num_rows else None
+        return _after(batches, after_seq)
 
     def deliver(self, segments_dir: str, frames: list[tuple[str, int, int]], after_seq: int = 0) -> int:
         """Deliver frames to the sink; returns the last seq delivered (after_seq if none)."""
-        batch = self.read(segments_dir, frames, after_seq)
+        return self._deliver(self.read(segments_dir, frames, after_seq), after_seq)
+
+    def deliver_batch(self, batch: pa.RecordBatch | Sequence[Any], after_seq: int = 0) -> int:
+        """Deliver journal batches handed over in memory (a sink on another Ray node cannot map
+        the journal); same dedupe by seq and return value as `deliver`.
+
+        batch: a RecordBatch, or a list of RecordBatches and/or Ray ObjectRefs of them (the
+        dispatcher's shared frames, issue 7: one object-store copy read by every sink actor;
+        fetched here with one ray.get).
+        """
+        parts = [batch] if isinstance(batch, pa.RecordBatch) else list(batch)
+        refs = [i for i, p in enumerate(parts) if not isinstance(p, pa.RecordBatch)]
+        if refs:
+            ray = sys.modules.get("ray")  # only a Ray actor is handed refs, and it has Ray loaded
+            if ray is None:
+                raise TypeError(f"deliver_batch: got {type(parts[refs[0]]).__name__}, not a RecordBatch, outside Ray")
+            for i, got in zip(refs, ray.get([parts[i] for i in refs])):
+                parts[i] = got
+        return self._deliver(_after(parts, after_seq), after_seq)
+
+    def _deliver(self, batch: pa.RecordBatch | None, after_seq: int) -> int:
         if batch is None:
             return after_seq
         if "OnBatch" in self._fn:
@@ -151,10 +163,23 @@ class SinkHost:
         self._maps.clear()
 
 
+def _after(batches: list[pa.RecordBatch], after_seq: int) -> pa.RecordBatch | None:
+    """The rows with seq > after_seq of consecutive batches, as one RecordBatch (None if none)."""
+    batches = [b for b in batches if b.num_rows]
+    if not batches:
+        return None
+    if len(batches) == 1:
+        batch = batches[0]
+    else:
+        batch = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+    seq = batch.column(0)
+    if pc.min(seq).as_py() <= after_seq:
+        batch = batch.filter(pc.greater(seq, pa.scalar(after_seq, pa.uint64())))
+    return batch if batch.num_rows else None
+
+
 def make_sink_host(module: str, exports: Mapping[str, str], meta: Mapping[str, str] | None = None, path: str | None = None) -> SinkHost:
     """PoolSpec.init for a sink pool: import `module` (from `path` if given) and build its host."""
-    import sys
-
     if path and path not in sys.path:
         sys.path.insert(0, path)
     return SinkHost.from_module(importlib.import_module(module), exports, meta)
