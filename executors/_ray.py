@@ -83,25 +83,17 @@ import weakref
 from collections import OrderedDict, deque
 from typing import Any, BinaryIO, Iterator
 
-import cloudpickle
 import numpy as np
 import ray
 import ray.exceptions
 
 from . import _wire as W
 from ._api import PoolSpec, PoolState
+from ._core import INF as _INF
+from ._core import TICK as _TICK
+from ._core import _PoolCore, _WorkerCore, remote_exc, undecodable
 from ._future import CallFuture
-from .errors import (
-    CallTimeout,
-    PoolBroken,
-    PoolClosed,
-    PoolError,
-    PoolStartError,
-    RemoteError,
-    RemoteTraceback,
-    StreamAborted,
-    WorkerCrashed,
-)
+from .errors import PoolStartError, RemoteError, StreamAborted
 
 __all__ = ["RayPool"]
 
@@ -110,17 +102,7 @@ log = logging.getLogger("executors")
 CHUNK_BYTES = 8 << 20  # one object-store object per chunk
 CHUNKS_IN_FLIGHT = 4  # per stream, each direction
 _CTL_THREADS = 16  # watch + ping + stream control calls, beside the one call thread
-_TICK = 0.05
-_INF = float("inf")
 _FINISHED_KEEP = 4096  # stream ids remembered as finished (a late feed must not wait)
-
-_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
-    PoolState.STARTING: frozenset({PoolState.READY, PoolState.CLOSED}),
-    PoolState.READY: frozenset({PoolState.DEGRADED, PoolState.FAILED, PoolState.CLOSED}),
-    PoolState.DEGRADED: frozenset({PoolState.READY, PoolState.FAILED, PoolState.CLOSED}),
-    PoolState.FAILED: frozenset({PoolState.CLOSED}),
-    PoolState.CLOSED: frozenset(),
-}
 
 
 # -- actor side -----------------------------------------------------------------------------
@@ -482,25 +464,17 @@ def _ray_reason(exc: BaseException) -> str:
     return f"died (Ray: {first[:200]})"
 
 
-class _Worker:
+class _Worker(_WorkerCore):
     """Caller-side record of one actor. Replaced (new object) on restart."""
 
     def __init__(self, wid: int) -> None:
-        self.id = wid
+        super().__init__(wid)
         self.actor: Any = None
         self.actor_id = ""
-        self.pid = 0
         self.node = ""
         self.ip = ""
-        self.mu = threading.Lock()
-        self.pending: dict[int, CallFuture] = {}
-        self.queued: list[tuple[CallFuture, str, tuple[Any, ...]]] = []  # waiting for live
-        self.live = False
-        self.dead = False
-        self.reserved = False
-        self.kill_reason = ""
+        self.queued: list[tuple[CallFuture, str, tuple[Any, ...]]] = []  # waiting for live (also pending)
         self.watch_ref: Any = None
-        self.calls = 0
 
     def label(self) -> str:
         where = f", node {self.node[:12]}" if self.node else ""
@@ -519,15 +493,21 @@ def _close_all_at_exit() -> None:
             pass
 
 
-class RayPool:
+class RayPool(_PoolCore[_Worker]):
     """A `Pool` of Ray actors (see executors/_api.py for the contract, and this module's
-    docstring for what it guarantees beyond Ray's defaults).
+    docstring for what it guarantees beyond Ray's defaults; state, crash handling and status
+    are _PoolCore's, executors/_core.py).
 
     address: passed to ray.init when this process is not connected yet (None: RAY_ADDRESS or
       a local Ray); resources: per actor {"CPU", "GPU", "memory", custom...}; node: node id or
       IP to pin every actor to; runtime_env: per actor; env: variables set in each actor
       before init (actors do not inherit the manager's environment); namespace: of the actors.
     """
+
+    _KIND = "RayPool"
+    _THREAD = "vsmray"
+    _DIED_UNSENT = "pool {name!r}: {method} failed: {worker} died before it was sent"
+    _registry = _live_pools
 
     def __init__(
         self,
@@ -541,11 +521,9 @@ class RayPool:
         chunk_bytes: int = CHUNK_BYTES,
         chunks_in_flight: int = CHUNKS_IN_FLIGHT,
     ) -> None:
-        if spec.workers < 1:
-            raise ValueError(f"pool {spec.name!r}: workers must be >= 1, got {spec.workers}")
+        super().__init__(spec)
         if chunk_bytes < 1 or chunks_in_flight < 1:
             raise ValueError(f"pool {spec.name!r}: chunk_bytes and chunks_in_flight must be >= 1")
-        self.spec = spec
         self.address = address
         self.resources = dict(resources or {})
         self.node = node
@@ -553,70 +531,11 @@ class RayPool:
         self.env = dict(env or {})
         self.chunk_bytes = chunk_bytes
         self.depth = chunks_in_flight
-        self._state = PoolState.STARTING
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._rids = itertools.count(1)
-        self._workers: list[_Worker] = []
         self._events: queue.Queue[tuple[_Worker, str]] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._stop = False
-        self._closing = False
-        self._started = False
-        self._stop_evt = threading.Event()
-        self._closed_evt = threading.Event()
-        self._broken: PoolBroken | None = None
-        self._crash_times: deque[float] = deque()
-        self._restart_threads: list[threading.Thread] = []
-        self._replays: list[tuple[str, tuple[Any, ...]]] = []
-        self._init_bytes = b""
         self._options: dict[str, Any] = {}
         self._tag = uuid.uuid4().hex[:8]
         self._gen = itertools.count()
         self._all_actors: list[_Worker] = []  # every actor ever made: close() confirms each is dead
-        self._restarts = 0
-        self._calls = 0
-        self._errors = 0
-        self._latency = 0.0
-        self._last_error = ""
-        self._started_at = 0.0
-
-    def __repr__(self) -> str:
-        return f"<RayPool {self.spec.name!r} {self._state.value} workers={self.spec.workers}>"
-
-    # -- state --------------------------------------------------------------------------
-    @property
-    def state(self) -> PoolState:
-        return self._state
-
-    def _move(self, new: PoolState) -> bool:
-        with self._lock:
-            if new is self._state:
-                return True
-            if new not in _TRANSITIONS[self._state]:
-                return False
-            self._state = new
-            self._cond.notify_all()
-            return True
-
-    def _refresh_state(self) -> None:
-        with self._lock:
-            if self._state in (PoolState.READY, PoolState.DEGRADED):
-                ok = all(w.live for w in self._workers)
-                self._move(PoolState.READY if ok else PoolState.DEGRADED)
-
-    def _check_open(self) -> None:
-        st = self._state
-        if st is PoolState.READY or st is PoolState.DEGRADED:
-            if self._closing:
-                raise PoolClosed(f"pool {self.spec.name!r} is closed")
-            return
-        if st is PoolState.FAILED:
-            assert self._broken is not None
-            raise PoolBroken(str(self._broken))
-        if st is PoolState.CLOSED or self._closing:
-            raise PoolClosed(f"pool {self.spec.name!r} is closed")
-        raise PoolError(f"pool {self.spec.name!r} is not started (state {st.value})")
 
     # -- start --------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -666,16 +585,8 @@ class RayPool:
         raise PoolStartError(f"pool {self.spec.name!r}: no alive Ray node {node!r} (RayNode); alive: {known}")
 
     def start(self) -> None:
-        with self._lock:
-            if self._started:
-                raise PoolError(f"pool {self.spec.name!r} was already started")
-            self._started = True
+        self._begin_start()
         spec = self.spec
-        try:
-            self._init_bytes = cloudpickle.dumps(spec.init, 5)
-        except Exception as exc:
-            self._move(PoolState.CLOSED)
-            raise PoolStartError(f"pool {spec.name!r}: init {spec.init!r} does not pickle: {exc}") from exc
         workers = [_Worker(i) for i in range(spec.workers)]
         self._workers = workers
         try:
@@ -691,14 +602,9 @@ class RayPool:
             self._confirm_dead(workers, 5.0)
             self._move(PoolState.CLOSED)
             raise
-        self._thread = threading.Thread(target=self._loop, name=f"vsmray:{spec.name}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"{self._THREAD}:{spec.name}", daemon=True)
         self._thread.start()
-        for w in workers:
-            self._go_live(w)
-        self._started_at = time.time()
-        _live_pools.add(self)
-        self._move(PoolState.READY)
-        self._refresh_state()
+        self._finish_start(workers)
 
     def _launch(self, w: _Worker) -> Any:
         """Create w's actor and send init (returns its ref); arms the death watch."""
@@ -709,6 +615,10 @@ class RayPool:
         ref = w.actor.init.remote(self._init_bytes, self.spec.preload, self.env, list(sys.path))
         w.watch_ref = w.actor.watch.remote()
         return ref
+
+    def _start_worker(self, w: _Worker, replays: list[tuple[str, tuple[Any, ...]]]) -> None:
+        ref = self._launch(w)
+        self._handshake(w, ref, time.monotonic() + self.spec.start_timeout, replays)
 
     def _arm_watch(self, w: _Worker) -> None:
         def fired(_f: Any, w: _Worker = w) -> None:
@@ -775,32 +685,6 @@ class RayPool:
         self._refresh_state()
 
     # -- calls ----------------------------------------------------------------------------
-    def _pick(self, worker: int | None) -> _Worker:
-        ws = self._workers
-        if worker is not None:
-            try:
-                return ws[worker]
-            except IndexError:
-                raise ValueError(f"pool {self.spec.name!r} has no worker {worker} (it has {len(ws)})") from None
-        if len(ws) == 1:
-            return ws[0]
-        best, bestn = ws[0], 1 << 62
-        for w in ws:
-            n = len(w.pending)
-            if w.reserved:
-                n += 1 << 40
-            if not w.live:
-                n += 1 << 50
-            if n < bestn:
-                best, bestn = w, n
-        return best
-
-    def _timeout(self, timeout: Any) -> float | None:
-        return self.spec.call_timeout if timeout is ... else timeout
-
-    def _new_item(self, method: str, timeout: Any) -> CallFuture:
-        return CallFuture(next(self._rids), method, self._timeout(timeout), time.monotonic())
-
     def _send(self, w: _Worker, item: CallFuture, fn: Any, fargs: tuple[Any, ...]) -> None:
         """fn.remote(*fargs) on w's actor (w.mu held, w not dead); the result comes back by
         callback. An argument that will not serialize raises here, in the caller."""
@@ -829,38 +713,11 @@ class RayPool:
         try:
             msg = pickle.loads(f.result())
         except Exception as e:
-            tb = traceback.format_exc()
-            msg = (W.K_ERROR, None, tb, "RemoteError", f"{item.method}: its result could not be unpickled in the manager: {e!r}")
+            msg = undecodable(item.method, e)
         if msg[0] == W.K_RESULT:
             self._ok(item, msg[1])
         else:
-            self._fail(item, self._remote_exc(msg))
-
-    def _remote_exc(self, msg: tuple[Any, ...]) -> BaseException:
-        _, eb, tb, tname, text = msg
-        cause = RemoteTraceback(tb)
-        if eb is not None:
-            try:
-                exc = pickle.loads(eb)
-                if isinstance(exc, BaseException):
-                    exc.__cause__ = cause
-                    return exc
-            except Exception:
-                pass
-        err = RemoteError(f"pool {self.spec.name!r}: {text} ({tname})\n{tb}")
-        err.__cause__ = cause
-        return err
-
-    def _ok(self, item: CallFuture, value: Any) -> None:
-        self._calls += 1
-        self._latency += time.monotonic() - item.t0
-        item.resolve(value)
-
-    def _fail(self, item: CallFuture, exc: BaseException) -> None:
-        self._calls += 1
-        self._errors += 1
-        self._latency += time.monotonic() - item.t0
-        item.reject(exc)
+            self._fail(item, remote_exc(self.spec.name, msg))
 
     _has_deadlines = False
 
@@ -891,13 +748,6 @@ class RayPool:
             self._send(w, item, getattr(w.actor, fn_name), fargs)
             item.worker = w.id
 
-    def _dead_error(self, w: _Worker, method: str) -> PoolError:
-        if self._state is PoolState.FAILED and self._broken is not None:
-            return PoolBroken(str(self._broken))
-        if self._closing:
-            return PoolClosed(f"pool {self.spec.name!r} is closed")
-        return WorkerCrashed(f"pool {self.spec.name!r}: {method} failed: {w.label()} died before it was sent")
-
     def submit(
         self, method: str, *args: Any, timeout: float | None = ..., worker: int | None = None  # type: ignore[assignment]
     ) -> cf.Future[Any]:
@@ -911,25 +761,6 @@ class RayPool:
         item = self._new_item(method, timeout)
         self._submit_item(item, method, args, worker)
         return self._wait(item)
-
-    def _wait(self, item: CallFuture) -> Any:
-        if item._state == "FINISHED":  # type: ignore[attr-defined]
-            return item.result()
-        limit = None if item.timeout is None else item.timeout + 30.0
-        try:
-            return item.result(limit)
-        except cf.TimeoutError:
-            if item.done():
-                raise
-            raise CallTimeout(f"pool {self.spec.name!r}: {item.method} got no answer within {limit}s") from None
-
-    def broadcast(self, method: str, *args: Any, replay: bool = False) -> list[Any]:
-        self._check_open()
-        if replay:
-            with self._lock:
-                self._replays.append((method, args))
-        futs = [self.submit(method, *args, worker=i) for i in range(len(self._workers))]
-        return [f.result() for f in futs]
 
     def share(self, obj: Any) -> Any:
         """Put obj into Ray's object store once; pass the returned ref as a top-level argument
@@ -957,33 +788,19 @@ class RayPool:
             except Exception:  # the manager thread must survive anything
                 log.exception("pool %r: manager thread error", self.spec.name)
 
-    def _check_deadlines(self, now: float) -> None:
-        for w in list(self._workers):
-            if w.dead:
-                continue
-            with w.mu:
-                expired = [it for it in w.pending.values() if it.deadline <= now]
-                if expired and not w.live:
-                    for it in expired:
-                        w.pending.pop(it.rid, None)
-            if not expired:
-                continue
-            if not w.live:
+    # -- deadlines: the loop is _PoolCore._check_deadlines ----------------------------------
+    def _overdue(self, w: _Worker, now: float) -> list[CallFuture]:
+        if w.dead:
+            return []
+        with w.mu:
+            expired = [it for it in w.pending.values() if it.deadline <= now]
+            if expired and not w.live:
                 for it in expired:
-                    self._fail(it, CallTimeout(
-                        f"pool {self.spec.name!r}: {it.method} timed out after {it.timeout}s "
-                        f"waiting for worker {w.id} to start"
-                    ))
-                continue
-            it = min(expired, key=lambda i: i.rid)
-            if w.pending.pop(it.rid, None) is None:
-                continue
-            w.kill_reason = f"killed after timeout of {it.method}"
-            self._on_death(w, "")  # kills the actor; the replacement is in place before we tell
-            self._fail(it, CallTimeout(
-                f"pool {self.spec.name!r}: {it.method} did not finish within {it.timeout}s; "
-                f"{w.label()} was killed and is being replaced"
-            ))
+                    w.pending.pop(it.rid, None)
+        return expired
+
+    def _kill_overdue(self, w: _Worker) -> None:
+        self._on_death(w, "")  # kills the actor
 
     def _kill(self, w: _Worker) -> None:
         if w.actor is not None:
@@ -999,142 +816,35 @@ class RayPool:
                 return
             w.dead = True
             w.live = False
-            items = list(w.pending.values())
-            w.pending.clear()
-            w.queued = []
+            items = self._take_calls(w)
         self._kill(w)
-        name = self.spec.name
         what = f"was {w.kill_reason}" if w.kill_reason else reason or "died"
-        err = f"pool {name!r}: {w.label()} {what}"
-        if not self._closing and self._state in (PoolState.READY, PoolState.DEGRADED):
-            self._crashed(w, err)
-        for it in items:
-            if self._closing:
-                exc: PoolError = PoolClosed(f"pool {name!r} closed; {it.method} was not answered")
-            elif self._state is PoolState.FAILED and self._broken is not None:
-                exc = PoolBroken(str(self._broken))
-            else:
-                exc = WorkerCrashed(f"pool {name!r}: {it.method} failed: {w.label()} {what}")
-            self._fail(it, exc)
-        with self._cond:
-            self._cond.notify_all()
+        self._worker_died(w, what, items)
 
-    def _crashed(self, w: _Worker, err: str, carry: list[tuple[CallFuture, str, tuple[Any, ...]]] | None = None) -> bool:
-        spec = self.spec
-        with self._lock:
-            self._last_error = err
-            now = time.monotonic()
-            ct = self._crash_times
-            ct.append(now)
-            while ct and ct[0] < now - spec.restart_window:
-                ct.popleft()
-            if len(ct) > spec.max_restarts:
-                self._fail_pool(
-                    f"pool {spec.name!r} is broken: {len(ct)} worker crashes within "
-                    f"{spec.restart_window}s (max_restarts={spec.max_restarts}); last error: {err}"
-                )
-                return False
-            if self._closing or self._state not in (PoolState.READY, PoolState.DEGRADED):
-                return False
-            delay = min(0.1 * 2 ** (len(ct) - 1), 10.0)
-            new = _Worker(w.id)
-            if carry:
-                new.queued.extend(carry)
-                for item, _m, _a in carry:
-                    new.pending[item.rid] = item
-            self._workers[w.id] = new
-            replays = list(self._replays)
-            self._restarts += 1
-            self._move(PoolState.DEGRADED)
-            t = threading.Thread(target=self._restart, args=(new, delay, replays), name=f"vsmray:{spec.name}:restart", daemon=True)
-            self._restart_threads = [x for x in self._restart_threads if x.is_alive()]
-            self._restart_threads.append(t)
-        log.warning("%s; restarting it in %.1fs", err, delay)
-        t.start()
-        return True
+    # -- restarts: _PoolCore._crashed / _restart ---------------------------------------------
+    def _replacement(self, w: _Worker, carry: list[tuple[CallFuture, str, tuple[Any, ...]]] | None) -> _Worker:
+        new = _Worker(w.id)
+        if carry:
+            new.queued.extend(carry)
+            for item, _m, _a in carry:
+                new.pending[item.rid] = item
+        return new
 
-    def _restart(self, w: _Worker, delay: float, replays: list[tuple[str, tuple[Any, ...]]]) -> None:
-        if self._stop_evt.wait(delay) or self._closing:
-            self._abandon(w, PoolClosed(f"pool {self.spec.name!r} is closed"))
-            return
-        try:
-            ref = self._launch(w)
-            self._handshake(w, ref, time.monotonic() + self.spec.start_timeout, replays)
-        except Exception as exc:
-            self._kill(w)
-            msg = str(exc) if isinstance(exc, PoolStartError) else f"pool {self.spec.name!r}: restart failed: {exc!r}"
-            with w.mu:
-                w.dead = True
-                queued = [q for q in w.queued if not q[0].done()]
-                w.pending.clear()
-                w.queued = []
-            if self._closing or not self._crashed(w, msg, queued):
-                if self._closing:
-                    err: PoolError = PoolClosed(f"pool {self.spec.name!r} is closed")
-                elif self._broken is not None:
-                    err = PoolBroken(str(self._broken))
-                else:
-                    err = WorkerCrashed(f"replacement worker failed to start: {msg}")
-                for it, _m, _a in queued:
-                    self._fail(it, err)
-            return
-        if self._closing:
-            self._kill(w)
-            self._abandon(w, PoolClosed(f"pool {self.spec.name!r} is closed"))
-            return
-        self._go_live(w)
-
-    def _abandon(self, w: _Worker, exc: PoolError) -> None:
+    def _take_failed(self, w: _Worker) -> tuple[Any, list[CallFuture]]:
         with w.mu:
             w.dead = True
-            items = list(w.pending.values())
+            queued = [q for q in w.queued if not q[0].done()]
             w.pending.clear()
             w.queued = []
-        for it in items:
-            self._fail(it, exc)
+        return queued, [it for it, _m, _a in queued]
 
-    def _fail_pool(self, msg: str) -> None:
-        with self._lock:
-            if not self._move(PoolState.FAILED):
-                return
-            self._broken = PoolBroken(msg)
-            self._last_error = msg
-            workers = list(self._workers)
-        log.error("%s", msg)
-        for w in workers:
-            with w.mu:
-                w.dead = True
-                w.live = False
-                items = list(w.pending.values())
-                w.pending.clear()
-                w.queued = []
-            for it in items:
-                self._fail(it, PoolBroken(msg))
-            self._kill(w)
-        with self._cond:
-            self._cond.notify_all()
+    def _take_calls(self, w: _Worker) -> list[CallFuture]:
+        items = list(w.pending.values())
+        w.pending.clear()
+        w.queued = []
+        return items
 
     # -- streams --------------------------------------------------------------------------
-    def _reserve(self, timeout: float | None) -> _Worker:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                self._check_open()
-                cands = [w for w in self._workers if w.live and not w.reserved and not w.dead]
-                if cands:
-                    w = min(cands, key=lambda x: len(x.pending))
-                    w.reserved = True
-                    return w
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise CallTimeout(f"pool {self.spec.name!r}: no worker free for a byte stream within {timeout}s")
-                self._cond.wait(0.1 if left is None else min(left, 0.1))
-
-    def _unreserve(self, w: _Worker) -> None:
-        with self._cond:
-            w.reserved = False
-            self._cond.notify_all()
-
     def _progress(self, item: CallFuture) -> None:
         if item.timeout is not None:
             item.deadline = time.monotonic() + item.timeout
@@ -1219,69 +929,18 @@ class RayPool:
             raise
         return reader
 
-    # -- status / close -------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "state": self._state.value,
-            "backend": "ray",
-            "workers": [
-                {
-                    "id": w.id,
-                    "pid": w.pid,
-                    "alive": w.live,
-                    "outstanding": len(w.pending),
-                    "calls": w.calls,
-                    "actor": w.actor_id,
-                    "node": w.node,
-                    "ip": w.ip,
-                }
-                for w in self._workers
-            ],
-            "restarts": self._restarts,
-            "calls": self._calls,
-            "errors": self._errors,
-            "last_error": self._last_error,
-            "latency_sum": self._latency,
-            "started_at": self._started_at,
-        }
+    # -- status / close: _PoolCore.status / close / _close, then _stop_workers --------------
+    def _status_extra(self) -> dict[str, Any]:
+        return {"backend": "ray"}
 
-    def close(self, timeout: float = 10.0) -> None:
-        with self._lock:
-            already = self._closing
-            self._closing = True
-        if already:
-            self._closed_evt.wait(timeout + 5.0)
-            return
-        try:
-            self._close(timeout)
-        finally:
-            _live_pools.discard(self)
-            self._move(PoolState.CLOSED)
-            self._closed_evt.set()
+    def _worker_status(self, w: _Worker) -> dict[str, Any]:
+        return {**super()._worker_status(w), "actor": w.actor_id, "node": w.node, "ip": w.ip}
 
-    def _close(self, timeout: float) -> None:
+    def _running(self) -> bool:
+        return self._started and bool(self._started_at)
+
+    def _stop_workers(self, live: list[_Worker], deadline: float) -> None:
         name = self.spec.name
-        if not self._started or not self._started_at:
-            return  # never started, or start() failed and already killed its actors
-        self._stop_evt.set()
-        deadline = time.monotonic() + timeout
-        while any(w.pending for w in self._workers) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        busy: list[_Worker] = []
-        for w in list(self._workers):
-            with w.mu:
-                items = list(w.pending.values())
-                w.pending.clear()
-                w.queued = []
-            for it in items:
-                self._fail(it, PoolClosed(f"pool {name!r} closed before {it.method} finished"))
-            if items:
-                busy.append(w)
-                self._kill(w)  # still running a call: it cannot shut down cleanly
-        for t in list(self._restart_threads):
-            t.join(self.spec.start_timeout)
-        live = [w for w in self._workers if w.live and not w.dead and w not in busy]
         sm = self.spec.shutdown_method
         if sm:
             refs = [(w, w.actor.call.remote(sm, ())) for w in live]
@@ -1315,14 +974,6 @@ class RayPool:
         for w in workers:
             while w.pid > 1 and _pid_alive(w.pid) and time.monotonic() < end and w.ip in _local_ips():
                 time.sleep(0.02)
-
-    def __enter__(self) -> "RayPool":
-        if not self._started:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def _pid_alive(pid: int) -> bool:
