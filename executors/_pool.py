@@ -272,7 +272,7 @@ class ProcessPool(_PoolCore[_Worker]):
             if w.fd in events:
                 try:
                     w.rd.fill(False)
-                except EOFError:
+                except (EOFError, ConnectionError):  # the worker died before it answered
                     events = {w.sentinel: 1}
                 else:
                     continue
