@@ -58,6 +58,7 @@ class Plugin:
     state: PluginState = PluginState.LOADED
     error: str = ""
     pool: Pool | None = None
+    unreadable: bool = False  # no manifest could be read: kind and name are not known
 
     @property
     def label(self) -> str:
@@ -74,7 +75,7 @@ class Plugin:
     def describe(self) -> dict[str, Any]:
         m = self.manifest
         row = {
-            "kind": m.kind.value,
+            "kind": "-" if self.unreadable else m.kind.value,
             "name": m.name,
             "version": m.version,
             "build_time": m.build_time,
@@ -119,8 +120,8 @@ def discover(plugins_dir: str | Path | None, *, entry_points: bool = True) -> tu
 
 
 def _failed(source: Path, name: str, error: str) -> Plugin:
-    placeholder = Manifest(name=name, kind=Kind.KVStore)
-    return Plugin(placeholder, source, PluginState.FAILED, error)
+    placeholder = Manifest(name=name, kind=Kind.KVStore, version="")
+    return Plugin(placeholder, source, PluginState.FAILED, error, unreadable=True)
 
 
 def _from_artifact(path: Path, warnings: list[str]) -> Plugin:

@@ -103,7 +103,7 @@ def test_plugin_list_cli(tmp_path):
     (tmp_path / "plugin-broken.vsmp").write_text("nope")
     proc = run_cli("plugin", "list", "--dir", str(tmp_path), "--json", check=True)
     rows = json.loads(proc.stdout)
-    assert [(r["name"], r["kind"], r["state"]) for r in rows] == [("broken", "KVStore", "failed"), ("memdb", "KVStore", "loaded")]
+    assert [(r["name"], r["kind"], r["state"]) for r in rows] == [("broken", "-", "failed"), ("memdb", "KVStore", "loaded")]
     assert rows[1]["version"] and rows[1]["build_time"] and rows[1]["artifact"].endswith("plugin-memdb.vsmp")
     human = run_cli("plugin", "list", "--dir", str(tmp_path), check=True).stdout
     assert human.splitlines()[0].split()[:5] == ["KIND", "NAME", "VERSION", "BUILD_TIME", "STATE"]
