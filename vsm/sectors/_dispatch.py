@@ -238,9 +238,10 @@ class SinkDispatcher:
         self.checkpoint = self._load_ckpt(start_seq)
         self._thread = threading.Thread(target=self._run, name=f"vsm-sink-{name}", daemon=True)
         self._shared: SharedBatches | None = None  # set while this sink is served by a Ray pool
+        self._shared_mu = threading.Lock()
+        self._shared_pool()  # attach at once: sinks made together share from their first frame
 
     def start(self) -> None:
-        self._shared_pool()  # attach now, so sinks started together share from the first frame
         self._thread.start()
 
     def _shared_pool(self) -> Any:
@@ -248,21 +249,29 @@ class SinkDispatcher:
         journal's SharedBatches; None (and detached) for a local pool or a plain endpoint."""
         get = getattr(self.endpoint, "shared_pool", None)
         pool = get() if get is not None else None
-        if pool is not None and self._shared is None:
-            self._shared = shared_batches(self.journal)
-            self._shared.attach(self.name)
-        elif pool is None and self._shared is not None:
+        with self._shared_mu:
+            if pool is not None and self._shared is None and not self._stop.is_set():
+                self._shared = shared_batches(self.journal)
+                self._shared.attach(self.name)
+            elif pool is None:
+                self._detach()
+        return pool
+
+    def _detach(self) -> None:
+        """(_shared_mu held) Stop holding shared frames for this sink."""
+        if self._shared is not None:
             self._shared.detach(self.name)
             self._shared = None
-        return pool
 
     def _deliver(self, frames: list[FrameRef]) -> None:
         pool = self._shared_pool()
         if pool is None:  # local: frame references only, the worker maps the journal
             self.endpoint.deliver(self.journal.seg_dir, [f.as_tuple() for f in frames], self.checkpoint)
             return
-        assert self._shared is not None
-        refs = self._shared.take(self.name, frames, pool.share)
+        shared = self._shared
+        if shared is None:  # stop() detached it meanwhile
+            raise RuntimeError(f"sink {self.name!r} is stopping")
+        refs = shared.take(self.name, frames, pool.share)
         self.endpoint.deliver_batch(pool, refs, self.checkpoint)
 
     def _load_ckpt(self, default: int) -> int:
@@ -309,9 +318,8 @@ class SinkDispatcher:
             self.last_delivery = time.time()
             self.state = SinkState.RUNNING
             delay = self.backoff[0]
-        if self._shared is not None:  # frames only this sink was still missing go now
-            self._shared.detach(self.name)
-            self._shared = None
+        with self._shared_mu:  # frames only this sink was still missing go now
+            self._detach()
         self.state = SinkState.STOPPED
 
     def status(self) -> dict[str, Any]:
@@ -331,4 +339,6 @@ class SinkDispatcher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        with self._shared_mu:  # also when it never started
+            self._detach()
         self.state = SinkState.STOPPED
