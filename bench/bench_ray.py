@@ -1,6 +1,6 @@
 """Ray backend benchmarks: RayPool beside the local ProcessPool, in one run.
 
-    python -m bench.bench_ray [--quick]        (or: python -m vsm bench --suite ray --quick)
+    python -m bench.bench_ray [--quick]        (or: vsm-pool bench --backend ray --quick)
 
 Small calls: get/put of 100-byte values on a dict-backed object through
   ProcessPool.call one at a time | RayPool.call one at a time | a bare Ray actor call
@@ -9,6 +9,12 @@ Small calls: get/put of 100-byte values on a dict-backed object through
 Bytes: stream_put of a generated source (1 GiB, --quick 256 MiB) into an object that drops
   the bytes, and stream_get of a generated object read into one buffer: RayPool (8 MiB chunks
   through the object store, 4 in flight) vs ProcessPool (shared-memory ring).
+Fan-out: sector-state event batches (40 x 10k rows, --quick 10 x 5k) from a journal into the
+  duckdb sink with the parquet and a no-op sink attached, one dispatcher thread per sink, as
+  bench/bench_sectors.py builds it (real plugin pools from the bundled sources): sinks in Ray
+  pools (each frame put into the object store once, read by all three actors) vs the same
+  sinks in local pools (frame references, the workers map the journal). Best of 2 rounds,
+  alternating. Also the object-store puts per frame (1.0: one copy for all three sinks).
 
 Uses the Ray this process is connected to, else starts a one-node local Ray
 (num_cpus=2, no dashboard) and shuts down only that one. Without Ray the suite yields no rows.
@@ -146,6 +152,96 @@ def byte_streams(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _sink_pools(eng: Any, tag: str, backend: str) -> dict[str, Any]:
+    """bench_sectors.Engine.sinks with the backend chosen: fresh duckdb file, parquet dir, noop."""
+    from vsm.sdk import Kind
+
+    out = {}
+    for name, meta in (
+        ("duckdb", {"Path": os.path.join(eng.tmp, f"{tag}.duckdb")}),
+        ("parquet", {"Path": os.path.join(eng.tmp, f"{tag}_pq")}),
+        ("noop", {}),
+    ):
+        pool = eng.registry.start(eng._plugin(Kind.SyncSectorState, name), backend=backend)
+        eng.pools.append(pool)
+        pool.broadcast("open_sink", meta, replay=True)
+        out[name] = pool
+    return out
+
+
+def _fanout_round(eng: Any, batches: list[Any], rows: int, tag: str, backend: str) -> tuple[float, float, float]:
+    """rows/s until duckdb is done, until all 3 are done; object-store puts per frame."""
+    from bench.bench_sectors import _query
+    from vsm.sectors._dispatch import SinkDispatcher, shared_batches
+    from vsm.sectors._journal import Journal
+
+    total = len(batches) * rows
+    jdir = os.path.join(eng.tmp, tag)
+    j = Journal(jdir, fsync=False)
+    for b in batches:
+        j.append(b, int(b.column(0)[0].as_py()), int(b.column(0)[-1].as_py()))
+    sinks = _sink_pools(eng, tag, backend)
+    os.makedirs(os.path.join(jdir, "sinks"), exist_ok=True)
+    ds = [
+        SinkDispatcher(n, p, j, os.path.join(jdir, "sinks"), get_watermark=lambda: total,
+                       wait_watermark=lambda a, t: (time.sleep(min(t, 0.05)), total)[1], max_rows=rows)
+        for n, p in sinks.items()
+    ]
+    try:
+        t0 = time.perf_counter()
+        for d in ds:
+            d.start()
+        while ds[0].checkpoint < total:
+            time.sleep(0.001)
+        duck_done = time.perf_counter() - t0
+        while any(d.checkpoint < total for d in ds):
+            time.sleep(0.001)
+        all_done = time.perf_counter() - t0
+        puts = shared_batches(j).puts
+        for d in ds:
+            d.stop()
+        n = _query(sinks["duckdb"], "SELECT count(*) AS n FROM sector_events").column(0)[0].as_py()
+        assert n == total, (backend, n, total)
+        assert not any(d.errors for d in ds), [(d.name, d.last_error) for d in ds]
+    finally:
+        for d in ds:
+            d.stop()
+        j.close()
+        eng.stop()
+    return total / duck_done, total / all_done, puts / len(batches)
+
+
+def fanout(quick: bool) -> list[dict[str, Any]]:
+    import shutil
+    import tempfile
+
+    from bench.bench_sectors import Engine, _event_batches
+
+    n_batches, rows = (10, 5000) if quick else (40, 10000)
+    batches = _event_batches(n_batches, rows)
+    tmp = tempfile.mkdtemp(prefix="bench_ray_fanout_")
+    eng = Engine(tmp)
+    best: dict[str, list[float]] = {"process": [0.0, 0.0, 0.0], "ray": [0.0, 0.0, 0.0]}
+    try:
+        for r in range(2):
+            for backend in ("process", "ray"):
+                got = _fanout_round(eng, batches, rows, f"{backend}{r}", backend)
+                b = best[backend]
+                b[0], b[1], b[2] = max(b[0], got[0]), max(b[1], got[1]), got[2]
+    finally:
+        eng.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    wl = f"fan-out {n_batches}x{rows} rows, 3 sinks"
+    local, ray_ = best["process"], best["ray"]
+    return [
+        _row(wl, "local pools: duckdb done", round(local[0]), "rows/s"),
+        _row(wl, "Ray pools: duckdb done", round(ray_[0]), "rows/s", ratio_vs={"vs local": ray_[0] / local[0]}),
+        _row(wl, "local pools: all 3 sinks done", round(local[1]), "rows/s"),
+        _row(wl, "Ray pools: all 3 sinks done", round(ray_[1]), "rows/s", ratio_vs={"vs local": ray_[1] / local[1]}),
+        _row(wl, "Ray: object-store puts per frame", ray_[2], "puts", ratio_vs={"vs 1 per sink": ray_[2] / 3}),
+    ]
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     try:
         import ray  # noqa: F401
@@ -171,6 +267,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         ]
         rows += small_calls(ray, quick)
         rows += byte_streams(quick)
+        rows += fanout(quick)
         return rows
     finally:
         if started:

@@ -180,16 +180,32 @@ def plugin_test(artifact: Path, meta: tuple[str, ...], workers: int, as_json: bo
 @main.command()
 @click.option("--quick", is_flag=True, help="Smaller sizes, for a smoke run (about a minute).")
 @click.option("--suite", "suites", multiple=True, type=click.Choice(["executor", "sectors", "ray"]), help="Run only these suites.")
+@click.option(
+    "--backend",
+    type=click.Choice(["process", "ray", "both"]),
+    default="process",
+    show_default=True,
+    help="process: the local suites (executor, sectors). ray: the Ray suite, i.e. small calls, "
+    "byte streams and the sink fan-out on Ray pools beside local pools in one run "
+    "(pip install 'vsm-pool[ray]'). both: all suites. With --suite, ray/both add the Ray suite.",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results.json"), show_default=True, help="Write the rows here as JSON.")
-def bench(quick: bool, suites: tuple[str, ...], out: Path) -> None:
+def bench(quick: bool, suites: tuple[str, ...], backend: str, out: Path) -> None:
     """Measure vsm-pool against what users would pick instead, side by side in one run."""
     from .home import bundled_root
 
     sys.path.insert(0, str(bundled_root()))
-    from bench.run import SUITES
     from bench.run import main as run_bench
 
-    sys.exit(run_bench(list(suites or SUITES), quick, out))
+    if backend != "process":
+        try:
+            import ray  # noqa: F401
+        except ImportError as e:
+            raise click.ClickException(f"--backend {backend} needs Ray: pip install 'vsm-pool[ray]' (import ray failed: {e})") from None
+    names = list(suites) or {"process": ["executor", "sectors"], "ray": ["ray"], "both": ["executor", "sectors", "ray"]}[backend]
+    if backend != "process" and "ray" not in names:
+        names.append("ray")
+    sys.exit(run_bench(names, quick, out))
 
 
 @main.group()
