@@ -118,25 +118,35 @@ def test_shared_batches_put_once_for_every_sink_then_dropped(ray_cluster, tmp_pa
     j.close()
 
 
-def test_shared_batches_bounded_and_a_leaving_sink_releases(ray_cluster, tmp_path):
+def test_shared_batches_bounded_laggards_put_again_then_nothing_is_held(ray_cluster, tmp_path):
     j = _journal(tmp_path / "j", [10] * 6)
     one = j.read(j.frames[0]).nbytes
     sb = SharedBatches(j, max_bytes=int(one * 2.5))
-    sb.attach("fast")
-    sb.attach("stalled")  # never takes: only the bound limits what is held for it
+    for s in ("fast", "mid", "slow"):
+        sb.attach(s)
     share = _CountingShare()
     sb.take("fast", j.frames, share)
-    assert len(sb) == 2 and sb.nbytes <= sb.max_bytes
-    sb.take("stalled", j.frames[-1:], share)  # the newest is still held: no put
-    assert sb.puts == 6 and sb.hits == 1 and len(sb) == 1
-    sb.detach("stalled")  # its leaving frees what only it was missing (frame 5)
+    # over the bound the newest goes: the two oldest stay for the sinks behind
+    assert (sb.puts, len(sb)) == (6, 2) and sb.nbytes <= sb.max_bytes
+    assert sb.take("mid", j.frames, share) == [("ref", 1 + 10 * i) for i in range(6)]
+    assert (sb.puts, sb.hits, len(sb)) == (10, 2, 2)  # frames 2-5 put again, 0-1 still held
+    sb.take("slow", j.frames, share)
+    assert (sb.puts, sb.hits, len(sb), sb.nbytes) == (14, 4, 0, 0)  # every sink is past all
+
+
+def test_shared_batches_a_leaving_sink_releases_what_it_held(ray_cluster, tmp_path):
+    j = _journal(tmp_path / "j", [10] * 4)
+    sb = SharedBatches(j)
+    sb.attach("x")
+    sb.attach("y")
+    share = _CountingShare()
+    sb.take("x", j.frames, share)
+    sb.take("y", j.frames[:1], share)
+    assert (sb.puts, sb.hits, len(sb)) == (4, 1, 3)  # held for y
+    sb.detach("y")
     assert len(sb) == 0 and sb.nbytes == 0
-    sb2 = SharedBatches(j, max_entries=3)
-    sb2.attach("x")
-    sb2.attach("y")
-    sb2.take("x", j.frames, share)
-    assert len(sb2) == 3
-    j.close()
+    sb.take("x", j.frames[:1], share)  # x alone: put and gone at once
+    assert (sb.puts, len(sb)) == (5, 0)
 
 
 def test_shared_batches_failed_put_is_retried_by_the_waiter(ray_cluster, tmp_path):

@@ -13,7 +13,7 @@ themselves, through Ray's object store, put there once for every sink of the man
         |                                  pool.share(batch) = one ray.put, keep the ref
         +-- pool.call("deliver_batch", [ref, ...], after_seq) --> every Ray sink actor reads
                                                                   the same object
-An entry is dropped once every Ray sink of the journal has taken it, and the oldest ones past
+An entry is dropped once every Ray sink of the journal has taken it, and the newest ones past
 a byte/entry bound (a stalled sink costs a later re-put, not memory). A sink that raises is retried with capped exponential back-off; its backlog stays on disk, so a slow
 or dead sink never blocks the state manager or another sink. Delivery is at-least-once (a
 crash after deliver and before the checkpoint write redelivers); sinks deduplicate by seq.
@@ -83,22 +83,23 @@ def as_endpoint(obj: Any) -> Any:
 
 
 class _Entry:
-    __slots__ = ("ref", "nbytes", "ready", "takers")
+    __slots__ = ("ref", "nbytes", "ready", "last_seq")
 
-    def __init__(self) -> None:
+    def __init__(self, last_seq: int) -> None:
         self.ref: Any = None  # None until the put is done (or after it failed)
         self.nbytes = 0
         self.ready = threading.Event()
-        self.takers: set[str] = set()
+        self.last_seq = last_seq
 
 
 class SharedBatches:
     """Journal frames put into a shared object store once, for every sink of one journal.
 
     Keyed by (segment, offset). Concurrent askers of one frame wait for the one put. An entry
-    goes when every attached sink has taken it, or when it is the oldest past max_bytes /
-    max_entries; a sink that needs a dropped frame again (late start, retry) puts it again.
-    `puts` and `hits` count what happened (tests, status).
+    goes when every attached sink has taken it or a later frame (sinks read in seq order), or,
+    past max_bytes / max_entries, the newest goes first; a sink that needs a dropped frame again
+    (late start, retry, a laggard past the bound) puts it again. `puts` and `hits` count what
+    happened (tests, status).
     """
 
     def __init__(
@@ -111,6 +112,7 @@ class SharedBatches:
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
         self._sinks: set[str] = set()
+        self._upto: dict[str, int] = {}  # attached sink -> last seq of the newest frame it took
         self.nbytes = 0
         self.puts = 0
         self.hits = 0
@@ -118,13 +120,16 @@ class SharedBatches:
     def attach(self, sink: str) -> None:
         with self._lock:
             self._sinks.add(sink)
+            self._upto.setdefault(sink, 0)
 
     def detach(self, sink: str) -> None:
         """A sink left: entries only it was missing are dropped (all of them when none is left)."""
         with self._lock:
             self._sinks.discard(sink)
+            self._upto.pop(sink, None)
+            passed = self._passed()
             for key, e in list(self._entries.items()):
-                if e.ready.is_set() and self._sinks <= e.takers:
+                if e.ready.is_set() and e.last_seq <= passed:
                     self._drop(key)
 
     def __len__(self) -> int:
@@ -140,7 +145,7 @@ class SharedBatches:
             with self._lock:
                 e = self._entries.get(key)
                 if e is None:
-                    e = self._entries[key] = _Entry()
+                    e = self._entries[key] = _Entry(frame.last_seq)
                     mine = True
                 else:
                     mine = False
@@ -173,11 +178,22 @@ class SharedBatches:
                 self._bound()
                 return ref
 
+    def _passed(self) -> int:
+        """The seq every attached sink has taken frames up to (all of them if none is attached)."""
+        return min((self._upto.get(s, 0) for s in self._sinks), default=1 << 64)
+
     def _taken(self, key: tuple[str, int], e: _Entry, sink: str) -> Any:
         ref = e.ref
-        e.takers.add(sink)
-        if self._sinks <= e.takers:
+        if sink in self._sinks and e.last_seq > self._upto[sink]:
+            self._upto[sink] = e.last_seq
+        passed = self._passed()
+        if e.last_seq <= passed:
             self._drop(key)  # the caller's ref keeps the object alive until its call is done
+        while self._entries:  # older ones every sink is past (e.g. put again by a laggard)
+            k, old = next(iter(self._entries.items()))
+            if not (old.ready.is_set() and old.last_seq <= passed):
+                break
+            self._drop(k)
         return ref
 
     def _drop(self, key: tuple[str, int]) -> None:
@@ -186,11 +202,13 @@ class SharedBatches:
             self.nbytes -= e.nbytes
 
     def _bound(self) -> None:
-        while self._entries and (self.nbytes > self.max_bytes or len(self._entries) > self.max_entries):
-            key, e = next(iter(self._entries.items()))
-            if not e.ready.is_set():
-                break  # the oldest is still being put; the bound is met once it is
-            self._drop(key)
+        # Over the bound, drop the newest frame: the sinks behind read in seq order, so it is
+        # the one needed last (the leader's fresh put serves the leader alone, then goes).
+        while self.nbytes > self.max_bytes or len(self._entries) > self.max_entries:
+            ready = [(e.last_seq, k) for k, e in self._entries.items() if e.ready.is_set()]
+            if not ready:
+                break  # all still being put; the bound is met once they are
+            self._drop(max(ready)[1])
 
 
 _shared: weakref.WeakKeyDictionary[Journal, SharedBatches] = weakref.WeakKeyDictionary()
