@@ -108,28 +108,6 @@ _FINISHED_KEEP = 4096  # stream ids remembered as finished (a late feed must not
 # -- actor side -----------------------------------------------------------------------------
 
 
-def _error_reply(exc: BaseException, method: str) -> bytes:
-    tb = "".join(traceback.format_exception(exc))
-    try:
-        eb: bytes | None = W.dumps(exc)
-    except Exception:
-        eb = None
-    return pickle.dumps((W.K_ERROR, eb, tb, type(exc).__qualname__, f"{method}: {exc}"), 5)
-
-
-def _result_reply(value: Any, method: str) -> bytes:
-    try:
-        return pickle.dumps((W.K_RESULT, value), 5)
-    except Exception:
-        pass
-    try:
-        return W.dumps((W.K_RESULT, value))
-    except Exception as exc:
-        tb = "".join(traceback.format_exception(exc))
-        text = f"{method}: its return value of type {type(value).__qualname__} could not be pickled: {exc}"
-        return pickle.dumps((W.K_ERROR, None, tb, "RemoteError", text), 5)
-
-
 def _resolve_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """Top-level ObjectRef arguments (RayPool.share) become their objects: one ray.put, read
     zero-copy by every actor on the node."""
@@ -164,7 +142,44 @@ class _OutStream:
         self.closed = False
 
 
-class _PutReader(io.RawIOBase):
+class _ChunkReader(io.RawIOBase):
+    """A binary reader over chunks that `_advance()` makes current one at a time (as
+    `self._view`, read from `self._off`); readinto copies out, iter_views does not."""
+
+    _view: memoryview | None
+    _off: int
+
+    def _advance(self) -> bool:
+        raise NotImplementedError
+
+    def readinto(self, b: Any) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("read from a closed stream")
+        while self._view is None or self._off >= len(self._view):
+            if not self._advance():
+                return 0
+        dst = memoryview(b).cast("B")
+        k = min(len(dst), len(self._view) - self._off)
+        dst[:k] = self._view[self._off : self._off + k]
+        self._off += k
+        return k
+
+    def readall(self) -> bytes:
+        return b"".join(bytes(v) for v in self.iter_views())
+
+    def iter_views(self) -> Iterator[memoryview]:
+        """Zero-copy chunks until EOF; a view is valid until the next one is requested."""
+        if self._view is not None and self._off < len(self._view):
+            v = self._view[self._off :]
+            self._off = len(self._view)
+            yield v
+        while self._advance():
+            assert self._view is not None
+            self._off = len(self._view)
+            yield self._view
+
+
+class _PutReader(_ChunkReader):
     """The reader a plugin's put method gets: readinto/read/iter_views over fed chunks."""
 
     def __init__(self, st: _InStream, pool: str, method: str) -> None:
@@ -215,31 +230,6 @@ class _PutReader(io.RawIOBase):
         self.nbytes += len(self._view)
         return True
 
-    def readinto(self, b: Any) -> int:  # type: ignore[override]
-        if self.closed:
-            raise ValueError("read from a closed stream")
-        while self._view is None or self._off >= len(self._view):
-            if not self._advance():
-                return 0
-        dst = memoryview(b).cast("B")
-        k = min(len(dst), len(self._view) - self._off)
-        dst[:k] = self._view[self._off : self._off + k]
-        self._off += k
-        return k
-
-    def readall(self) -> bytes:
-        return b"".join(bytes(v) for v in self.iter_views())
-
-    def iter_views(self) -> Iterator[memoryview]:
-        """Zero-copy chunks until EOF; a view is valid until the next one is requested."""
-        if self._view is not None and self._off < len(self._view):
-            v = self._view[self._off :]
-            self._off = len(self._view)
-            yield v
-        while self._advance():
-            assert self._view is not None
-            self._off = len(self._view)
-            yield self._view
 
     def close(self) -> None:
         if not self.closed:
@@ -276,8 +266,8 @@ class _VsmWorker:
         try:
             value = getattr(self.obj, method)(*_resolve_args(args))
         except Exception as exc:
-            return _error_reply(exc, method)
-        return _result_reply(value, method)
+            return W.error_reply(exc, method)
+        return W.result_reply(value, method)
 
     def put_stream(self, sid: int, method: str, args: tuple[Any, ...]) -> bytes:
         st = self._stream(sid, _InStream)
@@ -285,9 +275,9 @@ class _VsmWorker:
         try:
             value = getattr(self.obj, method)(*args, reader)
         except Exception as exc:
-            body = _error_reply(exc, method)
+            body = W.error_reply(exc, method)
         else:
-            body = _result_reply(value, method)
+            body = W.result_reply(value, method)
         finally:
             reader.close()
             self._finish(sid, st)
@@ -321,10 +311,10 @@ class _VsmWorker:
                     st.produced += 1
                     st.cond.notify_all()
                 del ref
-            body = _result_reply(None, method)
+            body = W.result_reply(None, method)
             end = "eof"
         except Exception as exc:
-            body = _error_reply(exc, method)
+            body = W.error_reply(exc, method)
             end = "error"
         finally:
             close = getattr(src, "close", None)
@@ -995,7 +985,7 @@ def _local_ips() -> set[str]:
     return _ips
 
 
-class _GetReader(io.RawIOBase):
+class _GetReader(_ChunkReader):
     """Caller side of stream_get: chunk refs prefetched two ahead, read zero-copy."""
 
     def __init__(self, pool: RayPool, w: _Worker, item: CallFuture, sid: int) -> None:
@@ -1027,7 +1017,7 @@ class _GetReader(io.RawIOBase):
             raise StreamAborted(f"pool {self._pool.spec.name!r}: stream from {item.method} broke off") from None
         raise StreamAborted(f"pool {self._pool.spec.name!r}: stream from {item.method} ended without its data")
 
-    def _next(self) -> bool:
+    def _advance(self) -> bool:
         if self._view is not None:
             try:
                 self._view.release()
@@ -1065,33 +1055,8 @@ class _GetReader(io.RawIOBase):
         raise StreamAborted(f"pool {self._pool.spec.name!r}: stream from {self._item.method} was cancelled")
 
     def _first(self) -> None:
-        self._next()
+        self._advance()
 
-    def readinto(self, b: Any) -> int:  # type: ignore[override]
-        if self.closed:
-            raise ValueError("read from a closed stream")
-        while self._view is None or self._off >= len(self._view):
-            if not self._next():
-                return 0
-        dst = memoryview(b).cast("B")
-        k = min(len(dst), len(self._view) - self._off)
-        dst[:k] = self._view[self._off : self._off + k]
-        self._off += k
-        return k
-
-    def readall(self) -> bytes:
-        return b"".join(bytes(v) for v in self.iter_views())
-
-    def iter_views(self) -> Iterator[memoryview]:
-        """Zero-copy chunks until EOF; a view is valid until the next one is requested."""
-        if self._view is not None and self._off < len(self._view):
-            v = self._view[self._off :]
-            self._off = len(self._view)
-            yield v
-        while self._next():
-            assert self._view is not None
-            self._off = len(self._view)
-            yield self._view
 
     @property
     def at_eof(self) -> bool:

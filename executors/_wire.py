@@ -13,12 +13,15 @@ import signal
 import socket
 import struct
 import time
+import traceback
 from collections import deque
 from typing import Any
 
 import cloudpickle
 
 __all__ = [
+    "error_reply",
+    "result_reply",
     "HDR",
     "FrameReader",
     "dumps",
@@ -63,6 +66,30 @@ def dumps(obj: Any) -> bytes:
         return _dumps(obj, _PROTO)
     except _PICKLE_ERRORS:
         return cloudpickle.dumps(obj, _PROTO)
+
+
+def error_reply(exc: BaseException, method: str) -> bytes:
+    """The reply body for a call that raised: the exception (when it pickles) and its traceback."""
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        eb: bytes | None = dumps(exc)
+    except Exception:
+        eb = None
+    return pickle.dumps((K_ERROR, eb, tb, type(exc).__qualname__, f"{method}: {exc}"), 5)
+
+
+def result_reply(value: Any, method: str) -> bytes:
+    """The reply body for a call's return value; one that will not pickle becomes a RemoteError."""
+    try:
+        return pickle.dumps((K_RESULT, value), 5)
+    except Exception:
+        pass
+    try:
+        return dumps((K_RESULT, value))
+    except Exception as exc:
+        tb = "".join(traceback.format_exception(exc))
+        text = f"{method}: its return value of type {type(value).__qualname__} could not be pickled: {exc}"
+        return pickle.dumps((K_ERROR, None, tb, "RemoteError", text), 5)
 
 
 def frame(rid: int, body: bytes) -> bytes:

@@ -82,15 +82,6 @@ def main(sock: socket.socket, expected_ppid: int) -> None:
             os._exit(code)
 
 
-def _error_reply(exc: BaseException, method: str) -> bytes:
-    tb = "".join(traceback.format_exception(exc))
-    try:
-        eb: bytes | None = W.dumps(exc)
-    except Exception:
-        eb = None
-    return pickle.dumps((W.K_ERROR, eb, tb, type(exc).__qualname__, f"{method}: {exc}"), 5)
-
-
 class _Exit(Exception):
     pass
 
@@ -187,7 +178,7 @@ class _Worker:
 
     def handle(self, rid: int, msg: Any) -> None:
         if isinstance(msg, BaseException):
-            self.reply(rid, _error_reply(msg, "<request could not be unpickled in the worker>"))
+            self.reply(rid, W.error_reply(msg, "<request could not be unpickled in the worker>"))
             return
         op = msg[0]
         if op == W.OP_CALL:
@@ -195,9 +186,9 @@ class _Worker:
             try:
                 value = getattr(self.obj, method)(*msg[2])
             except Exception as exc:
-                self.reply(rid, _error_reply(exc, method))
+                self.reply(rid, W.error_reply(exc, method))
                 return
-            self.reply(rid, self._result(value, method))
+            self.reply(rid, W.result_reply(value, method))
         elif op == W.OP_PUT:
             self._put(rid, msg[1], msg[2])
         elif op == W.OP_GET:
@@ -210,18 +201,6 @@ class _Worker:
         elif op == W.OP_EXIT:
             raise _Exit
         # stale stream messages (DATA/EOF/ABORT/FREE of a finished stream) are dropped
-
-    def _result(self, value: Any, method: str) -> bytes:
-        try:
-            return pickle.dumps((W.K_RESULT, value), 5)
-        except Exception:
-            pass
-        try:
-            return W.dumps((W.K_RESULT, value))
-        except Exception as exc:
-            tb = "".join(traceback.format_exception(exc))
-            text = f"{method}: its return value of type {type(value).__qualname__} could not be pickled: {exc}"
-            return pickle.dumps((W.K_ERROR, None, tb, "RemoteError", text), 5)
 
     # -- streams --------------------------------------------------------------------------
     def _stream_msg(self, rid: int, block: bool) -> Any:
@@ -248,7 +227,7 @@ class _Worker:
     def _put(self, rid: int, method: str, args: tuple[Any, ...]) -> None:
         ring = self.ring
         if ring is None:
-            self.reply(rid, _error_reply(StreamAborted(f"pool {self.name!r}: no ring for stream"), method))
+            self.reply(rid, W.error_reply(StreamAborted(f"pool {self.name!r}: no ring for stream"), method))
             return
 
         def next_slot() -> tuple[int, int] | None:
@@ -267,9 +246,9 @@ class _Worker:
         try:
             value = getattr(self.obj, method)(*args, reader)
         except Exception as exc:
-            body = _error_reply(exc, method)
+            body = W.error_reply(exc, method)
         else:
-            body = self._result(value, method)
+            body = W.result_reply(value, method)
         finally:
             reader._on_close = None
             try:
@@ -281,7 +260,7 @@ class _Worker:
     def _get(self, rid: int, method: str, args: tuple[Any, ...]) -> None:
         ring = self.ring
         if ring is None:
-            self.reply(rid, _error_reply(StreamAborted(f"pool {self.name!r}: no ring for stream"), method))
+            self.reply(rid, W.error_reply(StreamAborted(f"pool {self.name!r}: no ring for stream"), method))
             return
         free = list(range(ring.nslots - 1, -1, -1))
         cancelled = False
@@ -320,7 +299,7 @@ class _Worker:
                     break
                 self.send_now(rid, pickle.dumps((W.K_DATA, slot, n), 5))
         except Exception as exc:
-            body = _error_reply(exc, method)
+            body = W.error_reply(exc, method)
         else:
             body = pickle.dumps((W.K_RESULT, None), 5)
         finally:
