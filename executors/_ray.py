@@ -152,6 +152,15 @@ class _ChunkReader(io.RawIOBase):
     def _advance(self) -> bool:
         raise NotImplementedError
 
+    def _drop_view(self) -> None:
+        """Let go of the current chunk (a consumer may still hold a derived view of it)."""
+        if self._view is not None:
+            try:
+                self._view.release()
+            except BufferError:
+                pass
+            self._view = None
+
     def readinto(self, b: Any) -> int:  # type: ignore[override]
         if self.closed:
             raise ValueError("read from a closed stream")
@@ -196,12 +205,7 @@ class _PutReader(_ChunkReader):
         return True
 
     def _release(self) -> None:
-        if self._view is not None:
-            try:
-                self._view.release()
-            except BufferError:
-                pass
-            self._view = None
+        self._drop_view()
         if self._ev is not None:
             self._ev.set()  # tell the caller this chunk is consumed: its object can go
             self._ev = None
@@ -1018,12 +1022,7 @@ class _GetReader(_ChunkReader):
         raise StreamAborted(f"pool {self._pool.spec.name!r}: stream from {item.method} ended without its data")
 
     def _advance(self) -> bool:
-        if self._view is not None:
-            try:
-                self._view.release()
-            except BufferError:
-                pass
-            self._view = None
+        self._drop_view()
         if self._eof:
             return False
         self._ask()
