@@ -75,8 +75,8 @@ from ._core import INF as _INF
 from ._core import TICK as _TICK
 from ._core import _PoolCore, _WorkerCore, remote_exc, undecodable
 from ._future import CallFuture
-from ._ring import Ring, SlotReader
-from .errors import CallTimeout, PoolError, PoolStartError
+from ._ring import Ring, SlotFlow, SlotReader
+from .errors import CallTimeout, PoolError, PoolStartError, StreamAborted
 
 __all__ = ["ProcessPool", "prestart"]
 
@@ -140,12 +140,35 @@ def _close_all_at_exit() -> None:
 
 
 class _Stream:
-    __slots__ = ("cond", "q", "done")
+    """Manager side of one byte stream: the slot flow, and the peer's wake-ups (counts)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("cond", "q", "done", "flow", "caller_fills")
+
+    def __init__(self, caller_fills: bool) -> None:
         self.cond = threading.Condition(threading.Lock())
-        self.q: deque[Any] = deque()
+        self.q: deque[int] = deque()
         self.done = False
+        self.flow: SlotFlow | None = None
+        self.caller_fills = caller_fills  # put: the caller fills slots; get: it empties them
+
+    def wait(self, timeout: float) -> int | None:
+        """SlotFlow's wait: the newest count a wake-up carried, or None after timeout."""
+        with self.cond:
+            if not self.q and not self.done and timeout > 0:
+                self.cond.wait(timeout)
+            got = max(self.q) if self.q else None
+            self.q.clear()
+        return got
+
+    def waits_on_caller(self) -> bool:
+        """The worker is waiting for us (room to fill, data to read): not the plugin's delay."""
+        flow = self.flow
+        if flow is None:
+            return False
+        try:
+            return flow.producer_can_fill() if self.caller_fills else flow.consumer_has_data()
+        except ValueError:  # the ring went with its worker
+            return False
 
 
 _Item = CallFuture  # one request in flight: its future is also the manager's record of it
@@ -547,7 +570,7 @@ class ProcessPool(_PoolCore[_Worker]):
             if item.timeout is not None:
                 item.deadline = time.monotonic() + item.timeout
             with st.cond:
-                st.q.append(msg[1] if kind == W.K_FREE else (msg[1], msg[2]))
+                st.q.append(msg[1])  # K_DATA / K_FREE wake-up: the worker's count
                 st.cond.notify()
 
     # -- manager thread -------------------------------------------------------------------
@@ -668,7 +691,7 @@ class ProcessPool(_PoolCore[_Worker]):
             for it in items:
                 # A stream whose queue holds slots for the manager side (data to read, or
                 # room to fill) waits on the manager, not on the plugin: not its timeout.
-                if it.stream is not None and it.stream.q and it.timeout is not None:
+                if it.stream is not None and it.timeout is not None and it.stream.waits_on_caller():
                     it.deadline = now + it.timeout
             expired = [it for it in items if it.deadline <= now]
             w.min_deadline = min((it.deadline for it in items if it.deadline > now), default=_INF)
@@ -792,30 +815,42 @@ class ProcessPool(_PoolCore[_Worker]):
             w.ring = None
 
     # -- streams --------------------------------------------------------------------------
+    def _open_stream(self, w: _Worker, op: int, method: str, args: tuple[Any, ...], tmo: float | None) -> tuple[CallFuture, SlotFlow]:
+        """Start a byte stream on the reserved worker w: fresh counters, then the request."""
+        ring = self._make_ring(w)
+        st = _Stream(caller_fills=op == W.OP_PUT)
+        item = self._new_item(method, tmo, st)
+        rid = item.rid
+        wake_op = W.OP_DATA if op == W.OP_PUT else W.OP_FREE
+
+        def wake(count: int) -> None:
+            try:
+                self._enqueue(w, None, rid, W.frame(rid, W.dumps((wake_op, count))), strict=True)
+            except PoolError:
+                pass  # the worker died: the call fails on its own
+
+        ring.reset()
+        st.flow = SlotFlow(ring, st.wait, wake, lambda: item._state == "FINISHED")
+        self._enqueue(w, item, rid, W.frame(rid, W.dumps((op, method, tuple(args)))), strict=True)
+        return item, st.flow
+
     def stream_put(self, method: str, args: tuple[Any, ...], source: BinaryIO, timeout: float | None = ...) -> Any:  # type: ignore[assignment]
         """See Pool.stream_put. `timeout` bounds the time without progress, not the total."""
         self._check_open()
         tmo = self._timeout(timeout)
         w = self._reserve(tmo)
         try:
-            ring = self._make_ring(w)
-            st = _Stream()
-            item = self._new_item(method, tmo, st)
+            item, flow = self._open_stream(w, W.OP_PUT, method, args, tmo)
             rid = item.rid
-            self._enqueue(w, item, rid, W.frame(rid, W.dumps((W.OP_PUT, method, tuple(args)))), strict=True)
-            free: deque[int] = deque(range(ring.nslots))
+            ring = flow.ring
             readinto = getattr(source, "readinto", None)
-            fut = item
             while True:
-                if not free:
-                    with st.cond:
-                        while not st.q and not st.done:
-                            st.cond.wait(0.5)
-                        free.extend(st.q)
-                        st.q.clear()
-                if st.done or fut.done():
+                try:
+                    slot = flow.acquire()
+                except ValueError:  # the ring went with its worker: the call says why
                     break
-                slot = free.popleft()
+                if slot is None:  # the call ended early (the plugin returned or failed)
+                    break
                 view = ring.slot(slot)
                 try:
                     if readinto is not None:
@@ -842,7 +877,10 @@ class ProcessPool(_PoolCore[_Worker]):
                 if not n:
                     self._enqueue(w, None, rid, W.frame(rid, W.dumps((W.OP_EOF,))), strict=True)
                     break
-                self._enqueue(w, None, rid, W.frame(rid, W.dumps((W.OP_DATA, slot, n))), strict=True)
+                try:
+                    flow.publish(n)
+                except ValueError:
+                    break
             return self._wait(item)
         finally:
             self._unreserve(w)
@@ -853,33 +891,34 @@ class ProcessPool(_PoolCore[_Worker]):
         tmo = self._timeout(timeout)
         w = self._reserve(tmo)
         try:
-            ring = self._make_ring(w)
-            st = _Stream()
-            item = self._new_item(method, tmo, st)
-            rid = item.rid
-            self._enqueue(w, item, rid, W.frame(rid, W.dumps((W.OP_GET, method, tuple(args)))), strict=True)
+            item, flow = self._open_stream(w, W.OP_GET, method, args, tmo)
         except BaseException:
             self._unreserve(w)
             raise
+        rid = item.rid
 
         def next_slot() -> tuple[int, int] | None:
-            with st.cond:
-                while not st.q and not st.done:
-                    st.cond.wait(0.5)
-                # a failed stream raises at once: after a crash the ring is unmapped, so
-                # slots announced before it are not readable any more
-                if item.done() and item.exception() is not None:
-                    raise item.exception()  # type: ignore[misc]
-                if st.q:
-                    return st.q.popleft()  # type: ignore[no-any-return]
-            return None
+            try:
+                got = flow.next()
+            except ValueError:  # the ring went with its worker: the call is failing now
+                got = None
+                try:
+                    item.exception(5.0)
+                except cf.TimeoutError:
+                    pass
+            # a failed stream raises at once: after a crash the ring is unmapped, so
+            # slots filled before it are not readable any more
+            if item._state == "FINISHED" and item._exception is not None:
+                raise item._exception
+            if got is None and item._state != "FINISHED":
+                raise StreamAborted(f"pool {self.spec.name!r}: stream from {method} broke")
+            return got
 
         def free_slot(slot: int) -> None:
-            if not item.done():
-                try:
-                    self._enqueue(w, None, rid, W.frame(rid, W.dumps((W.OP_FREE, slot))), strict=True)
-                except PoolError:
-                    pass
+            try:
+                flow.release()
+            except ValueError:
+                pass
             if item.timeout is not None:
                 item.deadline = time.monotonic() + item.timeout
 
@@ -889,31 +928,33 @@ class ProcessPool(_PoolCore[_Worker]):
             if released:
                 return
             released.append(True)
-            try:
-                if not item.done():
-                    try:
-                        self._enqueue(w, None, rid, W.frame(rid, W.dumps((W.OP_ABORT, "cancelled"))), strict=True)
-                    except PoolError:
-                        pass
-                    try:
-                        item.result(self.spec.call_timeout or 10.0)
-                    except BaseException:
-                        pass
-            finally:
+            if item._state == "FINISHED":
                 self._unreserve(w)
+                return
+            try:
+                flow.abort()
+            except ValueError:
+                pass
+            try:
+                self._enqueue(w, None, rid, W.frame(rid, W.dumps((W.OP_ABORT, "cancelled"))), strict=True)
+            except PoolError:
+                pass
+            try:
+                item.result(self.spec.call_timeout or 10.0)
+            except BaseException:
+                pass
+            # the ring is the worker's until its side of the stream ends: only then may the
+            # next stream reset it
+            item.add_done_callback(lambda _f: self._unreserve(w))
 
         # Wait for the first chunk, the end, or the failure: a get that fails (no such object,
         # bad path) raises here, at the call, as the Go `Get` returns its error.
-        give_up = None if tmo is None else time.monotonic() + tmo
-        with st.cond:
-            while not st.q and not st.done and not item.done():
-                if give_up is not None and time.monotonic() > give_up:
-                    break
-                st.cond.wait(0.05)
-        if item.done() and item.exception() is not None and not st.q:
+        try:
+            next_slot()
+        except BaseException:
             on_close(False)
-            raise item.exception()  # type: ignore[misc]
-        return SlotReader(ring, next_slot, free_slot, on_close)
+            raise
+        return SlotReader(flow.ring, next_slot, free_slot, on_close)
 
     # -- close: _PoolCore.close / _close, then this ------------------------------------------
     def _running(self) -> bool:

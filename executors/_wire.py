@@ -39,8 +39,8 @@ OP_INIT = 0  # (OP_INIT, init_bytes, preload, pool_name, environ)
 OP_CALL = 1  # (OP_CALL, method, args)
 OP_PUT = 2  # (OP_PUT, method, args): stream source -> worker reader
 OP_GET = 3  # (OP_GET, method, args): worker reader -> caller stream
-OP_DATA = 4  # (OP_DATA, slot, nbytes): put data in a slot
-OP_FREE = 5  # (OP_FREE, slot): get stream gives a slot back
+OP_DATA = 4  # (OP_DATA, filled): put stream wake-up, the caller's count of filled slots
+OP_FREE = 5  # (OP_FREE, freed): get stream wake-up, the caller's count of freed slots
 OP_EOF = 6  # (OP_EOF,): put source exhausted
 OP_ABORT = 7  # (OP_ABORT, text): put source failed / get stream cancelled
 OP_RING = 8  # (OP_RING, nslots, slot_bytes) + the memfd as SCM_RIGHTS
@@ -49,8 +49,8 @@ OP_EXIT = 9  # (OP_EXIT,): leave the loop
 # worker -> manager kinds
 K_RESULT = 0  # (K_RESULT, value)
 K_ERROR = 1  # (K_ERROR, exc_bytes | None, tb_text, type_name, message)
-K_FREE = 2  # (K_FREE, slot): put stream slot consumed
-K_DATA = 3  # (K_DATA, slot, nbytes): get stream slot filled
+K_FREE = 2  # (K_FREE, freed): put stream wake-up, the worker's count of freed slots
+K_DATA = 3  # (K_DATA, filled): get stream wake-up, the worker's count of filled slots
 K_READY = 4  # (K_READY, pid)
 K_INIT_ERROR = 5  # (K_INIT_ERROR, tb_text)
 

@@ -14,6 +14,7 @@ import ctypes
 import faulthandler
 import os
 import pickle
+import select
 import signal
 import socket
 import sys
@@ -23,7 +24,7 @@ from collections import deque
 from typing import Any
 
 from . import _wire as W
-from ._ring import Ring, SlotReader
+from ._ring import Ring, SlotFlow, SlotReader
 from .errors import StreamAborted
 
 __all__ = ["main"]
@@ -97,6 +98,8 @@ class _Worker:
         self.ring: Ring | None = None
         self.deferred: deque[tuple[int, Any]] = deque()
         self.name = "?"
+        self.poller = select.poll()
+        self.poller.register(sock.fileno(), select.POLLIN)
 
     # -- io -------------------------------------------------------------------------------
     def _decode(self, rid: int, body: memoryview) -> Any:
@@ -224,25 +227,51 @@ class _Worker:
                 continue
             self.deferred.append((mrid, msg))
 
-    def _put(self, rid: int, method: str, args: tuple[Any, ...]) -> None:
+    def _stream_wait(self, rid: int, st: "_StreamEnd", timeout: float) -> int | None:
+        """SlotFlow's wait for stream rid: take the caller's messages (wake-ups with its
+        count, EOF, abort); sleep up to `timeout` for one if none is there."""
+        latest: int | None = None
+        slept = False
+        while True:
+            msg = self._stream_msg(rid, False)
+            if msg is None:
+                if slept or timeout <= 0 or latest is not None or st.eof or st.abort is not None:
+                    return latest
+                self.poller.poll(timeout * 1000.0)
+                slept = True
+                continue
+            op = msg[0]
+            if op in (W.OP_DATA, W.OP_FREE):
+                latest = msg[1] if latest is None else max(latest, msg[1])
+            elif op == W.OP_EOF:
+                st.eof = True
+            else:
+                st.abort = msg[1]
+
+    def _flow(self, rid: int, wake_kind: int) -> tuple[SlotFlow, "_StreamEnd"]:
+        st = _StreamEnd()
         ring = self.ring
-        if ring is None:
+        assert ring is not None
+
+        def wake(count: int) -> None:
+            self.send_now(rid, pickle.dumps((wake_kind, count), 5))
+
+        flow = SlotFlow(ring, lambda t: self._stream_wait(rid, st, t), wake, lambda: st.eof or st.abort is not None)
+        return flow, st
+
+    def _put(self, rid: int, method: str, args: tuple[Any, ...]) -> None:
+        if self.ring is None:
             self.reply(rid, W.error_reply(StreamAborted(f"pool {self.name!r}: no ring for stream"), method))
             return
+        flow, st = self._flow(rid, W.K_FREE)
 
         def next_slot() -> tuple[int, int] | None:
-            msg = self._stream_msg(rid, True)
-            op = msg[0]
-            if op == W.OP_DATA:
-                return msg[1], msg[2]
-            if op == W.OP_EOF:
-                return None
-            raise StreamAborted(f"pool {self.name!r}: stream to {method} aborted by the caller: {msg[1]}")
+            got = flow.next()
+            if got is None and st.abort is not None:
+                raise StreamAborted(f"pool {self.name!r}: stream to {method} aborted by the caller: {st.abort}")
+            return got
 
-        def free_slot(slot: int) -> None:
-            self.send_now(rid, pickle.dumps((W.K_FREE, slot), 5))
-
-        reader = SlotReader(ring, next_slot, free_slot)
+        reader = SlotReader(self.ring, next_slot, lambda _slot: flow.release())
         try:
             value = getattr(self.obj, method)(*args, reader)
         except Exception as exc:
@@ -262,28 +291,15 @@ class _Worker:
         if ring is None:
             self.reply(rid, W.error_reply(StreamAborted(f"pool {self.name!r}: no ring for stream"), method))
             return
-        free = list(range(ring.nslots - 1, -1, -1))
-        cancelled = False
+        flow, _st = self._flow(rid, W.K_DATA)
         src: Any = None
         try:
             src = getattr(self.obj, method)(*args)
             readinto = getattr(src, "readinto", None)
             while True:
-                # take what the caller sent: freed slots, a cancel
-                while True:
-                    msg = self._stream_msg(rid, not free)
-                    if msg is None:
-                        break
-                    if msg[0] == W.OP_FREE:
-                        free.append(msg[1])
-                    elif msg[0] == W.OP_ABORT:
-                        cancelled = True
-                        break
-                    if free:
-                        break
-                if cancelled:
+                slot = flow.acquire()
+                if slot is None:  # the caller closed the stream early
                     break
-                slot = free.pop()
                 view = ring.slot(slot)
                 if readinto is not None:
                     n = readinto(view) or 0
@@ -297,7 +313,7 @@ class _Worker:
                     pass
                 if not n:
                     break
-                self.send_now(rid, pickle.dumps((W.K_DATA, slot, n), 5))
+                flow.publish(n)
         except Exception as exc:
             body = W.error_reply(exc, method)
         else:
@@ -310,6 +326,16 @@ class _Worker:
                 except Exception:
                     traceback.print_exc()
         self.send_now(rid, body)
+
+
+class _StreamEnd:
+    """What the caller said about a stream besides counts: EOF (put) or abort (either)."""
+
+    __slots__ = ("eof", "abort")
+
+    def __init__(self) -> None:
+        self.eof = False
+        self.abort: str | None = None
 
 
 if __name__ == "__main__":  # pragma: no cover

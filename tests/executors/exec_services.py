@@ -105,6 +105,18 @@ class KV:
 
         return io.BytesIO(data)
 
+    def produce_slowly(self, data: bytes, delay: float) -> BinaryIO:
+        """A reader that sleeps before each read: the caller runs dry and has to be woken."""
+        return SlowReader(data, delay)
+
+    def consume_slowly(self, delay: float, reader: BinaryIO) -> bytes:
+        """Reads in small pieces, sleeping between them: the caller fills the ring and waits."""
+        parts = []
+        while piece := reader.read(7000):
+            parts.append(piece)
+            time.sleep(delay)
+        return b"".join(parts)
+
     def produce_and_die(self, size: int) -> BinaryIO:
         return DyingReader(size)
 
@@ -157,6 +169,18 @@ class GenReader:
 
     def close(self) -> None:
         self.closed_called = True
+
+
+class SlowReader:
+    def __init__(self, data: bytes, delay: float) -> None:
+        import io
+
+        self.src = io.BytesIO(data)
+        self.delay = delay
+
+    def readinto(self, b: Any) -> int:
+        time.sleep(self.delay)
+        return self.src.readinto(memoryview(b)[:50_000])
 
 
 class DyingReader(GenReader):

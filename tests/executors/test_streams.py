@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 import exec_services as S
+from executors import _ring
 from executors import InlinePool, PoolSpec, ProcessPool, StreamAborted, WorkerCrashed
 
 SLOT = 64 << 10
@@ -25,8 +26,11 @@ def _pool(**kw):
     return p
 
 
-@pytest.fixture
-def pool():
+@pytest.fixture(params=["counters", "messages"])
+def pool(request, monkeypatch):
+    """Both ways a ring runs: slots published by counters in shared memory (x86-64), and
+    by messages (other CPUs); the creator of a ring picks its mode, the worker follows."""
+    monkeypatch.setattr(_ring, "COUNTERS_OK", request.param == "counters")
     p = _pool(workers=2)
     yield p
     p.close()
@@ -56,6 +60,20 @@ def test_get_roundtrip(pool, size):
     with pool.stream_get("produce", (size, 4096)) as r:
         data = r.read()
     assert data == _pattern(size)
+
+
+def test_get_from_a_slow_reader_wakes_the_caller(pool):
+    """The caller runs out of filled slots again and again: each time it sleeps and the
+    worker must wake it; every byte arrives in order."""
+    data = os.urandom(400_000)
+    with pool.stream_get("produce_slowly", (data, 0.002)) as r:
+        assert r.read() == data
+
+
+def test_put_into_a_slow_consumer_wakes_the_caller(pool):
+    """The ring fills up again and again: the caller sleeps until the worker frees a slot."""
+    data = os.urandom(20 * SLOT + 11)
+    assert pool.stream_put("consume_slowly", (0.0005,), io.BytesIO(data)) == data
 
 
 def test_get_iter_views(pool):
