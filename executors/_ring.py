@@ -54,6 +54,7 @@ SLEEP_SLICE = 0.005  # a sleeper re-checks this often, so even a lost wake-up co
 
 _fence_lock = threading.Lock()
 _now = time.perf_counter
+_yield = os.sched_yield
 
 
 def _fence() -> None:
@@ -159,6 +160,7 @@ class SlotFlow:
             while True:
                 if ready():
                     return
+                _yield()  # on a busy 2-core machine the peer may need this core
                 if _now() >= end:
                     break
             ctl = self.ctl
