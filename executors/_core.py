@@ -18,7 +18,7 @@ how byte streams move. Everything else lives here, once:
 
 The transport provides (see each method's docstring below): _go_live, _kill,
 _start_worker, _replacement, _take_failed, _overdue, _kill_overdue, _running,
-_stop_workers; and may refine _take_calls, _release, _spare, _status_extra, _worker_status.
+_stop_workers; and may refine _take_calls, _release, _status_extra, _worker_status.
 Worker records derive from _WorkerCore.
 """
 
@@ -101,6 +101,17 @@ def remote_exc(pool: str, msg: tuple[Any, ...]) -> BaseException:
 
 
 # -- records --------------------------------------------------------------------------------
+
+
+class StreamCall:
+    """The stream side of a byte-stream call (CallFuture.stream): a call that owns its worker
+    for the stream. _ok/_fail mark it done and wake whoever waits on it."""
+
+    __slots__ = ("cond", "done")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.done = False
 
 
 class _WorkerCore:
@@ -218,8 +229,20 @@ class _PoolCore(Generic[_W]):
         """Free what an abandoned (never live) worker holds."""
 
     def _spare(self, w: _W, expired: list[CallFuture]) -> list[CallFuture]:
-        """Of a live worker's expired calls, those worth killing it for (the rest handled)."""
-        return expired
+        """Of a live worker's expired calls, those worth killing it for (the rest handled).
+
+        Small calls queued behind a byte stream on this worker fail, but do not kill the
+        worker for them, which would cut the stream (a stat during a 32 GiB put). The
+        stream's own call is bounded by its no-progress deadline."""
+        if not w.reserved:
+            return expired
+        for it in expired:
+            if it.stream is None and w.pending.pop(it.rid, None) is not None:
+                self._fail(it, CallTimeout(
+                    f"pool {self.spec.name!r}: {it.method} did not start within {it.timeout}s: "
+                    f"worker {w.id} is busy with a byte stream (raise Workers to serve calls beside streams)"
+                ))
+        return [it for it in expired if it.stream is not None]
 
     # -- state --------------------------------------------------------------------------
     @property

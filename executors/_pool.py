@@ -73,7 +73,7 @@ from . import _worker
 from ._api import PoolSpec, PoolState
 from ._core import INF as _INF
 from ._core import TICK as _TICK
-from ._core import _PoolCore, _WorkerCore, remote_exc, undecodable
+from ._core import StreamCall, _PoolCore, _WorkerCore, remote_exc, undecodable
 from ._future import CallFuture
 from ._ring import Ring, SlotFlow, SlotReader
 from .errors import CallTimeout, PoolError, PoolStartError, StreamAborted
@@ -139,15 +139,14 @@ def _close_all_at_exit() -> None:
 # -- records --------------------------------------------------------------------------------
 
 
-class _Stream:
+class _Stream(StreamCall):
     """Manager side of one byte stream: the slot flow, and the peer's wake-ups (counts)."""
 
-    __slots__ = ("cond", "q", "done", "flow", "caller_fills")
+    __slots__ = ("q", "flow", "caller_fills")
 
     def __init__(self, caller_fills: bool) -> None:
-        self.cond = threading.Condition(threading.Lock())
+        super().__init__()
         self.q: deque[int] = deque()
-        self.done = False
         self.flow: SlotFlow | None = None
         self.caller_fills = caller_fills  # put: the caller fills slots; get: it empties them
 
@@ -699,21 +698,6 @@ class ProcessPool(_PoolCore[_Worker]):
                 for it in expired:
                     w.pending.pop(it.rid, None)
         return expired
-
-    def _spare(self, w: _Worker, expired: list[_Item]) -> list[_Item]:
-        if not w.reserved:
-            return expired
-        # Small calls queued behind a byte stream on this worker: fail them, but do not
-        # kill the worker for them, which would cut the stream (a stat during a 32 GiB
-        # put). The stream's own call is bounded by its no-progress deadline.
-        behind = [it for it in expired if it.stream is None]
-        for it in behind:
-            if w.pending.pop(it.rid, None) is not None:
-                self._fail(it, CallTimeout(
-                    f"pool {self.spec.name!r}: {it.method} did not start within {it.timeout}s: "
-                    f"worker {w.id} is busy with a byte stream (raise Workers to serve calls beside streams)"
-                ))
-        return [it for it in expired if it.stream is not None]
 
     def _kill_overdue(self, w: _Worker) -> None:
         _sigkill(w.pid)

@@ -91,7 +91,7 @@ from . import _wire as W
 from ._api import PoolSpec, PoolState
 from ._core import INF as _INF
 from ._core import TICK as _TICK
-from ._core import _PoolCore, _WorkerCore, remote_exc, undecodable
+from ._core import StreamCall, _PoolCore, _WorkerCore, remote_exc, undecodable
 from ._future import CallFuture
 from .errors import PoolStartError, RemoteError, StreamAborted
 
@@ -859,7 +859,7 @@ class RayPool(_PoolCore[_Worker]):
         tmo = self._timeout(timeout)
         w = self._reserve(tmo)
         try:
-            item = self._new_item(method, tmo)
+            item = self._new_item(method, tmo, StreamCall())
             sid = item.rid
             actor = w.actor
             self._submit_stream(w, item, "put_stream", (sid, method, tuple(args)))
@@ -908,7 +908,7 @@ class RayPool(_PoolCore[_Worker]):
         tmo = self._timeout(timeout)
         w = self._reserve(tmo)
         try:
-            item = self._new_item(method, tmo)
+            item = self._new_item(method, tmo, StreamCall())
             sid = item.rid
             args_t = (sid, method, tuple(args), self.chunk_bytes, self.depth)
             self._submit_stream(w, item, "get_stream", args_t)

@@ -409,6 +409,24 @@ def test_get_iter_views_and_early_close(spool):
     assert all(w["outstanding"] == 0 for w in spool.status()["workers"])
 
 
+def test_small_call_behind_a_stream_times_out_without_cutting_it(ray_cluster):
+    """As the local pool does: the call queued behind a held stream fails alone; the actor
+    (and so the stream) lives on."""
+    p = _pool({"chunk_bytes": SMALL, "chunks_in_flight": 3}, name="test/objstore", workers=1)
+    try:
+        pid = p.call("pid")
+        r = p.stream_get("produce", (20 * SMALL,))
+        assert len(r.read(100)) == 100
+        with pytest.raises(CallTimeout, match="busy with a byte stream"):
+            p.call("echo", 1, timeout=0.5)
+        rest = r.read()
+        r.close()
+        assert len(rest) == 20 * SMALL - 100
+        assert p.call("pid", timeout=5) == pid
+    finally:
+        p.close()
+
+
 def test_get_error_at_open_raises_at_the_call(spool):
     with pytest.raises(TypeError):
         spool.stream_get("produce", ("not a size",))
