@@ -403,6 +403,10 @@ def bytes_stream(quick: bool) -> list[dict[str, Any]]:
             )
         )
     _ratios(rows, {"vs memcpy": "memcpy (memoryview slice assign)", "vs ProcessPoolExecutor": "PPExecutor pickled 8MiB chunks"})
+    in_process = {r["variant"].split()[-1]: r["value"] for r in rows if r["variant"].startswith("in-process ")}
+    for r in rows:  # the target: the same store's in-process rate
+        if r["variant"].startswith("ProcessPool put "):
+            r["ratio_vs"]["vs in-process"] = r["value"] / in_process[r["variant"].split()[2]]
     return rows
 
 
