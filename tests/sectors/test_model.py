@@ -119,3 +119,26 @@ def test_arrow_to_go_json_matches_per_row_encoder(sample_json: bytes) -> None:
     assert arrow_to_go_json(batch).to_pylist() == want
     assert arrow_to_go_json(batch.slice(3, 50)).to_pylist() == want[3:53]
     assert arrow_to_go_json(pa.Table.from_batches([batch.slice(0, 2), batch.slice(2)])).to_pylist() == want
+
+
+def test_arrow_to_go_json_escapes_and_byte_lengths_in_nested_fields() -> None:
+    # nested strings needing Go's escapes (and a harmless 0xE2 lead byte: the exact path), base64
+    # of every length mod 3 in one column, mostly-null structs: same bytes as to_go_json
+    from vsm.sdk.sectors import arrow_to_go_json
+
+    from .helpers import make_state
+
+    states = [make_state(7, n) for n in range(30)]
+    for i, st in enumerate(states):
+        assert st.latest_state is not None and st.proof is not None and st.ticket is not None
+        st.latest_state.worker.instance = ["w<1>&", "plain", "dash \u2014 ok", "sep \u2028", "q\"\\"][i % 5]
+        st.proof.proof = bytes(range(i % 7))
+        st.ticket.ticket = None if i % 4 == 0 else b"\xfb" * (i % 5)
+        if st.pieces:
+            assert st.pieces[0].deal_info is not None
+            st.pieces[0].deal_info.client = "c\x7f\u2029<"
+    states[3].seed = None
+    want = [s.to_go_json() for s in states]
+    batch = states_to_arrow(states)
+    assert arrow_to_go_json(batch).to_pylist() == want
+    assert arrow_to_go_json(batch.slice(5, 11)).to_pylist() == want[5:16]
