@@ -1,6 +1,8 @@
 """parquet: a SyncSectorState sink writing events to Parquet, one directory per UTC day.
 
-Meta: `Path` (root directory). Files: `<Path>/date=YYYY-MM-DD/part-<firstseq>-<lastseq>.parquet`
+Meta: `Path` (root directory), `Compression` (default zstd), `FlushInterval` (seconds, default
+0.5: a delivery waits that long for more rows, so steady updates make a file or two a second
+rather than one per small batch; the rows wait in the manager's journal meanwhile). Files: `<Path>/date=YYYY-MM-DD/part-<firstseq>-<lastseq>.parquet`
 (hive partitioning; the `date` column lives in the directory name). Each file is written to a
 temp name and renamed, so a reader never sees half a file.
 
@@ -29,13 +31,18 @@ def open(meta: dict[str, str]) -> ParquetSink:  # noqa: A001 - the exported Cons
     path = meta.get("Path") or meta.get("path")
     if not path:
         raise ValueError("parquet sink: meta key 'Path' (the root directory) is required")
-    return ParquetSink(path, compression=meta.get("Compression", "zstd"))
+    try:
+        linger = float(meta.get("FlushInterval", 0.5))
+    except ValueError:
+        raise ValueError(f"parquet sink: meta key 'FlushInterval' must be seconds, got {meta['FlushInterval']!r}") from None
+    return ParquetSink(path, compression=meta.get("Compression", "zstd"), batch_linger=linger)
 
 
 class ParquetSink:
-    def __init__(self, root: str, compression: str = "zstd") -> None:
+    def __init__(self, root: str, compression: str = "zstd", batch_linger: float = 0.0) -> None:
         self.root = root
         self.compression = compression
+        self.batch_linger = batch_linger  # read by the manager's dispatcher (delivery_hints)
         os.makedirs(root, exist_ok=True)
         self._ms_path = os.path.join(root, "_max_seq")
         try:

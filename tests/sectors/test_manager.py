@@ -280,6 +280,11 @@ def test_parquet_sink_partitions_and_is_idempotent(dictdb, tmp_path) -> None:  #
     assert files and all("/date=20" in f for f in files)
     t = ds.dataset(str(tmp_path / "pq"), format="parquet", partitioning="hive").to_table()
     assert sorted(t.column("seq").to_pylist()) == list(range(1, 102))
+    # it asks its dispatcher to gather rows for FlushInterval seconds (fewer, larger files)
+    assert host.delivery_hints() == {"linger": 0.5}
+    assert SinkHost.from_module(pqmod, {"Constructor": "open"}, {"Path": str(tmp_path / "pq2"), "FlushInterval": "0"}).delivery_hints() == {"linger": 0.0}
+    with pytest.raises(ValueError, match="FlushInterval"):
+        pqmod.open({"Path": str(tmp_path / "pq3"), "FlushInterval": "soon"})
 
 
 def test_per_event_hooks_get_go_arguments(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -329,3 +334,68 @@ def test_duckdb_sink_keeps_a_legacy_sectors_table(dictdb, tmp_path) -> None:  # 
     assert host.sink.legacy
     assert host.sink.query("SELECT count(*) AS n, count(*) FILTER (WHERE removed) AS r FROM sectors").to_pylist() == [{"n": 20, "r": 1}]
     host.close()
+
+
+class _LingeringSink(RecordingSink):
+    batch_linger = 30.0  # read through SinkHost.delivery_hints
+
+
+def test_sink_linger_batches_deliveries_and_wait_delivered_hurries(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    slow_files, prompt = _LingeringSink(), RecordingSink()
+    sinks = {"files": SinkHost(sink_obj=slow_files), "prompt": SinkHost(sink_obj=prompt)}
+    with _mgr(dictdb, tmp_path, sinks, flush_age=0.0) as m:
+        for i in range(20):
+            m.init([AllocatedSector(SectorID(11, i), 8)])
+        deadline = time.monotonic() + 5
+        while prompt.seqs[-1:] != [20] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert prompt.seqs[-1:] == [20]  # a sink without linger is not held back
+        assert slow_files.batches == 0 and m.status()["sinks"]["files"]["lag"] == 20  # waits for more
+        t0 = time.monotonic()
+        assert m.wait_delivered(10)  # does not sit out the 30 s linger
+        assert time.monotonic() - t0 < 10
+        assert slow_files.batches == 1 and slow_files.seqs == list(range(1, 21))
+
+
+def test_import_delivers_big_batches_to_sinks(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rec = RecordingSink()
+    with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}, import_chunk=50, sink_bulk_linger=30.0) as m:
+        assert m.import_states([make_state(12, n) for n in range(500)]) == 500
+        assert m.wait_delivered(10)
+    # 10 journal frames, held back while the import ran: one delivery, or two if the watermark
+    # had not yet passed the last frame when the import returned
+    assert rec.batches <= 2
+    assert_no_gaps(rec.seqs)
+
+
+def test_checkpoint_file_of_an_older_version_is_read_and_rewritten(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    rec = RecordingSink()
+    with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}) as m:
+        for i in range(3):
+            m.init([AllocatedSector(SectorID(14, i), 8)])
+        assert m.wait_delivered(10)
+    ckpt = tmp_path / "journal" / "sinks" / "rec.ckpt"
+    assert int(ckpt.read_text()) == 3
+    ckpt.write_text("2")  # as written before checkpoints were rewritten in place
+    rec2 = RecordingSink()
+    with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec2)}) as m:
+        assert m.status()["sinks"]["rec"]["checkpoint"] in (2, 3)
+        assert m.wait_delivered(10)
+        assert rec2.seqs == [3]  # redelivered from the old checkpoint (at least once)
+    assert int(ckpt.read_text()) == 3 and os.path.getsize(ckpt) == 20
+
+
+def test_duckdb_sink_ingests_with_its_thread_setting_and_queries_with_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    duck = load_plugin("duckdb_sink", "duckdb_sink")
+    with pytest.raises(ValueError, match="Threads"):
+        duck.open({"Path": str(tmp_path / "x.duckdb"), "Threads": "two"})
+    sink = duck.open({"Path": str(tmp_path / "t.duckdb")})
+    try:
+        setting = "SELECT current_setting('threads') AS t"
+        assert sink.con.execute(setting).fetchall() == [(1,)]  # ingest
+        assert sink.query(setting).to_pylist()[0]["t"] == duck.duckdb.connect().execute(setting).fetchall()[0][0]
+        assert sink.con.execute(setting).fetchall() == [(1,)]  # back to ingest
+    finally:
+        sink.close()

@@ -29,7 +29,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Protocol
 
-from ._journal import FrameRef, Journal
+from ._journal import FrameRef, Journal, _fsync_dir
 
 __all__ = ["SharedBatches", "SinkDispatcher", "SinkEndpoint", "SinkState", "PoolSink", "as_endpoint", "shared_batches"]
 
@@ -68,6 +68,9 @@ class PoolSink:
         """Deliver shared frames (refs from `pool.share`) on `pool`, the one shared_pool()
         returned: a swap since then fails this delivery with PoolClosed, and it is retried."""
         return int(pool.call("deliver_batch", refs, after_seq, timeout=self.timeout))
+
+    def delivery_hints(self) -> dict[str, Any]:
+        return dict(self.pool.call("delivery_hints", timeout=self.timeout))
 
     def query(self, sql: str) -> bytes:
         return bytes(self.pool.call("query", sql, timeout=self.timeout))
@@ -237,6 +240,8 @@ class SinkDispatcher:
         max_rows: int = 100_000,
         backoff: tuple[float, float] = (0.05, 5.0),
         start_seq: int = 0,
+        bulk: Callable[[], bool] | None = None,
+        bulk_linger: float = 1.0,
     ) -> None:
         self.name = name
         self.endpoint = as_endpoint(endpoint)
@@ -246,6 +251,12 @@ class SinkDispatcher:
         self._wait_wm = wait_watermark
         self.max_rows = max_rows
         self.backoff = backoff
+        self._bulk = bulk
+        self.bulk_linger = bulk_linger
+        self.linger: float | None = None  # the sink's own (delivery_hints), asked before delivering
+        self._backlog_since: float | None = None
+        self.hurry = threading.Event()  # set: deliver what there is now (wait_delivered, close)
+        self._ckpt_fd = -1
         self.state = SinkState.RUNNING
         self.last_error: str | None = None
         self.errors = 0
@@ -300,14 +311,49 @@ class SinkDispatcher:
             return default
 
     def _store_ckpt(self, seq: int) -> None:
-        tmp = self.ckpt_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(str(seq))
-            f.flush()
+        """20 decimal digits rewritten in place and fdatasync'd (one sector: old or new after a
+        crash, as the watermark); an older file holds fewer digits and is overwritten whole."""
+        if self._ckpt_fd < 0:
+            self._ckpt_fd = os.open(self.ckpt_path, os.O_RDWR | os.O_CREAT, 0o644)
             if self.journal.fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, self.ckpt_path)
+                _fsync_dir(os.path.dirname(self.ckpt_path))
+        os.pwrite(self._ckpt_fd, b"%020d" % seq, 0)
+        if self.journal.fsync:
+            os.fdatasync(self._ckpt_fd)
         self.checkpoint = seq
+
+    def _close_ckpt(self) -> None:
+        fd, self._ckpt_fd = self._ckpt_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _ask_linger(self) -> float:
+        """The sink's own linger (SinkHost.delivery_hints); 0 when it has none or cannot say."""
+        if self.linger is None:
+            try:
+                get = getattr(self.endpoint, "delivery_hints", None)
+                hints = get() if get is not None else {}
+                self.linger = max(0.0, float(hints.get("linger", 0.0)))
+            except Exception:  # noqa: BLE001 - a sink that cannot answer delivers at once
+                self.linger = 0.0
+        return self.linger
+
+    def _wait_more(self, backlog: int, wm: int) -> bool:
+        """True (after waiting a while) if this delivery should wait for more rows: during a
+        bulk import (bigger batches cost a sink far less per row) or while the sink's linger
+        runs, until max_rows are ready, the wait is over or someone hurries it."""
+        bulk = self._bulk is not None and self._bulk()
+        linger = max(self._ask_linger(), self.bulk_linger if bulk else 0.0)
+        if linger <= 0 or backlog >= self.max_rows or self.hurry.is_set():
+            return False
+        now = time.monotonic()
+        if self._backlog_since is None:
+            self._backlog_since = now
+        left = self._backlog_since + linger - now
+        if left <= 0:
+            return False
+        self._wait_wm(wm, min(left, 0.05))  # woken by new rows; the end of a bulk import too
+        return True
 
     def _run(self) -> None:
         delay = self.backoff[0]
@@ -315,6 +361,8 @@ class SinkDispatcher:
             wm = self._get_wm()
             if wm <= self.checkpoint:
                 self._wait_wm(self.checkpoint, 0.5)
+                continue
+            if self._wait_more(wm - self.checkpoint, wm):
                 continue
             frames = self.journal.frames_between(self.checkpoint, wm, self.max_rows)
             if not frames:
@@ -326,10 +374,12 @@ class SinkDispatcher:
                 self.errors += 1
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.state = SinkState.BACKOFF
+                self.linger = None  # ask again: the sink may have been reloaded
                 if self._stop.wait(delay):
                     break
                 delay = min(delay * 2, self.backoff[1])
                 continue
+            self._backlog_since = None
             self._store_ckpt(frames[-1].last_seq)
             self.delivered_rows += sum(f.rows for f in frames)
             self.deliveries += 1
@@ -338,6 +388,7 @@ class SinkDispatcher:
             delay = self.backoff[0]
         with self._shared_mu:  # frames only this sink was still missing go now
             self._detach()
+        self._close_ckpt()
         self.state = SinkState.STOPPED
 
     def status(self) -> dict[str, Any]:
@@ -359,4 +410,6 @@ class SinkDispatcher:
             self._thread.join(timeout)
         with self._shared_mu:  # also when it never started
             self._detach()
+        if not self._thread.is_alive():
+            self._close_ckpt()
         self.state = SinkState.STOPPED

@@ -158,13 +158,17 @@ class EventWriter:
                     n += t.n
                 if self._pending:
                     self._pending_since = time.monotonic()
-                wm = self.committed
             try:
                 if take:
                     batch = _frame_batch(take)
                     self.journal.append(batch, take[0].first, take[-1].last)
                     for t in take:
                         t.rows, t.batch = [], None  # the journal has them now
+                    with self._cv:  # the ops may commit to the KV now, while the watermark syncs
+                        self.durable_seq = take[-1].last
+                        self._cv.notify_all()
+                with self._cv:
+                    wm = self.committed  # as late as possible: it moved during the append
                 if wm > self.durable_watermark:
                     self.wm.store(wm)
             except BaseException as e:  # noqa: BLE001 - every waiter must hear of it
@@ -173,8 +177,6 @@ class EventWriter:
                     self._cv.notify_all()
                 return
             with self._cv:
-                if take:
-                    self.durable_seq = take[-1].last
                 if wm > self.durable_watermark:
                     self.durable_watermark = wm
                 self._cv.notify_all()

@@ -139,6 +139,12 @@ class SinkHost:
                 fn["OnRestore"](sid)
             i += 1
 
+    def delivery_hints(self) -> dict[str, Any]:
+        """What the sink asks of its dispatcher: {"linger": seconds}, how long a delivery may
+        wait for more rows (the sink object's `batch_linger`; 0, the default: at once). A sink
+        that writes a file per delivery uses it to write fewer, larger files."""
+        return {"linger": float(getattr(self.sink, "batch_linger", 0.0) or 0.0)}
+
     # -- queries and lifecycle ---------------------------------------------------------------
     def query(self, sql: str) -> bytes:
         """Run sql on the sink (if it has `query`); the result as Arrow IPC stream bytes."""
