@@ -63,16 +63,18 @@ def _arrow(rel: Any) -> pa.Table:
     raise TypeError(f"cannot fetch Arrow from {type(rel).__name__}")
 
 
-def _latest_per_sector(batch: pa.RecordBatch) -> pa.RecordBatch:
+def _latest_per_sector(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
     """The batch's last event per (miner, number): the batch itself when no sector repeats."""
-    t = pa.Table.from_batches([batch])
-    last = t.group_by(["miner", "number"]).aggregate([("seq", "max")])
+    t = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    last = t.select(["miner", "number", "seq"]).group_by(["miner", "number"]).aggregate([("seq", "max")])
     if last.num_rows == batch.num_rows:
         return batch
     return batch.filter(pc.is_in(batch.column("seq"), last.column("seq_max")))
 
 
 class DuckDBSink:
+    accepts_tables = True  # a delivery of several journal frames comes as one pa.Table
+
     def __init__(self, path: str, threads: int = 1) -> None:
         self.path = path
         self.con = duckdb.connect(path)
@@ -106,7 +108,7 @@ class DuckDBSink:
         con.execute("CREATE TABLE IF NOT EXISTS sink_meta (key VARCHAR PRIMARY KEY, value UBIGINT)")
         con.execute("INSERT INTO sink_meta VALUES ('max_seq', 0) ON CONFLICT DO NOTHING")
 
-    def on_batch(self, batch: pa.RecordBatch) -> None:
+    def on_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Store a batch of events (SECTOR_EVENT_SCHEMA); rows already stored are skipped."""
         seq = batch.column("seq")
         if batch.num_rows and pc.min(seq).as_py() <= self.max_seq:
@@ -126,7 +128,7 @@ class DuckDBSink:
             self.max_seq = last
 
     def _store(
-        self, _vsm_batch: pa.RecordBatch, _vsm_latest: pa.RecordBatch, last: int, into_sectors: str, gone: bool = False, quiet: bool = False
+        self, _vsm_batch: pa.RecordBatch | pa.Table, _vsm_latest: pa.RecordBatch | pa.Table, last: int, into_sectors: str, gone: bool = False, quiet: bool = False
     ) -> bool:
         """One transaction: the events, the current states, max_seq. quiet: False instead of
         raising if `sectors` already has one of the rows. The SQL reads the two arguments by

@@ -39,6 +39,8 @@ def open(meta: dict[str, str]) -> ParquetSink:  # noqa: A001 - the exported Cons
 
 
 class ParquetSink:
+    accepts_tables = True  # a delivery of several journal frames comes as one pa.Table
+
     def __init__(self, root: str, compression: str = "zstd", batch_linger: float = 0.0) -> None:
         self.root = root
         self.compression = compression
@@ -62,7 +64,7 @@ class ParquetSink:
                 if name.endswith(".tmp") or (m and int(m.group(1)) > self.max_seq):
                     os.unlink(os.path.join(dpath, name))
 
-    def on_batch(self, batch: pa.RecordBatch) -> None:
+    def on_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Write the rows with seq > max_seq, one file per day they fall on."""
         seq = batch.column("seq")
         if batch.num_rows and pc.min(seq).as_py() <= self.max_seq:
@@ -71,7 +73,7 @@ class ParquetSink:
             return
         day = pc.strftime(batch.column("time"), format="%Y-%m-%d")
         days = pc.unique(day).to_pylist()
-        table = pa.Table.from_batches([batch])
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
         for d in sorted(days):
             part = table if len(days) == 1 else table.filter(pc.equal(day, d))
             s = part.column("seq")
