@@ -24,11 +24,11 @@ if mode == "after_journal":
     orig = m._commit_puts
     n = {"chunks": 0}
 
-    def commit(ws, keys, values):  # type: ignore[no-untyped-def]
+    def commit(ws, pairs):  # type: ignore[no-untyped-def]
         n["chunks"] += 1
         if n["chunks"] == 6:
             os.kill(os.getpid(), signal.SIGKILL)
-        return orig(ws, keys, values)
+        return orig(ws, pairs)
 
     m._commit_puts = commit  # type: ignore[method-assign]
 elif mode == "mid_finalize":

@@ -399,3 +399,43 @@ def test_duckdb_sink_ingests_with_its_thread_setting_and_queries_with_default(tm
         assert sink.con.execute(setting).fetchall() == [(1,)]  # back to ingest
     finally:
         sink.close()
+
+
+def test_import_skips_keys_of_the_chunk_still_being_written(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # chunks overlap: the second repeats half of the first, whose KV write may still run
+    first = [make_state(16, n) for n in range(10)]
+    again = [make_state(16, n, with_piece=True) for n in range(5, 15)]
+    with _mgr(dictdb, tmp_path, import_chunk=10) as m:
+        assert m.import_states(first + again) == 15
+        online = dictdb.open_collection("meta")
+        assert all(online.data[sector_key(s.id)] == s.to_go_json() for s in first)
+        assert m.status()["journal"]["head"] == 15
+
+
+def test_kv_failure_mid_import_leaves_no_event_unresolved(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rec = RecordingSink()
+    meta = dictdb.open_collection("meta")
+    orig, calls = meta.update, {"n": 0}
+
+    def update(fn):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third chunk's write
+            raise OSError("disk gone (injected)")
+        return orig(fn)
+
+    meta.update = update  # type: ignore[method-assign]
+    with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}, import_chunk=10, commit_retries=1) as m:
+        with pytest.raises(OSError, match="disk gone"):
+            m.import_states([make_state(17, n) for n in range(60)])
+        assert m.wait_delivered(10)  # every journaled event resolved: the watermark is past them
+        assert len(meta.data) == 20
+        # the rows a sink got end, per sector, in what the KV holds
+        last: dict[int, dict] = {}
+        for r in pa.concat_tables(rec.tables).to_pylist():
+            last[r["number"]] = r
+        for number, r in last.items():
+            held = meta.data.get(sector_key(SectorID(17, number)))
+            assert (r["worker_state"] == "online") == (held is not None), (number, r["kind"])
+        assert m.import_states([make_state(17, n) for n in range(60)]) == 40  # the rest, later
+        assert m.wait_delivered(10)
+    assert_no_gaps(rec.seqs)

@@ -36,6 +36,9 @@ class StripedLocks:
     def hold(self, sids: Iterable[SectorID]) -> "contextlib.AbstractContextManager[None]":
         return self.hold_indices(sorted({self.index(s) for s in sids}))
 
+    def hold_all(self) -> "contextlib.AbstractContextManager[None]":
+        return self.hold_indices(list(range(self._n)))
+
     @contextlib.contextmanager
     def hold_indices(self, idx: list[int]) -> Iterator[None]:
         """Hold the stripes idx, which must be sorted ascending."""
