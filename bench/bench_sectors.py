@@ -219,10 +219,10 @@ def _parquet_input(path: str, n: int) -> None:
             w.write_batch(_renumber(base, first).slice(0, n - first))
 
 
-def bench_import(quick: bool, eng: Engine) -> list[dict[str, Any]]:
+def bench_import(quick: bool, eng: Engine, n: int | None = None) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    n = 50_000 if quick else 1_000_000
+    n = n or (50_000 if quick else 1_000_000)
     src = os.path.join(eng.tmp, "import.parquet")
     _parquet_input(src, n)
     kv = eng.kv()
@@ -270,8 +270,8 @@ def bench_import(quick: bool, eng: Engine) -> list[dict[str, Any]]:
     ]
 
 
-def bench_delay(quick: bool, eng: Engine) -> list[dict[str, Any]]:
-    secs = 5 if quick else 30
+def bench_delay(quick: bool, eng: Engine, secs: int | None = None) -> list[dict[str, Any]]:
+    secs = secs or (5 if quick else 30)
     rate = 1000
     kv = eng.kv()
     pools = eng.sinks("lat")
@@ -326,13 +326,17 @@ def bench_delay(quick: bool, eng: Engine) -> list[dict[str, Any]]:
     ]
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+BENCHES = {"fanout": bench_fanout, "delay": bench_delay, "import": bench_import}
+
+
+def run(quick: bool, only: list[str] | None = None) -> list[dict[str, Any]]:
     tmp = tempfile.mkdtemp(prefix="bench_sectors_")
     eng = Engine(tmp)
     try:
         rows: list[dict[str, Any]] = []
-        for bench in (bench_fanout, bench_delay, bench_import):
-            rows += bench(quick, eng)
+        for name, bench in BENCHES.items():
+            if not only or name in only:
+                rows += bench(quick, eng)
         return rows
     finally:
         eng.stop()
@@ -340,5 +344,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    for row in run("--quick" in sys.argv):
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", action="append", choices=sorted(BENCHES), help="run only these (repeatable)")
+    args = ap.parse_args()
+    for row in run(args.quick, args.only):
         print(json.dumps(row), flush=True)
