@@ -71,14 +71,14 @@ class ParquetSink:
             batch = batch.filter(pc.greater(seq, pa.scalar(self.max_seq, pa.uint64())))
         if batch.num_rows == 0:
             return
-        day = pc.strftime(batch.column("time"), format="%Y-%m-%d")
+        day = pc.cast(batch.column("time"), pa.date32())  # `time` is UTC (strftime: 30x slower)
         days = pc.unique(day).to_pylist()
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
         for d in sorted(days):
-            part = table if len(days) == 1 else table.filter(pc.equal(day, d))
+            part = table if len(days) == 1 else table.filter(pc.equal(day, pa.scalar(d, pa.date32())))
             s = part.column("seq")
             first, last = pc.min(s).as_py(), pc.max(s).as_py()
-            ddir = os.path.join(self.root, f"date={d}")
+            ddir = os.path.join(self.root, f"date={d.isoformat()}")
             os.makedirs(ddir, exist_ok=True)
             final = os.path.join(ddir, f"part-{first:020d}-{last:020d}.parquet")
             tmp = final + ".tmp"

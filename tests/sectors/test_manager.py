@@ -439,3 +439,18 @@ def test_kv_failure_mid_import_leaves_no_event_unresolved(dictdb, tmp_path) -> N
         assert m.import_states([make_state(17, n) for n in range(60)]) == 40  # the rest, later
         assert m.wait_delivered(10)
     assert_no_gaps(rec.seqs)
+
+
+def test_parquet_sink_splits_a_batch_by_utc_day(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.dataset as ds
+
+    from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA, states_to_arrow
+
+    pqmod = load_plugin("parquet_sink", "parquet_sink")
+    sink = pqmod.open({"Path": str(tmp_path / "pq")})
+    st = states_to_arrow([make_state(18, n) for n in range(3)])
+    times = pa.array([1764633000_000000, 1764547199_999999, 1764633001_000000], SECTOR_EVENT_SCHEMA.field("time").type)
+    head = [pa.array([1, 2, 3], pa.uint64()), pa.array(["import"] * 3), times, pa.array(["online"] * 3), pa.nulls(3, pa.list_(pa.string()))]
+    sink.on_batch(pa.RecordBatch.from_arrays(head + st.columns, schema=SECTOR_EVENT_SCHEMA))
+    t = ds.dataset(str(tmp_path / "pq"), format="parquet", partitioning="hive").to_table().to_pydict()
+    assert sorted(zip(t["seq"], map(str, t["date"]))) == [(1, "2025-12-01"), (2, "2025-11-30"), (3, "2025-12-01")]
