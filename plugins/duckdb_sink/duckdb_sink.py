@@ -65,6 +65,13 @@ def _arrow(rel: Any) -> pa.Table:
 
 def _latest_per_sector(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
     """The batch's last event per (miner, number): the batch itself when no sector repeats."""
+    if batch.num_rows < 2:
+        return batch
+    miner, number = batch.column("miner"), batch.column("number")
+    if pc.max(miner).as_py() < 1 << 32 and pc.max(number).as_py() < 1 << 32:
+        key = pc.add(pc.shift_left(miner, 32), number)  # one exact uint64 per sector
+        if pc.count_distinct(key).as_py() == batch.num_rows:  # ~3x cheaper than group_by
+            return batch
     t = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     last = t.select(["miner", "number", "seq"]).group_by(["miner", "number"]).aggregate([("seq", "max")])
     if last.num_rows == batch.num_rows:

@@ -454,3 +454,12 @@ def test_parquet_sink_splits_a_batch_by_utc_day(tmp_path) -> None:  # type: igno
     sink.on_batch(pa.RecordBatch.from_arrays(head + st.columns, schema=SECTOR_EVENT_SCHEMA))
     t = ds.dataset(str(tmp_path / "pq"), format="parquet", partitioning="hive").to_table().to_pydict()
     assert sorted(zip(t["seq"], map(str, t["date"]))) == [(1, "2025-12-01"), (2, "2025-11-30"), (3, "2025-12-01")]
+
+
+def test_duckdb_latest_per_sector_with_repeats_and_large_ids() -> None:
+    duck = load_plugin("duckdb_sink", "duckdb_sink")
+    for miner in (5, 1 << 40):  # the packed-key shortcut, and the group_by it falls back to
+        b = pa.table({"miner": pa.array([miner] * 4, pa.uint64()), "number": pa.array([1, 2, 1, 3], pa.uint64()),
+                      "seq": pa.array([10, 11, 12, 13], pa.uint64())})
+        assert sorted(duck._latest_per_sector(b).column("seq").to_pylist()) == [11, 12, 13]
+        assert duck._latest_per_sector(b.slice(1)).num_rows == 3  # no repeat: the batch as is
