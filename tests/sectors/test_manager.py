@@ -463,3 +463,24 @@ def test_duckdb_latest_per_sector_with_repeats_and_large_ids() -> None:
                       "seq": pa.array([10, 11, 12, 13], pa.uint64())})
         assert sorted(duck._latest_per_sector(b).column("seq").to_pylist()) == [11, 12, 13]
         assert duck._latest_per_sector(b.slice(1)).num_rows == 3  # no repeat: the batch as is
+
+
+def test_journal_write_failure_fails_waiting_ops_instead_of_hanging(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vsm.sectors._events import JournalBroken
+
+    with _mgr(dictdb, tmp_path) as m:
+        m.init([AllocatedSector(SectorID(19, 0), 8)])
+
+        def full(*a, **k):  # type: ignore[no-untyped-def]
+            raise OSError(28, "No space left on device (injected)")
+
+        m.journal.append = full  # type: ignore[method-assign]
+        with ThreadPoolExecutor(4) as ex:
+            futs = [ex.submit(m.init, [AllocatedSector(SectorID(19, n), 8)]) for n in range(1, 5)]
+            for f in futs:
+                with pytest.raises(JournalBroken, match="No space left"):
+                    f.result(timeout=10)
+        with pytest.raises(JournalBroken):
+            m.update(SectorID(19, 0), {"Removed": True})
+        assert "No space left" in (m.status()["journal"]["broken"] or "")
+        assert not m.get(SectorID(19, 0)).removed and dictdb.open_collection("meta").data.keys() == {sector_key(SectorID(19, 0))}

@@ -39,7 +39,7 @@ class Ticket:
     """Seqs first..last; rows are dicts (one op) or `batch`, an event batch built column-wise
     (bulk import) whose seq column the flusher fills in."""
 
-    __slots__ = ("first", "last", "rows", "batch", "n")
+    __slots__ = ("first", "last", "rows", "batch", "n", "done")
 
     def __init__(self, first: int, last: int, rows: list[dict[str, Any]], batch: pa.RecordBatch | None = None) -> None:
         self.first = first
@@ -47,6 +47,9 @@ class Ticket:
         self.rows = rows
         self.batch = batch
         self.n = last - first + 1
+        # set by the flusher once the frame is durable (or the journal broke): only this op's
+        # thread wakes, not every op waiting on the writer's condition
+        self.done = threading.Event()
 
 
 class EventWriter:
@@ -107,11 +110,10 @@ class EventWriter:
             return t
 
     def wait_durable(self, t: Ticket) -> None:
-        with self._cv:
-            while self.durable_seq < t.last:
-                if self._broken is not None:
-                    raise JournalBroken(f"sector event journal is broken: {self._broken!r}") from self._broken
-                self._cv.wait()
+        t.done.wait()
+        if self.durable_seq < t.last:
+            broken = self._broken
+            raise JournalBroken(f"sector event journal is broken: {broken!r}") from broken
 
     def resolve(self, t: Ticket) -> None:
         """The ticket's KV change is committed (or compensated): let the watermark pass it."""
@@ -164,9 +166,10 @@ class EventWriter:
                     self.journal.append(batch, take[0].first, take[-1].last)
                     for t in take:
                         t.rows, t.batch = [], None  # the journal has them now
-                    with self._cv:  # the ops may commit to the KV now, while the watermark syncs
+                    with self._cv:
                         self.durable_seq = take[-1].last
-                        self._cv.notify_all()
+                    for t in take:  # the ops may commit to the KV now, while the watermark syncs
+                        t.done.set()
                 with self._cv:
                     wm = self.committed  # as late as possible: it moved during the append
                 if wm > self.durable_watermark:
@@ -174,7 +177,10 @@ class EventWriter:
             except BaseException as e:  # noqa: BLE001 - every waiter must hear of it
                 with self._cv:
                     self._broken = e
+                    waiting, self._pending = take + self._pending, []
                     self._cv.notify_all()
+                for t in waiting:
+                    t.done.set()
                 return
             with self._cv:
                 if wm > self.durable_watermark:
