@@ -341,8 +341,10 @@ Strict = false
 # Meta for SyncSectorState and RegisterJsonRpc plugins (passed to their Constructor):
 [Common.Plugins.duckdb.Meta]
 Path = "{data}/sectors.duckdb"    # `vsm-pool query` reads this database
+# Threads = "1"                   # DuckDB threads while ingesting
 [Common.Plugins.parquet.Meta]
 Path = "{data}/parquet"           # Parquet files partitioned by day
+# FlushInterval = "0.5"           # seconds rows may wait (in the journal) to make bigger files
 
 [Common.DB]
 # sqlite (default: embedded, persistent) | memory | plugin
