@@ -98,7 +98,7 @@ class Ring:
         return _CTL_BYTES + i * self.slot_bytes
 
     def slot(self, i: int, n: int | None = None) -> memoryview:
-        base = _CTL_BYTES + i * self.slot_bytes
+        base = self.offset(i)
         return self.view[base : base + (self.slot_bytes if n is None else n)]
 
     def reset(self) -> None:
@@ -155,6 +155,11 @@ class SlotFlow:
             self.theirs = self.ctl[word]
         return self.theirs
 
+    def _heard(self, count: int | None) -> None:
+        """Message mode: a count that came in a message (the kernel ordered it after the data)."""
+        if count is not None and count > self.theirs:
+            self.theirs = count
+
     def _sleep(self, asleep_word: int, ready: Callable[[], bool]) -> None:
         if self.counters:
             end = _now() + SPIN_SECONDS
@@ -175,9 +180,7 @@ class SlotFlow:
             finally:
                 ctl[asleep_word] = 0
             return
-        got = self.wait(SLEEP_SLICE)
-        if got is not None and got > self.theirs:
-            self.theirs = got
+        self._heard(self.wait(SLEEP_SLICE))
 
     def _announce(self, peer_asleep_word: int) -> None:
         if not self.counters:
@@ -216,9 +219,7 @@ class SlotFlow:
         while self._peer(_FILLED) <= self.mine:
             if self.ended():
                 if not self.counters:  # fills announced before the end may still be queued
-                    got = self.wait(0.0)
-                    if got is not None and got > self.theirs:
-                        self.theirs = got
+                    self._heard(self.wait(0.0))
                 if self._peer(_FILLED) > self.mine:  # filled before it ended
                     break
                 return None
