@@ -475,7 +475,7 @@ def real_plugin(quick: bool) -> list[dict[str, Any]]:
     from pathlib import Path
 
     from vsm import _host
-    from vsm.artifact import build, code_path
+    from vsm.plugin.artifact import build, code_path
     from vsm.sdk import Config
 
     root = Path(tempfile.mkdtemp(prefix="vsm-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))

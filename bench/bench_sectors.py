@@ -28,9 +28,9 @@ import pyarrow as pa
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vsm.artifact import build  # noqa: E402
-from vsm.loader import Registry, discover  # noqa: E402
-from vsm.proxies import PooledDB  # noqa: E402
+from vsm.plugin.artifact import build  # noqa: E402
+from vsm.plugin.loader import Registry, discover  # noqa: E402
+from vsm.plugin.proxies import PooledDB  # noqa: E402
 from vsm.sdk import Kind  # noqa: E402
 from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA, SECTOR_STATE_SCHEMA, AllocatedSector, SectorID  # noqa: E402
 from vsm.sectors import SectorStateManager, ipc_to_table  # noqa: E402

@@ -5,20 +5,17 @@
       plugins/              plugin-<name>.vsmp; the bundled plugins are built here on first use
       data/                 kv.sqlite, pieces/, journal/, sectors.duckdb, parquet/
       token                 API bearer token, mode 0600
+      daemon.json           pid and listen address of the running daemon
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-import tomli
-from loguru import logger
-
-from .artifact import artifact_name, build
-from .config import default_config_text
-
-__all__ = ["DEFAULT_PLUGINS", "bundled_plugins_dir", "bundled_root", "bundled_plugin_sources", "ensure_home"]
+__all__ = ["DEFAULT_PLUGINS", "bundled_plugin_sources", "bundled_plugins_dir", "bundled_root", "daemon_info", "ensure_home", "read_token", "token_path"]
 
 # Bundled plugins built into a new home: the embedded default needs no server. The plugins for
 # real backends (redis, s3store, sqlsink) are built on request: `vsm-pool plugin build --bundled`.
@@ -46,6 +43,12 @@ def bundled_plugin_sources() -> list[Path]:
 def ensure_home(home: Path) -> Path:
     """Create the home folder's layout and default config if missing; build any bundled plugin
     whose artifact is not in the plugins dir yet. Returns the config file."""
+    import tomli
+    from loguru import logger
+
+    from .config import default_config_text
+    from .plugin.artifact import artifact_name, build
+
     home.mkdir(parents=True, exist_ok=True)
     (home / "data" / "pieces").mkdir(parents=True, exist_ok=True)  # the default piece store
     plugins = home / "plugins"
@@ -63,3 +66,18 @@ def ensure_home(home: Path) -> Path:
             logger.info("built bundled plugin {}", path.name)
     os.chmod(home, 0o700)
     return config
+
+
+def token_path(home: Path) -> Path:
+    return Path(home) / "token"
+
+
+def read_token(home: Path) -> str:
+    return token_path(home).read_text().strip()
+
+
+def daemon_info(home: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(home) / "daemon.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None

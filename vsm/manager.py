@@ -16,8 +16,8 @@ from loguru import logger
 
 from .config import Config, StoreConfig
 from .errors import ConfigError, PluginLoadError
-from .loader import Plugin, PluginState, Registry, discover
-from .proxies import PooledDB, PooledStore
+from .plugin.loader import Plugin, PluginState, Registry, discover
+from .plugin.proxies import PooledDB, PooledStore
 from .sdk import Config as StoreCfg
 from .sdk import Kind
 

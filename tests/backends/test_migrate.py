@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vsm.artifact import build
+from vsm.plugin.artifact import build
 
 pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parents[2]

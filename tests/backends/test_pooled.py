@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from vsm.artifact import build
-from vsm.loader import Registry, discover
-from vsm.proxies import PooledDB, PooledStore
+from vsm.plugin.artifact import build
+from vsm.plugin.loader import Registry, discover
+from vsm.plugin.proxies import PooledDB, PooledStore
 from vsm.sdk import Config
 
 from .conftest import PG_DSN, _moto, need_server, sql_connect

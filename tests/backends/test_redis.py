@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from vsm.conformance import KVSTORE_CHECKS, format_results, run_kvstore_kit
+from vsm.plugin.conformance import KVSTORE_CHECKS, format_results, run_kvstore_kit
 from vsm.sdk import KeyNotFoundError, PluginError, TransactionConflictError
 
 from .conftest import ServerProcess, constructor, free_port

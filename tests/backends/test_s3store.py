@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from vsm.conformance import OBJSTORE_CHECKS, format_results, run_objstore_kit
+from vsm.plugin.conformance import OBJSTORE_CHECKS, format_results, run_objstore_kit
 from vsm.sdk import Config, InvalidObjectPathError, ObjectNotFoundError, PluginError, ReadOnlyStoreError
 
 from .conftest import ServerProcess, _moto, constructor, free_port

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import pytest
 
-from vsm.conformance import CheckResult, format_results, run_kvstore_kit, run_objstore_kit
+from vsm.plugin.conformance import CheckResult, format_results, run_kvstore_kit, run_objstore_kit
 from vsm.sdk import Config, KeyNotFoundError
 
 pytestmark = pytest.mark.timeout(60)

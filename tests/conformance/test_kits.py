@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import pytest
 
-from vsm.conformance import KVSTORE_CHECKS, OBJSTORE_CHECKS, format_results, run_kvstore_kit, run_objstore_kit
+from vsm.plugin.conformance import KVSTORE_CHECKS, OBJSTORE_CHECKS, format_results, run_kvstore_kit, run_objstore_kit
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from vsm.artifact import read_artifact_manifest
+from vsm.plugin.artifact import read_artifact_manifest
 from vsm.errors import ArtifactError
 
 from .conftest import BUNDLED, run_cli

@@ -8,9 +8,9 @@ import zipfile
 
 import pytest
 
-from vsm.artifact import build
+from vsm.plugin.artifact import build
 from vsm.errors import PluginLoadError
-from vsm.loader import PluginState, discover
+from vsm.plugin.loader import PluginState, discover
 
 from .conftest import BUNDLED, run_cli
 

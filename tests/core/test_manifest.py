@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vsm.errors import ManifestError
-from vsm.manifest import read_source_manifest
+from vsm.plugin.manifest import read_source_manifest
 from vsm.sdk import Kind
 
 KV_MODULE = "def open(meta):\n    return None\n\ndef on_init(plugins_dir, manifest):\n    pass\n"

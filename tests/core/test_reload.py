@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from vsm.artifact import build
+from vsm.plugin.artifact import build
 from vsm.config import default_config_text, load_config
 from vsm.errors import PluginLoadError
 from vsm.home import ensure_home
@@ -167,7 +167,7 @@ def test_validate_refuses_and_flush_reaches_every_worker(tmp_path, write_plugin)
         module,
         name="picky",
     )
-    from vsm.loader import Registry, discover
+    from vsm.plugin.loader import Registry, discover
 
     out = tmp_path / "plugins"
     build(folder, out)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from loguru import logger
 
-from vsm.artifact import build
+from vsm.plugin.artifact import build
 from vsm.errors import PluginLoadError
-from vsm.loader import PluginState, Registry, discover
+from vsm.plugin.loader import PluginState, Registry, discover
 
 from .conftest import BUNDLED, run_cli
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from vsm.daemon import SHUTDOWN_GRACE
+from vsm.server.daemon import SHUTDOWN_GRACE
 from vsm.home import DEFAULT_PLUGINS
 
 from .harness import Daemon, launch, prepare_home, run_cli

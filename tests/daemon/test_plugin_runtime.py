@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vsm.artifact import build
+from vsm.plugin.artifact import build
 from vsm.sdk.sectors import SectorID, SectorState
 from vsm.sectors import write_import_file
 

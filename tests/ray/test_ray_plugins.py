@@ -7,10 +7,10 @@ import pathlib
 
 import pytest
 
-from vsm.artifact import build
-from vsm.conformance import format_results, run_kvstore_kit, run_objstore_kit
-from vsm.loader import Registry, discover
-from vsm.proxies import PooledDB, PooledStore
+from vsm.plugin.artifact import build
+from vsm.plugin.conformance import format_results, run_kvstore_kit, run_objstore_kit
+from vsm.plugin.loader import Registry, discover
+from vsm.plugin.proxies import PooledDB, PooledStore
 from vsm.sdk import Config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

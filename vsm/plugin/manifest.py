@@ -14,9 +14,9 @@ from typing import Any, Mapping
 
 import tomli
 
-from .errors import ManifestError
-from .sdk import Kind, Manifest
-from .sdk._kinds import EXT_POINTS
+from ..errors import ManifestError
+from ..sdk import Kind, Manifest
+from ..sdk._kinds import EXT_POINTS
 
 __all__ = ["LIFECYCLE_HOOKS", "check_impls", "manifest_from_dict", "read_source_manifest"]
 

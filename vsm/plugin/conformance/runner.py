@@ -6,12 +6,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .artifact import read_artifact_manifest
-from .conformance import CheckResult, run_kvstore_kit, run_objstore_kit
-from .errors import PluginLoadError
-from .loader import Plugin, Registry, _compatibility_problem
-from .proxies import PooledDB, PooledStore
-from .sdk import Config, Kind
+from ..artifact import read_artifact_manifest
+from . import CheckResult, run_kvstore_kit, run_objstore_kit
+from ...errors import PluginLoadError
+from ..loader import Plugin, Registry, _compatibility_problem
+from ..proxies import PooledDB, PooledStore
+from ...sdk import Config, Kind
 
 __all__ = ["run_conformance"]
 

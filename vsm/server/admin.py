@@ -4,31 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from .rpc import method
+from .jsonrpc import MethodTable
 
-__all__: list[str] = []
+__all__ = ["ADMIN_METHODS"]
+
+ADMIN_METHODS = MethodTable()
 
 
-@method("plugin.enable")
+@ADMIN_METHODS.method("plugin.enable")
 def plugin_enable(manager: Any, name: str) -> dict[str, Any]:
     return manager.enable(name)
 
 
-@method("plugin.disable")
+@ADMIN_METHODS.method("plugin.disable")
 def plugin_disable(manager: Any, name: str) -> dict[str, Any]:
     return manager.disable(name)
 
 
-@method("plugin.reload")
+@ADMIN_METHODS.method("plugin.reload")
 def plugin_reload(manager: Any, name: str, artifact: str | None = None) -> dict[str, Any]:
     return manager.reload(name, artifact)
 
 
-@method("plugin.flush")
+@ADMIN_METHODS.method("plugin.flush")
 def plugin_flush(manager: Any, name: str) -> list[bool]:
     return manager.flush(name)
 
 
-@method("plugin.rescan")
+@ADMIN_METHODS.method("plugin.rescan")
 def plugin_rescan(manager: Any) -> list[dict[str, Any]]:
     return manager.rescan()

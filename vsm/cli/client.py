@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 from pathlib import Path
 from urllib.parse import quote
 from typing import Any, BinaryIO, Callable
 
-from .config import resolve_home
-from .errors import VsmError
+from ..config import resolve_home
+from ..errors import VsmError
 
 __all__ = ["Client", "DaemonError", "daemon_client", "pid_alive", "piece_url"]
 
@@ -21,7 +20,7 @@ class DaemonError(VsmError):
 
 def daemon_client(home: Path | None, config_file: Path | None = None) -> "Client | None":
     """A client of the daemon serving this home, or None when none runs."""
-    from .daemon import daemon_info, read_token
+    from ..home import daemon_info, read_token
 
     home_dir = resolve_home(home)
     info = daemon_info(home_dir)

@@ -11,7 +11,7 @@ import itertools
 import sys
 from typing import Any, BinaryIO, Callable
 
-from .sdk import Config, Kind, Manifest
+from ..sdk import Config, Kind, Manifest
 
 __all__ = ["KVHost", "ObjHost", "RpcHost", "worker_init"]
 
@@ -38,7 +38,7 @@ def worker_init(code_path: str, manifest: Manifest, plugins_dir: str, loaded: di
     elif manifest.kind is Kind.RegisterJsonRpc:
         host = RpcHost(manifest, impls["Handler"], on_shutdown)
     else:
-        from .sectors.sink_host import SinkHost  # only sink workers need the sector schema
+        from ..sectors.sink_host import SinkHost  # only sink workers need the sector schema
 
         host = _SinkWorker(manifest, impls, on_shutdown, SinkHost)
     host._on_flush = on_flush

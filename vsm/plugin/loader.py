@@ -25,13 +25,13 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from executors import Pool, PoolError, PoolSpec, make_pool
 
-from . import _host
-from ._swap import SwappablePool
+from . import host
+from .reload import SwappablePool
 from .artifact import ARTIFACT_SUFFIX, code_path, read_artifact_manifest
-from .config import Config
-from .errors import ArtifactError, ConfigError, ManifestError, PluginLoadError
+from ..config import Config
+from ..errors import ArtifactError, ConfigError, ManifestError, PluginLoadError
 from .manifest import read_source_manifest
-from .sdk import SPI_VERSION, Kind, Manifest
+from ..sdk import SPI_VERSION, Kind, Manifest
 
 __all__ = ["ENTRY_POINT_GROUP", "Plugin", "PluginState", "Registry", "discover"]
 
@@ -41,7 +41,7 @@ ENTRY_POINT_GROUP = "vsm_pool.plugins"
 # store's small calls (stat, delete) need a free one meanwhile.
 DEFAULT_WORKERS = {Kind.KVStore: 2, Kind.ObjStore: 4, Kind.SyncSectorState: 1, Kind.RegisterJsonRpc: 1}
 # Modules every worker needs; imported once by the fork server, not once per worker.
-WORKER_PRELOAD = ("vsm._host", "vsm.sdk", "cloudpickle")
+WORKER_PRELOAD = ("vsm.plugin.host", "vsm.sdk", "cloudpickle")
 
 
 class PluginState(enum.Enum):
@@ -248,7 +248,7 @@ class Registry:
         plugins_dir = self.config.plugins_dir if self.config else str(plugin.source.parent)
         return PoolSpec(
             name=plugin.label,
-            init=functools.partial(_host.worker_init, plugin.code_path, plugin.manifest, plugins_dir, self.loaded_manifests()),
+            init=functools.partial(host.worker_init, plugin.code_path, plugin.manifest, plugins_dir, self.loaded_manifests()),
             workers=workers,
             call_timeout=settings.call_timeout if settings else 60.0,
             shutdown_method="shutdown",

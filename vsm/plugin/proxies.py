@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 from executors import Pool
 
-from .sdk import Config, InstanceInfo, Stat
+from ..sdk import Config, InstanceInfo, Stat
 
 __all__ = ["PooledDB", "PooledKVStore", "PooledStore"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ManifestError
+from ..errors import ManifestError
 from .manifest import NAME_RE
 
 __all__ = ["write_plugin_source"]

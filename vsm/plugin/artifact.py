@@ -15,9 +15,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import ArtifactError, ManifestError
+from ..errors import ArtifactError, ManifestError
 from .manifest import manifest_from_dict, read_source_manifest
-from .sdk import SPI_VERSION, Manifest
+from ..sdk import SPI_VERSION, Manifest
 
 __all__ = ["ARTIFACT_SUFFIX", "artifact_name", "build", "code_path", "read_artifact_manifest"]
 

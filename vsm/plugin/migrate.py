@@ -8,10 +8,10 @@ from typing import Callable, Iterable
 
 from executors import make_pool
 
-from .errors import PluginLoadError
+from ..errors import PluginLoadError
 from .loader import Registry
 from .proxies import PooledDB
-from .sdk import Kind
+from ..sdk import Kind
 
 __all__ = ["COLLECTIONS", "CollectionCopy", "migrate"]
 

@@ -1,0 +1,154 @@
+"""What the command modules share: the common options, table printing, the config, and the
+client of the running daemon or, without one, of a manager started in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from .client import DaemonError, daemon_client
+
+__all__ = ["LocalClient", "config_option", "daemon_or_fail", "home_option", "json_option", "load_and_prepare", "load_config_for", "meta_pairs", "open_client", "print_table"]
+
+
+def home_option(f: Any) -> Any:
+    return click.option("--home", type=click.Path(path_type=Path), default=None, help="Home folder (default: $VSM_HOME or ~/.vsm-pool).")(f)
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("(none)")
+        return
+    table = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def config_option(f: Any) -> Any:
+    return click.option("--config", "config_file", type=click.Path(path_type=Path), help="Config file (default: <home>/config.toml).")(f)
+
+
+def json_option(f: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(f)
+
+
+def meta_pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        pairs[key] = value
+    return pairs
+
+
+def daemon_or_fail(home: Path | None, config_file: Path | None) -> Any:
+    client = daemon_client(home, config_file)
+    if client is None:
+        raise click.ClickException("no vsm-pool daemon is running for this home folder (start one with `vsm-pool start`)")
+    return client
+
+
+def load_config_for(home: Path | None, config_file: Path | None) -> Any:
+    """The config of the home folder (or --config), its warnings logged."""
+    from ..config import load_config, resolve_home
+
+    return _logged(load_config(config_file, resolve_home(home)))
+
+
+def load_and_prepare(home: Path | None, config_file: Path | None) -> tuple[Any, Path]:
+    """The config and the home folder, made with its default layout first if it is new."""
+    from ..config import load_config, resolve_home
+    from ..home import ensure_home
+
+    home_dir = resolve_home(home)
+    if config_file is None:
+        ensure_home(home_dir)
+    return _logged(load_config(config_file, home_dir)), home_dir
+
+
+def _logged(loaded: tuple[Any, list[str]]) -> Any:
+    from loguru import logger
+
+    cfg, warnings = loaded
+    for w in warnings:
+        logger.warning(w)
+    return cfg
+
+
+class LocalClient:
+    """The Client interface over an in-process manager (no daemon running)."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+
+    def call(self, method: str, params: Any = None) -> Any:
+        from ..server.methods import METHODS
+
+        fn = METHODS.get(method)
+        if fn is None:
+            raise DaemonError(f"{method}: needs a running daemon (vsm-pool start)")
+        params = params or {}
+        return fn(self.manager, *params) if isinstance(params, list) else fn(self.manager, **params)
+
+    def put_piece(self, store: str, path: str, source: Any, size: int, progress: Any = None) -> Any:
+        reader = _Progress(source, progress)
+        n = self.manager.store(store).put(path, reader)
+        return {"store": store, "path": path, "size": n}
+
+    def get_piece(self, store: str, path: str, sink: Any, progress: Any = None) -> int:
+        reader = self.manager.store(store).get(path)
+        total = 0
+        try:
+            while chunk := reader.read(1 << 20):
+                sink.write(chunk)
+                total += len(chunk)
+                if progress:
+                    progress(len(chunk))
+        finally:
+            reader.close()
+        return total
+
+
+class _Progress:
+    def __init__(self, source: Any, progress: Any) -> None:
+        self.source, self.progress = source, progress
+
+    def readinto(self, buf: Any) -> int:
+        n = self.source.readinto(buf)
+        if n and self.progress:
+            self.progress(n)
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        if data and self.progress:
+            self.progress(len(data))
+        return data
+
+
+@contextlib.contextmanager
+def open_client(home: Path | None, config_file: Path | None, *, offline: bool = True) -> Iterator[Any]:
+    client = daemon_client(home, config_file)
+    if client is not None:
+        yield client
+        return
+    if not offline:
+        raise click.ClickException("no vsm-pool daemon is running for this home folder (start one with `vsm-pool start`)")
+    from ..manager import Manager
+
+    cfg, _ = load_and_prepare(home, config_file)
+    manager = Manager(cfg).start()
+    try:
+        yield LocalClient(manager)
+    finally:
+        manager.close()

@@ -1,0 +1,92 @@
+"""`vsm-pool start`, `stop` and `status`: run the daemon, stop it, show its pools and sinks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from ._common import config_option, home_option, json_option, load_and_prepare, print_table
+from .client import daemon_client, pid_alive
+
+__all__ = ["start", "status", "stop"]
+
+
+@click.command()
+@home_option
+@config_option
+@click.option("--listen", help="host:port to serve on (default: [Common.Api] Listen).")
+def start(home: Path | None, config_file: Path | None, listen: str | None) -> None:
+    """Run the daemon: load the plugins, start their pools, serve the API."""
+    import dataclasses
+
+    from ..server.daemon import run_daemon
+
+    cfg, home_dir = load_and_prepare(home, config_file)
+    if listen:
+        cfg = dataclasses.replace(cfg, api=dataclasses.replace(cfg.api, listen=listen))
+    run_daemon(cfg, home_dir)
+
+
+@click.command()
+@home_option
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon to exit.")
+def stop(home: Path | None, timeout: float) -> None:
+    """Ask the daemon to stop, and wait until it has."""
+    from ..config import resolve_home
+    from ..home import daemon_info
+
+    client = daemon_client(home)
+    if client is None:
+        raise click.ClickException("no vsm-pool daemon is running for this home folder")
+    pid = int((daemon_info(resolve_home(home)) or {}).get("pid", 0))
+    client.call("daemon.stop")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            click.echo(f"vsm-pool (pid {pid}) stopped")
+            return
+        time.sleep(0.1)
+    raise click.ClickException(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s")
+
+
+@click.command()
+@home_option
+@json_option
+def status(home: Path | None, as_json: bool) -> None:
+    """The daemon, each plugin's pool (workers, restarts, state) and each sink's lag."""
+    client = daemon_client(home)
+    if client is None:
+        raise click.ClickException("no vsm-pool daemon is running for this home folder")
+    st = client.call("status")
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    d = st["daemon"]
+    click.echo(f"daemon: pid {d['pid']}, listening on {d['listen']}, home {d['home']}")
+    rows = []
+    for p in st["plugins"]:
+        pool = p.get("pool") or {}
+        rows.append(
+            {
+                "plugin": f"{p['kind']}/{p['name']}",
+                "state": p["state"],
+                "workers": sum(1 for w in pool.get("workers", []) if w.get("alive", True)) if pool else "-",
+                "restarts": pool.get("restarts", "-"),
+                "calls": pool.get("calls", "-"),
+                "errors": pool.get("errors", "-"),
+                "last_error": (p.get("error") or pool.get("last_error") or "")[:80],
+            }
+        )
+    print_table(rows, ["plugin", "state", "workers", "restarts", "calls", "errors", "last_error"], False)
+    sectors = st.get("sectors") or {}
+    sinks = sectors.get("sinks", {})
+    if sinks:
+        click.echo("")
+        print_table(
+            [{"sink": n, **{k: "" if s.get(k) is None else s[k] for k in ("state", "checkpoint", "lag", "last_error")}} for n, s in sinks.items()],
+            ["sink", "state", "checkpoint", "lag", "last_error"],
+            False,
+        )

@@ -1,0 +1,167 @@
+"""`vsm-pool plugin ...`: build, create, list and test plugins; enable, disable, reload, flush and
+rescan them in the running daemon."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from loguru import logger
+
+from ._common import daemon_or_fail, home_option, load_config_for, print_table
+
+__all__ = ["plugin"]
+
+
+@click.group()
+def plugin() -> None:
+    """Build, create, list and test plugins."""
+
+
+@plugin.command("build")
+@click.option("--src-dir", type=click.Path(path_type=Path), help="Plugin source folder (holds manifest.toml).")
+@click.option("--bundled", "bundled", help="Build a plugin bundled with vsm-pool, by folder name (e.g. redis).")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+def plugin_build(src_dir: Path | None, bundled: str | None, out_dir: Path) -> None:
+    """Validate a plugin source folder and write plugin-<name>.vsmp into --out-dir."""
+    from ..plugin.artifact import build
+    from ..home import bundled_plugin_sources
+
+    if bundled:
+        sources = {p.name: p for p in bundled_plugin_sources()}
+        if bundled not in sources:
+            raise click.BadParameter(f"no bundled plugin {bundled!r}; bundled: {', '.join(sources)}", param_hint="--bundled")
+        src_dir = sources[bundled]
+    if src_dir is None:
+        raise click.UsageError("give --src-dir DIR or --bundled NAME")
+    path, manifest, warnings = build(src_dir, out_dir)
+    for w in warnings:
+        logger.warning(w)
+    click.echo(f'Package "{src_dir}" as plugin "{path}" success.')
+    click.echo(json.dumps(manifest.to_toml_dict(), indent=2))
+
+
+@plugin.command("new")
+@click.option("--kind", required=True, type=click.Choice(["KVStore", "ObjStore", "SyncSectorState", "RegisterJsonRpc"]))
+@click.option("--dir", "parent", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+@click.argument("name")
+def plugin_new(kind: str, parent: Path, name: str) -> None:
+    """Write a ready-to-edit plugin source folder NAME/ of the given kind."""
+    from ..plugin.scaffold import write_plugin_source
+
+    folder = write_plugin_source(kind, name, parent)
+    click.echo(f"wrote {folder}; build it with: vsm-pool plugin build --src-dir {folder} --out-dir <plugins dir>")
+
+
+@plugin.command("list")
+@home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="Config file (default: <home>/config.toml).")
+@click.option("--dir", "plugins_dir", type=click.Path(path_type=Path), help="List this plugins dir instead of the config's.")
+@click.option("--json", "as_json", is_flag=True)
+def plugin_list(home: Path | None, config_file: Path | None, plugins_dir: Path | None, as_json: bool) -> None:
+    """Kind, name, version, build time, state and artifact of every plugin."""
+    from .client import daemon_client
+
+    if plugins_dir is None:
+        client = daemon_client(home, config_file)
+        if client is not None:
+            print_table(client.call("plugin.list"), _PLUGIN_COLUMNS, as_json)
+            return
+        plugins_dir = load_config_for(home, config_file).plugins_dir
+    from ..plugin.loader import discover
+
+    plugins, _ = discover(plugins_dir, entry_points=True)
+    print_table([p.describe() for p in plugins], _PLUGIN_COLUMNS, as_json)
+
+
+_PLUGIN_COLUMNS = ["kind", "name", "version", "build_time", "state", "artifact", "error"]
+
+
+@plugin.command("test")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--meta", multiple=True, help="KEY=VALUE passed to the Constructor (repeatable).")
+@click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def plugin_test(artifact: Path, meta: tuple[str, ...], workers: int, as_json: bool) -> None:
+    """Run the conformance kit of the artifact's kind against it, in its own pool."""
+    from ..plugin.conformance.runner import run_conformance
+
+    pairs = {}
+    for item in meta:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
+        pairs[key] = value
+    results = run_conformance(artifact, pairs, workers=workers)
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        for r in results:
+            click.echo(f"{'PASS' if r.passed else 'FAIL'}  {r.name}" + (f"\n      {r.error}" if r.error else ""))
+        click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    sys.exit(1 if failed else 0)
+
+
+@plugin.command("disable")
+@home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("name")
+def plugin_disable(home: Path | None, config_file: Path | None, as_json: bool, name: str) -> None:
+    """Stop a plugin's pool and keep it stopped across restarts (a sink keeps its checkpoint)."""
+    row = daemon_or_fail(home, config_file).call("plugin.disable", {"name": name})
+    click.echo(json.dumps(row, indent=2, default=str) if as_json else f"disabled {row['kind']}/{row['name']}")
+
+
+@plugin.command("enable")
+@home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("name")
+def plugin_enable(home: Path | None, config_file: Path | None, as_json: bool, name: str) -> None:
+    """Start a disabled plugin again (a sink catches up from its checkpoint)."""
+    row = daemon_or_fail(home, config_file).call("plugin.enable", {"name": name})
+    click.echo(json.dumps(row, indent=2, default=str) if as_json else f"enabled {row['kind']}/{row['name']}: {row['state']}")
+
+
+@plugin.command("reload")
+@home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("name")
+@click.argument("artifact", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def plugin_reload(home: Path | None, config_file: Path | None, as_json: bool, name: str, artifact: Path | None) -> None:
+    """Swap a running plugin for a new build (its file in the plugins dir, or ARTIFACT) while the
+    manager keeps serving; if the new build fails, the old one keeps serving."""
+    params = {"name": name, "artifact": str(artifact.resolve()) if artifact else None}
+    row = daemon_or_fail(home, config_file).call("plugin.reload", params)
+    if as_json:
+        click.echo(json.dumps(row, indent=2, default=str))
+    else:
+        click.echo(f"reloaded {row['kind']}/{row['name']}: {row['previous_version']} -> {row['version']} (build time {row['build_time']})")
+
+
+@plugin.command("flush")
+@home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.argument("name")
+def plugin_flush(home: Path | None, config_file: Path | None, name: str) -> None:
+    """Ask every worker of the plugin to re-read its own settings (its onFlush hook)."""
+    answers = daemon_or_fail(home, config_file).call("plugin.flush", {"name": name})
+    if not any(answers):
+        click.echo(f"{name} has no onFlush hook: nothing to do")
+    else:
+        click.echo(f"flushed {name} in {len(answers)} worker(s)")
+
+
+@plugin.command("rescan")
+@home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def plugin_rescan(home: Path | None, config_file: Path | None, as_json: bool) -> None:
+    """Pick up changed or new artifacts in the plugins dir (never done silently)."""
+    changes = daemon_or_fail(home, config_file).call("plugin.rescan")
+    print_table(changes, ["name", "change", "version", "artifact", "error"], as_json)

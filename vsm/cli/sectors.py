@@ -1,0 +1,133 @@
+"""`vsm-pool sectors import|get|list|update|finalize|restore`: sector states."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from ._common import config_option, home_option, json_option, open_client
+
+__all__ = ["sectors"]
+
+
+@click.group()
+def sectors() -> None:
+    """Sector states: import, get, list, update, finalize, restore."""
+
+
+def _show_state(state: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    sid = state.get("ID", {})
+    flags = [k for k in ("Finalized", "Removed", "Imported", "NeedRebuild", "Upgraded", "Unsealing") if state.get(k)]
+    latest = (state.get("LatestState") or {}).get("StateChange", {}).get("Next", "")
+    click.echo(
+        f"m-{sid.get('Miner')}-n-{sid.get('Number')}  {state.get('WorkerState', '')}  type {state.get('SectorType')}"
+        f"  pieces {len(state.get('Pieces') or [])}  deals {len(state.get('Deals') or [])}"
+        + (f"  state {latest}" if latest else "")
+        + (f"  [{', '.join(flags)}]" if flags else "")
+        + (f"  abort: {state['AbortReason']}" if state.get("AbortReason") else "")
+    )
+
+
+@sectors.command("import")
+@home_option
+@config_option
+@click.option("--override", is_flag=True, help="Replace sectors that exist already.")
+@click.option("--offline", "worker_state", flag_value="offline", default="online", help="Import into the offline (finalized) collection.")
+@click.option("--chunk", default=5000, show_default=True, help="States per request.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def sectors_import(home: Path | None, config_file: Path | None, override: bool, worker_state: str, chunk: int, file: Path) -> None:
+    """Bulk-load FILE: JSON lines of SectorState in damocles' encoding, or Parquet in the Arrow schema."""
+    from ..sectors import read_import_file
+
+    written = total = 0
+    with open_client(home, config_file) as client, tqdm(unit=" sectors", desc="import", file=sys.stderr, disable=None) as bar:
+        for states in read_import_file(str(file), chunk=chunk):
+            payload = [s.to_go_dict() for s in states]
+            written += client.call("sectors.import", {"states": payload, "override": override, "worker_state": worker_state})
+            total += len(states)
+            bar.update(len(states))
+    click.echo(f"imported {written} of {total} sectors from {file}" + ("" if written == total or override else " (the rest exist already; --override replaces them)"))
+
+
+@sectors.command("get")
+@home_option
+@config_option
+@json_option
+@click.argument("miner", type=int)
+@click.argument("number", type=int)
+def sectors_get(home: Path | None, config_file: Path | None, as_json: bool, miner: int, number: int) -> None:
+    """One sector's state."""
+    with open_client(home, config_file) as client:
+        _show_state(client.call("sectors.get", {"miner": miner, "number": number}), as_json)
+
+
+@sectors.command("list")
+@home_option
+@config_option
+@json_option
+@click.option("--offline", "worker_state", flag_value="offline", default="online", help="List finalized (offline) sectors.")
+@click.option("--miner", type=int)
+@click.option("--limit", default=1000, show_default=True)
+def sectors_list(home: Path | None, config_file: Path | None, as_json: bool, worker_state: str, miner: int | None, limit: int) -> None:
+    """Sectors in key order."""
+    with open_client(home, config_file) as client:
+        states = client.call("sectors.list", {"worker_state": worker_state, "miner": miner, "limit": limit})
+    if as_json:
+        click.echo(json.dumps(states, indent=2))
+        return
+    for state in states:
+        _show_state(state, False)
+
+
+@sectors.command("update")
+@home_option
+@config_option
+@json_option
+@click.argument("miner", type=int)
+@click.argument("number", type=int)
+@click.argument("fields", nargs=-1, required=True)
+def sectors_update(home: Path | None, config_file: Path | None, as_json: bool, miner: int, number: int, fields: tuple[str, ...]) -> None:
+    """Set FIELD=VALUE on a sector (Go field names; VALUE is JSON, or a plain string)."""
+    parsed: dict[str, Any] = {}
+    for item in fields:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not FIELD=VALUE", param_hint="FIELDS")
+        try:
+            parsed[key] = json.loads(raw)
+        except ValueError:
+            parsed[key] = raw
+    with open_client(home, config_file) as client:
+        _show_state(client.call("sectors.update", {"miner": miner, "number": number, "fields": parsed}), as_json)
+
+
+@sectors.command("finalize")
+@home_option
+@config_option
+@json_option
+@click.argument("miner", type=int)
+@click.argument("number", type=int)
+def sectors_finalize(home: Path | None, config_file: Path | None, as_json: bool, miner: int, number: int) -> None:
+    """Move a sector from online to offline."""
+    with open_client(home, config_file) as client:
+        _show_state(client.call("sectors.finalize", {"miner": miner, "number": number}), as_json)
+
+
+@sectors.command("restore")
+@home_option
+@config_option
+@json_option
+@click.argument("miner", type=int)
+@click.argument("number", type=int)
+def sectors_restore(home: Path | None, config_file: Path | None, as_json: bool, miner: int, number: int) -> None:
+    """Move a sector from offline back to online."""
+    with open_client(home, config_file) as client:
+        _show_state(client.call("sectors.restore", {"miner": miner, "number": number}), as_json)

@@ -1,0 +1,174 @@
+"""The manager's JSON-RPC methods: status, pieces, sectors, sinks and queries.
+
+Each is a plain function `fn(manager, **params)`; the run-time plugin methods (plugin.enable,
+disable, reload, flush, rescan) are in admin.py and join this table at the bottom.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import VsmError
+from .admin import ADMIN_METHODS
+from .jsonrpc import MethodTable
+
+__all__ = ["METHODS"]
+
+METHODS = MethodTable()
+
+
+@METHODS.method("plugin.list")
+def plugin_list(manager: Any) -> list[dict[str, Any]]:
+    return [p.describe() for p in manager.registry.plugins]
+
+
+@METHODS.method("status")
+def status(manager: Any) -> dict[str, Any]:
+    import os
+
+    return {
+        "daemon": {"pid": os.getpid(), "home": manager.config.home, "listen": manager.config.api.listen},
+        "plugins": plugin_list(manager),
+        "stores": {**{n: {"plugin": s.pool.spec.name, "state": "ready"} for n, s in manager.stores.items()},
+                   **{n: {"state": "failed", "error": e} for n, e in manager.store_errors.items()}},
+        "sectors": manager.sectors.status() if manager.sectors is not None else None,
+    }
+
+
+@METHODS.method("pieces.stat")
+def pieces_stat(manager: Any, store: str, path: str) -> dict[str, Any]:
+    return {"store": store, "path": path, "size": manager.store(store).stat(path).size}
+
+
+@METHODS.method("pieces.delete")
+def pieces_delete(manager: Any, store: str, path: str) -> None:
+    manager.store(store).delete(path)
+
+
+@METHODS.method("pieces.stores")
+def pieces_stores(manager: Any) -> list[dict[str, Any]]:
+    return [{"name": n, "plugin": s.pool.spec.name, "path": s.cfg.path, "read_only": s.cfg.read_only} for n, s in manager.stores.items()]
+
+
+# --- sectors -------------------------------------------------------------------------------
+
+
+def _sid(miner: int, number: int) -> Any:
+    from ..sdk.sectors import SectorID
+
+    if not isinstance(miner, int) or not isinstance(number, int) or miner < 0 or number < 0:
+        raise ValueError(f"miner and number must be whole numbers >= 0, got {miner!r}, {number!r}")
+    return SectorID(miner, number)
+
+
+def _sectors(manager: Any) -> Any:
+    if manager.sectors is None:
+        raise VsmError("the sector state manager is not running")
+    return manager.sectors
+
+
+def _state_json(state: Any, worker_state: str | None = None) -> dict[str, Any]:
+    out = state.to_go_dict()
+    if worker_state:
+        out["WorkerState"] = worker_state
+    return out
+
+
+@METHODS.method("sectors.import")
+def sectors_import(manager: Any, states: list[dict[str, Any]], override: bool = False, worker_state: str = "online") -> int:
+    """States in damocles' JSON encoding; returns how many were written (existing ones are
+    skipped unless override)."""
+    from ..sdk.sectors import SectorState
+
+    if not isinstance(states, list):
+        raise ValueError("states must be a list of SectorState objects in damocles' JSON encoding")
+    parsed = []
+    for i, raw in enumerate(states):
+        try:
+            parsed.append(SectorState.from_go_dict(raw))
+        except Exception as e:
+            raise ValueError(f"states[{i}]: not a SectorState: {type(e).__name__}: {e}") from None
+    return _sectors(manager).import_states(parsed, override=override, worker_state=worker_state)
+
+
+@METHODS.method("sectors.init")
+def sectors_init(manager: Any, sectors: list[dict[str, int]], worker_state: str = "online") -> list[dict[str, Any]]:
+    """Allocated sectors [{"miner", "number", "proof_type"}] -> their new states."""
+    from ..sdk.sectors import AllocatedSector
+
+    allocated = [AllocatedSector(_sid(s["miner"], s["number"]), int(s.get("proof_type", 0))) for s in sectors]
+    return [_state_json(s, worker_state) for s in _sectors(manager).init(allocated, worker_state)]
+
+
+@METHODS.method("sectors.get")
+def sectors_get(manager: Any, miner: int, number: int) -> dict[str, Any]:
+    sid = _sid(miner, number)
+    sm = _sectors(manager)
+    where = sm.locate(sid)
+    if where is None:
+        raise ValueError(f"no sector m-{miner}-n-{number}")
+    return _state_json(sm.get(sid, where), where)
+
+
+@METHODS.method("sectors.list")
+def sectors_list(manager: Any, worker_state: str = "online", miner: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    out = []
+    for state in _sectors(manager).list(worker_state, miner):
+        if len(out) >= limit:
+            break
+        out.append(_state_json(state, worker_state))
+    return out
+
+
+@METHODS.method("sectors.update")
+def sectors_update(manager: Any, miner: int, number: int, fields: dict[str, Any]) -> dict[str, Any]:
+    """Set fields (Go names such as "Finalized", or attribute names) on a sector."""
+    if not isinstance(fields, dict) or not fields:
+        raise ValueError("fields must be a non-empty object of field name -> value")
+    sm = _sectors(manager)
+    state = sm.update(_sid(miner, number), fields)
+    return _state_json(state, sm.locate(state.id))
+
+
+@METHODS.method("sectors.finalize")
+def sectors_finalize(manager: Any, miner: int, number: int) -> dict[str, Any]:
+    return _state_json(_sectors(manager).finalize(_sid(miner, number)), "offline")
+
+
+@METHODS.method("sectors.restore")
+def sectors_restore(manager: Any, miner: int, number: int) -> dict[str, Any]:
+    return _state_json(_sectors(manager).restore(_sid(miner, number)), "online")
+
+
+@METHODS.method("sinks.status")
+def sinks_status(manager: Any) -> dict[str, Any]:
+    return _sectors(manager).status()
+
+
+@METHODS.method("query.arrow")
+def query_arrow(manager: Any, sql: str, sink: str = "duckdb") -> str:
+    """SQL over the sink's database; the result as base64 Arrow IPC (exact types)."""
+    import base64
+
+    from ..sectors import PoolSink
+
+    pool = manager.sink_pool(sink)
+    if pool is None:
+        raise ValueError(f"no ready SyncSectorState sink {sink!r} answers queries")
+    return base64.b64encode(PoolSink(pool).query(sql)).decode()
+
+
+@METHODS.method("query")
+def query(manager: Any, sql: str, sink: str = "duckdb") -> dict[str, Any]:
+    """SQL over the sink's database; {"columns": [...], "rows": [[...], ...]}."""
+    import base64
+
+    from ..sectors import ipc_to_table
+
+    table = ipc_to_table(base64.b64decode(query_arrow(manager, sql, sink)))
+    return {"columns": table.column_names, "rows": [list(r.values()) for r in table.to_pylist()]}
+
+
+
+
+METHODS.update(ADMIN_METHODS)

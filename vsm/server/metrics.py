@@ -1,0 +1,49 @@
+"""GET /metrics: Prometheus text built from the pools' and sinks' own status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """Prometheus text from the pools' and sinks' own status: nothing counted twice."""
+
+    def __init__(self, manager: Any) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.manager = manager
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["kind", "plugin"]
+        calls = CounterMetricFamily("vsm_plugin_calls", "Calls served by the plugin's pool", labels=labels)
+        errors = CounterMetricFamily("vsm_plugin_errors", "Calls that failed", labels=labels)
+        latency = CounterMetricFamily("vsm_plugin_call_seconds", "Total time spent in calls", labels=labels)
+        restarts = CounterMetricFamily("vsm_plugin_worker_restarts", "Workers replaced after a crash or timeout", labels=labels)
+        workers = GaugeMetricFamily("vsm_plugin_workers", "Live worker processes", labels=labels)
+        lag = GaugeMetricFamily("vsm_sink_lag_rows", "Sector-state events not yet delivered to the sink", labels=["sink"])
+        registry = self.manager.registry
+        for plugin in registry.plugins if registry else []:
+            if plugin.pool is None:
+                continue
+            s = plugin.pool.status()
+            key = [plugin.manifest.kind.value, plugin.manifest.name]
+            calls.add_metric(key, s.get("calls", 0))
+            errors.add_metric(key, s.get("errors", 0))
+            latency.add_metric(key, s.get("latency_sum", 0.0))
+            restarts.add_metric(key, s.get("restarts", 0))
+            workers.add_metric(key, sum(1 for w in s.get("workers", []) if w.get("alive", True)))
+        if self.manager.sectors is not None:
+            for name, sink in self.manager.sectors.status().get("sinks", {}).items():
+                lag.add_metric([name], sink.get("lag", 0))
+        yield from (calls, errors, latency, restarts, workers, lag)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
