@@ -39,6 +39,7 @@ class PluginSettings:
 
     workers: int | None = None  # None: the kind's default (vsm.loader.DEFAULT_WORKERS)
     call_timeout: float = 60.0
+    start_timeout: float = 60.0  # seconds for the pool to start (imports, onInit); past it the plugin is disabled
     disabled: bool = False
     meta: dict[str, str] = dataclasses.field(default_factory=dict)
     backend: str = "process"  # "process" (local worker processes) | "ray" (one Ray actor per worker)
@@ -88,8 +89,16 @@ class SectorSyncConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ApiConfig:
+    """[Common.Api]: where the daemon listens and what one request may cost (README "Limits")."""
+
     listen: str = "127.0.0.1:1789"
     max_body_bytes: int = 64 << 20  # JSON-RPC bodies; piece uploads stream and are not bound
+    max_response_bytes: int = 64 << 20  # one JSON-RPC reply, a batch's results together
+    max_list_limit: int = 10_000  # sectors.list `limit`
+    header_timeout: float = 10.0  # seconds for a request's line and headers to arrive
+    body_timeout: float = 60.0  # seconds for a JSON-RPC body to arrive
+    query_timeout: float = 30.0  # seconds a `query` may run before it is interrupted
+    query_max_bytes: int = 64 << 20  # Arrow bytes a `query` result may hold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +176,22 @@ def _positive(v: Any) -> str | None:
     return None if v > 0 else "must be greater than 0"
 
 
+def _between(low: float, high: float, unit: str = "") -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if low <= v <= high else f"must be between {low:g} and {high:g}{unit}, got {v!r}"
+
+    return check
+
+
+# A worker is a process of ~30-60 MiB: past this many per plugin a typo (Workers = 240) or a
+# guess costs the machine more than it gains. A stream-heavy ObjStore may want more workers
+# than cores (they wait on I/O), hence twice the cores, and never fewer than 16.
+MAX_WORKERS = max(16, 2 * (os.cpu_count() or 1))
+# Below this a call cannot even cross to its worker and back under load: every call would
+# time out and kill its worker. Above a day a hung call is never noticed.
+CALL_TIMEOUT_BOUNDS = (0.1, 86400.0)
+
+
 def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config, list[str]]:
     """Parse and validate the config; returns (config, warnings). Plugin names are checked
     against the loaded plugins later (`Registry.check_config`), since only then are they known."""
@@ -179,6 +204,9 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
         raise ConfigError(path, "", f"TOML syntax error: {e}") from None
     except OSError as e:
         raise ConfigError(path, "", f"cannot read config: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(path, "", f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at line {line} (offset {e.start})") from None
     warnings: list[str] = []
     root = _Reader(path, data, "", warnings)
     common = root.table("Common")
@@ -215,8 +243,9 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
                 path, t.key("RayAddress"), f"differs from [Common.Plugins] RayAddress {ray_address!r}: set it there, once"
             )
         settings[name] = PluginSettings(
-            workers=t.get("Workers", int, None, _positive),
-            call_timeout=float(t.get("CallTimeout", (int, float), 60.0, _positive)),
+            workers=t.get("Workers", int, None, _between(1, MAX_WORKERS, " (the limit is 2 x the CPUs, at least 16)")),
+            call_timeout=float(t.get("CallTimeout", (int, float), 60.0, _between(*CALL_TIMEOUT_BOUNDS, " seconds"))),
+            start_timeout=float(t.get("StartTimeout", (int, float), 60.0, _between(1.0, 3600.0, " seconds"))),
             disabled=t.get("Disabled", bool, False),
             meta=t.strings("Meta"),
             backend=t.get("Backend", str, default_backend, backend_name),
@@ -289,6 +318,12 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
     api = ApiConfig(
         listen=api_t.get("Listen", str, "127.0.0.1:1789", lambda v: None if ":" in v else "must be host:port"),
         max_body_bytes=api_t.get("MaxBodyBytes", int, 64 << 20, _positive),
+        max_response_bytes=api_t.get("MaxResponseBytes", int, 64 << 20, _between(1 << 10, 1 << 34, " bytes")),
+        max_list_limit=api_t.get("MaxListLimit", int, 10_000, _between(1, 1_000_000)),
+        header_timeout=float(api_t.get("HeaderTimeout", (int, float), 10.0, _between(0.5, 3600.0, " seconds"))),
+        body_timeout=float(api_t.get("BodyTimeout", (int, float), 60.0, _between(0.5, 3600.0, " seconds"))),
+        query_timeout=float(api_t.get("QueryTimeout", (int, float), 30.0, _between(0.1, 86400.0, " seconds"))),
+        query_max_bytes=api_t.get("QueryMaxBytes", int, 64 << 20, _between(1 << 10, 1 << 34, " bytes")),
     )
     api_t.warn_unknown()
     common.warn_unknown()
@@ -332,7 +367,8 @@ Strict = false
 # [Common.Plugins.sqlitekv]
 # Workers = 2          # worker processes, never more than the plugin's maxWorkers; default:
 #                      # KVStore 2, ObjStore 4 (a byte stream holds a worker while it runs), others 1
-# CallTimeout = 60     # seconds; a call past it fails and its worker is replaced
+# CallTimeout = 60     # seconds (0.1 to 86400); a call past it fails and its worker is replaced
+# StartTimeout = 60    # seconds for the pool to start (onInit); past it the plugin is disabled
 # Disabled = false
 # Backend = "ray"      # this plugin only; default: [Common.Plugins] Backend
 # RayNode = ""         # node id or IP to pin the workers to
@@ -378,4 +414,12 @@ JournalDir = "{data}/journal"
 
 [Common.Api]
 Listen = "127.0.0.1:1789"
+# What one request may cost (the README's "Limits" table says what a client gets past each):
+# MaxBodyBytes = 67108864        # a JSON-RPC body
+# MaxResponseBytes = 67108864    # a JSON-RPC reply (a batch's results together)
+# MaxListLimit = 10000           # sectors.list limit
+# HeaderTimeout = 10             # seconds for a request's headers to arrive
+# BodyTimeout = 60               # seconds for a JSON-RPC body to arrive
+# QueryTimeout = 30              # seconds a query may run
+# QueryMaxBytes = 67108864       # bytes (Arrow) a query's result may hold
 '''

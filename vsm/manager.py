@@ -91,7 +91,12 @@ class Manager:
                 cause = kv.error if kv is not None else "not loaded"
                 raise PluginLoadError(f"the DB plugin '{cfg.db.plugin_name}' is not ready, so the manager cannot start: {cause}")
             self.db = PooledDB(kv.pool, cfg.db.meta)
-            self.db.run()
+            try:
+                self.db.run()
+            except Exception as e:  # the plugin's Constructor raised (bad Meta, server down): one line
+                self.db = None
+                key = "Common.DB.Plugin.Meta" if cfg.db.driver == "plugin" else "Common.DB"
+                raise ConfigError(cfg.file, key, f"the KVStore plugin '{cfg.db.plugin_name}' failed to open the DB: {type(e).__name__}: {e}") from None
             for store in stores:
                 self._open_store(store)
             self._register_rpc()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vsm.config import default_config_text, load_config, resolve_home
+from vsm.config import MAX_WORKERS, default_config_text, load_config, resolve_home
 from vsm.errors import ConfigError
 
 from .conftest import run_cli
@@ -69,7 +69,13 @@ Addr = "127.0.0.1:6379"
         ("[[Common.PieceStores]]\nName = 'x'\n", "Common.PieceStores[0].Path", "missing"),
         ('[Common.DB]\nDriver = "mongo"\n', "Common.DB.Driver", "unsupported db driver 'mongo'"),
         ('[Common.DB]\nDriver = "plugin"\n', "Common.DB.Plugin.PluginName", "missing"),
-        ("[Common.Plugins.redis]\nWorkers = 0\n", "Common.Plugins.redis.Workers", "greater than 0"),
+        ("[Common.Plugins.redis]\nWorkers = 0\n", "Common.Plugins.redis.Workers", "must be between 1 and"),
+        # issue 20 item 6: a pool of hundreds of processes, or a timeout no call can meet
+        (f"[Common.Plugins.redis]\nWorkers = {MAX_WORKERS + 8}\n", "Common.Plugins.redis.Workers", f"must be between 1 and {MAX_WORKERS}"),
+        ("[Common.Plugins.redis]\nCallTimeout = 1e-9\n", "Common.Plugins.redis.CallTimeout", "must be between 0.1 and 86400 seconds"),
+        ("[Common.Plugins.redis]\nStartTimeout = 0\n", "Common.Plugins.redis.StartTimeout", "must be between 1 and 3600 seconds"),
+        ("[Common.Api]\nMaxListLimit = 0\n", "Common.Api.MaxListLimit", "must be between 1 and"),
+        ("[Common.Api]\nHeaderTimeout = 1e-9\n", "Common.Api.HeaderTimeout", "must be between 0.5 and"),
         ("[Common.Plugins]\nStrict = 'yes'\n", "Common.Plugins.Strict", "must be true or false"),
         ('[[Common.PieceStores]]\nName="a"\nPath="/x"\n[[Common.PersistStores]]\nName="a"\nPath="/y"\n', "Common.PersistStores[0].Name", "used twice"),
     ],
@@ -79,6 +85,31 @@ def test_bad_config_names_file_and_key(tmp_path, text, key, cause):
         _load(tmp_path, text)
     assert info.value.file == str(tmp_path / "config.toml") and info.value.key == key
     assert cause in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_not_utf8_is_one_line(tmp_path):
+    """issue 20 item 6: a config with invalid UTF-8 ends in one line through the CLI, no traceback."""
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b'[Common.Api]\nListen = "127.0.0.1:1789"\n# caf\xe9\n')
+    with pytest.raises(ConfigError, match=r"not UTF-8 text: byte 0xe9 at line 3 \(offset 44\)"):
+        load_config(bad, tmp_path)
+    proc = run_cli("start", "--home", str(tmp_path / "home"), "--config", str(bad), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"vsm-pool: error: {bad}: not UTF-8 text: byte 0xe9 at line 3 (offset 44)", proc.stderr
+
+
+def test_kv_constructor_failure_is_one_line(tmp_path):
+    """issue 20 item 6: a KVStore whose Constructor raises stops start-up with one line."""
+    home = tmp_path / "home"
+    run_cli("config", "init", "--home", str(home), check=True)
+    config = home / "config.toml"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config.write_text(config.read_text().replace(f'Path = "{home}/data/kv.sqlite"', f'Path = "{blocker}/kv.sqlite"'))
+    proc = run_cli("start", "--home", str(home), "--listen", "127.0.0.1:0", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"vsm-pool: error: {config}: Common.DB: the KVStore plugin 'sqlitekv' failed to open the DB: "), proc.stderr
 
 
 def test_missing_config_file(tmp_path):

@@ -251,6 +251,7 @@ class Registry:
             init=functools.partial(host.worker_init, plugin.code_path, plugin.manifest, plugins_dir, self.loaded_manifests()),
             workers=workers,
             call_timeout=settings.call_timeout if settings else 60.0,
+            start_timeout=settings.start_timeout if settings else 60.0,
             shutdown_method="shutdown",
             preload=WORKER_PRELOAD,
         )
