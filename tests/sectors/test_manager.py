@@ -209,6 +209,40 @@ def test_kv_failure_journals_revert(dictdb, tmp_path) -> None:  # type: ignore[n
         assert_no_gaps(rec.seqs)
 
 
+@pytest.mark.parametrize("fail_at", [1, 3])
+def test_import_kv_failure_mid_pipeline_reverts_what_was_journaled(dictdb, tmp_path, fail_at) -> None:  # type: ignore[no-untyped-def]
+    """A bulk import whose KV write of chunk `fail_at` fails: the chunks written before stay,
+    the failed chunk and the one journaled behind it (never written) get revert events, and
+    every sink ends with what the KV holds: nothing journaled is left unexplained."""
+    rec = RecordingSink()
+    meta = dictdb.open_collection("meta")
+    calls = {"n": 0}
+    update = meta.update
+
+    def failing_update(fn):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            meta.fail_next = OSError("disk gone")
+        return update(fn)
+
+    meta.update = failing_update  # type: ignore[method-assign]
+    with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}, commit_retries=1, import_chunk=10, import_window=4) as m:
+        with pytest.raises(OSError, match="disk gone"):
+            m.import_states(make_state(5, n) for n in range(80))
+        assert len(meta.data) == 10 * (fail_at - 1)
+        assert m.wait_delivered(10)
+        rows = pa.concat_tables(rec.tables).to_pylist()
+        assert_no_gaps(rec.seqs)
+        last: dict[int, str] = {}
+        for r in rows:
+            last[r["number"]] = r["kind"]
+        written = {int(k.rsplit(b"-", 1)[1]) for k in meta.data}
+        assert {n for n, kind in last.items() if kind == "import"} == written
+        reverted = {n for n, kind in last.items() if kind == "revert"}
+        # the failed chunk, and the chunk journaled while it was being written
+        assert reverted == set(range(10 * (fail_at - 1), 10 * (fail_at + 1)))
+
+
 def test_restart_resumes_checkpoints_and_compacts(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
     rec = RecordingSink()
     m = _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}, segment_bytes=1)

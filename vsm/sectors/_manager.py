@@ -252,54 +252,13 @@ class SectorStateManager:
         next frame is written; keys of a chunk journaled but not yet written count as existing.
         A chunk of import_chunk states takes nearly every lock stripe anyway, so the import
         holds all of them, for windows of import_window chunks (no check is carried over a
-        window's end): other operations get in between windows."""
-        written = 0
-        with ThreadPoolExecutor(1, thread_name_prefix="vsm-import-encode") as enc, ThreadPoolExecutor(
-            1, thread_name_prefix="vsm-import-kv"
-        ) as kvx:
-
-            def produce() -> _Prepared | None:
-                c = next(chunks, None)
-                return None if c is None else _prepare_import(c)
-
-            nxt: Future[_Prepared | None] | None = enc.submit(produce)
-            p = nxt.result()
-            nxt = enc.submit(produce) if p is not None else None
-            while p is not None:
+        window's end): other operations get in between windows. The steps are _ImportPipeline's."""
+        with _ImportPipeline(self, coll, chunks, override, ws, progress) as pipeline:
+            while pipeline.current is not None:
                 with self._locks.hold_all():
-                    inflight: _InFlight | None = None
-                    check: Future[pa.Array | None] | None = None
-                    try:
-                        for i in range(self.import_window):
-                            if check is None:
-                                check = kvx.submit(_existing, coll, p.pairs.keys, override)
-                            exists, check = check.result(), None
-                            staged = self._import_journal(p, exists, ws, inflight)
-                            p_next = nxt.result() if nxt is not None else None
-                            nxt = enc.submit(produce) if p_next is not None else None
-                            if p_next is not None and i + 1 < self.import_window:
-                                check = kvx.submit(_existing, coll, p_next.pairs.keys, override)
-                            if inflight is not None:
-                                prev, inflight = inflight, None
-                                try:
-                                    written += self._import_finish(prev, progress)
-                                except BaseException as e:
-                                    if staged is not None:  # journaled, never written: say so
-                                        self._compensate(staged.changes(), staged.ticket, e)
-                                    raise
-                            if staged is not None:
-                                staged.future = kvx.submit(self._commit_puts, ws, staged.pairs)
-                                inflight = staged
-                            elif progress:
-                                progress(p.n)
-                            p = p_next
-                            if p is None:
-                                break
-                    finally:
-                        if inflight is not None:
-                            written += self._import_finish(inflight, progress)
+                    pipeline.run_window(self.import_window)
                 time.sleep(0)  # let waiting operations take their stripes
-        return written
+            return pipeline.written
 
     def _import_journal(self, p: _Prepared, exists: pa.Array | None, ws: str, inflight: _InFlight | None) -> _InFlight | None:
         """Drop the states whose keys exist (exists: a mask, None under override; a key of the
@@ -773,6 +732,93 @@ def _apply_writes(writes: list[tuple[bytes, bytes | None]]) -> Callable[[Any], N
                 txn.put(k, v)
 
     return fn
+
+
+class _ImportPipeline:
+    """The stages of one bulk import (see SectorStateManager._import_pipelined), as named steps.
+
+    Write-ahead order, which the crash argument needs, holds in `_step`: a chunk's KV write is
+    submitted only after its frame is durable (`_journal`), and a chunk journaled but never
+    written is compensated when the write before it fails (`_finish_previous`).
+    """
+
+    def __init__(self, mgr: SectorStateManager, coll: Any, chunks: Iterator[Any], override: bool, ws: str,
+                 progress: Callable[[int], None] | None) -> None:
+        self.mgr, self.coll, self.chunks, self.override, self.ws, self.progress = mgr, coll, chunks, override, ws, progress
+        self.written = 0
+        self._enc = ThreadPoolExecutor(1, thread_name_prefix="vsm-import-encode")
+        self._kv = ThreadPoolExecutor(1, thread_name_prefix="vsm-import-kv")
+        self._next: Future[_Prepared | None] | None = self._enc.submit(self._produce)
+        try:
+            self.current: _Prepared | None = self._take_next()
+        except BaseException:
+            self.__exit__()
+            raise
+        self._check: Future[pa.Array | None] | None = None  # existence of current's keys
+        self._inflight: _InFlight | None = None  # journaled, KV write running
+
+    def __enter__(self) -> _ImportPipeline:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._enc.shutdown(wait=True, cancel_futures=True)
+        self._kv.shutdown(wait=True)
+
+    def run_window(self, window: int) -> None:
+        """Up to `window` chunks under the caller's stripes; the last write is waited for."""
+        try:
+            for i in range(window):
+                self._step(check_next=i + 1 < window)
+                if self.current is None:
+                    break
+        finally:
+            self._check = None  # an existence check never outlives the window's stripes
+            if self._inflight is not None:
+                prev, self._inflight = self._inflight, None
+                self.written += self.mgr._import_finish(prev, self.progress)
+
+    def _step(self, check_next: bool) -> None:
+        p = self.current
+        assert p is not None
+        staged = self._journal(p)
+        self.current = self._take_next()
+        if self.current is not None and check_next:
+            self._check = self._kv.submit(_existing, self.coll, self.current.pairs.keys, self.override)
+        self._finish_previous(staged)
+        if staged is not None:
+            staged.future = self._kv.submit(self.mgr._commit_puts, self.ws, staged.pairs)
+            self._inflight = staged
+        elif self.progress:
+            self.progress(p.n)
+
+    def _journal(self, p: _Prepared) -> _InFlight | None:
+        """Existing keys out (unless override), the rest journaled and durable."""
+        check = self._check or self._kv.submit(_existing, self.coll, p.pairs.keys, self.override)
+        self._check = None
+        return self.mgr._import_journal(p, check.result(), self.ws, self._inflight)
+
+    def _finish_previous(self, staged: _InFlight | None) -> None:
+        """Wait for the previous chunk's KV write; if it failed, `staged` (journaled, never
+        written) is compensated too, so sinks hear what the KV really holds."""
+        if self._inflight is None:
+            return
+        prev, self._inflight = self._inflight, None
+        try:
+            self.written += self.mgr._import_finish(prev, self.progress)
+        except BaseException as e:
+            if staged is not None:
+                self.mgr._compensate(staged.changes(), staged.ticket, e)
+            raise
+
+    def _produce(self) -> _Prepared | None:
+        c = next(self.chunks, None)
+        return None if c is None else _prepare_import(c)
+
+    def _take_next(self) -> _Prepared | None:
+        """The chunk the encode thread prepared; it starts on the one after at once."""
+        p = self._next.result() if self._next is not None else None
+        self._next = self._enc.submit(self._produce) if p is not None else None
+        return p
 
 
 class _InFlight:
