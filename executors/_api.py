@@ -44,6 +44,13 @@ class PoolSpec:
     max_restarts: int = 5  # crashes within restart_window before the pool is FAILED
     restart_window: float = 60.0
     preload: tuple[str, ...] = ()  # modules imported once, before workers fork
+    # Folders put in front of each worker's sys.path (their .pth files honoured) after preload
+    # and before init: modules the worker already imported that these folders also provide
+    # are dropped first, so init imports the folders' versions. A private package set per
+    # pool (vsm: a plugin's environment, <home>/envs/<hash>/site); the worker only reads it.
+    # Local worker processes only: RayPool refuses it (give Ray a runtime_env instead) and
+    # InlinePool, which runs in the caller, ignores it.
+    site_dirs: tuple[str, ...] = ()
 
 
 class Pool(Protocol):

@@ -518,6 +518,8 @@ class RayPool(_PoolCore[_Worker]):
         super().__init__(spec)
         if chunk_bytes < 1 or chunks_in_flight < 1:
             raise ValueError(f"pool {spec.name!r}: chunk_bytes and chunks_in_flight must be >= 1")
+        if spec.site_dirs:  # local folders: a node elsewhere has none; Ray installs per actor
+            raise ValueError(f"pool {spec.name!r}: site_dirs is for local workers; give RayPool a runtime_env (pip) instead")
         self.address = address
         self.resources = dict(resources or {})
         self.node = node

@@ -35,7 +35,7 @@ _pack = HDR.pack
 _unpack_from = HDR.unpack_from
 
 # manager -> worker ops (first element of the body tuple)
-OP_INIT = 0  # (OP_INIT, init_bytes, preload, pool_name, environ)
+OP_INIT = 0  # (OP_INIT, init_bytes, preload, pool_name, environ, site_dirs)
 OP_CALL = 1  # (OP_CALL, method, args)
 OP_PUT = 2  # (OP_PUT, method, args): stream source -> worker reader
 OP_GET = 3  # (OP_GET, method, args): worker reader -> caller stream

@@ -4,6 +4,11 @@
                    <--frames-- out (replies batched: flushed when no request is waiting,
                                     after 256 replies or 2 ms)
 
+Start: the forkserver forks us with the runtime already imported (preload); _init then takes
+the manager's environment variables, imports the rest of preload, puts the pool's site_dirs in
+front of sys.path (dropping already-imported modules they provide: see use_site_dirs), and
+only then unpickles and runs the pool's init, which imports the plugin.
+
 The worker leaves on socket EOF (manager gone or closing), on OP_EXIT, and is killed by
 PR_SET_PDEATHSIG when its parent (the forkserver, which itself exits with the manager) dies.
 """
@@ -27,7 +32,7 @@ from . import _wire as W
 from ._ring import Ring, SlotFlow, SlotReader
 from .errors import StreamAborted
 
-__all__ = ["main"]
+__all__ = ["main", "use_site_dirs"]
 
 _FLUSH_COUNT = 256
 _FLUSH_SECONDS = 0.002
@@ -81,6 +86,36 @@ def main(sock: socket.socket, expected_ppid: int) -> None:
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def use_site_dirs(dirs: tuple[str, ...] | list[str]) -> list[str]:
+    """Put `dirs` (and what their .pth files add) in front of sys.path, and drop from
+    sys.modules the modules already imported (by the forkserver's preload) whose top-level
+    name one of `dirs` provides, so the next import finds the dirs' version. Code imported
+    earlier keeps the objects it holds; this package (executors) is never dropped.
+    Returns the dropped top-level names."""
+    import importlib
+    import site
+
+    before = list(sys.path)
+    for d in dirs:
+        site.addsitedir(d)  # appends d and its .pth entries; moved to the front below
+    added = [p for p in sys.path if p not in before]
+    sys.path[:] = added + [p for p in before if p not in added]
+    provided: set[str] = set()
+    for d in dirs:
+        for entry in os.listdir(d):
+            if entry.endswith((".dist-info", ".egg-info", ".pth", ".data")) or entry in ("bin", "__pycache__"):
+                continue
+            provided.add(entry.split(".", 1)[0])  # pkg/, mod.py, mod.cpython-311-x86_64-linux-gnu.so
+    provided.discard(__name__.split(".", 1)[0])
+    dropped = sorted({m.split(".", 1)[0] for m in sys.modules} & provided)
+    if dropped:
+        for mod in list(sys.modules):
+            if mod.split(".", 1)[0] in provided:
+                del sys.modules[mod]
+    importlib.invalidate_caches()
+    return dropped
 
 
 class _Exit(Exception):
@@ -162,7 +197,7 @@ class _Worker:
         try:
             if isinstance(msg, BaseException):
                 raise msg
-            op, init_bytes, preload, name, env = msg
+            op, init_bytes, preload, name, env, site_dirs = msg
             assert op == W.OP_INIT, op
             self.name = name
             if env != os.environ:
@@ -171,6 +206,8 @@ class _Worker:
                 os.environ.update(env)
             for mod in preload:
                 __import__(mod)
+            if site_dirs:
+                use_site_dirs(site_dirs)
             init = pickle.loads(init_bytes)
             self.obj = init()
         except BaseException as exc:

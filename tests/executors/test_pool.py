@@ -236,3 +236,34 @@ def test_several_pools_side_by_side():
     finally:
         for p in pools:
             p.close()
+
+
+def _module_seen(kv, name):
+    import importlib
+    import sys
+
+    mod = importlib.import_module(name)
+    return getattr(mod, "MARK", "stock"), sys.path[:2]
+
+
+def test_site_dirs_come_first_and_replace_preloaded_modules(tmp_path):
+    """A pool's site_dirs win over what the worker already imported (its preload) and over
+    the manager's own packages; their .pth files count; the manager is untouched."""
+    import colorsys
+    import sys
+
+    site, extra = tmp_path / "site", tmp_path / "extra"
+    site.mkdir(), extra.mkdir()
+    (site / "colorsys.py").write_text("MARK = 'site'\n")
+    (site / "more.pth").write_text(f"{extra}\n")
+    (extra / "only_in_extra.py").write_text("MARK = 'extra'\n")
+    p = ProcessPool(_spec(preload=("colorsys",), site_dirs=(str(site),)))
+    p.start()
+    try:
+        mark, front = p.call("apply", _module_seen, "colorsys")
+        assert mark == "site"
+        assert front == [str(site), str(extra)]
+        assert p.call("apply", _module_seen, "only_in_extra")[0] == "extra"
+    finally:
+        p.close()
+    assert not hasattr(colorsys, "MARK") and str(site) not in sys.path

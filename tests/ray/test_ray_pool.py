@@ -511,3 +511,9 @@ def test_256mib_stream_keeps_memory_flat(ray_cluster, direction):
         assert m.growth(apid) < limit, f"actor grew by {m.growth(apid) >> 20} MiB"
     finally:
         p.close()
+
+
+def test_site_dirs_refused_with_the_fix(tmp_path):
+    """A local folder of packages means nothing on another node: RayPool says to use runtime_env."""
+    with pytest.raises(ValueError, match="site_dirs is for local workers; give RayPool a runtime_env"):
+        make_pool(PoolSpec(name="test/ray", init=S.make_kv, site_dirs=(str(tmp_path),)), backend="ray")
