@@ -52,7 +52,9 @@ def test_build_refuses_invalid_source_with_one_line(tmp_path, write_plugin):
     folder = write_plugin('name = "p"\nkind = "KVStore"\nexport = [{extPoint="Constructor", impl="nope"}]\n', "def open(meta): pass\n")
     proc = run_cli("plugin", "build", "--src-dir", str(folder), "--out-dir", str(tmp_path / "out"))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"vsm-pool: error: {folder}/manifest.toml: export.Constructor: p has no function 'nope'"
+    assert proc.stderr.strip() == (
+        f"vsm-pool: error: {folder}/manifest.toml: export.Constructor: {folder}/p.py has no top-level function 'nope' (functions defined: open)"
+    )
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 

@@ -72,14 +72,26 @@ def _registry(tmp_path, write_plugin, module: str) -> Registry:
 
 
 @pytest.mark.parametrize(
-    "module, cause",
+    "module, words, cause",
     [
-        ("raise RuntimeError('no config for bad')\ndef open(meta): pass\ndef on_init(d, m): pass\n", "RuntimeError: no config for bad"),
-        ("import no_such_module_xyz\ndef open(meta): pass\ndef on_init(d, m): pass\n", "No module named 'no_such_module_xyz'"),
-        ("def open(meta): pass\ndef on_init(d, m):\n    raise ValueError('bad plugins dir ' + d)\n", "ValueError: bad plugins dir"),
+        (
+            "raise RuntimeError('no config for bad')\ndef open(meta): pass\ndef on_init(d, m): pass\n",
+            "import error in plugin",
+            "RuntimeError: no config for bad (at bad.py:1 in <module>)",
+        ),
+        (
+            "import json\nimport no_such_module_xyz\ndef open(meta): pass\ndef on_init(d, m): pass\n",
+            "import error in plugin",
+            "ModuleNotFoundError: No module named 'no_such_module_xyz' (at bad.py:2 in <module>)",
+        ),
+        (
+            "def open(meta): pass\ndef on_init(d, m):\n    raise ValueError('bad plugins dir ' + d)\n",
+            "call Plugin OnInit failure",
+            "ValueError: bad plugins dir",
+        ),
     ],
 )
-def test_failing_plugin_is_disabled_and_the_rest_go_on(tmp_path, write_plugin, logs, module, cause):
+def test_failing_plugin_is_disabled_and_the_rest_go_on(tmp_path, write_plugin, logs, module, words, cause):
     registry = _registry(tmp_path, write_plugin, module)
     try:
         registry.start_all(needed={"bad", "memdb"})
@@ -87,9 +99,11 @@ def test_failing_plugin_is_disabled_and_the_rest_go_on(tmp_path, write_plugin, l
         assert by_name["bad"].state is PluginState.DISABLED and cause in by_name["bad"].error
         assert "\n" not in by_name["bad"].error and "plugin-bad.vsmp" in by_name["bad"].error
         assert by_name["memdb"].state is PluginState.READY
-        warning = [line for line in logs if "call Plugin OnInit failure 'KVStore/bad'" in line]
-        assert len(warning) == 1 and cause in warning[0]
+        warning = [line for line in logs if f"{words} 'KVStore/bad'" in line]
+        assert len(warning) == 1 and cause in warning[0], logs
+        assert by_name["bad"].error.startswith("import error: " if "import" in words else "onInit failure: ")
         assert "loaded plugin 'KVStore/memdb', build time: '" in "\n".join(logs)
+        assert "at bad.py:3 in on_init" in by_name["bad"].error or "import" in words
         assert not any("loaded plugin 'KVStore/bad'" in line for line in logs)
     finally:
         registry.close()

@@ -20,17 +20,28 @@ def home_option(f: Any) -> Any:
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    """Aligned columns; the last column wraps at the terminal's width (whole words, never cut
+    short: an error message is read in full), continuing under itself."""
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     if not rows:
         click.echo("(none)")
         return
+    import shutil
+    import textwrap
+
     table = [[str(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+    indent = sum(w + 2 for w in widths[:-1])
+    room = max(40, shutil.get_terminal_size((120, 24)).columns - indent)
+    widths[-1] = min(widths[-1], max(room, len(columns[-1])))
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
     for row in table:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        last = textwrap.wrap(row[-1], room, break_long_words=False, break_on_hyphens=False) or [""]
+        click.echo("  ".join(v.ljust(w) for v, w in zip([*row[:-1], last[0]], widths)).rstrip())
+        for more in last[1:]:
+            click.echo(" " * indent + more)
 
 
 def config_option(f: Any) -> Any:

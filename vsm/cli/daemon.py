@@ -77,7 +77,7 @@ def status(home: Path | None, as_json: bool) -> None:
                 "restarts": pool.get("restarts", "-"),
                 "calls": pool.get("calls", "-"),
                 "errors": pool.get("errors", "-"),
-                "last_error": (p.get("error") or pool.get("last_error") or "")[:80],
+                "last_error": p.get("error") or pool.get("last_error") or "",
             }
         )
     print_table(rows, ["plugin", "state", "workers", "restarts", "calls", "errors", "last_error"], False)

@@ -6,14 +6,16 @@ in the manager) and returns the host object whose methods the manager's proxies 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
 import sys
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from ..sdk import Config, Kind, Manifest
+from .blame import describe
 
-__all__ = ["KVHost", "ObjHost", "RpcHost", "worker_init"]
+__all__ = ["KVHost", "ObjHost", "RpcHost", "StartFailed", "worker_init"]
 
 SCAN_PAGE = 1024
 
@@ -23,11 +25,14 @@ def worker_init(code_path: str, manifest: Manifest, plugins_dir: str, loaded: di
     host. `loaded` is every loaded plugin's manifest by name, for validate."""
     if code_path not in sys.path:
         sys.path.insert(0, code_path)
-    module = importlib.import_module(manifest.module)
+    with _stage("import", code_path):
+        module = importlib.import_module(manifest.module)
     if manifest.validate:
-        getattr(module, manifest.validate)(manifest, dict(loaded or {}))
+        with _stage("validate", code_path):
+            getattr(module, manifest.validate)(manifest, dict(loaded or {}))
     if manifest.on_init:
-        getattr(module, manifest.on_init)(plugins_dir, manifest)
+        with _stage("onInit", code_path):
+            getattr(module, manifest.on_init)(plugins_dir, manifest)
     impls = {point: getattr(module, impl) for point, impl in manifest.exports.items()}
     on_shutdown = getattr(module, manifest.on_shutdown) if manifest.on_shutdown else None
     on_flush = getattr(module, manifest.on_flush) if manifest.on_flush else None
@@ -36,13 +41,28 @@ def worker_init(code_path: str, manifest: Manifest, plugins_dir: str, loaded: di
     elif manifest.kind is Kind.ObjStore:
         host = ObjHost(manifest, impls["Constructor"], on_shutdown)
     elif manifest.kind is Kind.RegisterJsonRpc:
-        host = RpcHost(manifest, impls["Handler"], on_shutdown)
+        with _stage("Handler", code_path):
+            host = RpcHost(manifest, impls["Handler"], on_shutdown)
     else:
         from ..sectors.sink_host import SinkHost  # only sink workers need the sector schema
 
         host = _SinkWorker(manifest, impls, on_shutdown, SinkHost)
     host._on_flush = on_flush
     return host
+
+
+class StartFailed(Exception):
+    """A stage of a worker's start raised in the plugin's code. The message is one line,
+    `<stage>: <Type>: <message> (at file.py:line in fn)`, read back by the loader from the
+    worker's report (vsm/plugin/loader.py, _start_failure)."""
+
+
+@contextlib.contextmanager
+def _stage(stage: str, code_path: str) -> Iterator[None]:
+    try:
+        yield
+    except BaseException as e:  # SystemExit at import time is the plugin's failure too
+        raise StartFailed(f"{stage}: {describe(e, code_path)}") from e
 
 
 class _Host:

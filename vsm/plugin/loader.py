@@ -28,6 +28,7 @@ from executors import Pool, PoolError, PoolSpec, make_pool
 from . import host
 from .reload import SwappablePool
 from .artifact import ARTIFACT_SUFFIX, code_path, read_artifact_manifest
+from .blame import last_line, plugin_frame
 from ..config import Config
 from ..errors import ArtifactError, ConfigError, ManifestError, PluginLoadError
 from .manifest import read_source_manifest
@@ -189,17 +190,31 @@ def _compatibility_problem(manifest: Manifest) -> str:
     return ""
 
 
-_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)')
+# What a failed stage of a worker's start is called in the manager's one line (Go: "call
+# Plugin OnInit failure"); the stages are host.worker_init's.
+_STAGE_WORDS = {
+    "import": "import error in plugin",
+    "validate": "call Plugin Validate failure",
+    "onInit": "call Plugin OnInit failure",
+    "Handler": "call Plugin Handler failure",
+}
+_STARTFAILED = re.compile(r"StartFailed: (?P<stage>\w+): (?P<detail>.*)$")
 
 
-def _one_line(report: str) -> str:
-    """A worker's start failure as one line: the exception, and where in the plugin it rose."""
-    lines = [line for line in report.strip().splitlines() if line.strip()]
-    if len(lines) < 2:
-        return report.strip()
-    frames = [m for m in map(_FRAME.search, lines) if m]
-    where = f" (at {Path(frames[-1]['file']).name}:{frames[-1]['line']} in {frames[-1]['fn']})" if frames else ""
-    return f"{lines[-1].strip()}{where}"
+def _start_failure(plugin: Plugin, report: str) -> tuple[str, str]:
+    """(the warning line, the plugin's one-line error) for a pool that failed to start:
+    which stage failed (import, validate, onInit, Handler), and where in the plugin's code."""
+    last = last_line(report)
+    m = _STARTFAILED.search(last)
+    if m:
+        stage, detail = m["stage"], m["detail"]
+    else:  # not a stage of the plugin's own code: a worker that died, a replayed setup call
+        stage = "start"
+        where = plugin_frame(report, plugin.code_path)
+        detail = f"{last} (at {where})" if where else last
+    words = _STAGE_WORDS.get(stage, "start failure of plugin")
+    short = {"import": "import error", "start": "start failure"}.get(stage, f"{stage} failure")
+    return f"{words} '{plugin.label}': {plugin.source}: {detail}", f"{short}: {plugin.source}: {detail}"
 
 
 class Registry:
@@ -266,7 +281,7 @@ class Registry:
         try:
             pool = self._start_pool(plugin, backend, workers)
         except PluginLoadError as e:
-            plugin.state, plugin.error = PluginState.DISABLED, str(e).split(": ", 1)[1]
+            plugin.state, plugin.error = PluginState.DISABLED, getattr(e, "short", str(e))
             raise
         plugin.pool, plugin.state, plugin.error = SwappablePool(pool), PluginState.READY, ""
         return plugin.pool
@@ -281,7 +296,10 @@ class Registry:
             pool.start()
         except PoolError as e:
             logger.debug("{} failed to start:\n{}", plugin.label, e)
-            raise PluginLoadError(f"call Plugin OnInit failure '{plugin.label}': {plugin.source}: {_one_line(str(e))}") from None
+            line, short = _start_failure(plugin, str(e))
+            err = PluginLoadError(line)
+            err.short = short  # type: ignore[attr-defined]
+            raise err from None
         return pool
 
     def reload(
@@ -320,7 +338,8 @@ class Registry:
             new_pool.close()
             if handover is not None:
                 handover.undo(old_pool)
-            raise PluginLoadError(f"reload of '{plugin.label}' refused: the new build failed its setup: {_one_line(str(e))}") from None
+            _, short = _start_failure(candidate, str(e))
+            raise PluginLoadError(f"reload of '{plugin.label}' refused: the new build failed its setup: {short}") from None
         if handover is not None:
             handover.after()
         previous, plugin.manifest, plugin.source = plugin.manifest, manifest, candidate.source

@@ -66,7 +66,8 @@ def read_source_manifest(src_dir: Path) -> tuple[Manifest, list[str]]:
     except tomli.TOMLDecodeError as e:
         raise ManifestError(file, "", f"TOML syntax error: {e}") from None
     manifest, warnings = manifest_from_dict(data, file, from_artifact=False)
-    check_impls(manifest, module_sources(src_dir, manifest.module, file), file)
+    module_file, source = module_sources(src_dir, manifest.module, file)
+    check_impls(manifest, source, file, module_file)
     return manifest, warnings
 
 
@@ -156,26 +157,29 @@ def _read_exports(raw: Any, kind: Kind, file: object) -> dict[str, str]:
     return exports
 
 
-def module_sources(src_dir: Path, module: str, file: object) -> str:
-    """Source text of the module's top level: a .py file or a package beside the manifest, or
-    the folder itself when the manifest sits inside the package (pip-installed plugins)."""
+def module_sources(src_dir: Path, module: str, file: object) -> tuple[Path, str]:
+    """Path and source text of the module's top level: a .py file or a package beside the
+    manifest, or the folder itself when the manifest sits inside the package (pip-installed
+    plugins)."""
     inside = [src_dir / "__init__.py"] if src_dir.name == module else []
     for candidate in (src_dir / f"{module}.py", src_dir / module / "__init__.py", *inside):
         if candidate.is_file():
-            return candidate.read_text(encoding="utf-8")
+            return candidate, candidate.read_text(encoding="utf-8")
     raise ManifestError(file, "module", f"no {module}.py or {module}/__init__.py next to the manifest")
 
 
-def check_impls(manifest: Manifest, source: str, file: object) -> None:
+def check_impls(manifest: Manifest, source: str, file: object, module_file: object = None) -> None:
     """Every impl and hook names a top-level function that accepts its parameters.
 
     Checked on the syntax tree, so nothing is imported. Names bound otherwise (imports,
-    assignments) are accepted as they are: their signature is checked when called.
+    assignments) are accepted as they are: their signature is checked when called. A wrong
+    signature is reported at `module.py:line`, with the signature found and the one expected.
     """
+    where = module_file or f"{file}: module {manifest.module}"
     try:
         tree = ast.parse(source)
     except SyntaxError as e:
-        raise ManifestError(file, "module", f"{manifest.module}: syntax error at line {e.lineno}: {e.msg}") from None
+        raise ManifestError(f"{where}:{e.lineno}", "", f"syntax error: {e.msg}") from None
     functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
     other_names: set[str] = set()
     for node in tree.body:
@@ -198,12 +202,15 @@ def check_impls(manifest: Manifest, source: str, file: object) -> None:
             wanted.append((key, impl, params))
     for key, impl, params in wanted:
         if impl in functions:
-            if not _accepts(functions[impl], len(params)):
+            fn = functions[impl]
+            if not _accepts(fn, len(params)):
+                found = f"def {impl}({ast.unparse(fn.args)})"
                 raise ManifestError(
-                    file, key, f"{manifest.module}.{impl} must take {len(params)} argument(s) ({', '.join(params) or 'none'})"
+                    f"{where}:{fn.lineno}", key, f"found {found}, expected def {impl}({', '.join(params)}) ({file}: {key} = {impl!r})"
                 )
         elif impl not in other_names:
-            raise ManifestError(file, key, f"{manifest.module} has no function {impl!r}")
+            defined = ", ".join(sorted(functions)) or "none"
+            raise ManifestError(file, key, f"{where} has no top-level function {impl!r} (functions defined: {defined})")
 
 
 def _accepts(fn: ast.FunctionDef | ast.AsyncFunctionDef, n: int) -> bool:
