@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,7 +13,7 @@ import click
 
 from .client import DaemonError, daemon_client
 
-__all__ = ["LocalClient", "config_option", "daemon_or_fail", "home_option", "json_option", "load_and_prepare", "load_config_for", "meta_pairs", "open_client", "print_table"]
+__all__ = ["LocalClient", "config_option", "daemon_or_fail", "no_daemon", "home_option", "json_option", "load_and_prepare", "load_config_for", "meta_pairs", "open_client", "print_table"]
 
 
 def home_option(f: Any) -> Any:
@@ -62,10 +63,22 @@ def meta_pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
     return pairs
 
 
+def no_daemon(home: Path | None) -> click.ClickException:
+    """The one line for "no daemon here": which home folder was looked at, and how to pick one."""
+    from ..config import resolve_home
+
+    where = resolve_home(home)
+    how = "--home" if home else "$VSM_HOME" if os.environ.get("VSM_HOME") else "the default (~/.vsm-pool)"
+    return click.ClickException(
+        f"no vsm-pool daemon is running for the home folder {where} (chosen by {how}); "
+        "start one with `vsm-pool start`, or choose another home with --home DIR or $VSM_HOME"
+    )
+
+
 def daemon_or_fail(home: Path | None, config_file: Path | None) -> Any:
     client = daemon_client(home, config_file)
     if client is None:
-        raise click.ClickException("no vsm-pool daemon is running for this home folder (start one with `vsm-pool start`)")
+        raise no_daemon(home)
     return client
 
 
@@ -154,7 +167,7 @@ def open_client(home: Path | None, config_file: Path | None, *, offline: bool = 
         yield client
         return
     if not offline:
-        raise click.ClickException("no vsm-pool daemon is running for this home folder (start one with `vsm-pool start`)")
+        raise no_daemon(home)
     from ..manager import Manager
 
     cfg, _ = load_and_prepare(home, config_file)

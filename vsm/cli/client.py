@@ -99,12 +99,14 @@ class Client:
             raise DaemonError(f"{method}: {self._error_text(resp.status, raw)}")
         return reply["result"]
 
-    def put_piece(self, store: str, path: str, source: BinaryIO, size: int, progress: Callable[[int], None] | None = None) -> Any:
+    def put_piece(self, store: str, path: str, source: BinaryIO, size: int | None, progress: Callable[[int], None] | None = None) -> Any:
+        """Stream source to the store. size None (a pipe, stdin): sent chunked, to its end."""
         conn = self._conn()
         what = f"put {store}/{path}"
+        length = {"Content-Length": str(size)} if size is not None else {"Transfer-Encoding": "chunked"}
         try:
             conn.putrequest("PUT", piece_url(store, path))
-            for k, v in self._headers({"Content-Length": str(size), "Content-Type": "application/octet-stream"}).items():
+            for k, v in self._headers({**length, "Content-Type": "application/octet-stream"}).items():
                 conn.putheader(k, v)
             conn.endheaders()
             buf = bytearray(1 << 20)
@@ -114,9 +116,11 @@ class Client:
                     n = source.readinto(buf)
                     if not n:
                         break
-                    conn.send(view[:n])
+                    conn.send(view[:n] if size is not None else b"%x\r\n%s\r\n" % (n, view[:n]))
                     if progress:
                         progress(n)
+                if size is None:
+                    conn.send(b"0\r\n\r\n")
             except OSError:
                 pass  # the daemon stopped reading (refused the upload): its answer says why
             try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._common import config_option, home_option, json_option, load_and_prepare, print_table
+from ._common import config_option, home_option, json_option, load_and_prepare, no_daemon, print_table
 from .client import daemon_client, pid_alive
 
 __all__ = ["start", "status", "stop"]
@@ -40,7 +40,7 @@ def stop(home: Path | None, timeout: float) -> None:
 
     client = daemon_client(home)
     if client is None:
-        raise click.ClickException("no vsm-pool daemon is running for this home folder")
+        raise no_daemon(home)
     pid = int((daemon_info(resolve_home(home)) or {}).get("pid", 0))
     client.call("daemon.stop")
     deadline = time.monotonic() + timeout
@@ -59,7 +59,7 @@ def status(home: Path | None, as_json: bool) -> None:
     """The daemon, each plugin's pool (workers, restarts, state) and each sink's lag."""
     client = daemon_client(home)
     if client is None:
-        raise click.ClickException("no vsm-pool daemon is running for this home folder")
+        raise no_daemon(home)
     st = client.call("status")
     if as_json:
         click.echo(json.dumps(st, indent=2, default=str))

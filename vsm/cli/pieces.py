@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import sys
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import click
 from tqdm import tqdm
@@ -35,15 +38,24 @@ def _bar(total: int | None, label: str) -> tqdm:
 @home_option
 @config_option
 @json_option
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
 @click.argument("target")
 def pieces_put(home: Path | None, config_file: Path | None, as_json: bool, file: Path, target: str) -> None:
-    """Upload FILE to STORE/PATH."""
+    """Upload FILE to STORE/PATH (FILE may be a pipe, a FIFO, or "-" for standard input)."""
     store, path = _split(target)
-    size = file.stat().st_size
-    with open_client(home, config_file) as client, open(file, "rb", buffering=0) as source, _bar(size, path) as bar:
+    with open_client(home, config_file) as client, _source(file) as (source, size), _bar(size, path) as bar:
         result = client.put_piece(store, path, source, size, bar.update)
     click.echo(json.dumps(result) if as_json else f"stored {result['size']} bytes at {store}/{path}")
+
+
+@contextlib.contextmanager
+def _source(file: Path) -> Iterator[tuple[BinaryIO, int | None]]:
+    """The bytes to upload and their size: None (sent chunked, read to the end) for standard
+    input, a pipe, a FIFO or a character device, whose size stat() does not know."""
+    dash = str(file) == "-"
+    with open(sys.stdin.fileno() if dash else file, "rb", buffering=0, closefd=not dash) as source:
+        st = os.fstat(source.fileno())
+        yield source, st.st_size if stat.S_ISREG(st.st_mode) and not dash else None  # type: ignore[misc]
 
 
 @pieces.command("get")

@@ -1,0 +1,74 @@
+"""Loose input from a user each gives one clear line (issue 13, items 6 and 10): pieces put from a
+pipe, a FIFO, /dev/stdin and "-"; the "no daemon" message names the home folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from .harness import ROOT, Daemon, cli_env, run_cli
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _cli_with_stdin(home: Path, data: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "vsm", *args], cwd=ROOT, env=cli_env(home), input=data, capture_output=True, timeout=120)
+
+
+def _stored(d: Daemon, path: str) -> bytes:
+    status, _, body = d.request("GET", f"/pieces/pieces/{path}")
+    assert status == 200, (status, body)
+    return body
+
+
+@pytest.mark.parametrize("how", ["dash", "dev-stdin"])
+def test_put_from_standard_input(daemon: Daemon, how: str) -> None:
+    data = os.urandom(3 << 20) + b"tail"
+    arg = "-" if how == "dash" else "/dev/stdin"
+    proc = _cli_with_stdin(daemon.home, data, "pieces", "put", arg, f"pieces/stdin/{how}.bin")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert f"stored {len(data)} bytes".encode() in proc.stdout, proc.stdout
+    assert hashlib.sha256(_stored(daemon, f"stdin/{how}.bin")).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_put_from_a_pipe_and_a_fifo(daemon: Daemon, tmp_path: Path) -> None:
+    data = os.urandom(5 << 20)
+    (tmp_path / "src").write_bytes(data)
+    # a shell pipe into /dev/stdin's file: the size is unknown until the writer closes
+    proc = subprocess.run(
+        f"cat {tmp_path / 'src'} | {sys.executable} -m vsm pieces put /dev/stdin pieces/pipe/a.bin",
+        shell=True, cwd=ROOT, env=cli_env(daemon.home), capture_output=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert _stored(daemon, "pipe/a.bin") == data
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            for i in range(0, len(data), 1 << 20):
+                f.write(data[i : i + (1 << 20)])
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    proc2 = run_cli(daemon.home, "pieces", "put", str(fifo), "pieces/pipe/fifo.bin")
+    writer.join(30)
+    assert f"stored {len(data)} bytes" in proc2.stdout
+    assert _stored(daemon, "pipe/fifo.bin") == data
+
+
+def test_no_daemon_names_the_home_and_how_to_choose(tmp_path: Path) -> None:
+    home = tmp_path / "nohome"
+    home.mkdir()
+    for args in (["status"], ["stop"], ["plugin", "disable", "x"]):
+        proc = run_cli(home, *args, check=False)
+        assert proc.returncode != 0
+        last = proc.stderr.strip().splitlines()[-1]
+        assert str(home) in last and "--home" in last and "$VSM_HOME" in last, proc.stderr
+        assert "Traceback" not in proc.stderr
