@@ -23,6 +23,7 @@ from typing import Any
 
 from ._api import Pool, PoolSpec, PoolState
 from ._inline import InlinePool
+from ._limits import WorkerLimits
 from ._pool import ProcessPool, prestart
 from .errors import (
     CallTimeout,
@@ -51,6 +52,7 @@ __all__ = [
     "RemoteTraceback",
     "StreamAborted",
     "WorkerCrashed",
+    "WorkerLimits",
     "cleanup_stale_segments",
     "make_pool",
     "prestart",

@@ -10,6 +10,8 @@ import enum
 import io
 from typing import Any, BinaryIO, Callable, Protocol
 
+from ._limits import WorkerLimits
+
 __all__ = ["Pool", "PoolSpec", "PoolState"]
 
 
@@ -28,6 +30,12 @@ class PoolSpec:
     `init` runs once in every worker (and again in each replacement worker); it returns the
     worker's service object, whose methods the calls name. It must pickle by reference
     (a module-level function, or functools.partial of one) or by value with cloudpickle.
+    If the service object has `map_error(exc) -> BaseException`, every exception a call
+    raises passes through it before it is sent (to translate it at the boundary).
+
+    In each worker, before `preload` and `init`: `limits` are applied (executors/_limits.py),
+    then `confine()` runs (it pickles like init), e.g. a Landlock ruleset (executors/_landlock.py).
+    A failure of either fails the worker's start with the reason.
     """
 
     name: str  # shown in every error and status, e.g. "KVStore/memdb"
@@ -51,6 +59,8 @@ class PoolSpec:
     # Local worker processes only: RayPool refuses it (give Ray a runtime_env instead) and
     # InlinePool, which runs in the caller, ignores it.
     site_dirs: tuple[str, ...] = ()
+    limits: WorkerLimits | None = None  # applied in each worker before preload (see the docstring)
+    confine: Callable[[], Any] | None = None
 
 
 class Pool(Protocol):

@@ -169,6 +169,7 @@ class _PoolCore(Generic[_W]):
         self._restart_threads: list[threading.Thread] = []
         self._replays: list[tuple[str, tuple[Any, ...]]] = []
         self._init_bytes = b""
+        self._setup_bytes: bytes | None = None  # (spec.limits, spec.confine), when either is set
         # metrics
         self._restarts = 0
         self._calls = 0
@@ -288,9 +289,11 @@ class _PoolCore(Generic[_W]):
         spec = self.spec
         try:
             self._init_bytes = cloudpickle.dumps(spec.init, 5)
+            if spec.limits is not None or spec.confine is not None:
+                self._setup_bytes = cloudpickle.dumps((spec.limits, spec.confine), 5)
         except Exception as exc:
             self._move(PoolState.CLOSED)
-            raise PoolStartError(f"pool {spec.name!r}: init {spec.init!r} does not pickle: {exc}") from exc
+            raise PoolStartError(f"pool {spec.name!r}: init {spec.init!r} or its confinement does not pickle: {exc}") from exc
 
     def _finish_start(self, workers: list[_W]) -> None:
         for w in workers:

@@ -3,7 +3,8 @@
 `init()` runs once, calls are direct method calls under one lock (the worker's "one request
 at a time"). It is the test double for code above the seam and the in-process baseline of
 bench/bench_executor.py. No timeouts are enforced (nothing can be killed), no crash can be
-contained: use ProcessPool for that.
+contained: use ProcessPool for that. `spec.limits` and `spec.confine` are not applied: they
+would bind the calling process.
 """
 
 from __future__ import annotations

@@ -309,7 +309,7 @@ class ProcessPool(_PoolCore[_Worker]):
         spec = self.spec
         assert w.sock is not None
         # the forkserver's environment is frozen at its start: send the manager's current one
-        init = (W.OP_INIT, self._init_bytes, spec.preload, spec.name, dict(os.environ), spec.site_dirs)
+        init = (W.OP_INIT, self._init_bytes, spec.preload, spec.name, dict(os.environ), spec.site_dirs, self._setup_bytes)
         w.sock.sendall(W.frame(0, pickle.dumps(init, 5)))
         _, msg = self._recv_one(w, deadline, "init")
         if msg[0] == W.K_INIT_ERROR:

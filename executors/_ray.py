@@ -93,6 +93,7 @@ from ._core import INF as _INF
 from ._core import TICK as _TICK
 from ._core import StreamCall, _PoolCore, _WorkerCore, remote_exc, undecodable
 from ._future import CallFuture
+from ._limits import apply_setup
 from .errors import PoolStartError, RemoteError, StreamAborted
 
 __all__ = ["RayPool"]
@@ -253,12 +254,15 @@ class _VsmWorker:
         self._finished: OrderedDict[int, str] = OrderedDict()
 
     # -- default group: one at a time, in order --------------------------------------------
-    def init(self, init_bytes: bytes, preload: tuple[str, ...], env: dict[str, str], path: list[str]) -> tuple[Any, ...]:
+    def init(
+        self, init_bytes: bytes, preload: tuple[str, ...], env: dict[str, str], path: list[str], setup: bytes | None = None
+    ) -> tuple[Any, ...]:
         try:
             os.environ.update(env)
             # as a forkserver child inherits the manager's sys.path (paths missing on this
             # node are skipped by the import system)
             sys.path.extend(p for p in path if p not in sys.path)
+            apply_setup(setup)  # limits only: RayPool refuses a confinement (see start)
             for mod in preload:
                 __import__(mod)
             self.obj = pickle.loads(init_bytes)()
@@ -270,7 +274,7 @@ class _VsmWorker:
         try:
             value = getattr(self.obj, method)(*_resolve_args(args))
         except Exception as exc:
-            return W.error_reply(exc, method)
+            return W.error_reply(exc, method, self.obj)
         return W.result_reply(value, method)
 
     def put_stream(self, sid: int, method: str, args: tuple[Any, ...]) -> bytes:
@@ -279,7 +283,7 @@ class _VsmWorker:
         try:
             value = getattr(self.obj, method)(*args, reader)
         except Exception as exc:
-            body = W.error_reply(exc, method)
+            body = W.error_reply(exc, method, self.obj)
         else:
             body = W.result_reply(value, method)
         finally:
@@ -318,7 +322,7 @@ class _VsmWorker:
             body = W.result_reply(None, method)
             end = "eof"
         except Exception as exc:
-            body = W.error_reply(exc, method)
+            body = W.error_reply(exc, method, self.obj)
             end = "error"
         finally:
             close = getattr(src, "close", None)
@@ -581,6 +585,11 @@ class RayPool(_PoolCore[_Worker]):
         raise PoolStartError(f"pool {self.spec.name!r}: no alive Ray node {node!r} (RayNode); alive: {known}")
 
     def start(self) -> None:
+        if self.spec.confine is not None:
+            # a confinement (Landlock) binds the thread that applies it and its later threads:
+            # an actor runs Ray's own threads before its init could apply it
+            self._move(PoolState.CLOSED)
+            raise PoolStartError(f"pool {self.spec.name!r}: a confined pool (PoolSpec.confine) needs local worker processes, not Ray actors")
         self._begin_start()
         spec = self.spec
         workers = [_Worker(i) for i in range(spec.workers)]
@@ -608,7 +617,7 @@ class RayPool(_PoolCore[_Worker]):
         w.actor = _actor_class().options(name=name, **self._options).remote(self.spec.name)
         w.actor_id = w.actor._actor_id.hex()
         self._all_actors.append(w)
-        ref = w.actor.init.remote(self._init_bytes, self.spec.preload, self.env, list(sys.path))
+        ref = w.actor.init.remote(self._init_bytes, self.spec.preload, self.env, list(sys.path), self._setup_bytes)
         w.watch_ref = w.actor.watch.remote()
         return ref
 

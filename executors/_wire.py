@@ -35,7 +35,7 @@ _pack = HDR.pack
 _unpack_from = HDR.unpack_from
 
 # manager -> worker ops (first element of the body tuple)
-OP_INIT = 0  # (OP_INIT, init_bytes, preload, pool_name, environ, site_dirs)
+OP_INIT = 0  # (OP_INIT, init_bytes, preload, pool_name, environ, site_dirs, setup_bytes: (limits, confine))
 OP_CALL = 1  # (OP_CALL, method, args)
 OP_PUT = 2  # (OP_PUT, method, args): stream source -> worker reader
 OP_GET = 3  # (OP_GET, method, args): worker reader -> caller stream
@@ -68,8 +68,19 @@ def dumps(obj: Any) -> bytes:
         return cloudpickle.dumps(obj, _PROTO)
 
 
-def error_reply(exc: BaseException, method: str) -> bytes:
-    """The reply body for a call that raised: the exception (when it pickles) and its traceback."""
+def error_reply(exc: BaseException, method: str, obj: Any = None) -> bytes:
+    """The reply body for a call that raised: the exception (when it pickles) and its traceback.
+    `obj` (the service object) may translate it first with its `map_error(exc)`."""
+    if isinstance(exc, MemoryError):
+        # the frames may hold what ran out (a list being grown): free them before formatting
+        traceback.clear_frames(exc.__traceback__)
+        exc.__traceback__ = None
+    mapper = getattr(obj, "map_error", None)
+    if mapper is not None:
+        try:
+            exc = mapper(exc)
+        except Exception:
+            pass  # the original error is still the best report
     tb = "".join(traceback.format_exception(exc))
     try:
         eb: bytes | None = dumps(exc)

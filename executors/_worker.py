@@ -29,6 +29,7 @@ from collections import deque
 from typing import Any
 
 from . import _wire as W
+from ._limits import apply_setup
 from ._ring import Ring, SlotFlow, SlotReader
 from .errors import StreamAborted
 
@@ -197,13 +198,14 @@ class _Worker:
         try:
             if isinstance(msg, BaseException):
                 raise msg
-            op, init_bytes, preload, name, env, site_dirs = msg
+            op, init_bytes, preload, name, env, site_dirs, setup = msg
             assert op == W.OP_INIT, op
             self.name = name
             if env != os.environ:
                 for k in set(os.environ) - set(env):
                     del os.environ[k]
                 os.environ.update(env)
+            apply_setup(setup)  # limits, then confinement: before any import the pool asked for
             for mod in preload:
                 __import__(mod)
             if site_dirs:
@@ -226,7 +228,7 @@ class _Worker:
             try:
                 value = getattr(self.obj, method)(*msg[2])
             except Exception as exc:
-                self.reply(rid, W.error_reply(exc, method))
+                self.reply(rid, W.error_reply(exc, method, self.obj))
                 return
             self.reply(rid, W.result_reply(value, method))
         elif op == W.OP_PUT:
@@ -312,7 +314,7 @@ class _Worker:
         try:
             value = getattr(self.obj, method)(*args, reader)
         except Exception as exc:
-            body = W.error_reply(exc, method)
+            body = W.error_reply(exc, method, self.obj)
         else:
             body = W.result_reply(value, method)
         finally:
@@ -352,7 +354,7 @@ class _Worker:
                     break
                 flow.publish(n)
         except Exception as exc:
-            body = W.error_reply(exc, method)
+            body = W.error_reply(exc, method, self.obj)
         else:
             body = pickle.dumps((W.K_RESULT, None), 5)
         finally:

@@ -231,3 +231,53 @@ def make_kv_hanging_after_start() -> KV:
     with open(marker, "w") as f:
         f.write("x")
     return KV()
+
+
+class Probe:
+    """Reports the limits the worker runs under, and allocates until it cannot."""
+
+    def limits(self) -> dict[str, Any]:
+        import resource
+
+        return {
+            "data": resource.getrlimit(resource.RLIMIT_DATA),
+            "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "oom": open("/proc/self/oom_score_adj").read().strip(),
+            "confined": os.environ.get("EXEC_TEST_CONFINED", ""),
+        }
+
+    def hog(self, step: int = 1 << 20) -> int:
+        chunks = []
+        while True:
+            chunks.append(bytearray(step))
+
+    def small(self) -> int:
+        return 42
+
+
+def make_probe() -> Probe:
+    return Probe()
+
+
+def mark_confined(tag: str) -> None:
+    """A PoolSpec.confine stand-in: it runs in the worker before init."""
+    os.environ["EXEC_TEST_CONFINED"] = tag
+
+
+def refuse_confinement() -> None:
+    raise PermissionError("this kernel will not confine us")
+
+
+class Translating(Probe):
+    """A service object whose map_error translates MemoryError at the boundary."""
+
+    def map_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, MemoryError):
+            return RuntimeError("out of memory under the test limit")
+        return exc
+
+
+def make_translating() -> Translating:
+    return Translating()

@@ -517,3 +517,19 @@ def test_site_dirs_refused_with_the_fix(tmp_path):
     """A local folder of packages means nothing on another node: RayPool says to use runtime_env."""
     with pytest.raises(ValueError, match="site_dirs is for local workers; give RayPool a runtime_env"):
         make_pool(PoolSpec(name="test/ray", init=S.make_kv, site_dirs=(str(tmp_path),)), backend="ray")
+
+
+# -- limits and confinement -------------------------------------------------------------------
+
+
+def test_limits_apply_in_actors_and_confinement_is_refused(ray_cluster):
+    from executors import WorkerLimits
+
+    p = _pool(init=S.make_probe, limits=WorkerLimits(memory_bytes=4 << 30, max_open_files=512, nice=3))
+    try:
+        got = p.call("limits")
+        assert got["data"] == (4 << 30, 4 << 30) and got["nofile"] == (512, 512) and got["nice"] == 3
+    finally:
+        p.close()
+    with pytest.raises(PoolStartError, match="needs local worker processes"):
+        _pool(init=S.make_probe, confine=S.refuse_confinement)
