@@ -60,22 +60,22 @@ def test_restart_after_kill9(tmp_path, mode) -> None:  # type: ignore[no-untyped
         last: dict[tuple[int, int], dict] = {}
         for r in pa.concat_tables(rec.tables).to_pylist():
             last[(r["miner"], r["number"])] = r
-        for ws, cname in (("online", "meta"), ("offline", "offline_meta")):
+        for ws, cname, prefix in (("online", "meta", b"sector-states/"), ("offline", "offline_meta", b"sector-states-offline/")):
             coll = kv.open_collection(cname)
-            it = coll.scan(b"m-")
+            it = coll.scan(prefix + b"m-")
             n = 0
             for k, v in it:
-                r = last[tuple(int(x) for x in k.decode().split("-")[1::2])]  # type: ignore[index]
+                r = last[tuple(int(x) for x in k[len(prefix) :].decode().split("-")[1::2])]  # type: ignore[index]
                 assert r["worker_state"] == ws
                 from vsm.sdk.sectors import SectorState
 
                 assert SectorState.from_arrow_row(r).to_go_json() == v
                 n += 1
         online = sum(1 for r in last.values() if r["worker_state"] == "online")
-        assert sum(1 for _ in kv.open_collection("meta").scan(b"m-")) == online
+        assert sum(1 for _ in kv.open_collection("meta").scan(b"sector-states/m-")) == online
         if mode == "mid_finalize":
             with pytest.raises(KeyError):
-                kv.open_collection("meta").get(sector_key(__import__("vsm.sdk.sectors", fromlist=["SectorID"]).SectorID(20, 5)))
+                kv.open_collection("meta").get(b"sector-states/" + sector_key(__import__("vsm.sdk.sectors", fromlist=["SectorID"]).SectorID(20, 5)))
         # DuckDB holds the same
         cnt = host.sink.query("SELECT count(*) AS n, max(seq) AS s FROM sector_events").to_pylist()[0]
         assert cnt == {"n": head, "s": head}

@@ -18,6 +18,14 @@ from .helpers import RecordingSink, assert_no_gaps, load_plugin, make_state
 pytestmark = pytest.mark.timeout(60)
 
 
+def on_key(sid: SectorID) -> bytes:
+    return b"sector-states/" + sector_key(sid)
+
+
+def off_key(sid: SectorID) -> bytes:
+    return b"sector-states-offline/" + sector_key(sid)
+
+
 def _mgr(db, tmp_path, sinks=None, **kw):  # type: ignore[no-untyped-def]
     kw.setdefault("fsync", False)
     return SectorStateManager(db, str(tmp_path / "journal"), sinks=sinks, **kw)
@@ -32,7 +40,7 @@ def test_operations_and_collections(dictdb, tmp_path, sample_json) -> None:  # t
         assert m.import_states([st], override=True) == 1
         online = dictdb.open_collection("meta")
         offline = dictdb.open_collection("offline_meta")
-        assert online.data[b"m-1001-n-42"] == sample_json
+        assert online.data[b"sector-states/m-1001-n-42"] == sample_json  # damocles' layout
 
         sids = [SectorID(7, n) for n in range(3)]
         m.init([AllocatedSector(s, 8) for s in sids])
@@ -47,13 +55,13 @@ def test_operations_and_collections(dictdb, tmp_path, sample_json) -> None:  # t
             m.update(sids[0], {"Nope": 1})
 
         m.finalize(sids[0])
-        assert sector_key(sids[0]) not in online.data and sector_key(sids[0]) in offline.data
+        assert on_key(sids[0]) not in online.data and off_key(sids[0]) in offline.data
         assert m.locate(sids[0]) == "offline"
         assert [s.id for s in m.list("offline")] == [sids[0]]
         with pytest.raises(SectorNotFoundError):
             m.finalize(sids[0])
         m.restore(sids[0])
-        assert sector_key(sids[0]) in online.data and sector_key(sids[0]) not in offline.data
+        assert on_key(sids[0]) in online.data and off_key(sids[0]) not in offline.data
         assert [s.id.number for s in m.list("online", miner=7)] == [0, 1, 2]
         with pytest.raises(SectorNotFoundError):
             m.update(SectorID(9, 9), {"Finalized": True})
@@ -285,7 +293,7 @@ def test_duckdb_tables_match_kv(dictdb, tmp_path) -> None:  # type: ignore[no-un
         assert len(states) == 300
         for st, w in zip(states, ws):
             coll = dictdb.open_collection("meta" if w == "online" else "offline_meta")
-            assert coll.data[sector_key(st.id)] == st.to_go_json()
+            assert coll.data[(on_key if w == "online" else off_key)(st.id)] == st.to_go_json()
         assert sum(1 for w in ws if w == "offline") == len(range(0, 300, 11))
         # the IPC path the daemon uses
         from vsm.sectors import ipc_to_table
@@ -442,7 +450,7 @@ def test_import_skips_keys_of_the_chunk_still_being_written(dictdb, tmp_path) ->
     with _mgr(dictdb, tmp_path, import_chunk=10) as m:
         assert m.import_states(first + again) == 15
         online = dictdb.open_collection("meta")
-        assert all(online.data[sector_key(s.id)] == s.to_go_json() for s in first)
+        assert all(online.data[on_key(s.id)] == s.to_go_json() for s in first)
         assert m.status()["journal"]["head"] == 15
 
 
@@ -468,7 +476,7 @@ def test_kv_failure_mid_import_leaves_no_event_unresolved(dictdb, tmp_path) -> N
         for r in pa.concat_tables(rec.tables).to_pylist():
             last[r["number"]] = r
         for number, r in last.items():
-            held = meta.data.get(sector_key(SectorID(17, number)))
+            held = meta.data.get(on_key(SectorID(17, number)))
             assert (r["worker_state"] == "online") == (held is not None), (number, r["kind"])
         assert m.import_states([make_state(17, n) for n in range(60)]) == 40  # the rest, later
         assert m.wait_delivered(10)
@@ -517,4 +525,17 @@ def test_journal_write_failure_fails_waiting_ops_instead_of_hanging(dictdb, tmp_
         with pytest.raises(JournalBroken):
             m.update(SectorID(19, 0), {"Removed": True})
         assert "No space left" in (m.status()["journal"]["broken"] or "")
-        assert not m.get(SectorID(19, 0)).removed and dictdb.open_collection("meta").data.keys() == {sector_key(SectorID(19, 0))}
+        assert not m.get(SectorID(19, 0)).removed and dictdb.open_collection("meta").data.keys() == {on_key(SectorID(19, 0))}
+
+
+def test_bare_keys_are_adopted_once_and_a_conflict_is_kept(dictdb, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """States under bare keys (vsm-pool before damocles' layout) move under the prefix; a bare
+    key whose prefixed twin holds another state stays as it is, and the log says so."""
+    meta = dictdb.open_collection("meta")
+    a, b = make_state(5, 1).to_go_json(), make_state(5, 2).to_go_json()
+    meta.data.update({b"m-5-n-1": a, b"m-5-n-2": b, b"sector-states/m-5-n-2": a, b"m-5-n-3x": b"other"})
+    with caplog.at_level("INFO", logger="vsm.sectors"), _mgr(dictdb, tmp_path) as m:
+        assert m.get(SectorID(5, 1)).to_go_json() == a
+        assert m.get(SectorID(5, 2)).to_go_json() == a  # damocles' key wins the read
+    assert meta.data == {b"sector-states/m-5-n-1": a, b"sector-states/m-5-n-2": a, b"m-5-n-2": b, b"m-5-n-3x": b"other"}
+    assert "moved 1 bare keys" in caplog.text and "1 bare keys in 'meta' were kept" in caplog.text and "m-5-n-2" in caplog.text

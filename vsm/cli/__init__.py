@@ -7,6 +7,7 @@ of the running daemon (client.py) or of a manager started in-process for one com
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -28,6 +29,17 @@ __all__ = ["main"]
 def _setup_logging(verbose: bool) -> None:
     logger.remove()
     logger.add(sys.stderr, level="DEBUG" if verbose else "INFO", format="{time:YYYY-MM-DDTHH:mm:ss.SSSZZ} {level: <7} {message}")
+    # vsm.sectors logs through the standard library: its lines go to the same place
+    vsm_log = logging.getLogger("vsm")
+    if not any(isinstance(h, _ToLoguru) for h in vsm_log.handlers):
+        vsm_log.addHandler(_ToLoguru())
+    vsm_log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+class _ToLoguru(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelname if record.levelname in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else record.levelno
+        logger.opt(exception=record.exc_info).log(level, record.getMessage())
 
 
 class _Cli(click.Group):

@@ -49,6 +49,7 @@ from vsm.sdk.sectors import (
 from ._dispatch import SinkDispatcher
 from ._events import EventWriter, Ticket
 from ._journal import Journal, Watermark
+from ._keys import STATE_PREFIXES, PrefixedKVStore, adopt_bare_keys
 from ._kvpairs import KVPairs
 from ._locks import StripedLocks
 
@@ -58,7 +59,6 @@ log = logging.getLogger("vsm.sectors")
 
 ONLINE = "online"
 OFFLINE = "offline"
-_COLLECTIONS = {ONLINE: "meta", OFFLINE: "offline_meta"}
 _PY_FIELDS = {v: k for k, v in STATE_FIELDS.items()}  # python attr -> Go name
 
 
@@ -96,7 +96,9 @@ def _now_us() -> int:
 
 
 class SectorStateManager:
-    """Sector states over a KVStore DB (collections `meta` and `offline_meta`), with events.
+    """Sector states over a KVStore DB, with events. States are kept as damocles keeps them
+    (`_keys.py`): `sector-states/m-<miner>-n-<number>` in `meta` (online) and
+    `sector-states-offline/...` in `offline_meta`; states under bare keys are moved there first.
 
     Args:
         db: a vsm.sdk.kvstore.DB (a KVStore plugin's proxy, or an in-process one).
@@ -139,7 +141,7 @@ class SectorStateManager:
         os.makedirs(journal_dir, exist_ok=True)
         self.ckpt_dir = os.path.join(journal_dir, "sinks")
         os.makedirs(self.ckpt_dir, exist_ok=True)
-        self._colls = {ws: db.open_collection(name) for ws, name in _COLLECTIONS.items()}
+        self._colls = {ws: self._open_states(db, ws) for ws in (ONLINE, OFFLINE)}
         self._retry = {ws: bool(c.need_retry_transactions()) for ws, c in self._colls.items()}
         self.import_chunk = import_chunk
         self.import_window = max(1, import_window)
@@ -465,6 +467,22 @@ class SectorStateManager:
         self.close()
 
     # ---------------------------------------------------------------- internals
+    @staticmethod
+    def _open_states(db: Any, ws: str) -> PrefixedKVStore:
+        """The worker state's collection behind damocles' prefix, after moving bare keys there
+        (before recovery, which compares the journal with what these keys hold)."""
+        name, prefix = STATE_PREFIXES[ws]
+        raw = db.open_collection(name)
+        moved, kept = adopt_bare_keys(raw, prefix)
+        if moved:
+            log.info("sector states: moved %d bare keys m-<miner>-n-<number> in '%s' to damocles' %sm-<miner>-n-<number>", moved, name, prefix.decode())
+        if kept:
+            log.warning(
+                "sector states: %d bare keys in '%s' were kept because %s<key> holds a different state (e.g. %s): compare and delete one",
+                len(kept), name, prefix.decode(), kept[0].decode(),
+            )
+        return PrefixedKVStore(raw, prefix)
+
     def _coll(self, ws: str) -> Any:
         try:
             return self._colls[ws]
