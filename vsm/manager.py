@@ -14,6 +14,8 @@ from typing import Any
 
 from loguru import logger
 
+from executors import PoolState
+
 from .config import Config, StoreConfig
 from .errors import ConfigError, PluginLoadError
 from .plugin.loader import Plugin, PluginState, Registry, discover
@@ -33,10 +35,14 @@ class _SinkHandover:
 
     def before(self, old: Any) -> None:
         self.manager.sectors.remove_sink(self.plugin.manifest.name)  # waits for the delivery in flight
+        if old.state in (PoolState.FAILED, PoolState.CLOSED):
+            old.close()  # the breaker gave up on it: stop what is left before the new build opens the files
+            return
         old.broadcast("close_sink")
 
     def undo(self, old: Any) -> None:
-        old.broadcast("open_sink", self.manager.config.settings(self.plugin.manifest.name).meta)
+        if old.state not in (PoolState.FAILED, PoolState.CLOSED):
+            old.broadcast("open_sink", self.manager.config.settings(self.plugin.manifest.name).meta)
         self.manager.sectors.add_sink(self.plugin.manifest.name, self.plugin.pool)
 
     def after(self) -> None:
@@ -201,7 +207,10 @@ class Manager:
         assert self.registry is not None
         plugin = self._plugin(name)
         self._save_disabled(self._disabled_by_operator() - {name})
-        if plugin.pool is None:
+        if plugin.pool is not None and plugin.pool.state is PoolState.FAILED:
+            self.reload(name)  # the crash-loop breaker gave up on it: a fresh pool of the same build
+            logger.info("enabled plugin '{}' again: its failed pool was replaced", plugin.label)
+        elif plugin.pool is None:
             plugin.state = PluginState.LOADED
             self.registry.start(plugin, backend=self.backend)
             if plugin.manifest.kind is Kind.SyncSectorState and self.sectors is not None:

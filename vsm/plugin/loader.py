@@ -330,8 +330,12 @@ class Registry:
             return plugin, previous
         new_pool = self._start_pool(candidate, backend, None)
         old_pool = plugin.pool.pinned()  # type: ignore[union-attr]
-        if handover is not None:
-            handover.before(old_pool)
+        try:
+            if handover is not None:
+                handover.before(old_pool)
+        except BaseException:
+            new_pool.close()  # never leak the new pool (issue 13: one leaked per failed attempt)
+            raise
         try:
             plugin.pool.swap(new_pool, drain_timeout)  # type: ignore[union-attr]
         except BaseException as e:

@@ -387,11 +387,12 @@ class SectorStateManager:
     def remove_sink(self, name: str, forget: bool = False) -> None:
         """Detach a sink; forget=True also deletes its checkpoint (it stops holding the journal)."""
         with self._sinks_lock:
-            d = self._sinks.pop(name)
-        d.stop()
+            d = self._sinks.pop(name, None)
+        if d is not None:  # else not attached (its Constructor failed, or a failed pool's reload)
+            d.stop()
         if forget:
             try:
-                os.unlink(d.ckpt_path)
+                os.unlink(os.path.join(self.ckpt_dir, f"{name}.ckpt"))
             except FileNotFoundError:
                 pass
 
