@@ -4,7 +4,9 @@ the real servers; servers that go away mid-call and come back."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -47,11 +49,48 @@ def _by_name(reg: Registry, name: str):
     return next(p for p in reg.plugins if p.manifest.name == name)
 
 
+def _kit_json(artifact: Path, meta: dict[str, str]) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "vsm", "plugin", "test", str(artifact), "--json", *[f"--meta={k}={v}" for k, v in meta.items()]],
+                          capture_output=True, text=True, timeout=150, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert all(r["status"] == "pass" for r in report["results"]), report
+    return report
+
+
 def test_redis_passes_its_kit_in_a_pool(tmp_path, redis_meta):
     artifact, _, _ = build(REPO / "plugins" / "redis", tmp_path)
     proc = _plugin_test(artifact, redis_meta)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().splitlines()[-1].endswith(" 0 failed")
+    assert " 0 failed (cleanup: removed " in proc.stdout.strip().splitlines()[-1]
+
+
+def test_plugin_test_leaves_nothing_in_redis(tmp_path, redis_meta):
+    """Only Addr given: the kit writes under its own KeyPrefix (the manifest's testMeta), and
+    removes every key it wrote."""
+    import redis
+
+    artifact, _, _ = build(REPO / "plugins" / "redis", tmp_path)
+    report = _kit_json(artifact, {"Addr": redis_meta["Addr"]})
+    prefix = report["meta"]["KeyPrefix"]
+    assert prefix.startswith("kit_") and re.match(r"removed [1-9]\d{4,} keys", report["cleanup"]), report["cleanup"]
+    host, _, port = redis_meta["Addr"].rpartition(":")
+    client = redis.Redis(host=host, port=int(port))
+    try:
+        assert list(client.scan_iter(match=f"{prefix}*", count=1000)) == []
+    finally:
+        client.close()
+
+
+def test_plugin_test_leaves_nothing_in_s3(tmp_path, moto):
+    endpoint, bucket = f"http://{moto.addr}", f"vsm-{uuid.uuid4().hex[:12]}"
+    s3 = boto_client(endpoint)
+    s3.create_bucket(Bucket=bucket)
+    artifact, _, _ = build(REPO / "plugins" / "s3store", tmp_path)
+    report = _kit_json(artifact, {"Bucket": bucket, "Endpoint": endpoint, "PartSize": str(5 * MiB), **KEYS})
+    assert report["meta"]["Prefix"].startswith("kit_") and re.match(r"removed [1-9]\d* objects$", report["cleanup"]), report
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
 def test_s3store_passes_its_kit_in_a_pool(tmp_path, moto):
@@ -60,7 +99,7 @@ def test_s3store_passes_its_kit_in_a_pool(tmp_path, moto):
     artifact, _, _ = build(REPO / "plugins" / "s3store", tmp_path)
     proc = _plugin_test(artifact, {"Bucket": bucket, "Endpoint": endpoint, "PartSize": str(5 * MiB), **KEYS})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().splitlines()[-1].endswith(" 0 failed")
+    assert " 0 failed (cleanup: removed " in proc.stdout.strip().splitlines()[-1]
 
 
 def test_redis_going_away_names_plugin_and_server_then_recovers(registry, redis_server):

@@ -147,9 +147,16 @@ def test_a_crashing_check_is_a_failure_not_a_crash() -> None:
 
 def test_format_results() -> None:
     text = format_results(
-        [CheckResult("a", True, "", "rule a"), CheckResult("b", False, "went wrong", "rule b")]
+        [CheckResult("a", True, "", "rule a"), CheckResult("b", False, "went wrong", "rule b"), CheckResult("c", True, "", "rule c", "no hooks")]
     )
-    assert text.splitlines() == ["PASS  a", "FAIL  b: went wrong", "      rule: rule b", "1/2 checks passed"]
+    assert text.splitlines() == [
+        "PASS  a: rule a",
+        "FAIL  b: rule b",
+        "      -> went wrong",
+        "SKIP  c: rule c",
+        "      -> skipped: no hooks",
+        "1 passed, 1 skipped, 1 failed",
+    ]
 
 
 def test_every_check_states_its_rule(constructor: Callable[[str], Any], tmp_path: Any) -> None:

@@ -31,7 +31,7 @@ def test_bundled_plugins_pass_their_conformance_kit_in_a_pool(tmp_path, name):
     proc = run_cli("plugin", "test", str(artifact))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.endswith(" 0 failed") and int(last.split()[0]) >= 10, proc.stdout
+    assert " 0 failed (cleanup: removed " in last and int(last.split()[1]) >= 10, proc.stdout
 
 
 def test_plugin_test_reports_a_broken_plugin(tmp_path, write_plugin):
@@ -60,7 +60,7 @@ def test_plugin_test_reports_a_broken_plugin(tmp_path, write_plugin):
     artifact, _, _ = build(folder, tmp_path / "out")
     proc = run_cli("plugin", "test", str(artifact))
     assert proc.returncode == 1
-    assert "FAIL  get_missing_raises" in proc.stdout and " failed" in proc.stdout.splitlines()[-1]
+    assert "FAIL  get_missing_raises: " in proc.stdout and " failed" in proc.stdout.splitlines()[-1]
 
 
 def _registry(tmp_path, write_plugin, module: str) -> Registry:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from loguru import logger
 
-from ._common import daemon_or_fail, home_option, load_config_for, print_table
+from ._common import daemon_or_fail, home_option, load_config_for, meta_pairs, print_table
 
 __all__ = ["plugin"]
 
@@ -81,28 +82,26 @@ _PLUGIN_COLUMNS = ["kind", "name", "version", "build_time", "state", "artifact",
 
 @plugin.command("test")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--meta", multiple=True, help="KEY=VALUE passed to the Constructor (repeatable).")
+@click.option("--meta", multiple=True, help="KEY=VALUE for the Constructor (repeatable); over the manifest's testMeta. "
+              "{scratch} and {prefix} become a folder and a name prefix of this run.")
 @click.option("--workers", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def plugin_test(artifact: Path, meta: tuple[str, ...], workers: int, as_json: bool) -> None:
-    """Run the conformance kit of the artifact's kind against it, in its own pool."""
+    """Run the conformance kit of the artifact's kind against it, in its own pool: every rule
+    with PASS/FAIL/SKIP; exit 1 if any fails. What the kit wrote is removed afterwards."""
+    from ..plugin.conformance import format_result, summary_line
     from ..plugin.conformance.runner import run_conformance
 
-    pairs = {}
-    for item in meta:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
-        pairs[key] = value
-    results = run_conformance(artifact, pairs, workers=workers)
-    failed = [r for r in results if not r.passed]
+    def show(result: Any) -> None:
+        click.echo(format_result(result))
+
+    run = run_conformance(artifact, meta_pairs(meta, "--meta"), workers=workers, on_result=None if as_json else show)
     if as_json:
-        click.echo(json.dumps([r.__dict__ for r in results], indent=2))
+        click.echo(json.dumps({"plugin": run.label, "meta": run.meta, "results": [r.as_dict() for r in run.results],
+                               "cleanup": run.cleanup}, indent=2))
     else:
-        for r in results:
-            click.echo(f"{'PASS' if r.passed else 'FAIL'}  {r.name}" + (f"\n      {r.error}" if r.error else ""))
-        click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
+        click.echo(f"{run.label}: {summary_line(run.results)}" + (f" (cleanup: {run.cleanup})" if run.cleanup else ""))
+    sys.exit(1 if run.failed else 0)
 
 
 @plugin.command("disable")

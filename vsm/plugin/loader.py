@@ -220,9 +220,12 @@ def _start_failure(plugin: Plugin, report: str) -> tuple[str, str]:
 class Registry:
     """The loaded plugins (Go `LoadedPlugins`), their states and their pools."""
 
-    def __init__(self, plugins: Iterable[Plugin], config: Config | None = None) -> None:
+    def __init__(self, plugins: Iterable[Plugin], config: Config | None = None, *, plugins_dir: str | None = None) -> None:
+        """plugins_dir: what onInit is told, when there is no config (`plugin test` gives its
+        scratch folder); default: the folder the artifact sits in."""
         self.plugins = list(plugins)
         self.config = config
+        self.plugins_dir = plugins_dir
 
     def get(self, kind: Kind, name: str) -> Plugin | None:
         for p in self.plugins:
@@ -260,7 +263,7 @@ class Registry:
         workers = backend_workers or (settings.workers if settings else None) or DEFAULT_WORKERS[plugin.manifest.kind]
         if plugin.manifest.max_workers:
             workers = min(workers, plugin.manifest.max_workers)
-        plugins_dir = self.config.plugins_dir if self.config else str(plugin.source.parent)
+        plugins_dir = self.config.plugins_dir if self.config else (self.plugins_dir or str(plugin.source.parent))
         return PoolSpec(
             name=plugin.label,
             init=functools.partial(host.worker_init, plugin.code_path, plugin.manifest, plugins_dir, self.loaded_manifests()),

@@ -36,6 +36,7 @@ _SOURCE_KEYS = {
     "requirements": "requirements",
     "requiresPython": "requires_python",
     "maxWorkers": "max_workers",
+    "testMeta": "test_meta",
 }
 _BUILD_KEYS = {"buildTime": "build_time", "spiVersion": "spi_version", "pythonVersion": "python_version"}
 # Lifecycle hook -> the parameters its impl must accept (Go: OnInit(ctx, pluginsDir, manifest)).
@@ -107,6 +108,9 @@ def manifest_from_dict(data: Mapping[str, Any], file: object, *, from_artifact: 
     max_workers = data.get("maxWorkers", 0)
     if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 0:
         raise ManifestError(file, "maxWorkers", "must be a whole number >= 0 (0: no limit)")
+    test_meta = data.get("testMeta", {})
+    if not isinstance(test_meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in test_meta.items()):
+        raise ManifestError(file, "testMeta", 'must be a table of strings, e.g. testMeta = { Path = "{scratch}/kit.db" }')
     fields: dict[str, Any] = dict(
         name=name,
         kind=kind,
@@ -121,6 +125,7 @@ def manifest_from_dict(data: Mapping[str, Any], file: object, *, from_artifact: 
         requirements=tuple(requirements),
         requires_python=text("requiresPython"),
         max_workers=max_workers,
+        test_meta=dict(test_meta),
     )
     if from_artifact:
         spi = data.get("spiVersion")

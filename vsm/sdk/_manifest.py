@@ -31,6 +31,9 @@ class Manifest:
     requirements: tuple[str, ...] = ()
     requires_python: str = ""
     max_workers: int = 0  # 0: no limit; 1: an in-memory or single-writer plugin
+    # Meta that `vsm-pool plugin test` passes to the Constructor; "{scratch}" becomes a folder
+    # and "{prefix}" a name prefix of the run's own, both removed afterwards.
+    test_meta: dict[str, str] = dataclasses.field(default_factory=dict)
     build_time: str = ""
     spi_version: int = SPI_VERSION
     python_version: str = ""
@@ -51,6 +54,7 @@ class Manifest:
             "requirements": list(self.requirements),
             "requiresPython": self.requires_python,
             "maxWorkers": self.max_workers,
+            "testMeta": dict(self.test_meta),
             "buildTime": self.build_time,
             "spiVersion": self.spi_version,
             "pythonVersion": self.python_version,

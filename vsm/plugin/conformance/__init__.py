@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ._kvstore import KVSTORE_CHECKS, KitError, run_kvstore_kit
 from ._objstore import OBJSTORE_CHECKS, MakeStore, run_objstore_kit
-from ._result import CheckResult, format_results
+from ._result import CheckResult, SkipCheck, format_result, format_results, rule_text, summary_line
 
 __all__ = [
     "KVSTORE_CHECKS",
@@ -21,7 +21,11 @@ __all__ = [
     "CheckResult",
     "KitError",
     "MakeStore",
+    "SkipCheck",
+    "format_result",
     "format_results",
+    "rule_text",
+    "summary_line",
     "run_kvstore_kit",
     "run_objstore_kit",
 ]

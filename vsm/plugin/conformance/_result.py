@@ -1,28 +1,64 @@
-"""Check results, the runner shared by every kit, and their human summary."""
+"""Check results, the runner shared by every kit, and their human summary.
+
+A check is a function whose docstring is its rule; `rule_text(check)` is that rule on one
+line, the words `vsm-pool plugin test` prints and docs/plugin-format.md lists (generated from
+the kits' tables: vsm/plugin/conformance/docgen.py).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import traceback
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-__all__ = ["CheckFailed", "CheckResult", "expect", "expect_raises", "format_results", "run_checks"]
+from ..blame import describe, plugin_frame
+
+__all__ = [
+    "CheckFailed",
+    "CheckResult",
+    "SkipCheck",
+    "expect",
+    "expect_raises",
+    "format_result",
+    "format_results",
+    "rule_text",
+    "run_checks",
+    "summary_line",
+]
 
 T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckResult:
-    """The outcome of one check: `rule` is the check's docstring, `error` is empty on a pass."""
+    """The outcome of one check: `rule` is the check's rule on one line, `error` is empty on a
+    pass; `skipped` says why a check did not apply (it counts as passed)."""
 
     name: str
     passed: bool
     error: str = ""
     rule: str = ""
+    skipped: str = ""
+
+    @property
+    def status(self) -> str:
+        return "skip" if self.skipped else "pass" if self.passed else "fail"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "rule": self.rule, "error": self.error or self.skipped}
 
 
 class CheckFailed(AssertionError):
     """A rule was broken; the message says how."""
+
+
+class SkipCheck(Exception):
+    """The rule does not apply to this plugin (e.g. a Go-hook rule for an OnBatch-only sink);
+    the message says why."""
+
+
+def rule_text(check: Callable[..., Any]) -> str:
+    """The check's rule: its docstring on one line."""
+    return " ".join((check.__doc__ or "").split())
 
 
 def expect(cond: bool, message: str) -> None:
@@ -44,37 +80,72 @@ def expect_raises(exc_type: type[BaseException], fn: Callable[..., Any], *args: 
     raise CheckFailed(f"{_call_name(fn)} returned {value!r:.80}, expected it to raise {exc_type.__name__}")
 
 
-def run_checks(checks: Iterable[Callable[[T], None]], subject: T) -> list[CheckResult]:
-    """Run every check on subject; one check's failure or crash never stops the others."""
+def run_checks(
+    checks: Iterable[Callable[[T], None]],
+    subject: T,
+    *,
+    code_path: str = "",
+    on_result: Callable[[CheckResult], None] | None = None,
+) -> list[CheckResult]:
+    """Run every check on subject; one check's failure or crash never stops the others.
+
+    code_path: where the plugin's code lives (its artifact's src/ or its folder): an error
+    raised by the plugin is reported with the plugin's own file:line found under it.
+    on_result: called with each result as soon as it is known (progress output)."""
     results = []
     for check in checks:
-        rule = (check.__doc__ or "").strip()
+        rule = rule_text(check)
         try:
             check(subject)
+        except SkipCheck as e:
+            result = CheckResult(check.__name__, True, "", rule, str(e) or "does not apply")
         except CheckFailed as e:
-            results.append(CheckResult(check.__name__, False, str(e), rule))
+            error = str(e)
+            cause = e.__cause__
+            where = plugin_frame(cause, code_path) if (cause is not None and code_path) else ""
+            result = CheckResult(check.__name__, False, f"{error} (at {where})" if where else error, rule)
         except Exception as e:  # a crash is a failure of that check, with where it happened
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            error = f"unexpected {type(e).__name__}: {e} (at {where.filename}:{where.lineno})"
-            results.append(CheckResult(check.__name__, False, error, rule))
+            result = CheckResult(check.__name__, False, f"unexpected {_where(e, code_path)}", rule)
         else:
-            results.append(CheckResult(check.__name__, True, "", rule))
+            result = CheckResult(check.__name__, True, "", rule)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
     return results
 
 
+def _where(e: BaseException, code_path: str) -> str:
+    """The exception on one line: the plugin's own frame if it is in it, else the innermost."""
+    if code_path and plugin_frame(e, code_path):
+        return describe(e, code_path)
+    import traceback
+
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}{where}"
+
+
+def format_result(r: CheckResult) -> str:
+    """PASS/FAIL/SKIP, the check's name and its rule; a failure's cause (or why it was
+    skipped) on the next line."""
+    head = f"{r.status.upper():<5} {r.name}: {r.rule}" if r.rule else f"{r.status.upper():<5} {r.name}"
+    if r.error:
+        return f"{head}\n      -> {r.error}"
+    if r.skipped:
+        return f"{head}\n      -> skipped: {r.skipped}"
+    return head
+
+
+def summary_line(results: Sequence[CheckResult]) -> str:
+    failed = sum(not r.passed for r in results)
+    skipped = sum(bool(r.skipped) for r in results)
+    return f"{len(results) - failed - skipped} passed, " + (f"{skipped} skipped, " if skipped else "") + f"{failed} failed"
+
+
 def format_results(results: Sequence[CheckResult]) -> str:
-    """One line per check (PASS/FAIL, name, and the error or the rule) and a count."""
-    lines = []
-    for r in results:
-        if r.passed:
-            lines.append(f"PASS  {r.name}")
-        else:
-            lines.append(f"FAIL  {r.name}: {r.error}")
-            if r.rule:
-                lines.append(f"      rule: {r.rule}")
-    passed = sum(r.passed for r in results)
-    lines.append(f"{passed}/{len(results)} checks passed")
-    return "\n".join(lines)
+    """Every check with its status and rule, then the count."""
+    return "\n".join([*(format_result(r) for r in results), summary_line(results)])
 
 
 def _call_name(fn: Callable[..., Any]) -> str:

@@ -1,49 +1,244 @@
 """`vsm-pool plugin test ARTIFACT`: the conformance kit of the plugin's kind, run against the
-built artifact in its own pool, through the same proxies the manager uses."""
+built artifact in its own pool, through the same proxies the manager uses.
+
+    manifest testMeta + --meta ({scratch}, {prefix} filled in) --> the Constructor's Meta
+         |
+    a scratch folder and a name prefix of this run (kit_<hex>_)
+         |
+    pool of the artifact (onInit told plugins_dir = the scratch folder)
+         |
+    the kit's checks, one result each, as they finish (on_result)
+         |
+    cleanup: every key of the kit's collections, every object it put, the sink's drop();
+    then the scratch folder. What could not be removed is said, never left silently.
+
+Nothing is added to the Meta that the manifest (`testMeta`) or the caller (--meta) did not ask
+for: a plugin that needs a file says `testMeta = { Path = "{scratch}/kit.db" }`, one that
+writes into a shared server says `testMeta = { KeyPrefix = "{prefix}" }`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
+from typing import Any, Callable
 
-from ..artifact import read_artifact_manifest
-from . import CheckResult, run_kvstore_kit, run_objstore_kit
 from ...errors import PluginLoadError
+from ...sdk import Config, Kind, Manifest, ObjectNotFoundError
+from ..artifact import read_artifact_manifest
+from ..blame import describe
 from ..loader import Plugin, Registry, _compatibility_problem
 from ..proxies import PooledDB, PooledStore
-from ...sdk import Config, Kind
+from . import KVSTORE_CHECKS, OBJSTORE_CHECKS
+from ._result import CheckResult, run_checks
 
-__all__ = ["run_conformance"]
+__all__ = ["KitRun", "kit_meta", "run_conformance"]
+
+OnResult = Callable[[CheckResult], None]
 
 
-def run_conformance(artifact: Path, meta: dict[str, str], *, workers: int = 1, backend: str = "process") -> list[CheckResult]:
+@dataclasses.dataclass
+class KitRun:
+    """What `plugin test` reports: the plugin, the Meta it ran with, every result, and what
+    the cleanup removed (or could not)."""
+
+    label: str
+    meta: dict[str, str]
+    results: list[CheckResult]
+    cleanup: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return any(not r.passed for r in self.results)
+
+
+def kit_meta(manifest: Manifest, given: dict[str, str], scratch: str, prefix: str) -> dict[str, str]:
+    """The manifest's testMeta, overridden by the caller's, with {scratch} and {prefix} filled."""
+    merged = {**manifest.test_meta, **given}
+    return {k: v.replace("{scratch}", scratch).replace("{prefix}", prefix) for k, v in merged.items()}
+
+
+def run_conformance(
+    artifact: Path,
+    meta: dict[str, str],
+    *,
+    workers: int = 1,
+    backend: str = "process",
+    on_result: OnResult | None = None,
+) -> KitRun:
+    """Run the kit of the artifact's kind in the artifact's own pool. Raises PluginLoadError
+    (one line) when the plugin cannot start or its Constructor fails."""
     manifest, _ = read_artifact_manifest(artifact)
     problem = _compatibility_problem(manifest)
     if problem:
         raise PluginLoadError(f"{artifact}: {problem}")
     plugin = Plugin(manifest, Path(artifact).resolve())
-    registry = Registry([plugin])
-    pool = registry.start(plugin, backend=backend, workers=workers)
+    scratch = tempfile.mkdtemp(prefix=f"vsm-kit-{manifest.name}-")
+    prefix = f"kit_{uuid.uuid4().hex[:10]}_"
     try:
-        with tempfile.TemporaryDirectory(prefix=f"vsm-kit-{manifest.name}-") as scratch:
-            if manifest.kind is Kind.KVStore:
-                meta = dict(meta) or {"Path": str(Path(scratch) / "kit.db")}
-                db = PooledDB(pool, meta)
-                db.run()
-                try:
-                    return run_kvstore_kit(db)
-                finally:
-                    db.close()
-            if manifest.kind is Kind.ObjStore:
-                location = str(Path(scratch) / "store")
-                Path(location).mkdir()
-
-                def make_store(read_only: bool) -> PooledStore:
-                    # The kit's contract: every store it asks for sees the same location.
-                    name = "kit-read-only" if read_only else "kit"
-                    return PooledStore(pool, Config(name=name, path=location, meta=dict(meta), read_only=read_only))
-
-                return run_objstore_kit(make_store)
-            raise PluginLoadError(f"{artifact}: no conformance kit for {manifest.kind.value} plugins yet")
+        registry = Registry([plugin], plugins_dir=scratch)
+        run_meta = kit_meta(manifest, meta, scratch, prefix)
+        pool = registry.start(plugin, backend=backend, workers=workers)
+        try:
+            kit = _KITS.get(manifest.kind)
+            if kit is None:
+                raise PluginLoadError(f"{artifact}: no conformance kit for {manifest.kind.value} plugins yet")
+            run = KitRun(plugin.label, run_meta, [])
+            kit(_Context(plugin, pool, run_meta, scratch, prefix, on_result), run)
+            return run
+        finally:
+            registry.close()
     finally:
-        registry.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class _Context:
+    plugin: Plugin
+    pool: Any
+    meta: dict[str, str]
+    scratch: str
+    prefix: str
+    on_result: OnResult | None
+
+    def checks(self, checks: Any, subject: Any) -> list[CheckResult]:
+        return run_checks(checks, subject, code_path=self.plugin.code_path, on_result=self.on_result)
+
+    def setup_failed(self, what: str, e: BaseException) -> PluginLoadError:
+        shown = ", ".join(f"{k}={v}" for k, v in self.meta.items()) or "none"
+        return PluginLoadError(
+            f"{self.plugin.label}: {what} failed (Meta: {shown}): {describe(e, self.plugin.code_path)}"
+        )
+
+
+# -- KVStore ---------------------------------------------------------------------------------
+
+
+class _TrackedDB:
+    """The DB under test, remembering every collection the kit opens (to empty them after)."""
+
+    def __init__(self, db: PooledDB) -> None:
+        self.db = db
+        self.names: list[str] = []
+
+    def run(self) -> None:
+        self.db.run()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def open_collection(self, name: str) -> Any:
+        if name not in self.names:
+            self.names.append(name)
+        return self.db.open_collection(name)
+
+
+def _kvstore(ctx: _Context, run: KitRun) -> None:
+    db = PooledDB(ctx.pool, ctx.meta)
+    try:
+        db.run()
+    except Exception as e:
+        raise ctx.setup_failed("Constructor", e) from None
+    tracked = _TrackedDB(db)
+    try:
+        run.results = ctx.checks(KVSTORE_CHECKS, tracked)
+    finally:
+        try:
+            run.cleanup = _empty_collections(tracked)
+        finally:
+            db.close()
+
+
+def _empty_collections(tracked: _TrackedDB) -> str:
+    """Delete every key of every collection the kit opened, through the plugin's own API."""
+    removed, left = 0, []
+    for name in tracked.names:
+        coll = tracked.db.open_collection(name)
+        try:
+            keys = [bytes(k) for k, _ in _drain(coll.scan(b""))]
+            coll.update(_delete_all(keys))
+            removed += len(keys)
+        except Exception as e:  # noqa: BLE001 - said in the report, the other collections go on
+            left.append(f"{name}: {type(e).__name__}: {e}")
+    said = f"removed {removed} keys in {len(tracked.names)} collections"
+    return said + ("; could not empty " + "; ".join(left) if left else "")
+
+
+def _drain(it: Any) -> list[tuple[bytes, bytes]]:
+    try:
+        return list(it)
+    finally:
+        it.close()
+
+
+def _delete_all(keys: list[bytes]) -> Callable[[Any], None]:
+    def fn(txn: Any) -> None:
+        for k in keys:
+            txn.delete(k)
+
+    return fn
+
+
+# -- ObjStore --------------------------------------------------------------------------------
+
+
+class _TrackedStore:
+    """A store under test, remembering every path the kit puts (to delete them after)."""
+
+    def __init__(self, store: PooledStore, paths: list[str]) -> None:
+        self._store = store
+        self._paths = paths
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def put(self, path: str, reader: Any) -> int:
+        if path not in self._paths:
+            self._paths.append(path)
+        return self._store.put(path, reader)
+
+
+def _objstore(ctx: _Context, run: KitRun) -> None:
+    location = Path(ctx.scratch) / "store"
+    location.mkdir()
+    paths: list[str] = []
+
+    def open_store(read_only: bool) -> PooledStore:
+        # The kit's contract: every store it asks for sees the same location.
+        name = "kit-read-only" if read_only else "kit"
+        return PooledStore(ctx.pool, Config(name=name, path=str(location), meta=dict(ctx.meta), read_only=read_only))
+
+    try:
+        writable = open_store(False)
+    except Exception as e:
+        raise ctx.setup_failed("Constructor", e) from None
+
+    def make_store(read_only: bool) -> Any:
+        return _TrackedStore(open_store(read_only) if read_only else writable, paths)
+
+    try:
+        run.results = ctx.checks(OBJSTORE_CHECKS, make_store)
+    finally:
+        run.cleanup = _delete_objects(writable, paths)
+
+
+def _delete_objects(store: PooledStore, paths: list[str]) -> str:
+    removed, left = 0, []
+    for path in paths:
+        try:
+            store.delete(path)
+            removed += 1
+        except (ObjectNotFoundError, ValueError):  # never written, or a path the store refuses
+            continue
+        except Exception as e:  # noqa: BLE001 - said in the report
+            left.append(f"{path}: {type(e).__name__}: {e}")
+    return f"removed {removed} objects" + ("; could not remove " + "; ".join(left) if left else "")
+
+
+_KITS: dict[Kind, Callable[[_Context, KitRun], None]] = {
+    Kind.KVStore: _kvstore,
+    Kind.ObjStore: _objstore,
+}
