@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from typing import Iterator
 
 import psutil
 import pytest
+
+from tests._ray_cluster import RayCluster, start_ray_cluster
 
 
 # Long-lived helpers of the multiprocess library, shared by every pool of the test session.
@@ -47,8 +51,15 @@ def _shm() -> set[str]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks():
+def no_leaks() -> Iterator[None]:
     """Fail a test that leaves a child process or a new /dev/shm segment behind."""
+    with leak_guard():
+        yield
+
+
+@contextlib.contextmanager
+def leak_guard() -> Iterator[None]:
+    """The check of `no_leaks`, for folders whose own guard uses it for some tests."""
     me = psutil.Process()
     before = _shm()
     # Servers that session- or module-scoped fixtures started are set up before this fixture
@@ -69,3 +80,10 @@ def no_leaks():
     leaked = _shm() - before
     assert not children, f"test left processes behind: {[(c.pid, c.cmdline()[:3]) for c in children]}"
     assert not leaked, f"test left shared memory behind: {sorted(leaked)}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A local two-node Ray cluster, started once for the session when a test first asks."""
+    with start_ray_cluster() as cluster:
+        yield cluster

@@ -1,5 +1,6 @@
-"""Failure modes, one test each: nothing hangs, every waiter is told, the pool recovers or
-says it is broken, and no process or segment is left (conftest's no_leaks)."""
+"""ProcessPool's own failure modes (the shared ones are in tests/contract): each way a worker
+process dies named in the error, workers that outlive a killed manager, and no call left
+pending when workers are killed under load. No process or segment is left (no_leaks)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ import pytest
 
 import exec_services as S
 from executors import (
-    CallTimeout,
-    PoolBroken,
-    PoolStartError,
     PoolState,
     ProcessPool,
     PoolSpec,
@@ -83,76 +81,6 @@ def test_worker_death_fails_its_calls_and_is_replaced(how, reason, via):
         assert all(w["outstanding"] == 0 for w in st["workers"])
     finally:
         p.close()
-
-
-@pytest.mark.parametrize("via", ["call", "submit"])
-def test_timeout_kills_and_replaces_the_worker(via):
-    p = _pool(workers=1, call_timeout=None)
-    try:
-        pid = p.call("pid")
-        if via == "call":
-            with pytest.raises(CallTimeout) as ei:
-                p.call("sleep", 30, timeout=0.3)
-        else:
-            slow = p.submit("sleep", 30, timeout=0.3)
-            queued = p.submit("echo", 1)
-            with pytest.raises(CallTimeout) as ei:
-                slow.result()
-            with pytest.raises(WorkerCrashed, match="killed after timeout of sleep"):
-                queued.result()
-        msg = str(ei.value)
-        assert "test/crash" in msg and "sleep did not finish within 0.3s" in msg, msg
-        assert isinstance(ei.value, TimeoutError)
-        assert p.call("pid") != pid
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    finally:
-        p.close()
-
-
-def test_crash_loop_marks_the_pool_failed():
-    p = _pool(workers=1, max_restarts=2, restart_window=30)
-    try:
-        for _ in range(2):
-            with pytest.raises(WorkerCrashed):
-                p.call("die", "sigkill")
-        # the third crash within the window is one too many: the call pending on it, and
-        # every later one, get PoolBroken
-        with pytest.raises(PoolBroken, match="3 worker crashes"):
-            p.call("die", "sigkill")
-        assert p.state is PoolState.FAILED
-        with pytest.raises(PoolBroken, match="SIGKILL") as ei:
-            p.call("echo", 1)
-        assert "test/crash" in str(ei.value)
-        st = p.status()
-        assert st["state"] == "failed" and "SIGKILL(-9)" in st["last_error"]
-    finally:
-        p.close()
-
-
-def test_crash_loop_in_init_fails_waiting_calls_with_pool_broken(tmp_path, monkeypatch):
-    monkeypatch.setenv("EXEC_TEST_MARKER", str(tmp_path / "started"))
-    p = _pool(workers=1, init=S.make_kv_crashing_after_start, max_restarts=2, restart_window=30)
-    try:
-        with pytest.raises(WorkerCrashed):
-            p.call("die", "sigkill")
-        waiting = p.submit("echo", 1)  # queued for a replacement that never comes up
-        with pytest.raises(PoolBroken, match="init"):
-            waiting.result(timeout=20)
-        assert p.state is PoolState.FAILED
-        with pytest.raises(PoolBroken):
-            p.submit("echo", 2)
-    finally:
-        p.close()
-
-
-def test_init_error_at_start_names_the_cause_and_leaves_nothing():
-    p = ProcessPool(PoolSpec(name="test/badinit", init=S.make_failing, workers=2))
-    with pytest.raises(PoolStartError) as ei:
-        p.start()
-    msg = str(ei.value)
-    assert "test/badinit" in msg and "cannot open the store: bad meta" in msg and "Traceback" in msg
-    assert p.state is PoolState.CLOSED
-    p.close()
 
 
 _MANAGER = """
@@ -231,50 +159,3 @@ def test_no_call_stays_pending_when_workers_are_killed_under_load():
         p.close()
 
 
-def test_close_during_a_stream_fails_it_with_pool_closed():
-    import threading
-
-    from executors import PoolClosed
-
-    p = _pool(workers=1, ring_slots=2, slot_bytes=1 << 16)
-    errors = []
-
-    def put():
-        try:
-            p.stream_put("consume", ("x",), S.GenReader(1 << 40))
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=put)
-    t.start()
-    time.sleep(0.3)
-    p.close(timeout=0.2)
-    t.join(10)
-    assert not t.is_alive()
-    assert errors and isinstance(errors[0], PoolClosed), errors
-
-
-def test_close_does_not_wait_for_a_hanging_replacement_init(tmp_path, monkeypatch):
-    monkeypatch.setenv("EXEC_TEST_MARKER", str(tmp_path / "started"))
-    p = _pool(workers=1, init=S.make_kv_hanging_after_start, start_timeout=60)
-    with pytest.raises(WorkerCrashed):
-        p.call("die", "sigkill")
-    time.sleep(0.5)  # the replacement is now stuck in init
-    t = time.monotonic()
-    p.close(timeout=1)
-    assert time.monotonic() - t < 10
-    assert p.state is PoolState.CLOSED
-
-
-def test_call_queued_for_a_replacement_times_out(tmp_path, monkeypatch):
-    monkeypatch.setenv("EXEC_TEST_MARKER", str(tmp_path / "started"))
-    p = _pool(workers=1, init=S.make_kv_hanging_after_start)
-    try:
-        with pytest.raises(WorkerCrashed):
-            p.call("die", "sigkill")
-        t = time.monotonic()
-        with pytest.raises(CallTimeout, match="echo.*waiting for worker 0 to start"):
-            p.call("echo", 1, timeout=0.3)
-        assert time.monotonic() - t < 3
-    finally:
-        p.close(timeout=1)
