@@ -71,16 +71,38 @@ def test_bare_keys_of_an_earlier_home_move_to_damocles_layout(tmp_path: Path, st
     d.stop()
 
 
-def test_states_written_here_are_where_damocles_reads_them(tmp_path: Path) -> None:
-    """Without a daemon: the CLI runs the manager for one command, same layout."""
+def test_import_finalize_restore_route_and_flag_as_damocles(tmp_path: Path) -> None:
+    """Without a daemon (the CLI runs the manager for each command). As damocles' state
+    manager and import-json: a finalized state imports offline, the others online; finalize
+    sets Finalized while moving offline, restore clears it while moving back."""
     home = prepare_home(tmp_path / "home")
-    state = tmp_path / "one.json"
-    state.write_bytes(SectorState(SectorID(77, 1), 8).to_go_json() + b"\n")
-    run_cli(home, "sectors", "import", str(state))
+    states = tmp_path / "states.jsonl"
+    states.write_bytes(
+        SectorState(SectorID(77, 1), 8).to_go_json() + b"\n" + SectorState(SectorID(77, 2), 8, finalized=True).to_go_json() + b"\n"
+    )
+    assert "imported 2 of 2" in run_cli(home, "sectors", "import", str(states)).stdout
+    db = _kv(home)
+    try:
+        assert list(_keys(db, "meta")) == [b"sector-states/m-77-n-1"]
+        assert list(_keys(db, "offline_meta")) == [b"sector-states-offline/m-77-n-2"]
+    finally:
+        db.close()
+
     run_cli(home, "sectors", "finalize", "77", "1")
     db = _kv(home)
     try:
         assert _keys(db, "meta") == {}
-        assert list(_keys(db, "offline_meta")) == [b"sector-states-offline/m-77-n-1"]
+        stored = _keys(db, "offline_meta")[b"sector-states-offline/m-77-n-1"]
+        assert json.loads(stored)["Finalized"] is True and stored == SectorState(SectorID(77, 1), 8, finalized=True).to_go_json()
     finally:
         db.close()
+    restored = json.loads(run_cli(home, "sectors", "restore", "--json", "77", "2").stdout)
+    assert restored["Finalized"] is False
+    online = json.loads(run_cli(home, "sectors", "list", "--json").stdout)
+    assert [(s["ID"]["Number"], s["Finalized"]) for s in online] == [(2, False)]
+
+    # --online puts every state online, whatever its flag (an explicit choice)
+    again = tmp_path / "again.jsonl"
+    again.write_bytes(SectorState(SectorID(78, 1), 8, finalized=True).to_go_json() + b"\n")
+    run_cli(home, "sectors", "import", "--online", str(again))
+    assert json.loads(run_cli(home, "sectors", "get", "--json", "78", "1").stdout)["WorkerState"] == "online"

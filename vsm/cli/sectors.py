@@ -40,11 +40,14 @@ def _show_state(state: dict[str, Any], as_json: bool) -> None:
 @home_option
 @config_option
 @click.option("--override", is_flag=True, help="Replace sectors that exist already.")
-@click.option("--offline", "worker_state", flag_value="offline", default="online", help="Import into the offline (finalized) collection.")
+@click.option("--online", "worker_state", flag_value="online", help="Import every state online (default: as damocles' import-json, offline if Finalized).")
+@click.option("--offline", "worker_state", flag_value="offline", help="Import every state offline (as damocles' import from lotus).")
 @click.option("--chunk", default=5000, show_default=True, help="States per request.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def sectors_import(home: Path | None, config_file: Path | None, override: bool, worker_state: str, chunk: int, file: Path) -> None:
-    """Bulk-load FILE: JSON lines of SectorState in damocles' encoding, or Parquet in the Arrow schema."""
+def sectors_import(home: Path | None, config_file: Path | None, override: bool, worker_state: str | None, chunk: int, file: Path) -> None:
+    """Bulk-load FILE: JSON lines of SectorState in damocles' encoding, or Parquet in the Arrow
+    schema. Finalized states go offline (`offline_meta`), the others online, as damocles'
+    `util sealer sectors state import-json` routes them."""
     from ..sectors import read_import_file
 
     written = total = 0

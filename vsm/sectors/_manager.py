@@ -180,12 +180,15 @@ class SectorStateManager:
         self,
         states: Iterable[SectorState],
         override: bool = False,
-        worker_state: str = ONLINE,
+        worker_state: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> int:
         """Write states as damocles' Import does (skip existing keys unless override), in
-        chunks of import_chunk per KV transaction. Returns how many were written."""
-        coll = self._coll(worker_state)
+        chunks of import_chunk per KV transaction. worker_state None: each state where
+        damocles' JSON import puts it (offline if Finalized, else online); "online" or
+        "offline": all of them there. Returns how many were written."""
+        if worker_state is not None:
+            self._coll(worker_state)
 
         def chunks() -> Iterator[list[SectorState]]:
             chunk: list[SectorState] = []
@@ -197,19 +200,20 @@ class SectorStateManager:
             if chunk:
                 yield chunk
 
-        return self._import_chunks(coll, chunks(), override, worker_state, progress)
+        return self._import_chunks(_routed(chunks(), worker_state), override, progress)
 
     def import_arrow(
         self,
         data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch],
         override: bool = False,
-        worker_state: str = ONLINE,
+        worker_state: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> int:
         """import_states for states already in Arrow (SECTOR_STATE_SCHEMA columns, in any
         order, missing ones null; e.g. `pq.ParquetFile(f).iter_batches()`): no SectorState
         objects are built. Returns how many were written."""
-        coll = self._coll(worker_state)
+        if worker_state is not None:
+            self._coll(worker_state)
         if isinstance(data, pa.RecordBatch):
             data = [data]
         step = self.import_chunk
@@ -226,23 +230,19 @@ class SectorStateManager:
                         t = t.append_column(f, pa.nulls(t.num_rows, f.type))
                 yield t.select(SECTOR_STATE_SCHEMA.names).cast(SECTOR_STATE_SCHEMA)
 
-        return self._import_chunks(coll, chunks(), override, worker_state, progress)
+        return self._import_chunks(_routed(chunks(), worker_state), override, progress)
 
-    def _import_chunks(
-        self, coll: Any, chunks: Iterator[Any], override: bool, ws: str, progress: Callable[[int], None] | None
-    ) -> int:
+    def _import_chunks(self, chunks: Iterator[tuple[str, Any]], override: bool, progress: Callable[[int], None] | None) -> int:
         with self._sinks_lock:
             self._bulk += 1
         try:
-            return self._import_pipelined(coll, chunks, override, ws, progress)
+            return self._import_pipelined(chunks, override, progress)
         finally:
             with self._sinks_lock:
                 self._bulk -= 1
             self._notify_wm(0)  # lingering sinks deliver the rest now
 
-    def _import_pipelined(
-        self, coll: Any, chunks: Iterator[Any], override: bool, ws: str, progress: Callable[[int], None] | None
-    ) -> int:
+    def _import_pipelined(self, chunks: Iterator[tuple[str, Any]], override: bool, progress: Callable[[int], None] | None) -> int:
         """Chunks move through three stages at once, each chunk in write-ahead order:
 
             encode thread:  read + encode k+1
@@ -255,7 +255,7 @@ class SectorStateManager:
         A chunk of import_chunk states takes nearly every lock stripe anyway, so the import
         holds all of them, for windows of import_window chunks (no check is carried over a
         window's end): other operations get in between windows. The steps are _ImportPipeline's."""
-        with _ImportPipeline(self, coll, chunks, override, ws, progress) as pipeline:
+        with _ImportPipeline(self, chunks, override, progress) as pipeline:
             while pipeline.current is not None:
                 with self._locks.hold_all():
                     pipeline.run_window(self.import_window)
@@ -267,7 +267,7 @@ class SectorStateManager:
         chunk still being written counts too), journal the rest, wait until it is durable."""
         pairs, state = p.pairs, p.state
         if exists is not None:
-            if inflight is not None:
+            if inflight is not None and inflight.ws == ws:
                 exists = pc.or_(exists, pc.is_in(pairs.keys, value_set=inflight.pairs.keys))
             if pc.any(exists).as_py():
                 keep = pc.invert(exists)
@@ -325,16 +325,18 @@ class SectorStateManager:
             return st
 
     def finalize(self, sector_id: SectorID) -> SectorState:
-        """Move a state from online (`meta`) to offline (`offline_meta`)."""
+        """Move a state from online (`meta`) to offline (`offline_meta`), Finalized set (Go
+        StateManager.Finalize)."""
         return self._move(sector_id, ONLINE, OFFLINE, "finalize")
 
     def restore(self, sector_id: SectorID) -> SectorState:
-        """Move a state from offline back to online."""
+        """Move a state from offline back to online, Finalized cleared (Go Restore)."""
         return self._move(sector_id, OFFLINE, ONLINE, "restore")
 
     def _move(self, sid: SectorID, src: str, dst: str, kind: str) -> SectorState:
         with self._locks.hold([sid]):
             _, st = self._load(sid, src)
+            st.finalized = kind == "finalize"
             self._apply([_Change(sid, kind, dst, st, [], [(dst, st.to_go_json()), (src, None)])])
             return st
 
@@ -761,9 +763,9 @@ class _ImportPipeline:
     written is compensated when the write before it fails (`_finish_previous`).
     """
 
-    def __init__(self, mgr: SectorStateManager, coll: Any, chunks: Iterator[Any], override: bool, ws: str,
+    def __init__(self, mgr: SectorStateManager, chunks: Iterator[tuple[str, Any]], override: bool,
                  progress: Callable[[int], None] | None) -> None:
-        self.mgr, self.coll, self.chunks, self.override, self.ws, self.progress = mgr, coll, chunks, override, ws, progress
+        self.mgr, self.chunks, self.override, self.progress = mgr, chunks, override, progress
         self.written = 0
         self._enc = ThreadPoolExecutor(1, thread_name_prefix="vsm-import-encode")
         self._kv = ThreadPoolExecutor(1, thread_name_prefix="vsm-import-kv")
@@ -802,19 +804,19 @@ class _ImportPipeline:
         staged = self._journal(p)
         self.current = self._take_next()
         if self.current is not None and check_next:
-            self._check = self._kv.submit(_existing, self.coll, self.current.pairs.keys, self.override)
+            self._check = self._kv.submit(_existing, self.mgr._colls[self.current.ws], self.current.pairs.keys, self.override)
         self._finish_previous(staged)
         if staged is not None:
-            staged.future = self._kv.submit(self.mgr._commit_puts, self.ws, staged.pairs)
+            staged.future = self._kv.submit(self.mgr._commit_puts, staged.ws, staged.pairs)
             self._inflight = staged
         elif self.progress:
             self.progress(p.n)
 
     def _journal(self, p: _Prepared) -> _InFlight | None:
         """Existing keys out (unless override), the rest journaled and durable."""
-        check = self._check or self._kv.submit(_existing, self.coll, p.pairs.keys, self.override)
+        check = self._check or self._kv.submit(_existing, self.mgr._colls[p.ws], p.pairs.keys, self.override)
         self._check = None
-        return self.mgr._import_journal(p, check.result(), self.ws, self._inflight)
+        return self.mgr._import_journal(p, check.result(), p.ws, self._inflight)
 
     def _finish_previous(self, staged: _InFlight | None) -> None:
         """Wait for the previous chunk's KV write; if it failed, `staged` (journaled, never
@@ -831,7 +833,7 @@ class _ImportPipeline:
 
     def _produce(self) -> _Prepared | None:
         c = next(self.chunks, None)
-        return None if c is None else _prepare_import(c)
+        return None if c is None else _prepare_import(*c)
 
     def _take_next(self) -> _Prepared | None:
         """The chunk the encode thread prepared; it starts on the one after at once."""
@@ -860,10 +862,10 @@ class _InFlight:
 class _Prepared:
     """One import chunk, encoded outside the stripes: state columns, KV keys and Go JSON."""
 
-    __slots__ = ("state", "pairs", "miner", "number", "n")
+    __slots__ = ("ws", "state", "pairs", "miner", "number", "n")
 
-    def __init__(self, state: pa.RecordBatch) -> None:
-        self.state = state
+    def __init__(self, ws: str, state: pa.RecordBatch) -> None:
+        self.ws, self.state = ws, state
         self.n = state.num_rows
         miner, number = state.column("miner"), state.column("number")
         self.miner, self.number = miner, number
@@ -871,12 +873,29 @@ class _Prepared:
         self.pairs = KVPairs(key.cast(pa.binary()), arrow_to_go_json(state))
 
 
-def _prepare_import(chunk: pa.Table | pa.RecordBatch | list[SectorState]) -> _Prepared:
+def _prepare_import(ws: str, chunk: pa.Table | pa.RecordBatch | list[SectorState]) -> _Prepared:
     if isinstance(chunk, list):
         chunk = states_to_arrow(chunk)
     if isinstance(chunk, pa.Table):
         chunk = chunk.combine_chunks().to_batches()[0] if chunk.num_rows else pa.RecordBatch.from_pylist([], schema=chunk.schema)
-    return _Prepared(chunk)
+    return _Prepared(ws, chunk)
+
+
+def _routed(chunks: Iterator[Any], ws: str | None) -> Iterator[tuple[str, Any]]:
+    """(worker state, chunk) for each chunk: all in ws, or (ws None) split as damocles' JSON
+    import routes a state (`util sealer sectors state import-json`): offline if Finalized."""
+    for chunk in chunks:
+        if ws is not None:
+            yield ws, chunk
+            continue
+        if isinstance(chunk, list):
+            parts = {ONLINE: [s for s in chunk if not s.finalized], OFFLINE: [s for s in chunk if s.finalized]}
+        else:
+            finalized = pc.fill_null(chunk.column("finalized"), False)
+            parts = {ONLINE: chunk.filter(pc.invert(finalized)), OFFLINE: chunk.filter(finalized)}
+        for w, part in parts.items():
+            if len(part):
+                yield w, part
 
 
 _EVENT_PREFIX = SECTOR_EVENT_SCHEMA.names[: SECTOR_EVENT_SCHEMA.get_field_index("miner")]

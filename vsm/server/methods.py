@@ -75,9 +75,10 @@ def _state_json(state: Any, worker_state: str | None = None) -> dict[str, Any]:
 
 
 @METHODS.method("sectors.import")
-def sectors_import(manager: Any, states: list[dict[str, Any]], override: bool = False, worker_state: str = "online") -> int:
+def sectors_import(manager: Any, states: list[dict[str, Any]], override: bool = False, worker_state: str | None = None) -> int:
     """States in damocles' JSON encoding; returns how many were written (existing ones are
-    skipped unless override)."""
+    skipped unless override). worker_state null: offline if Finalized, else online (damocles'
+    import-json); "online"/"offline": all there."""
     from ..sdk.sectors import SectorState
 
     if not isinstance(states, list):
