@@ -474,7 +474,7 @@ def real_plugin(quick: bool) -> list[dict[str, Any]]:
     import tempfile
     from pathlib import Path
 
-    from vsm import _host
+    from vsm.plugin import host as _host
     from vsm.plugin.artifact import build, code_path
     from vsm.sdk import Config
 

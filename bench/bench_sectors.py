@@ -126,7 +126,7 @@ def _load(name: str, module: str) -> Any:
 
 
 def _state_batch(rows: int, miner: int) -> pa.RecordBatch:
-    from tests.sectors.helpers import make_state
+    from bench.states import make_state
     from vsm.sdk.sectors import states_to_arrow
 
     return states_to_arrow([make_state(miner, i) for i in range(rows)])

@@ -12,21 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from vsm.sdk.sectors import (
-    MessageInfo,
-    PreCommitInfo,
-    ProofInfo,
-    ReportStateReq,
-    Seed,
-    SectorID,
-    SectorPieceV2,
-    SectorState,
-    SectorStateChange,
-    Ticket,
-    WorkerIdentifier,
-    PieceInfoV2,
-    DealInfoV2,
-)
+from bench.states import make_state  # noqa: F401  (one generator for tests and benchmarks)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,23 +25,6 @@ def load_plugin(name: str, module: str) -> ModuleType:
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
-
-
-def make_state(miner: int, number: int, with_piece: bool | None = None) -> SectorState:
-    """A sealed-looking state; every third one carries a DDO piece."""
-    if with_piece is None:
-        with_piece = number % 3 == 0
-    st = SectorState(SectorID(miner, number), 8)
-    st.ticket = Ticket(number.to_bytes(8, "big") * 4, 2_500_000 + number)
-    st.seed = Seed(b"\x01" * 32, 2_500_150 + number)
-    st.pre = PreCommitInfo("bagboea4b5abcamxkzmzcciabkdxzu4vqkpmpvwgyiyldaogf7ssr4c7yl5u7ftxb", "baga6ea4seaqhfd5zcatqebd4jrulvrqcz6rqg4nlfmkvqalqk6ykdhbvfptevli", Ticket(b"\x02" * 32, 2_500_000), [])
-    st.proof = ProofInfo(b"\x03" * 192)
-    st.message_info = MessageInfo("bafy2bzacedxkkpqwmuf4dnnz4h5djmvjc7zu2bhzbhbkoqqm6npg3zpd5lewu", None, True)
-    st.latest_state = ReportStateReq(WorkerIdentifier("worker-01", "10.0.0.7"), SectorStateChange("C2Done", "Persisted", "Evt"), None)
-    if with_piece:
-        cid = "baga6ea4seaqhfd5zcatqebd4jrulvrqcz6rqg4nlfmkvqalqk6ykdhbvfptevli"
-        st.pieces = [SectorPieceV2(PieceInfoV2(34359738368, cid), DealInfoV2(0, None, 1000 + number, cid, 34359738368, "f03344", "f0%d" % miner, 0, 34359738368, 3 << 30, 2_510_000, 5_000_000, False, False))]
-    return st
 
 
 class RecordingSink:

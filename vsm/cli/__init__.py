@@ -3,47 +3,57 @@
 One module per command group (plugin.py, daemon.py for start/stop/status, sectors.py, pieces.py,
 query.py, tools.py for config/util/bench); _common.py holds their shared options and the client
 of the running daemon (client.py) or of a manager started in-process for one command.
+
+Start-up cost (issue 14): a command is imported only when it runs, and the commands that
+talk to a running daemon (status, query, sectors get, pieces stat...) import neither pyarrow,
+duckdb, multiprocess, aiohttp, loguru nor tqdm on that path (tests/core/test_cli_imports.py).
+Logging is set up before anything that logs is imported: at once for the commands that run
+the manager or build plugins, on their in-process branch for the client commands
+(`_common.setup_logging`).
 """
 
 from __future__ import annotations
 
-import logging
-import sys
+import importlib
 from typing import Any
 
 import click
-from loguru import logger
 
 from .. import __version__
 from ..errors import VsmError
-from .daemon import start, status, stop
-from .pieces import pieces
-from .plugin import plugin
-from .query import query
-from .sectors import sectors
-from .tools import bench, config, util
+from ._common import setup_logging
 
 __all__ = ["main"]
 
-
-def _setup_logging(verbose: bool) -> None:
-    logger.remove()
-    logger.add(sys.stderr, level="DEBUG" if verbose else "INFO", format="{time:YYYY-MM-DDTHH:mm:ss.SSSZZ} {level: <7} {message}")
-    # vsm.sectors logs through the standard library: its lines go to the same place
-    vsm_log = logging.getLogger("vsm")
-    if not any(isinstance(h, _ToLoguru) for h in vsm_log.handlers):
-        vsm_log.addHandler(_ToLoguru())
-    vsm_log.setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
-class _ToLoguru(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        level = record.levelname if record.levelname in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else record.levelno
-        logger.opt(exception=record.exc_info).log(level, record.getMessage())
+# command name -> (module, attribute); imported when the command runs (or for --help)
+_COMMANDS = {
+    "bench": ("tools", "bench"),
+    "config": ("tools", "config"),
+    "pieces": ("pieces", "pieces"),
+    "plugin": ("plugin", "plugin"),
+    "query": ("query", "query"),
+    "sectors": ("sectors", "sectors"),
+    "start": ("daemon", "start"),
+    "status": ("daemon", "status"),
+    "stop": ("daemon", "stop"),
+    "util": ("tools", "util"),
+}
+# commands whose daemon path needs no logging: they set it up on their in-process branch
+_CLIENT_COMMANDS = {"pieces", "query", "sectors", "status", "stop"}
 
 
 class _Cli(click.Group):
-    """Turns the manager's own errors into one clean line instead of a traceback."""
+    """Imports a command on use, and turns the manager's own errors into one clean line
+    instead of a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        where = _COMMANDS.get(name)
+        if where is None:
+            return None
+        return getattr(importlib.import_module(f".{where[0]}", __name__), where[1])  # type: ignore[no-any-return]
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -56,10 +66,7 @@ class _Cli(click.Group):
 @click.group(cls=_Cli)
 @click.version_option(__version__, prog_name="vsm-pool")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """vsm-pool: venus-sector-manager's plugin system, one worker pool per plugin."""
-    _setup_logging(verbose)
-
-
-for _command in (bench, config, pieces, plugin, query, sectors, start, status, stop, util):
-    main.add_command(_command)
+    setup_logging(verbose, now=ctx.invoked_subcommand not in _CLIENT_COMMANDS)

@@ -13,7 +13,43 @@ import click
 
 from .client import DaemonError, daemon_client
 
-__all__ = ["LocalClient", "config_option", "daemon_or_fail", "no_daemon", "home_option", "json_option", "load_and_prepare", "load_config_for", "meta_pairs", "open_client", "print_table"]
+__all__ = ["LocalClient", "config_option", "daemon_or_fail", "no_daemon", "home_option", "json_option", "load_and_prepare", "load_config_for", "meta_pairs", "open_client", "print_table", "setup_logging"]
+
+_verbose: bool | None = None  # the -v flag until logging is set up; None once it is
+
+
+def setup_logging(verbose: bool | None = None, now: bool = True) -> None:
+    """Route loguru to stderr in the CLI's format. `now=False` only notes -v: a client command
+    calls this again (without arguments) on its in-process branch, before the manager logs."""
+    global _verbose
+    if verbose is not None:
+        _verbose = verbose
+    if not now or _verbose is None:
+        return
+    import logging
+    import sys
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="DEBUG" if _verbose else "INFO", format="{time:YYYY-MM-DDTHH:mm:ss.SSSZZ} {level: <7} {message}")
+    # vsm.sectors logs through the standard library: its lines go to the same place
+    vsm_log = logging.getLogger("vsm")
+    if not any(type(h).__name__ == "_ToLoguru" for h in vsm_log.handlers):
+        vsm_log.addHandler(_to_loguru(logger))
+    vsm_log.setLevel(logging.DEBUG if _verbose else logging.INFO)
+    _verbose = None
+
+
+def _to_loguru(logger: Any) -> Any:
+    import logging
+
+    class _ToLoguru(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            level = record.levelname if record.levelname in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else record.levelno
+            logger.opt(exception=record.exc_info).log(level, record.getMessage())
+
+    return _ToLoguru()
 
 
 def home_option(f: Any) -> Any:
@@ -101,6 +137,7 @@ def load_and_prepare(home: Path | None, config_file: Path | None) -> tuple[Any, 
 
 
 def _logged(loaded: tuple[Any, list[str]]) -> Any:
+    setup_logging()
     from loguru import logger
 
     cfg, warnings = loaded
@@ -168,6 +205,7 @@ def open_client(home: Path | None, config_file: Path | None, *, offline: bool = 
         return
     if not offline:
         raise no_daemon(home)
+    setup_logging()
     from ..manager import Manager
 
     cfg, _ = load_and_prepare(home, config_file)

@@ -35,17 +35,18 @@ def daemon_client(home: Path | None, config_file: Path | None = None) -> "Client
 
 def pid_alive(pid: int) -> bool:
     """True while the process runs; an exited daemon its parent has not reaped yet (a zombie)
-    counts as gone."""
-    import psutil
-
+    counts as gone. Read from /proc, not psutil: this is on every client command's path."""
     if pid <= 0:
         return False
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    except psutil.AccessDenied:
+    except OSError:
         return True
+    # "pid (comm) S ...": the state follows the last ')' (comm may hold spaces and parens)
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
 
 
 class Client:

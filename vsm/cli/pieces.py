@@ -8,10 +8,9 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import click
-from tqdm import tqdm
 
 from ._common import config_option, home_option, json_option, open_client
 
@@ -30,7 +29,9 @@ def _split(target: str) -> tuple[str, str]:
     return store, path
 
 
-def _bar(total: int | None, label: str) -> tqdm:
+def _bar(total: int | None, label: str) -> Any:
+    from tqdm import tqdm  # imported when a transfer needs it: not on `pieces stat`
+
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr, disable=None)
 
 

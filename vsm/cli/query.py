@@ -23,11 +23,16 @@ __all__ = ["query"]
 @click.argument("sql")
 def query(home: Path | None, config_file: Path | None, fmt: str, out: Path | None, sink: str, sql: str) -> None:
     """Run SQL over the DuckDB sink (tables sector_events and sectors)."""
-    import base64
-
-
     client = daemon_client(home, config_file)
+    if client is not None and fmt in ("table", "json"):
+        # rows as JSON: no pyarrow on the client for what a terminal shows (issue 14)
+        reply = client.call("query", {"sql": sql, "sink": sink})
+        rows = [dict(zip(reply["columns"], r)) for r in reply["rows"]]
+        _write_rows(reply["columns"], rows, fmt, out)
+        return
     if client is not None:
+        import base64
+
         from ..sectors import ipc_to_table
 
         table = ipc_to_table(base64.b64decode(client.call("query.arrow", {"sql": sql, "sink": sink})))
@@ -66,18 +71,23 @@ def _write_table(table: Any, fmt: str, out: Path | None) -> None:
             pacsv.write_csv(table, buf)
             click.echo(buf.getvalue().decode(), nl=False)
         return
-    if fmt == "json":
-        text = json.dumps(table.to_pylist(), indent=2, default=str)
-    else:
-        rows = [{k: ("" if v is None else v) for k, v in r.items()} for r in table.to_pylist()]
-        import io as _io
+    _write_rows(table.column_names, table.to_pylist(), fmt, out)
 
-        buf = _io.StringIO()
-        widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in table.column_names}
-        buf.write("  ".join(c.ljust(widths[c]) for c in table.column_names).rstrip() + "\n")
-        for r in rows:
-            buf.write("  ".join(str(r[c]).ljust(widths[c]) for c in table.column_names).rstrip() + "\n")
-        buf.write(f"({table.num_rows} rows)\n")
+
+def _write_rows(columns: list[str], rows: list[dict[str, Any]], fmt: str, out: Path | None) -> None:
+    """table or json output of rows (values as Python objects, or as the daemon's JSON)."""
+    if fmt == "json":
+        text = json.dumps(rows, indent=2, default=str)
+    else:
+        import io
+
+        shown = [{k: ("" if v is None else v) for k, v in r.items()} for r in rows]
+        buf = io.StringIO()
+        widths = {c: max([len(c)] + [len(str(r[c])) for r in shown]) for c in columns}
+        buf.write("  ".join(c.ljust(widths[c]) for c in columns).rstrip() + "\n")
+        for r in shown:
+            buf.write("  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip() + "\n")
+        buf.write(f"({len(rows)} rows)\n")
         text = buf.getvalue().rstrip("\n")
     if out is not None:
         out.write_text(text + "\n")

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from ._common import config_option, home_option, json_option, open_client
 
@@ -48,6 +47,8 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
     """Bulk-load FILE: JSON lines of SectorState in damocles' encoding, or Parquet in the Arrow
     schema. Finalized states go offline (`offline_meta`), the others online, as damocles'
     `util sealer sectors state import-json` routes them."""
+    from tqdm import tqdm
+
     from ..sectors import read_import_file
 
     written = total = 0
