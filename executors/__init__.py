@@ -23,6 +23,7 @@ from typing import Any
 
 from ._api import Pool, PoolSpec, PoolState
 from ._inline import InlinePool
+from ._latency import LATENCY_BOUNDS, quantile
 from ._limits import WorkerLimits
 from ._pool import ProcessPool, prestart
 from .errors import (
@@ -38,6 +39,7 @@ from .errors import (
 )
 
 __all__ = [
+    "LATENCY_BOUNDS",
     "CallTimeout",
     "InlinePool",
     "Pool",
@@ -56,6 +58,7 @@ __all__ = [
     "cleanup_stale_segments",
     "make_pool",
     "prestart",
+    "quantile",
 ]
 
 BACKENDS = ("process", "inline", "ray")

@@ -104,7 +104,8 @@ class Pool(Protocol):
     def status(self) -> dict[str, Any]:
         """{"name", "state" (PoolState value), "workers": [{"id", "pid", "alive",
         "outstanding", "calls"}], "restarts", "calls", "errors", "last_error",
-        "latency_sum" (seconds, summed over finished calls), "started_at" (epoch seconds)}"""
+        "latency_sum" (seconds, summed over finished calls), "latency_buckets" (finished calls
+        per bucket of executors.LATENCY_BOUNDS, then +Inf), "started_at" (epoch seconds)}"""
         ...
 
     def close(self, timeout: float = 10.0) -> None:

@@ -40,6 +40,7 @@ import cloudpickle
 from . import _wire as W
 from ._api import PoolSpec, PoolState
 from ._future import CallFuture
+from ._latency import LatencyHistogram
 from .errors import (
     CallTimeout,
     PoolBroken,
@@ -175,6 +176,7 @@ class _PoolCore(Generic[_W]):
         self._calls = 0
         self._errors = 0
         self._latency = 0.0
+        self._latency_hist = LatencyHistogram()
         self._last_error = ""
         self._started_at = 0.0
 
@@ -364,7 +366,9 @@ class _PoolCore(Generic[_W]):
 
     def _ok(self, item: CallFuture, value: Any) -> None:
         self._calls += 1
-        self._latency += time.monotonic() - item.t0
+        dt = time.monotonic() - item.t0
+        self._latency += dt
+        self._latency_hist.observe(dt)
         item.resolve(value)
         st = item.stream
         if st is not None:
@@ -375,7 +379,9 @@ class _PoolCore(Generic[_W]):
     def _fail(self, item: CallFuture, exc: BaseException) -> None:
         self._calls += 1
         self._errors += 1
-        self._latency += time.monotonic() - item.t0
+        dt = time.monotonic() - item.t0
+        self._latency += dt
+        self._latency_hist.observe(dt)
         item.reject(exc)
         st = item.stream
         if st is not None:
@@ -559,6 +565,7 @@ class _PoolCore(Generic[_W]):
             "errors": self._errors,
             "last_error": self._last_error,
             "latency_sum": self._latency,
+            "latency_buckets": list(self._latency_hist.counts),
             "started_at": self._started_at,
         }
 

@@ -16,6 +16,7 @@ import time
 from typing import Any, BinaryIO
 
 from ._api import PoolSpec, PoolState
+from ._latency import LatencyHistogram
 from .errors import PoolClosed, PoolError, PoolStartError
 
 __all__ = ["InlinePool"]
@@ -30,6 +31,7 @@ class InlinePool:
         self._calls = 0
         self._errors = 0
         self._latency = 0.0
+        self._latency_hist = LatencyHistogram()
         self._last_error = ""
         self._started_at = 0.0
 
@@ -69,7 +71,9 @@ class InlinePool:
                 raise
             finally:
                 self._calls += 1
-                self._latency += time.monotonic() - t0
+                dt = time.monotonic() - t0
+                self._latency += dt
+                self._latency_hist.observe(dt)
 
     def call(self, method: str, *args: Any, timeout: float | None = ..., worker: int | None = None) -> Any:  # type: ignore[assignment]
         return self._run(method, args)
@@ -106,6 +110,7 @@ class InlinePool:
             "errors": self._errors,
             "last_error": self._last_error,
             "latency_sum": self._latency,
+            "latency_buckets": list(self._latency_hist.counts),
             "started_at": self._started_at,
         }
 

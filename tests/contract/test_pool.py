@@ -444,3 +444,19 @@ def test_close_during_a_stream_fails_it_with_pool_closed(new):
 def test_inline_runs_in_the_caller(new):
     p = new()
     assert isinstance(p, InlinePool) and p.call("pid") == os.getpid()
+
+
+def test_latency_buckets_count_every_finished_call(new):
+    from executors import LATENCY_BOUNDS, quantile
+
+    p = new()
+    for i in range(50):
+        p.call("echo", i)
+    with pytest.raises(ValueError):
+        p.call("fail", "x")
+    p.call("sleep", 0.05)
+    st = p.status()
+    buckets = st["latency_buckets"]
+    assert len(buckets) == len(LATENCY_BOUNDS) + 1 and sum(buckets) == st["calls"] == 52
+    # the 50 ms call sits in a bucket whose bound is at least 50 ms; the median is far below
+    assert quantile(buckets, 1.0) >= 0.05 > quantile(buckets, 0.5)

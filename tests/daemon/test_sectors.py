@@ -160,9 +160,15 @@ def test_metrics(imported: Daemon) -> None:
     status, headers, body = d.request("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     text = body.decode()
-    for family in ("vsm_plugin_calls", "vsm_plugin_errors", "vsm_plugin_call_seconds", "vsm_plugin_worker_restarts",
-                   "vsm_plugin_workers", "vsm_sink_lag_rows"):
+    for family in ("vsm_plugin_calls", "vsm_plugin_errors", "vsm_plugin_worker_restarts", "vsm_plugin_workers", "vsm_sink_lag_rows"):
         assert re.search(rf"^# TYPE {family}(_total)? (counter|gauge)$", text, re.M), family
+    assert re.search(r"^# TYPE vsm_plugin_call_seconds histogram$", text, re.M)
+    # every call of the pool is in the +Inf bucket, and the buckets only grow
+    inf = re.search(r'^vsm_plugin_call_seconds_bucket\{kind="KVStore",le="\+Inf",plugin="sqlitekv"\} (\S+)$', text, re.M)
+    count = re.search(r'^vsm_plugin_call_seconds_count\{kind="KVStore",plugin="sqlitekv"\} (\S+)$', text, re.M)
+    assert inf and count and float(inf.group(1)) == float(count.group(1)) > 0, text
+    les = [float(v) for v in re.findall(r'^vsm_plugin_call_seconds_bucket\{kind="KVStore",le="[^"]+",plugin="sqlitekv"\} (\S+)$', text, re.M)]
+    assert les == sorted(les) and les[0] < les[-1], les
     calls = re.search(r'^vsm_plugin_calls_total\{kind="KVStore",plugin="sqlitekv"\} (\S+)$', text, re.M)
     assert calls and float(calls.group(1)) >= COUNT / 100, text  # at least a call per import request
     assert re.search(r'^vsm_sink_lag_rows\{sink="duckdb"\} 0\.0$', text, re.M), text

@@ -18,12 +18,14 @@ class Metrics:
         self.registry.register(self)
 
     def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        from executors import LATENCY_BOUNDS
 
         labels = ["kind", "plugin"]
         calls = CounterMetricFamily("vsm_plugin_calls", "Calls served by the plugin's pool", labels=labels)
         errors = CounterMetricFamily("vsm_plugin_errors", "Calls that failed", labels=labels)
-        latency = CounterMetricFamily("vsm_plugin_call_seconds", "Total time spent in calls", labels=labels)
+        latency = HistogramMetricFamily("vsm_plugin_call_seconds", "Time from a call's submission to its answer", labels=labels)
         restarts = CounterMetricFamily("vsm_plugin_worker_restarts", "Workers replaced after a crash or timeout", labels=labels)
         workers = GaugeMetricFamily("vsm_plugin_workers", "Live worker processes", labels=labels)
         lag = GaugeMetricFamily("vsm_sink_lag_rows", "Sector-state events not yet delivered to the sink", labels=["sink"])
@@ -35,7 +37,7 @@ class Metrics:
             key = [plugin.manifest.kind.value, plugin.manifest.name]
             calls.add_metric(key, s.get("calls", 0))
             errors.add_metric(key, s.get("errors", 0))
-            latency.add_metric(key, s.get("latency_sum", 0.0))
+            latency.add_metric(key, _cumulative(LATENCY_BOUNDS, s.get("latency_buckets") or []), s.get("latency_sum", 0.0))
             restarts.add_metric(key, s.get("restarts", 0))
             workers.add_metric(key, sum(1 for w in s.get("workers", []) if w.get("alive", True)))
         if self.manager.sectors is not None:
@@ -47,3 +49,14 @@ class Metrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus buckets (le, calls at or below it) from per-bucket counts; +Inf last."""
+    counts = list(counts) + [0] * (len(bounds) + 1 - len(counts))
+    out, total = [], 0
+    for le, n in zip([*(repr(b) for b in bounds), "+Inf"], counts):
+        total += n
+        out.append((le, total))
+    return out
+
