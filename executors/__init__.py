@@ -8,6 +8,8 @@
     pool.stream_put("put", ("path",), source)     # source.readinto -> shared-memory ring
     with pool.stream_get("get", ("path",)) as r:  # readinto / read / iter_views()
         ...
+    got = pool.call("open", "path")               # a method returning WithFds(value, fds):
+    os.sendfile(sock, got.fds[0], 0, n)           #   the fds are the caller's (SCM_RIGHTS)
     pool.status(); pool.close()
 
 Backends: "process" (ProcessPool: forkserver workers, one socketpair each, memfd ring) and
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._api import Pool, PoolSpec, PoolState
+from ._api import Pool, PoolSpec, PoolState, WithFds
 from ._inline import InlinePool
 from ._latency import LATENCY_BOUNDS, quantile
 from ._limits import WorkerLimits
@@ -53,6 +55,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "StreamAborted",
+    "WithFds",
     "WorkerCrashed",
     "WorkerLimits",
     "cleanup_stale_segments",

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Callable, Protocol
 
 from ._limits import WorkerLimits
 
-__all__ = ["Pool", "PoolSpec", "PoolState"]
+__all__ = ["Pool", "PoolSpec", "PoolState", "WithFds"]
 
 
 class PoolState(enum.Enum):
@@ -63,8 +63,25 @@ class PoolSpec:
     confine: Callable[[], Any] | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class WithFds:
+    """A call's value that carries open file descriptors, e.g. a file the worker opened under
+    its own rules for the caller to sendfile() from.
+
+    A service method returns `WithFds(value, (fd, ...))`; the caller of `call`/`submit` gets a
+    `WithFds` whose fds are its own: the local pool moves them over the worker socket
+    (SCM_RIGHTS) and the worker closes its copies once sent; the inline pool hands the same
+    fds over. The caller must close them. Ray cannot move an fd between processes: the call
+    fails there (`Pool.passes_fds` is False).
+    """
+
+    value: Any
+    fds: tuple[int, ...]
+
+
 class Pool(Protocol):
     spec: PoolSpec
+    passes_fds: bool  # a call's value may be WithFds (see WithFds)
 
     @property
     def state(self) -> PoolState: ...

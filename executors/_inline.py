@@ -23,6 +23,7 @@ __all__ = ["InlinePool"]
 
 
 class InlinePool:
+    passes_fds = True  # a WithFds value reaches the caller as it is: the same fds
     def __init__(self, spec: PoolSpec) -> None:
         self.spec = spec
         self._state = PoolState.STARTING

@@ -70,7 +70,7 @@ import multiprocess.process
 
 from . import _wire as W
 from . import _worker
-from ._api import PoolSpec, PoolState
+from ._api import PoolSpec, PoolState, WithFds
 from ._core import INF as _INF
 from ._core import TICK as _TICK
 from ._core import StreamCall, _PoolCore, _WorkerCore, remote_exc, undecodable
@@ -207,6 +207,7 @@ class ProcessPool(_PoolCore[_Worker]):
     """
 
     _KIND = "ProcessPool"
+    passes_fds = True
     _THREAD = "vsmpool"
     _DIED_UNSENT = "pool {name!r}: {worker} died before {method} was sent"
     _registry = _live_pools
@@ -269,7 +270,7 @@ class ProcessPool(_PoolCore[_Worker]):
         w.sock = parent
         w.fd = parent.fileno()
         w.sentinel = proc.sentinel
-        w.rd = W.FrameReader(parent)
+        w.rd = W.FrameReader(parent, with_fds=True)  # WithFds replies carry fds
 
     def _recv_one(self, w: _Worker, deadline: float, what: str) -> tuple[int, Any]:
         """Blocking read of one frame during start, watching the sentinel and the deadline."""
@@ -547,14 +548,33 @@ class ProcessPool(_PoolCore[_Worker]):
 
     def _dispatch(self, w: _Worker, rid: int, body: memoryview) -> None:
         item = w.pending.get(rid)
-        if item is None:
-            return  # answer to a call that already timed out / was failed
+        if item is None:  # answer to a call that already timed out / was failed
+            if w.rd is not None and w.rd.fds:  # it may carry fds nobody will close
+                try:
+                    stale = pickle.loads(body)
+                except Exception:
+                    return
+                for fd in self._take_fds(w, stale):
+                    os.close(fd)
+            return
         try:
             msg = pickle.loads(body)
         except Exception as exc:
             msg = undecodable(item.method, exc)
         kind = msg[0]
-        if kind == W.K_RESULT:
+        if kind == W.K_FDS:
+            w.pending.pop(rid, None)
+            w.calls += 1
+            fds = self._take_fds(w, msg)
+            try:
+                value = pickle.loads(msg[2])
+            except Exception as exc:
+                for fd in fds:
+                    os.close(fd)
+                self._fail(item, remote_exc(self.spec.name, undecodable(item.method, exc)))
+            else:
+                self._ok(item, WithFds(value, fds))
+        elif kind == W.K_RESULT:
             w.pending.pop(rid, None)
             w.calls += 1
             self._ok(item, msg[1])
@@ -571,6 +591,15 @@ class ProcessPool(_PoolCore[_Worker]):
             with st.cond:
                 st.q.append(msg[1])  # K_DATA / K_FREE wake-up: the worker's count
                 st.cond.notify()
+
+    @staticmethod
+    def _take_fds(w: _Worker, msg: Any) -> tuple[int, ...]:
+        """The fds a K_FDS frame brought, off the reader's FIFO (closed if msg is stale)."""
+        if not (isinstance(msg, tuple) and msg and msg[0] == W.K_FDS):
+            return ()
+        rd = w.rd
+        assert rd is not None
+        return tuple(rd.fds.popleft() for _ in range(min(msg[1], len(rd.fds))))
 
     # -- manager thread -------------------------------------------------------------------
     def _loop(self) -> None:
@@ -782,6 +811,11 @@ class ProcessPool(_PoolCore[_Worker]):
         proc.join(2.0)
 
     def _close_worker_fds(self, w: _Worker) -> None:
+        while w.rd is not None and w.rd.fds:  # fds of replies nobody read
+            try:
+                os.close(w.rd.fds.popleft())
+            except OSError:
+                pass
         if w.sock is not None:
             if w.watched:
                 try:

@@ -88,13 +88,13 @@ import ray
 import ray.exceptions
 
 from . import _wire as W
-from ._api import PoolSpec, PoolState
+from ._api import PoolSpec, PoolState, WithFds
 from ._core import INF as _INF
 from ._core import TICK as _TICK
 from ._core import StreamCall, _PoolCore, _WorkerCore, remote_exc, undecodable
 from ._future import CallFuture
 from ._limits import apply_setup
-from .errors import PoolStartError, RemoteError, StreamAborted
+from .errors import PoolError, PoolStartError, RemoteError, StreamAborted
 
 __all__ = ["RayPool"]
 
@@ -275,6 +275,10 @@ class _VsmWorker:
             value = getattr(self.obj, method)(*_resolve_args(args))
         except Exception as exc:
             return W.error_reply(exc, method, self.obj)
+        if isinstance(value, WithFds):
+            for fd in value.fds:
+                os.close(fd)
+            return W.error_reply(PoolError(f"{method}: returned file descriptors, which cannot leave a Ray actor's process (RayPool.passes_fds is False)"), method, self.obj)
         return W.result_reply(value, method)
 
     def put_stream(self, sid: int, method: str, args: tuple[Any, ...]) -> bytes:
@@ -503,6 +507,7 @@ class RayPool(_PoolCore[_Worker]):
     """
 
     _KIND = "RayPool"
+    passes_fds = False  # an fd cannot leave its process: a WithFds value fails the call
     _THREAD = "vsmray"
     _DIED_UNSENT = "pool {name!r}: {method} failed: {worker} died before it was sent"
     _registry = _live_pools

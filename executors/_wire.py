@@ -21,6 +21,7 @@ import cloudpickle
 
 __all__ = [
     "error_reply",
+    "fds_reply",
     "result_reply",
     "HDR",
     "FrameReader",
@@ -53,6 +54,9 @@ K_FREE = 2  # (K_FREE, freed): put stream wake-up, the worker's count of freed s
 K_DATA = 3  # (K_DATA, filled): get stream wake-up, the worker's count of filled slots
 K_READY = 4  # (K_READY, pid)
 K_INIT_ERROR = 5  # (K_INIT_ERROR, tb_text)
+K_FDS = 6  # (K_FDS, nfds, value_pickle) + nfds fds as SCM_RIGHTS, in a sendmsg of its own:
+#            the count is readable even when the value does not unpickle, so the manager
+#            always takes exactly this frame's fds off its FIFO
 
 _PROTO = 5
 _dumps = pickle.dumps
@@ -103,6 +107,12 @@ def result_reply(value: Any, method: str) -> bytes:
         return pickle.dumps((K_ERROR, None, tb, "RemoteError", text), 5)
 
 
+def fds_reply(value: Any, nfds: int) -> bytes:
+    """The reply body for a WithFds value (the fds go beside it as SCM_RIGHTS); raises when
+    the value does not pickle."""
+    return pickle.dumps((K_FDS, nfds, dumps(value)), 5)
+
+
 def frame(rid: int, body: bytes) -> bytes:
     return _pack(len(body), rid) + body
 
@@ -128,8 +138,10 @@ _CMSG_FDS = socket.CMSG_SPACE(4 * 4)
 class FrameReader:
     """Parses frames out of one socket into a reused buffer.
 
-    `with_fds` makes it use recvmsg so SCM_RIGHTS fds are kept (FIFO in `fds`); the worker
-    needs that for the ring memfd, the manager does not.
+    `with_fds` makes it use recvmsg so SCM_RIGHTS fds are kept (FIFO in `fds`): the worker
+    takes the ring memfd so, the manager the fds of WithFds replies (K_FDS). A unix stream
+    socket delivers a sendmsg's fds with its first byte, so a frame's fds are queued by the
+    time the frame is whole.
     """
 
     __slots__ = ("sock", "buf", "view", "lo", "hi", "with_fds", "fds")

@@ -29,6 +29,7 @@ from collections import deque
 from typing import Any
 
 from . import _wire as W
+from ._api import WithFds
 from ._limits import apply_setup
 from ._ring import Ring, SlotFlow, SlotReader
 from .errors import StreamAborted
@@ -230,6 +231,9 @@ class _Worker:
             except Exception as exc:
                 self.reply(rid, W.error_reply(exc, method, self.obj))
                 return
+            if type(value) is WithFds:
+                self._reply_fds(rid, value, method)
+                return
             self.reply(rid, W.result_reply(value, method))
         elif op == W.OP_PUT:
             self._put(rid, msg[1], msg[2])
@@ -243,6 +247,26 @@ class _Worker:
         elif op == W.OP_EXIT:
             raise _Exit
         # stale stream messages (DATA/EOF/ABORT/FREE of a finished stream) are dropped
+
+    def _reply_fds(self, rid: int, value: WithFds, method: str) -> None:
+        """A value with open fds: one frame in a sendmsg of its own with the fds beside it
+        (after the replies queued before it), then our copies are closed: they are the
+        caller's now."""
+        fds = list(value.fds)
+        try:
+            try:
+                body = W.fds_reply(value.value, len(fds))
+            except Exception:  # the value does not pickle: result_reply's RemoteError says so
+                self.reply(rid, W.result_reply(value.value, method))
+                return
+            self.flush()
+            socket.send_fds(self.sock, [W.frame(rid, body)], fds)
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     # -- streams --------------------------------------------------------------------------
     def _stream_msg(self, rid: int, block: bool) -> Any:

@@ -24,7 +24,9 @@ from executors import (
     PoolState,
     RemoteError,
     RemoteTraceback,
+    PoolError,
     StreamAborted,
+    WithFds,
     WorkerCrashed,
 )
 
@@ -460,3 +462,32 @@ def test_latency_buckets_count_every_finished_call(new):
     assert len(buckets) == len(LATENCY_BOUNDS) + 1 and sum(buckets) == st["calls"] == 52
     # the 50 ms call sits in a bucket whose bound is at least 50 ms; the median is far below
     assert quantile(buckets, 1.0) >= 0.05 > quantile(buckets, 0.5)
+
+
+def test_a_value_may_carry_open_fds(new, backend, tmp_path):
+    """WithFds: the caller gets the fds (its own, once per reply, in order), the worker keeps
+    no copy; a value that does not unpickle fails the call and its fds are closed; Ray
+    refuses it."""
+    obj = tmp_path / "obj"
+    obj.write_bytes(b"opened by the worker")
+    p = new()
+    if backend == "ray":
+        assert not p.passes_fds
+        with pytest.raises(PoolError, match="file descriptors"):
+            p.call("open_file", str(obj), "v")
+        return
+    assert p.passes_fds
+    mine = len(os.listdir("/proc/self/fd"))
+    theirs = p.call("fd_count")
+    futs = [p.submit("open_file", str(obj), i, 1 + i % 3) for i in range(30)]
+    for i, fut in enumerate(futs):
+        got = fut.result(10)
+        assert isinstance(got, WithFds) and got.value == i and len(got.fds) == 1 + i % 3
+        for fd in got.fds:
+            assert os.pread(fd, 100, 0) == b"opened by the worker"
+            os.close(fd)
+    if backend == "process":  # the value does not pickle in the worker: an error, fds closed
+        with pytest.raises(Exception, match="open_file"):
+            p.call("open_file", str(obj), "unpicklable", 2)
+    assert p.call("fd_count") == theirs  # the worker closed its copies
+    assert len(os.listdir("/proc/self/fd")) == mine  # and the refused reply's fds are closed

@@ -38,6 +38,18 @@ class KV:
     def remembered(self) -> list[Any]:
         return self.setup
 
+    def open_file(self, path: str, value: Any, n: int = 1) -> Any:
+        """`value` with n fds of path open for reading (WithFds: they become the caller's);
+        value "unpicklable" stands for one that will not pickle."""
+        from executors import WithFds
+
+        if value == "unpicklable":
+            value = lambda_holder()
+        return WithFds(value, tuple(os.open(path, os.O_RDONLY) for _ in range(n)))
+
+    def fd_count(self) -> int:
+        return len(os.listdir("/proc/self/fd"))
+
     def sleep(self, s: float) -> float:
         time.sleep(s)
         return s
