@@ -66,7 +66,8 @@ class DBConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StoreConfig:
-    """One [[Common.PieceStores]] or [[Common.PersistStores]] entry."""
+    """One [[Common.PieceStores]] or [[Common.PersistStores]] entry (or a scanned
+    sectorstore.json)."""
 
     key: str  # key path, for messages: "Common.PieceStores[0]"
     name: str
@@ -76,6 +77,15 @@ class StoreConfig:
     read_only: bool = False
     strict: bool = False
     weight: int = 1
+    # damocles' StoreSelectPolicy (persist stores): which miners' sectors may be placed here
+    allow_miners: tuple[int, ...] = ()
+    deny_miners: tuple[int, ...] = ()
+
+    def allows(self, miner: int) -> bool:
+        """Go StoreSelectPolicy.Allowed: a denied miner never; with an allow list, only those."""
+        if miner in self.deny_miners:
+            return False
+        return not self.allow_miners or miner in self.allow_miners
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +140,12 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
 
 
 class _Reader:
-    """Typed access to a TOML table that remembers the key path for messages."""
+    """Typed access to a TOML table that remembers the key path for messages.
+
+    Keys match as damocles-manager's TOML decoder (BurntSushi/toml) matches them to its struct
+    fields: exactly, else case-insensitively (`driver` is `Driver`); tables whose names differ
+    only in case (`[Common.API]` and `[Common.Api]`) are one table. Map keys (Meta) keep
+    their case."""
 
     def __init__(self, file: Path, data: Mapping[str, Any], path: str, warnings: list[str]) -> None:
         self.file, self.data, self.path, self.warnings = file, data, path, warnings
@@ -139,22 +154,41 @@ class _Reader:
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
+    def spellings(self, name: str) -> list[str]:
+        """The keys of this table that mean `name`: the exact one first."""
+        folded = name.casefold()
+        return sorted((k for k in self.data if k.casefold() == folded), key=lambda k: k != name)
+
     def get(self, name: str, kind: type | tuple[type, ...], default: Any, check: Callable[[Any], str | None] | None = None) -> Any:
-        self.used.add(name)
-        if name not in self.data:
+        found = self.spellings(name)
+        self.used.update(found or [name])
+        if not found:
             return default
-        value = self.data[name]
+        if len(found) > 1 and kind is not dict:
+            raise ConfigError(self.file, self.key(found[1]), f"set twice: keys match case-insensitively, and {found[0]!r} is set too")
+        actual = found[0]
+        value = self.data[actual]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
             want = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
-            raise ConfigError(self.file, self.key(name), f"must be {want}, got {value!r}")
+            raise ConfigError(self.file, self.key(actual), f"must be {want}, got {value!r}")
         if check and (problem := check(value)):
-            raise ConfigError(self.file, self.key(name), problem)
+            raise ConfigError(self.file, self.key(actual), problem)
         return value
 
     def table(self, name: str) -> "_Reader":
-        value = self.get(name, dict, {})
-        return _Reader(self.file, value, self.key(name), self.warnings)
+        found = self.spellings(name)
+        self.get(name, dict, {})  # type check of the first spelling
+        merged: dict[str, Any] = {}
+        for actual in found:
+            value = self.data[actual]
+            if not isinstance(value, dict):
+                raise ConfigError(self.file, self.key(actual), f"must be a table, got {value!r}")
+            for k, v in value.items():
+                if k in merged:
+                    raise ConfigError(self.file, f"{self.key(actual)}.{k}", f"set twice: [{self.key(found[0])}] sets it too")
+                merged[k] = v
+        return _Reader(self.file, merged, self.key(found[0] if found else name), self.warnings)
 
     def strings(self, name: str) -> dict[str, str]:
         table = self.get(name, dict, {})
@@ -162,6 +196,11 @@ class _Reader:
             if not isinstance(v, (str, int, float, bool)):
                 raise ConfigError(self.file, f"{self.key(name)}.{k}", f"must be a string, got {v!r}")
         return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in table.items()}
+
+    def accept(self, *names: str) -> None:
+        """Keys damocles-manager has for its own parts (chain, sealing): known, not used here."""
+        for name in names:
+            self.used.update(self.spellings(name))
 
     def warn_unknown(self, also_allowed: Callable[[str], bool] = lambda _: False) -> None:
         for k in self.data:
@@ -215,7 +254,8 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
         return str((home / Path(value).expanduser()).resolve()) if value else ""
 
     plugins_t = common.table("Plugins")
-    plugins_dir = local_path(plugins_t.get("Dir", str, "plugins"))
+    # damocles' Dir = "" loads no plugin; here the embedded stores are plugins: "" is the default
+    plugins_dir = local_path(plugins_t.get("Dir", str, "") or "plugins")
     strict = plugins_t.get("Strict", bool, False)
 
     def backend_name(v: str) -> str | None:
@@ -233,7 +273,7 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
     defaults = PluginSettings(backend=default_backend, ray_address=ray_address)
     settings: dict[str, PluginSettings] = {}
     for name in plugins_t.data:
-        if name in ("Dir", "Strict", "Backend", "RayAddress"):
+        if name.casefold() in ("dir", "strict", "backend", "rayaddress"):
             continue
         t = plugins_t.table(name)
         address = t.get("RayAddress", str, ray_address)
@@ -255,57 +295,10 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
         )
         t.warn_unknown()
 
-    db_t = common.table("DB")
-    driver = db_t.get("Driver", str, "sqlite").lower()
-    plugin_t = db_t.table("Plugin")
-    if driver == "plugin":
-        plugin_name = plugin_t.get("PluginName", str, "")
-        if not plugin_name:
-            raise ConfigError(path, "Common.DB.Plugin.PluginName", 'missing: Driver = "plugin" needs the KVStore plugin\'s name')
-        db_meta = plugin_t.strings("Meta")
-    elif driver in BUILTIN_DB_DRIVERS:
-        plugin_name = BUILTIN_DB_DRIVERS[driver]
-        db_meta = plugin_t.strings("Meta") or ({"Path": str(home / "data" / "kv.sqlite")} if driver == "sqlite" else {})
-    else:
-        raise ConfigError(
-            path, "Common.DB.Driver", f"unsupported db driver {driver!r}: expected one of {', '.join([*BUILTIN_DB_DRIVERS, 'plugin'])}"
-        )
-    plugin_t.warn_unknown()
-    db_t.warn_unknown()
-
-    stores = {}
-    for section in ("PieceStores", "PersistStores"):
-        entries = common.get(section, list, [])
-        parsed = []
-        for i, entry in enumerate(entries):
-            key = f"Common.{section}[{i}]"
-            if not isinstance(entry, dict):
-                raise ConfigError(path, key, "must be a table ([[Common.%s]])" % section)
-            t = _Reader(path, entry, key, warnings)
-            store_path = t.get("Path", str, "")
-            if not store_path:
-                raise ConfigError(path, f"{key}.Path", "missing: every store needs a Path")
-            plugin = t.get("PluginName", str, "") or BUILTIN_STORE_PLUGIN
-            resolved = store_path if plugin != BUILTIN_STORE_PLUGIN else local_path(store_path)
-            parsed.append(
-                StoreConfig(
-                    key=key,
-                    name=t.get("Name", str, "") or resolved,
-                    path=resolved,
-                    plugin_name=plugin,
-                    meta=t.strings("Meta"),
-                    read_only=t.get("ReadOnly", bool, False),
-                    strict=t.get("Strict", bool, False),
-                    weight=t.get("Weight", int, 1, lambda v: None if v >= 0 else "must be >= 0") or 1,
-                )
-            )
-            t.warn_unknown(lambda k: k in ("AllowMiners", "DenyMiners", "Plugin"))
-        stores[section] = tuple(parsed)
-    first_use: dict[str, str] = {}
-    for s in stores["PieceStores"] + stores["PersistStores"]:
-        if s.name in first_use:
-            raise ConfigError(path, f"{s.key}.Name", f"store name {s.name!r} is used twice (first by {first_use[s.name]})")
-        first_use[s.name] = s.key
+    db = _db_config(common, path, home, local_path, warnings)
+    stores = {section: _stores(common, section, path, local_path, warnings) for section in ("PieceStores", "PersistStores")}
+    stores["PersistStores"] += _scanned_persist_stores(common, path, local_path, len(stores["PersistStores"]))
+    _check_store_names(stores["PieceStores"], stores["PersistStores"], path)
 
     sync_t = common.table("SectorSync")
     sector_sync = SectorSyncConfig(
@@ -325,8 +318,11 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
         query_timeout=float(api_t.get("QueryTimeout", (int, float), 30.0, _between(0.1, 86400.0, " seconds"))),
         query_max_bytes=api_t.get("QueryMaxBytes", int, 64 << 20, _between(1 << 10, 1 << 34, " bytes")),
     )
+    api_t.accept(*_DAMOCLES_API_KEYS)
     api_t.warn_unknown()
+    common.accept("ScanPersistStores", "MongoKVStore", "Proving")
     common.warn_unknown()
+    root.accept("Miners")
     root.warn_unknown()
     return (
         Config(
@@ -336,7 +332,7 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
             strict=strict,
             plugins=settings,
             plugin_defaults=defaults,
-            db=DBConfig(driver=driver, plugin_name=plugin_name, meta=db_meta),
+            db=db,
             piece_stores=stores["PieceStores"],
             persist_stores=stores["PersistStores"],
             sector_sync=sector_sync,
@@ -344,6 +340,179 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
         ),
         warnings,
     )
+
+
+# damocles' [Common.API] keys: where its chain, messager and market services are. vsm-pool does
+# not talk to those services; the keys are accepted so a damocles config loads as it is.
+_DAMOCLES_API_KEYS = ("Chain", "Messager", "Market", "Gateway", "Token", "ChainEventInterval")
+# Collections of damocles' Badger store (one Badger folder each under its BaseDir).
+_BADGER_COLLECTIONS = ("common", "meta", "offline_meta", "sector-index", "snapup", "worker", "rebuild", "unseal", "prover")
+_SECTOR_IMPORT = "bring the sector states over with `vsm-pool sectors import` (README: Coming from damocles-manager)"
+
+
+def _db_config(common: _Reader, path: Path, home: Path, local_path: Callable[[str], str], warnings: list[str]) -> DBConfig:
+    """[Common.DB] with damocles' meaning. Its drivers are badger (the default), mongo and
+    plugin; vsm-pool cannot open the first two and says so, and has its own embedded ones
+    (sqlite, memory)."""
+    mongo_v05 = common.table("MongoKVStore")  # v0.5: Enable = true meant Driver = "mongo"
+    if mongo_v05.get("Enable", bool, False):
+        raise ConfigError(
+            path, mongo_v05.key("Enable"), 'damocles-manager v0.5\'s MongoDB store (Driver = "mongo"): vsm-pool has no MongoDB '
+            'KVStore; remove [Common.MongoKVStore], set [Common.DB] Driver = "sqlite" or "plugin" (e.g. redis) and ' + _SECTOR_IMPORT
+        )
+    mongo_v05.accept("DSN", "DatabaseName")
+    mongo_v05.warn_unknown()
+    db_t = common.table("DB")
+    badger_t, mongo_t, plugin_t = db_t.table("Badger"), db_t.table("Mongo"), db_t.table("Plugin")
+    base_dir = badger_t.get("BaseDir", str, "")
+    mongo_t.accept("Enable", "DSN", "DatabaseName")
+    driver = db_t.get("Driver", str, "")
+    if not driver:
+        # damocles' default is badger in BaseDir or its home folder (the config's folder)
+        where = Path(local_path(base_dir)) if base_dir else path.parent
+        held = [where / c for c in _BADGER_COLLECTIONS if (where / c / "MANIFEST").is_file()]
+        if held or base_dir:
+            raise ConfigError(
+                path, db_t.key("Driver"), f'not set, so damocles-manager\'s default "badger" applies'
+                + (f" and its data is in {held[0].parent}" if held else f" (BaseDir {base_dir!r})")
+                + f': vsm-pool cannot open Badger; set Driver = "sqlite" or "plugin" and {_SECTOR_IMPORT}'
+            )
+        warnings.append(
+            f'{path}: {db_t.key("Driver")}: not set (damocles-manager\'s default is "badger", which vsm-pool cannot open): '
+            'using vsm-pool\'s embedded SQLite store; write Driver = "sqlite" to say so'
+        )
+        driver = "sqlite"
+    driver = driver.lower()
+    if driver == "badger":
+        raise ConfigError(
+            path, db_t.key("Driver"), f'"badger" is damocles-manager\'s embedded store, which vsm-pool cannot open: '
+            f'set Driver = "sqlite" (embedded) or "plugin" and {_SECTOR_IMPORT}'
+        )
+    if driver == "mongo":
+        raise ConfigError(
+            path, db_t.key("Driver"), f'"mongo": vsm-pool has no MongoDB KVStore: set Driver = "plugin" with a KVStore '
+            f'plugin (e.g. the bundled redis) or "sqlite", and {_SECTOR_IMPORT}'
+        )
+    if driver == "plugin":
+        plugin_name = plugin_t.get("PluginName", str, "")
+        if not plugin_name:
+            raise ConfigError(path, plugin_t.key("PluginName"), 'missing: Driver = "plugin" needs the KVStore plugin\'s name')
+        db_meta = plugin_t.strings("Meta")
+    elif driver in BUILTIN_DB_DRIVERS:
+        plugin_name = BUILTIN_DB_DRIVERS[driver]
+        db_meta = plugin_t.strings("Meta") or ({"Path": str(home / "data" / "kv.sqlite")} if driver == "sqlite" else {})
+    else:
+        raise ConfigError(
+            path, db_t.key("Driver"), f"unsupported db driver {driver!r}: expected one of {', '.join([*BUILTIN_DB_DRIVERS, 'plugin'])}"
+        )
+    for t in (badger_t, mongo_t, plugin_t, db_t):
+        t.warn_unknown()
+    return DBConfig(driver=driver, plugin_name=plugin_name, meta=db_meta)
+
+
+def _miners(t: _Reader, name: str) -> tuple[int, ...]:
+    ids = t.get(name, list, [])
+    for i, v in enumerate(ids):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(t.file, f"{t.key(name)}[{i}]", f"must be a miner actor id (an integer >= 0), got {v!r}")
+    return tuple(ids)
+
+
+def _store(t: _Reader, key: str, persist: bool, local_path: Callable[[str], str]) -> StoreConfig:
+    """One store entry as damocles reads it: PluginName (or v0.5's Plugin) empty means the
+    builtin folder store, which needs a Path; Name defaults to Path as written."""
+    raw_path = t.get("Path", str, "")
+    plugin = t.get("PluginName", str, "")
+    v05 = t.get("Plugin", str, "")
+    if not plugin and v05:  # damocles: PluginName = Plugin when only the v0.5 key is set
+        if "/" in v05 or v05.endswith(".so"):
+            raise ConfigError(
+                t.file, t.key("Plugin"), f"{v05!r} is a v0.5 plugin file; damocles-manager since v0.6 and vsm-pool name the "
+                'ObjStore plugin by its manifest name: set PluginName = "<name>" (see `vsm-pool plugin list`)'
+            )
+        plugin = v05
+    plugin = plugin or BUILTIN_STORE_PLUGIN
+    if plugin == BUILTIN_STORE_PLUGIN and not raw_path:
+        raise ConfigError(t.file, t.key("Path"), "missing: the bundled fsstore keeps the objects in this folder")
+    name = t.get("Name", str, "") or raw_path
+    if not name:
+        raise ConfigError(t.file, t.key("Name"), "missing: a store without a Path needs a Name (the pieces API addresses stores by name)")
+    return StoreConfig(
+        key=key,
+        name=name,
+        path=local_path(raw_path) if plugin == BUILTIN_STORE_PLUGIN else raw_path,
+        plugin_name=plugin,
+        meta=t.strings("Meta"),
+        read_only=t.get("ReadOnly", bool, False),
+        strict=t.get("Strict", bool, False),
+        weight=t.get("Weight", int, 1, lambda v: None if v >= 0 else "must be >= 0") or 1,  # 0 means 1, as damocles
+        allow_miners=_miners(t, "AllowMiners") if persist else (),
+        deny_miners=_miners(t, "DenyMiners") if persist else (),
+    )
+
+
+def _stores(common: _Reader, section: str, path: Path, local_path: Callable[[str], str], warnings: list[str]) -> tuple[StoreConfig, ...]:
+    parsed = []
+    for i, entry in enumerate(common.get(section, list, [])):
+        key = f"{common.key(section)}[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(path, key, f"must be a table ([[Common.{section}]])")
+        if not any(v != {} for v in entry.values()):
+            # damocles' `daemon init` writes the example entries with every key commented out
+            # (damocles-manager would then open its working directory as the store)
+            warnings.append(f"{path}: {key}: an entry without any key (as damocles-manager's `daemon init` writes it): ignored")
+            continue
+        t = _Reader(path, entry, key, warnings)
+        parsed.append(_store(t, key, section == "PersistStores", local_path))
+        t.warn_unknown()
+    return tuple(parsed)
+
+
+def _check_store_names(pieces: tuple[StoreConfig, ...], persists: tuple[StoreConfig, ...], path: Path) -> None:
+    """Names are unique within a section (damocles: "duplicate persist store name"). The pieces
+    API addresses both sections by name, so a piece store and a persist store may share a name
+    only when they are the same store (same plugin, path, meta and ReadOnly), as in the
+    example damocles writes."""
+    first_use: dict[str, StoreConfig] = {}
+    for s in pieces + persists:
+        other = first_use.get(s.name)
+        if other is None:
+            first_use[s.name] = s
+            continue
+        same = (other.plugin_name, other.path, other.meta, other.read_only) == (s.plugin_name, s.path, s.meta, s.read_only)
+        if (other in pieces) == (s in pieces) or not same:
+            why = "" if same else " and is a different store (vsm-pool serves piece and persist stores under one name)"
+            raise ConfigError(path, f"{s.key}.Name", f"store name {s.name!r} is used twice (first by {other.key}){why}")
+
+
+def _scanned_persist_stores(common: _Reader, path: Path, local_path: Callable[[str], str], first: int) -> tuple[StoreConfig, ...]:
+    """[Common] ScanPersistStores: folders matching the globs that hold a `sectorstore.json`
+    (damocles' ScanPersistStores: its fields are a PersistStores entry's, plus ID, the
+    default Name; the folder is the Path)."""
+    import glob
+    import json
+
+    out = []
+    for i, pattern in enumerate(common.get("ScanPersistStores", list, [])):
+        if not isinstance(pattern, str):
+            raise ConfigError(path, f"{common.key('ScanPersistStores')}[{i}]", f"must be a glob pattern (a string), got {pattern!r}")
+        for folder in sorted(glob.glob(local_path(pattern))):
+            file = Path(folder) / "sectorstore.json"
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as e:
+                raise ConfigError(file, "", f"unreadable sectorstore.json ({e}), matched by ScanPersistStores {pattern!r}") from None
+            if not isinstance(data, dict):
+                raise ConfigError(file, "", "must be a JSON object")
+            t = _Reader(file, data, "", [])
+            t.accept("ID")
+            fields = {k: v for k, v in data.items() if k.casefold() != "path"}  # the folder is the Path
+            ident = t.get("ID", str, "")
+            entry = _Reader(file, {**fields, "Path": folder, "Name": t.get("Name", str, "") or ident}, "", [])
+            out.append(_store(entry, f"{common.key('ScanPersistStores')} ({file})", True, local_path))
+    return tuple(out)
 
 
 def default_config_text(home: Path) -> str:

@@ -104,7 +104,8 @@ class Manager:
                 key = "Common.DB.Plugin.Meta" if cfg.db.driver == "plugin" else "Common.DB"
                 raise ConfigError(cfg.file, key, f"the KVStore plugin '{cfg.db.plugin_name}' failed to open the DB: {type(e).__name__}: {e}") from None
             for store in stores:
-                self._open_store(store)
+                if store.name not in self.stores:  # a piece store that is a persist store too
+                    self._open_store(store)
             self._register_rpc()
             self._start_sectors()
         except BaseException:

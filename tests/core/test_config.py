@@ -67,7 +67,7 @@ Addr = "127.0.0.1:6379"
         ("[Common.DB\n", "", "TOML syntax error"),
         ('[[Common.PieceStores]]\nPath = "/p"\nWeight = "heavy"\n', "Common.PieceStores[0].Weight", "must be an integer, got 'heavy'"),
         ("[[Common.PieceStores]]\nName = 'x'\n", "Common.PieceStores[0].Path", "missing"),
-        ('[Common.DB]\nDriver = "mongo"\n', "Common.DB.Driver", "unsupported db driver 'mongo'"),
+        ('[Common.DB]\nDriver = "mongo"\n', "Common.DB.Driver", 'vsm-pool has no MongoDB KVStore'),
         ('[Common.DB]\nDriver = "plugin"\n', "Common.DB.Plugin.PluginName", "missing"),
         ("[Common.Plugins.redis]\nWorkers = 0\n", "Common.Plugins.redis.Workers", "must be between 1 and"),
         # issue 20 item 6: a pool of hundreds of processes, or a timeout no call can meet

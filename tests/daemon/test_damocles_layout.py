@@ -13,7 +13,7 @@ import pytest
 from vsm.sdk.sectors import SectorID, SectorState
 
 from ..sectors.helpers import load_plugin
-from .harness import prepare_home, run_cli
+from .harness import prepare_home, run_cli, start, stop_checked
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -106,3 +106,20 @@ def test_import_finalize_restore_route_and_flag_as_damocles(tmp_path: Path) -> N
     again.write_bytes(SectorState(SectorID(78, 1), 8, finalized=True).to_go_json() + b"\n")
     run_cli(home, "sectors", "import", "--online", str(again))
     assert json.loads(run_cli(home, "sectors", "get", "--json", "78", "1").stdout)["WorkerState"] == "online"
+
+
+def test_daemon_runs_on_damocles_default_config_unchanged(tmp_path: Path) -> None:
+    """`vsm-pool start --config <damocles home>/sector-manager.cfg`, the file as damocles'
+    `daemon init` writes it: the daemon starts on its embedded store, says why in one
+    warning, and serves sectors."""
+    damocles_home = tmp_path / "damocles"
+    damocles_home.mkdir()
+    cfg = damocles_home / "sector-manager.cfg"
+    cfg.write_bytes((Path(__file__).parents[1] / "core" / "damocles" / "sector-manager.cfg").read_bytes())
+    home = prepare_home(tmp_path / "home")
+    d = start(home, None, "--config", str(cfg))
+    try:
+        assert 'Common.DB.Driver: not set (damocles-manager\'s default is "badger"' in d.log_text()
+        assert d.rpc("sectors.init", {"sectors": [{"miner": 5, "number": 1, "proof_type": 8}]})[0]["ID"] == {"Miner": 5, "Number": 1}
+    finally:
+        stop_checked(d)
