@@ -57,8 +57,9 @@ def test_duplicate_name_names_both_files(tmp_path):
     [
         ({"spiVersion": 99}, "built for vsm-pool SPI 99, this manager speaks SPI 1: rebuild the plugin"),
         ({"requiresPython": ">=4.0"}, "requires Python >=4.0, this is Python 3."),
-        ({"requirements": ["no-such-package-xyz>=1"]}, "requires no-such-package-xyz>=1, which is not installed: pip install 'no-such-package-xyz>=1'"),
-        ({"requirements": ["pyarrow>=999"]}, "requires pyarrow>=999, but pyarrow"),
+        ({"requirements": ["no such package"]}, "requirement 'no such package' is not a pip requirement"),
+        ({"requirements": ["pyarrow>=999"]}, "requirement 'pyarrow>=999' conflicts with vsm-pool's runtime: every worker runs pyarrow "),
+        ({"requirements": ["cloudpickle<1"]}, "requirement 'cloudpickle<1' conflicts with vsm-pool's runtime: every worker runs cloudpickle "),
     ],
 )
 def test_incompatible_artifact_fails_alone_with_a_clear_line(tmp_path, changes, cause):

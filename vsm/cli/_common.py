@@ -13,7 +13,7 @@ import click
 
 from .client import DaemonError, daemon_client
 
-__all__ = ["LocalClient", "config_option", "daemon_or_fail", "no_daemon", "home_option", "json_option", "load_and_prepare", "load_config_for", "meta_pairs", "open_client", "print_table", "setup_logging"]
+__all__ = ["LocalClient", "config_option", "daemon_or_fail", "env_text", "no_daemon", "home_option", "json_option", "load_and_prepare", "load_config_for", "meta_pairs", "open_client", "print_table", "setup_logging"]
 
 _verbose: bool | None = None  # the -v flag until logging is set up; None once it is
 
@@ -79,6 +79,17 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -
         click.echo("  ".join(v.ljust(w) for v, w in zip([*row[:-1], last[0]], widths)).rstrip())
         for more in last[1:]:
             click.echo(" " * indent + more)
+
+
+def env_text(env: dict[str, Any] | None) -> str:
+    """A plugin's environment in a table cell: '' for the manager's packages, else its key and
+    its packages' versions (or that it is made on first start)."""
+    if not env:
+        return ""
+    packages = env.get("packages")
+    if packages is None:
+        return f"{env['key']}: not created yet ({', '.join(env['requirements'])})"
+    return f"{env['key']}: " + (", ".join(f"{n} {v}" for n, v in packages.items()) or "(nothing to install)")
 
 
 def config_option(f: Any) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._common import config_option, home_option, json_option, load_and_prepare, no_daemon, print_table
+from ._common import config_option, env_text, home_option, json_option, load_and_prepare, no_daemon, print_table
 from .client import daemon_client, pid_alive
 
 __all__ = ["start", "status", "stop"]
@@ -78,9 +78,10 @@ def status(home: Path | None, as_json: bool) -> None:
                 "calls": pool.get("calls", "-"),
                 "errors": pool.get("errors", "-"),
                 "last_error": p.get("error") or pool.get("last_error") or "",
+                "env": env_text(p.get("env")),
             }
         )
-    print_table(rows, ["plugin", "state", "workers", "restarts", "calls", "errors", "last_error"], False)
+    print_table(rows, ["plugin", "state", "workers", "restarts", "calls", "errors", "env", "last_error"], False)
     sectors = st.get("sectors") or {}
     sinks = sectors.get("sinks", {})
     if sinks:

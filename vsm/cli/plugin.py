@@ -11,7 +11,7 @@ from typing import Any
 import click
 from loguru import logger
 
-from ._common import daemon_or_fail, home_option, load_config_for, meta_pairs, print_table
+from ._common import daemon_or_fail, env_text, home_option, load_config_for, meta_pairs, print_table
 
 __all__ = ["plugin"]
 
@@ -25,7 +25,8 @@ def plugin() -> None:
 @click.option("--src-dir", type=click.Path(path_type=Path), help="Plugin source folder (holds manifest.toml).")
 @click.option("--bundled", "bundled", help="Build a plugin bundled with vsm-pool, by folder name (e.g. redis).")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True)
-def plugin_build(src_dir: Path | None, bundled: str | None, out_dir: Path) -> None:
+@click.option("--with-deps", is_flag=True, help="Bundle the wheels of its requirements for this platform: loads with no index access.")
+def plugin_build(src_dir: Path | None, bundled: str | None, out_dir: Path, with_deps: bool) -> None:
     """Validate a plugin source folder and write plugin-<name>.vsmp into --out-dir."""
     from ..plugin.artifact import build
     from ..home import bundled_plugin_sources
@@ -37,10 +38,15 @@ def plugin_build(src_dir: Path | None, bundled: str | None, out_dir: Path) -> No
         src_dir = sources[bundled]
     if src_dir is None:
         raise click.UsageError("give --src-dir DIR or --bundled NAME")
-    path, manifest, warnings = build(src_dir, out_dir)
+    path, manifest, warnings = build(src_dir, out_dir, with_deps=with_deps)
     for w in warnings:
         logger.warning(w)
     click.echo(f'Package "{src_dir}" as plugin "{path}" success.')
+    if with_deps:
+        from ..plugin.artifact import bundled_wheels
+
+        wheels = bundled_wheels(path)
+        click.echo(f"bundled {len(wheels)} wheel(s) for this platform: {', '.join(wheels) or '(none needed)'}", err=True)
     click.echo(json.dumps(manifest.to_toml_dict(), indent=2))
 
 
@@ -65,19 +71,27 @@ def plugin_list(home: Path | None, config_file: Path | None, plugins_dir: Path |
     """Kind, name, version, build time, state and artifact of every plugin."""
     from .client import daemon_client
 
+    from ..config import resolve_home
+
     if plugins_dir is None:
         client = daemon_client(home, config_file)
         if client is not None:
-            print_table(client.call("plugin.list"), _PLUGIN_COLUMNS, as_json)
+            print_table(_with_env_text(client.call("plugin.list"), as_json), _PLUGIN_COLUMNS, as_json)
             return
         plugins_dir = load_config_for(home, config_file).plugins_dir
     from ..plugin.loader import discover
 
     plugins, _ = discover(plugins_dir, entry_points=True)
-    print_table([p.describe() for p in plugins], _PLUGIN_COLUMNS, as_json)
+    envs_dir = resolve_home(home) / "envs"
+    rows = [{**p.describe(), "env": p.env_row(envs_dir)} for p in plugins]
+    print_table(_with_env_text(rows, as_json), _PLUGIN_COLUMNS, as_json)
 
 
-_PLUGIN_COLUMNS = ["kind", "name", "version", "build_time", "state", "artifact", "error"]
+_PLUGIN_COLUMNS = ["kind", "name", "version", "build_time", "state", "artifact", "env", "error"]
+
+
+def _with_env_text(rows: list[dict], as_json: bool) -> list[dict]:
+    return rows if as_json else [{**r, "env": env_text(r.get("env"))} for r in rows]
 
 
 @plugin.command("test")
@@ -164,3 +178,63 @@ def plugin_rescan(home: Path | None, config_file: Path | None, as_json: bool) ->
     """Pick up changed or new artifacts in the plugins dir (never done silently)."""
     changes = daemon_or_fail(home, config_file).call("plugin.rescan")
     print_table(changes, ["name", "change", "version", "artifact", "error"], as_json)
+
+
+@plugin.group("env")
+def plugin_env() -> None:
+    """The plugins' own environments (<home>/envs): list them, prune the unused ones."""
+
+
+def _envs_in_use(home: Path | None, config_file: Path | None) -> dict[str, list[str]]:
+    """Environment key -> the plugins that use it: every artifact of the plugins dir (and of
+    the entry points), and whatever the running daemon has loaded (a reload from elsewhere)."""
+    from ..plugin.loader import discover
+    from .client import daemon_client
+
+    used: dict[str, list[str]] = {}
+    plugins, _ = discover(load_config_for(home, config_file).plugins_dir, entry_points=True)
+    rows = [{"name": p.manifest.name, "env": p.env_row()} for p in plugins]
+    client = daemon_client(home, config_file)
+    if client is not None:
+        rows += client.call("plugin.list")
+    for row in rows:
+        if row.get("env"):
+            names = used.setdefault(row["env"]["key"], [])
+            if row["name"] not in names:
+                names.append(row["name"])
+    return used
+
+
+@plugin_env.command("list")
+@home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def plugin_env_list(home: Path | None, config_file: Path | None, as_json: bool) -> None:
+    """Every environment: its packages, the plugins that use it, its size and creation time."""
+    from ..config import resolve_home
+    from ..plugin.envs import describe_packages, list_envs
+
+    used = _envs_in_use(home, config_file)
+    rows = []
+    for env in list_envs(resolve_home(home) / "envs"):
+        env["used_by"] = used.get(env["key"], [])
+        if not as_json:
+            env = {**env, "packages": describe_packages(env["packages"]), "used_by": ", ".join(env["used_by"]) or "(unused)",
+                   "size": f"{env['bytes'] / 1e6:.1f} MB", "seconds": f"{env['seconds']:.1f} s"}
+        rows.append(env)
+    print_table(rows, ["key", "packages", "used_by", "size", "created", "seconds"], as_json)
+
+
+@plugin_env.command("prune")
+@home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+def plugin_env_prune(home: Path | None, config_file: Path | None) -> None:
+    """Remove the environments that no artifact of the plugins dir (nor the running daemon) uses."""
+    from ..config import resolve_home
+    from ..plugin.envs import prune
+
+    envs_dir = resolve_home(home) / "envs"
+    removed = prune(envs_dir, set(_envs_in_use(home, config_file)))
+    for name in removed:
+        click.echo(f"removed {envs_dir / name}")
+    click.echo(f"{len(removed)} environment(s) removed")

@@ -3,6 +3,16 @@
 Workers import the module straight from the zip (zipimport), so an artifact is one file to
 drop in the plugins dir, like the Go original's `.so`. The manager only ever reads its
 manifest.json: building and listing never import plugin code.
+
+`build(..., with_deps=True)` (`plugin build --with-deps`) also bundles what its requirements
+resolve to on this machine, for machines without index access:
+
+    requirements --uv pip compile (vsm-pool's runtime held at this manager's versions)--> lock
+    lock minus the runtime packages --pip wheel --no-deps--> deps/<name>-<version>-<tags>.whl
+    zip: manifest.json, src/..., deps/lock.txt, deps/*.whl
+
+Loading it installs from deps/ with no index (envs.py). The wheels are for this platform and
+Python (an sdist is built into a wheel here); build on a machine like the target.
 """
 
 from __future__ import annotations
@@ -10,16 +20,18 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from . import envs
 from ..errors import ArtifactError, ManifestError
 from .manifest import manifest_from_dict, read_source_manifest
 from ..sdk import SPI_VERSION, Manifest
 
-__all__ = ["ARTIFACT_SUFFIX", "artifact_name", "build", "code_path", "read_artifact_manifest"]
+__all__ = ["ARTIFACT_SUFFIX", "artifact_name", "build", "bundled_wheels", "code_path", "read_artifact_manifest"]
 
 ARTIFACT_SUFFIX = ".vsmp"
 MANIFEST_ENTRY = "manifest.json"
@@ -31,8 +43,10 @@ def artifact_name(name: str) -> str:
     return f"plugin-{name}{ARTIFACT_SUFFIX}"
 
 
-def build(src_dir: Path, out_dir: Path) -> tuple[Path, Manifest, list[str]]:
-    """Validate src_dir and write its artifact into out_dir; returns (path, manifest, warnings)."""
+def build(src_dir: Path, out_dir: Path, *, with_deps: bool = False) -> tuple[Path, Manifest, list[str]]:
+    """Validate src_dir and write its artifact into out_dir; returns (path, manifest, warnings).
+    with_deps: bundle the wheels of its requirements for this platform (raises ManifestError
+    naming the requirement when they cannot be resolved or fetched)."""
     src_dir, out_dir = Path(src_dir).resolve(), Path(out_dir).resolve()
     manifest, warnings = read_source_manifest(src_dir)
     stamped = Manifest(
@@ -49,15 +63,46 @@ def build(src_dir: Path, out_dir: Path) -> tuple[Path, Manifest, list[str]]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=out_dir)
     os.close(fd)
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with tempfile.TemporaryDirectory(prefix="vsm-deps-") as scratch, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(MANIFEST_ENTRY, json.dumps(stamped.to_toml_dict(), indent=2))
             for path in sorted(_source_files(src_dir, out_dir)):
                 zf.write(path, SRC_PREFIX + path.relative_to(src_dir).as_posix())
+            if with_deps and manifest.requirements:
+                lock, wheels = _fetch_deps(manifest, src_dir / "manifest.toml", Path(scratch))
+                zf.writestr(envs.DEPS_PREFIX + "lock.txt", "\n".join(lock) + "\n")
+                for wheel in wheels:  # already compressed
+                    zf.write(wheel, envs.DEPS_PREFIX + wheel.name, compress_type=zipfile.ZIP_STORED)
         os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)
         raise
     return target, stamped, warnings
+
+
+def _fetch_deps(manifest: Manifest, file: Path, scratch: Path) -> tuple[list[str], list[Path]]:
+    """The pinned lock of the manifest's requirements (runtime packages left out) and a wheel
+    for each line, for this platform."""
+    problem = envs.requirement_problem(manifest)
+    if problem:
+        raise ManifestError(file, "requirements", problem)
+    texts = [str(r) for r in envs.wanted_requirements(manifest)]
+    try:
+        lock = envs.resolve_lock(texts, scratch / "resolve")
+    except envs.UvFailed as e:
+        raise ManifestError(file, "requirements", f"cannot bundle: {envs.failure_text(texts, e.stderr, offline=False)}") from None
+    pins = [line for name, line in envs.lock_names(lock) if name not in envs.RUNTIME]
+    if not pins:
+        return [], []
+    (scratch / "pins.txt").write_text("\n".join(pins) + "\n")
+    wheel_dir = scratch / "wheels"
+    # pip, not uv: uv has no download; `pip wheel` keeps a published wheel as it is and builds
+    # one from an sdist
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheel_dir), "-r", str(scratch / "pins.txt")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise ManifestError(file, "requirements", f"cannot bundle the wheels of {', '.join(pins)}: pip wheel: {last[-1] if last else proc.returncode}")
+    return pins, sorted(wheel_dir.glob("*.whl"))
 
 
 def _source_files(src_dir: Path, out_dir: Path) -> list[Path]:
@@ -103,6 +148,12 @@ def read_artifact_manifest(path: Path) -> tuple[Manifest, list[str]]:
     if f"{SRC_PREFIX}{module}.py" not in names and f"{SRC_PREFIX}{module}/__init__.py" not in names:
         raise ManifestError(path, "module", f"the artifact holds no module {module!r}")
     return manifest, warnings
+
+
+def bundled_wheels(artifact: Path) -> list[str]:
+    """File names of the wheels an artifact built --with-deps carries."""
+    with zipfile.ZipFile(artifact) as zf:
+        return sorted(Path(n).name for n in zf.namelist() if n.startswith(envs.DEPS_PREFIX) and n.endswith(".whl"))
 
 
 def code_path(artifact: Path) -> str:

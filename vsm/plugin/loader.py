@@ -5,6 +5,10 @@ source folders registered by pip-installed distributions under the `vsm_pool.plu
 entry-point group). Plugin code is imported only inside the plugin's own workers, when its
 pool starts: a plugin that fails there is disabled with a warning (or stops start-up when
 `Strict = true`); the manager and the other plugins go on.
+
+A plugin whose requirements the manager's packages do not satisfy runs in its own environment
+(envs.py): created on its first start under <home>/envs/<key>, then put in front of its
+workers' sys.path (PoolSpec.site_dirs); on Ray, the same requirements go to runtime_env pip.
 """
 
 from __future__ import annotations
@@ -20,16 +24,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from loguru import logger
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from executors import Pool, PoolError, PoolSpec, make_pool
 
-from . import host
+from . import envs, host
 from .reload import SwappablePool
 from .artifact import ARTIFACT_SUFFIX, code_path, read_artifact_manifest
 from .blame import last_line, plugin_frame
-from ..config import Config
+from ..config import Config, resolve_home
 from ..errors import ArtifactError, ConfigError, ManifestError, PluginLoadError
 from .manifest import read_source_manifest
 from ..sdk import SPI_VERSION, Kind, Manifest
@@ -60,6 +63,8 @@ class Plugin:
     error: str = ""
     pool: Pool | None = None
     unreadable: bool = False  # no manifest could be read: kind and name are not known
+    env: envs.EnvPlan | None = None  # its own environment; None: the manager's packages
+    env_info: dict[str, Any] | None = None  # the environment's env.json once it exists
 
     @property
     def label(self) -> str:
@@ -83,6 +88,7 @@ class Plugin:
             "state": self.state.value,
             "artifact": str(self.source),
             "error": self.error,
+            "env": self.env_row(),
         }
         if self.pool is not None:
             status = self.pool.status()
@@ -90,6 +96,21 @@ class Plugin:
             if status.get("state") in ("failed", "closed") and self.state is PluginState.READY:
                 row["state"] = status["state"]
                 row["error"] = status.get("last_error") or ""
+        return row
+
+
+    def env_row(self, envs_dir: Path | None = None) -> dict[str, Any] | None:
+        """Its environment for plugin list / status: key, requirements, and the installed
+        packages' versions once it exists (read from envs_dir when given)."""
+        if self.env is None:
+            return None
+        info = self.env_info
+        if info is None and envs_dir is not None:
+            info = envs.read_info(self.env.path(envs_dir))
+        row: dict[str, Any] = {"key": self.env.key, "requirements": list(self.env.requirements)}
+        row["packages"] = dict(info["packages"]) if info else None  # None: not created yet
+        if info and "path" in info:
+            row["path"] = info["path"]
         return row
 
 
@@ -135,6 +156,8 @@ def _from_artifact(path: Path, warnings: list[str]) -> Plugin:
     problem = _compatibility_problem(manifest)
     if problem:
         plugin.state, plugin.error = PluginState.FAILED, f"{path}: {problem}"
+    else:
+        plugin.env = envs.plan(manifest)
     return plugin
 
 
@@ -160,6 +183,8 @@ def _from_entry_point(ep: importlib.metadata.EntryPoint, warnings: list[str]) ->
     problem = _compatibility_problem(manifest)
     if problem:
         plugin.state, plugin.error = PluginState.FAILED, f"{label}: {problem}"
+    else:
+        plugin.env = envs.plan(manifest)
     return plugin
 
 
@@ -176,18 +201,7 @@ def _compatibility_problem(manifest: Manifest) -> str:
                 return f"requires Python {manifest.requires_python}, this is Python {here}"
         except InvalidSpecifier:
             return f"requiresPython {manifest.requires_python!r} is not a version specifier"
-    for text in manifest.requirements:
-        try:
-            req = Requirement(text)
-        except InvalidRequirement:
-            return f"requirement {text!r} is not a pip requirement"
-        try:
-            installed = importlib.metadata.version(req.name)
-        except importlib.metadata.PackageNotFoundError:
-            return f"requires {text}, which is not installed: pip install '{text}'"
-        if req.specifier and installed not in req.specifier:
-            return f"requires {text}, but {req.name} {installed} is installed: pip install '{text}'"
-    return ""
+    return envs.requirement_problem(manifest)
 
 
 # What a failed stage of a worker's start is called in the manager's one line (Go: "call
@@ -220,12 +234,16 @@ def _start_failure(plugin: Plugin, report: str) -> tuple[str, str]:
 class Registry:
     """The loaded plugins (Go `LoadedPlugins`), their states and their pools."""
 
-    def __init__(self, plugins: Iterable[Plugin], config: Config | None = None, *, plugins_dir: str | None = None) -> None:
+    def __init__(
+        self, plugins: Iterable[Plugin], config: Config | None = None, *, plugins_dir: str | None = None, envs_dir: Path | None = None
+    ) -> None:
         """plugins_dir: what onInit is told, when there is no config (`plugin test` gives its
-        scratch folder); default: the folder the artifact sits in."""
+        scratch folder); default: the folder the artifact sits in. envs_dir: the plugins' own
+        environments; default <home>/envs (no config: $VSM_HOME or ~/.vsm-pool)."""
         self.plugins = list(plugins)
         self.config = config
         self.plugins_dir = plugins_dir
+        self.envs_dir = Path(envs_dir) if envs_dir else Path(config.home if config else resolve_home()) / "envs"
 
     def get(self, kind: Kind, name: str) -> Plugin | None:
         for p in self.plugins:
@@ -258,7 +276,7 @@ class Registry:
                     f"no loaded {kind.value} plugin {name!r}" + (f" ({cause})" if cause else f" (loaded: {loaded})"),
                 )
 
-    def pool_spec(self, plugin: Plugin, backend_workers: int | None = None) -> PoolSpec:
+    def pool_spec(self, plugin: Plugin, backend_workers: int | None = None, site_dirs: tuple[str, ...] = ()) -> PoolSpec:
         settings = self.config.settings(plugin.manifest.name) if self.config else None
         workers = backend_workers or (settings.workers if settings else None) or DEFAULT_WORKERS[plugin.manifest.kind]
         if plugin.manifest.max_workers:
@@ -272,6 +290,7 @@ class Registry:
             start_timeout=settings.start_timeout if settings else 60.0,
             shutdown_method="shutdown",
             preload=WORKER_PRELOAD,
+            site_dirs=site_dirs,
         )
 
     def start(self, plugin: Plugin, *, backend: str | None = None, workers: int | None = None) -> Pool:
@@ -294,7 +313,14 @@ class Registry:
         settings = self.config.settings(plugin.manifest.name) if self.config else None
         chosen = backend or (settings.backend if settings else "process")
         options = settings.pool_options() if settings is not None and chosen == "ray" else {}
-        pool = make_pool(self.pool_spec(plugin, workers), backend=chosen, **options)
+        site_dirs: tuple[str, ...] = ()
+        if plugin.env is not None and chosen == "ray":  # Ray installs per actor, on its node
+            options["runtime_env"] = {**options.get("runtime_env", {}), "pip": plugin.env.pip_requirements()}
+        elif plugin.env is not None:
+            info = envs.ensure(plugin.env, self.envs_dir, plugin.label, plugin.source if plugin.source.is_file() else None)
+            plugin.env_info = {**info, "path": str(plugin.env.path(self.envs_dir))}
+            site_dirs = (str(plugin.env.site(self.envs_dir)),)
+        pool = make_pool(self.pool_spec(plugin, workers, site_dirs), backend=chosen, **options)
         try:
             pool.start()
         except PoolError as e:
@@ -327,11 +353,12 @@ class Registry:
         problem = _compatibility_problem(manifest)
         if problem:
             raise PluginLoadError(f"reload of '{plugin.label}' refused: {source}: {problem}")
-        candidate = Plugin(manifest, source.resolve())
+        candidate = Plugin(manifest, source.resolve(), env=envs.plan(manifest))
         if plugin.pool is None:  # not running: the new build just replaces the old one
             previous, plugin.manifest, plugin.source = plugin.manifest, manifest, candidate.source
+            plugin.env, plugin.env_info = candidate.env, None
             return plugin, previous
-        new_pool = self._start_pool(candidate, backend, None)
+        new_pool = self._start_pool(candidate, backend, None)  # its environment is made here, before the swap
         old_pool = plugin.pool.pinned()  # type: ignore[union-attr]
         try:
             if handover is not None:
@@ -350,6 +377,7 @@ class Registry:
         if handover is not None:
             handover.after()
         previous, plugin.manifest, plugin.source = plugin.manifest, manifest, candidate.source
+        plugin.env, plugin.env_info = candidate.env, candidate.env_info
         logger.info("reloaded plugin '{}': version {} -> {}, build time: '{}'.", plugin.label, previous.version, manifest.version, manifest.build_time)
         return plugin, previous
 

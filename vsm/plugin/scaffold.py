@@ -181,7 +181,7 @@ version = "0.1.0"
 # onShutdown = "on_shutdown"
 export = [ {_EXPORTS[kind]} ]
 {"maxWorkers = 1  # an in-memory store: one worker holds the data" if kind in ("KVStore", "ObjStore") else "# maxWorkers = 1"}
-# requirements = ["somepackage>=1.0"]
+# requirements = ["somepackage>=1.0"]  # its own environment (<home>/envs) if the manager lacks them
 ''',
         encoding="utf-8",
     )

@@ -30,6 +30,7 @@ from ...errors import PluginLoadError
 from ...sdk import Config, Kind, Manifest, ObjectNotFoundError
 from ..artifact import read_artifact_manifest
 from ..blame import describe
+from .. import envs
 from ..loader import Plugin, Registry, _compatibility_problem
 from ..proxies import PooledDB, PooledStore
 from . import KVSTORE_CHECKS, OBJSTORE_CHECKS
@@ -75,7 +76,7 @@ def run_conformance(
     problem = _compatibility_problem(manifest)
     if problem:
         raise PluginLoadError(f"{artifact}: {problem}")
-    plugin = Plugin(manifest, Path(artifact).resolve())
+    plugin = Plugin(manifest, Path(artifact).resolve(), env=envs.plan(manifest))  # its own environment, if any
     scratch = tempfile.mkdtemp(prefix=f"vsm-kit-{manifest.name}-")
     prefix = f"kit_{uuid.uuid4().hex[:10]}_"
     try:
