@@ -59,6 +59,7 @@ class Manager:
         self.store_errors: dict[str, str] = {}
         self.rpc: dict[str, Any] = {}  # namespace -> (plugin, methods)
         self.sectors: Any = None
+        self.reserver: Any = None  # persist-store reservations for sectors (vsm.sectors._reserve)
 
     @property
     def _state_file(self) -> Path:
@@ -146,6 +147,10 @@ class Manager:
         assert self.registry is not None and self.db is not None
         from .sectors import SectorStateManager
 
+        from .sectors._reserve import StoreReserver
+
+        persist = [(s, self.stores[s.name]) for s in self.config.persist_stores if s.name in self.stores]
+        self.reserver = StoreReserver(self.db.open_collection("common"), persist)
         sync = self.config.sector_sync
         self.sectors = SectorStateManager(self.db, Path(sync.journal_dir), flush_rows=sync.batch_rows, flush_age=sync.batch_age)
         for plugin in self.registry.of_kind(Kind.SyncSectorState):

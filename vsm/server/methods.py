@@ -133,7 +133,35 @@ def sectors_update(manager: Any, miner: int, number: int, fields: dict[str, Any]
 
 @METHODS.method("sectors.finalize")
 def sectors_finalize(manager: Any, miner: int, number: int) -> dict[str, Any]:
-    return _state_json(_sectors(manager).finalize(_sid(miner, number)), "offline")
+    state = _sectors(manager).finalize(_sid(miner, number))
+    try:  # as damocles' sealer: a finalized sector's persist-store reservation is released
+        manager.reserver.release(miner, number)
+    except Exception as e:  # noqa: BLE001 - logged, as damocles does; the finalize stands
+        from loguru import logger
+
+        logger.error("sector m-{}-n-{}: release reserved: {}", miner, number, e)
+    return _state_json(state, "offline")
+
+
+@METHODS.method("stores.reserve_space")
+def stores_reserve_space(manager: Any, miner: int, number: int, size: int, candidates: list[str] | None = None) -> dict[str, Any] | None:
+    """damocles' StoreReserveSpace: a persist store for an online sector's sealed files, one
+    whose AllowMiners/DenyMiners admit the sector's miner, writable and with `size` bytes
+    free beyond what is reserved (chosen by Weight); null when none fits."""
+    sid = _sid(miner, number)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"size must be a whole number of bytes >= 0, got {size!r}")
+    if candidates is not None and not (isinstance(candidates, list) and all(isinstance(c, str) for c in candidates)):
+        raise ValueError(f"candidates must be a list of store names, got {candidates!r}")
+    _sectors(manager).get(sid, "online")  # as damocles: only a sector being sealed reserves
+    return manager.reserver.reserve(miner, number, size, candidates or ())
+
+
+@METHODS.method("stores.release_reserved")
+def stores_release_reserved(manager: Any, miner: int, number: int) -> bool:
+    """damocles' StoreReleaseReserved: drop the sector's reservations; true if it held any."""
+    _sid(miner, number)
+    return bool(manager.reserver.release(miner, number))
 
 
 @METHODS.method("sectors.restore")
