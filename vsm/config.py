@@ -33,6 +33,12 @@ BUILTIN_STORE_PLUGIN = "fsstore"
 POOL_BACKENDS = ("process", "ray")  # [Common.Plugins] Backend / [Common.Plugins.<name>] Backend
 
 
+DEFAULT_MEMORY_LIMIT = 4 << 30
+DEFAULT_MAX_OPEN_FILES = 4096
+# Below this a worker cannot even import vsm's SDK and pyarrow (~125 MiB of it, ~210 MiB with duckdb).
+MIN_MEMORY_LIMIT = 128 << 20
+
+
 @dataclasses.dataclass(frozen=True)
 class PluginSettings:
     """[Common.Plugins.<name>]: how one plugin's pool runs."""
@@ -46,6 +52,13 @@ class PluginSettings:
     ray_address: str = ""  # "" = RAY_ADDRESS or a local Ray; one address per manager process
     ray_resources: dict[str, float] = dataclasses.field(default_factory=dict)  # per actor: CPU, GPU, memory, custom
     ray_node: str = ""  # node id or IP: every worker of the plugin runs there
+    # Resources, per worker process (applied by the worker itself before it imports the plugin;
+    # executors/_limits.py says what each one counts). Defaults: a runaway allocation or a
+    # descriptor leak stops at the plugin's own worker, long before it would hurt the machine.
+    memory_limit: int | None = DEFAULT_MEMORY_LIMIT  # bytes of private writable memory (RLIMIT_DATA); None: no limit
+    max_open_files: int | None = DEFAULT_MAX_OPEN_FILES  # RLIMIT_NOFILE; None: the manager's
+    cpus: tuple[int, ...] | None = None  # CPU affinity; None: every CPU the manager may use
+    nice: int | None = None  # niceness; None: the manager's
 
     def pool_options(self) -> dict[str, Any]:
         """make_pool(..., backend="ray", **options) for this plugin."""
@@ -231,6 +244,73 @@ MAX_WORKERS = max(16, 2 * (os.cpu_count() or 1))
 CALL_TIMEOUT_BOUNDS = (0.1, 86400.0)
 
 
+_RESOURCE_KEYS = ("MemoryLimit", "MaxOpenFiles", "CPUs", "Nice")
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+               "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int) -> int | None:
+    """ "2GiB" / "512 MiB" / "2G" / 1073741824 -> bytes; "" or 0 -> None (no limit)."""
+    if isinstance(text, int):
+        return text or None
+    number = text.strip().lower().rstrip()
+    i = len(number)
+    while i and not (number[i - 1].isdigit() or number[i - 1] == "."):
+        i -= 1
+    unit = number[i:].strip()
+    if unit not in _SIZE_UNITS or not number[:i]:
+        raise ValueError(text)
+    value = int(float(number[:i]) * _SIZE_UNITS[unit])
+    return value or None
+
+
+def parse_cpus(value: str | list[int]) -> tuple[int, ...] | None:
+    """ "0-3,6" or [0, 1, 2, 3, 6] -> (0, 1, 2, 3, 6); "" or [] -> None (every CPU)."""
+    if isinstance(value, list):
+        cpus = set(value)
+    else:
+        cpus = set()
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return tuple(sorted(cpus)) or None
+
+
+def _resource_limits(t: "_Reader", inherit: PluginSettings) -> dict[str, Any]:
+    """MemoryLimit, MaxOpenFiles, CPUs, Nice of one table ([Common.Plugins] or a plugin's),
+    falling back to `inherit` (the [Common.Plugins] values, or the built-in defaults)."""
+
+    def size(v: Any) -> str | None:
+        try:
+            n = parse_size(v)
+        except ValueError:
+            return f'must be a size such as "2GiB", "512MiB" or 0 (no limit), got {v!r}'
+        if n is not None and n < MIN_MEMORY_LIMIT:
+            return f"must be at least {MIN_MEMORY_LIMIT >> 20}MiB (a worker needs about that to import vsm's SDK), or 0 for no limit, got {v!r}"
+        return None
+
+    def cpus(v: Any) -> str | None:
+        try:
+            chosen = parse_cpus(v)
+        except (ValueError, TypeError):
+            return f'must be CPU numbers such as "0-3,6" or [0, 1], got {v!r}'
+        usable = os.sched_getaffinity(0)
+        if chosen and not set(chosen) <= usable:
+            return f"CPU(s) {sorted(set(chosen) - usable)} are not available to this process (it may use {sorted(usable)})"
+        return None
+
+    memory = t.get("MemoryLimit", (str, int), None, size)
+    files = t.get("MaxOpenFiles", int, None, lambda v: None if v == 0 or 16 <= v <= 1 << 20 else f"must be between 16 and 1048576, or 0 (the manager's), got {v}")
+    chosen = t.get("CPUs", (str, list), None, cpus)
+    nice = t.get("Nice", int, None, _between(-20, 19))
+    return {
+        "memory_limit": inherit.memory_limit if memory is None else parse_size(memory),
+        "max_open_files": inherit.max_open_files if files is None else (files or None),
+        "cpus": inherit.cpus if chosen is None else parse_cpus(chosen),
+        "nice": inherit.nice if nice is None else nice,
+    }
+
+
 def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config, list[str]]:
     """Parse and validate the config; returns (config, warnings). Plugin names are checked
     against the loaded plugins later (`Registry.check_config`), since only then are they known."""
@@ -270,10 +350,11 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
 
     default_backend = plugins_t.get("Backend", str, "process", backend_name)
     ray_address = plugins_t.get("RayAddress", str, "")
-    defaults = PluginSettings(backend=default_backend, ray_address=ray_address)
+    default_limits = _resource_limits(plugins_t, PluginSettings())
+    defaults = PluginSettings(backend=default_backend, ray_address=ray_address, **default_limits)
     settings: dict[str, PluginSettings] = {}
     for name in plugins_t.data:
-        if name.casefold() in ("dir", "strict", "backend", "rayaddress"):
+        if name.casefold() in ("dir", "strict", "backend", "rayaddress", *(k.casefold() for k in _RESOURCE_KEYS)):
             continue
         t = plugins_t.table(name)
         address = t.get("RayAddress", str, ray_address)
@@ -292,6 +373,7 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
             ray_address=address,
             ray_resources=resources(t),
             ray_node=t.get("RayNode", str, ""),
+            **_resource_limits(t, defaults),
         )
         t.warn_unknown()
 
@@ -542,6 +624,12 @@ Strict = false
 # Backend = "ray"      # this plugin only; default: [Common.Plugins] Backend
 # RayNode = ""         # node id or IP to pin the workers to
 # RayResources = {{ CPU = 1 }}   # per worker actor: CPU, GPU, memory (bytes), custom resources
+# Resources of each worker process (here per plugin, or under [Common.Plugins] for all):
+# MemoryLimit = "4GiB" # private writable memory per worker (RLIMIT_DATA): past it the call
+#                      # fails with MemoryLimitExceeded naming the plugin; 0 = no limit
+# MaxOpenFiles = 4096  # file descriptors per worker (RLIMIT_NOFILE); 0 = the manager's
+# CPUs = "0-3"         # pin the workers to these CPUs (default: all)
+# Nice = 5             # run the workers at this niceness (default: the manager's)
 
 # Meta for SyncSectorState and RegisterJsonRpc plugins (passed to their Constructor):
 [Common.Plugins.duckdb.Meta]

@@ -78,6 +78,13 @@ Addr = "127.0.0.1:6379"
         ("[Common.Api]\nHeaderTimeout = 1e-9\n", "Common.Api.HeaderTimeout", "must be between 0.5 and"),
         ("[Common.Plugins]\nStrict = 'yes'\n", "Common.Plugins.Strict", "must be true or false"),
         ('[[Common.PieceStores]]\nName="a"\nPath="/x"\n[[Common.PersistStores]]\nName="a"\nPath="/y"\n', "Common.PersistStores[0].Name", "used twice"),
+        # issue 16: resource limits per plugin, or for all
+        ('[Common.Plugins.redis]\nMemoryLimit = "lots"\n', "Common.Plugins.redis.MemoryLimit", 'must be a size such as "2GiB"'),
+        ('[Common.Plugins]\nMemoryLimit = "1MiB"\n', "Common.Plugins.MemoryLimit", "must be at least 128MiB"),
+        ("[Common.Plugins.redis]\nMaxOpenFiles = 3\n", "Common.Plugins.redis.MaxOpenFiles", "must be between 16 and"),
+        ('[Common.Plugins.redis]\nCPUs = "0-x"\n', "Common.Plugins.redis.CPUs", "must be CPU numbers"),
+        ('[Common.Plugins.redis]\nCPUs = "4096"\n', "Common.Plugins.redis.CPUs", "not available to this process"),
+        ("[Common.Plugins.redis]\nNice = 40\n", "Common.Plugins.redis.Nice", "must be between -20 and 19"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path, text, key, cause):
@@ -152,3 +159,16 @@ def test_backend_keys_are_checked(tmp_path):
         _load(tmp_path, '[Common.Plugins.x]\nRayResources = { CPU = -1 }\n')
     cfg, _ = _load(tmp_path, '[Common.Plugins]\nBackend = "ray"\n[Common.Plugins.x]\nBackend = "process"\n')
     assert cfg.settings("x").backend == "process" and cfg.settings("other").backend == "ray"
+
+
+def test_resource_limits_default_inherit_and_override(tmp_path):
+    cfg, warnings = _load(
+        tmp_path,
+        '[Common.Plugins]\nMemoryLimit = "2GiB"\nNice = 2\n[Common.Plugins.redis]\nMemoryLimit = 0\nCPUs = [0]\nMaxOpenFiles = 0\n',
+    )
+    assert not [w for w in warnings if "unknown key" in w], warnings
+    redis, other = cfg.settings("redis"), cfg.settings("fsstore")
+    assert (redis.memory_limit, redis.cpus, redis.max_open_files, redis.nice) == (None, (0,), None, 2)
+    assert (other.memory_limit, other.cpus, other.max_open_files, other.nice) == (2 << 30, None, 4096, 2)
+    plain, _ = _load(tmp_path, "")
+    assert (plain.settings("x").memory_limit, plain.settings("x").max_open_files) == (4 << 30, 4096)

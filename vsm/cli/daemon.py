@@ -77,11 +77,12 @@ def status(home: Path | None, as_json: bool) -> None:
                 "restarts": pool.get("restarts", "-"),
                 "calls": pool.get("calls", "-"),
                 "errors": pool.get("errors", "-"),
+                "limits": (p.get("limits") or {}).get("text", ""),
                 "last_error": p.get("error") or pool.get("last_error") or "",
                 "env": env_text(p.get("env")),
             }
         )
-    print_table(rows, ["plugin", "state", "workers", "restarts", "calls", "errors", "env", "last_error"], False)
+    print_table(rows, ["plugin", "state", "workers", "restarts", "calls", "errors", "env", "limits", "last_error"], False)
     sectors = st.get("sectors") or {}
     sinks = sectors.get("sinks", {})
     if sinks:

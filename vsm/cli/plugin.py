@@ -76,22 +76,27 @@ def plugin_list(home: Path | None, config_file: Path | None, plugins_dir: Path |
     if plugins_dir is None:
         client = daemon_client(home, config_file)
         if client is not None:
-            print_table(_with_env_text(client.call("plugin.list"), as_json), _PLUGIN_COLUMNS, as_json)
+            _print_plugins(client.call("plugin.list"), as_json)
             return
-        plugins_dir = load_config_for(home, config_file).plugins_dir
-    from ..plugin.loader import discover
+        config = load_config_for(home, config_file)
+        plugins_dir = config.plugins_dir
+    else:
+        config = None
+    from ..plugin.loader import Registry, discover
 
     plugins, _ = discover(plugins_dir, entry_points=True)
+    Registry(plugins, config)  # what each plugin's workers would run under
     envs_dir = resolve_home(home) / "envs"
-    rows = [{**p.describe(), "env": p.env_row(envs_dir)} for p in plugins]
-    print_table(_with_env_text(rows, as_json), _PLUGIN_COLUMNS, as_json)
+    _print_plugins([{**p.describe(), "env": p.env_row(envs_dir)} for p in plugins], as_json)
 
 
-_PLUGIN_COLUMNS = ["kind", "name", "version", "build_time", "state", "artifact", "env", "error"]
+_PLUGIN_COLUMNS = ["kind", "name", "version", "build_time", "state", "artifact", "env", "limits", "error"]
 
 
-def _with_env_text(rows: list[dict], as_json: bool) -> list[dict]:
-    return rows if as_json else [{**r, "env": env_text(r.get("env"))} for r in rows]
+def _print_plugins(rows: list[dict], as_json: bool) -> None:
+    if not as_json:
+        rows = [{**r, "env": env_text(r.get("env")), "limits": (r.get("limits") or {}).get("text", "")} for r in rows]
+    print_table(rows, _PLUGIN_COLUMNS, as_json)
 
 
 @plugin.command("test")

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import itertools
+import resource
 import sys
 from typing import Any, BinaryIO, Callable, Iterator
 
-from ..sdk import Config, Kind, Manifest
+from ..sdk import Config, Kind, Manifest, MemoryLimitExceeded, PluginError
 from .blame import describe
+from .isolation import format_size
 
 __all__ = ["KVHost", "ObjHost", "RpcHost", "StartFailed", "worker_init"]
 
@@ -77,6 +79,18 @@ class _Host:
             return False
         self._on_flush(self.manifest)
         return True
+
+    def map_error(self, exc: BaseException) -> BaseException:
+        """executors' boundary hook: what the plugin raised -> what the caller gets."""
+        if isinstance(exc, MemoryError) and not isinstance(exc, PluginError):
+            limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+            if limit != resource.RLIM_INFINITY:
+                name = self.manifest.name
+                return MemoryLimitExceeded(
+                    f"plugin '{self.manifest.kind.value}/{name}' ran out of memory: its workers may use "
+                    f"{format_size(limit)} each (MemoryLimit in [Common.Plugins.{name}])"
+                )
+        return exc
 
     def ping(self) -> int:
         import os

@@ -28,7 +28,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from executors import Pool, PoolError, PoolSpec, make_pool
 
-from . import envs, host
+from . import envs, host, isolation
 from .reload import SwappablePool
 from .artifact import ARTIFACT_SUFFIX, code_path, read_artifact_manifest
 from .blame import last_line, plugin_frame
@@ -65,6 +65,7 @@ class Plugin:
     unreadable: bool = False  # no manifest could be read: kind and name are not known
     env: envs.EnvPlan | None = None  # its own environment; None: the manager's packages
     env_info: dict[str, Any] | None = None  # the environment's env.json once it exists
+    limits: dict[str, Any] | None = None  # the resource limits its workers run under (isolation.describe_limits)
 
     @property
     def label(self) -> str:
@@ -90,6 +91,8 @@ class Plugin:
             "error": self.error,
             "env": self.env_row(),
         }
+        if self.limits is not None:
+            row["limits"] = self.limits
         if self.pool is not None:
             status = self.pool.status()
             row["pool"] = status
@@ -244,6 +247,11 @@ class Registry:
         self.config = config
         self.plugins_dir = plugins_dir
         self.envs_dir = Path(envs_dir) if envs_dir else Path(config.home if config else resolve_home()) / "envs"
+        if config is not None:
+            isolation.prepare_worker_environment()
+            for p in self.plugins:
+                if not p.unreadable:
+                    p.limits = isolation.describe_limits(config.settings(p.manifest.name))
 
     def get(self, kind: Kind, name: str) -> Plugin | None:
         for p in self.plugins:
@@ -291,6 +299,7 @@ class Registry:
             shutdown_method="shutdown",
             preload=WORKER_PRELOAD,
             site_dirs=site_dirs,
+            limits=isolation.worker_limits(settings) if settings else None,
         )
 
     def start(self, plugin: Plugin, *, backend: str | None = None, workers: int | None = None) -> Pool:

@@ -14,6 +14,7 @@ from ._manifest import SPI_VERSION, Manifest
 from .errors import (
     InvalidObjectPathError,
     KeyNotFoundError,
+    MemoryLimitExceeded,
     ObjectNotFoundError,
     PluginError,
     ReadOnlyStoreError,
@@ -29,6 +30,7 @@ __all__ = [
     "KeyNotFoundError",
     "Kind",
     "Manifest",
+    "MemoryLimitExceeded",
     "ObjectNotFoundError",
     "PluginError",
     "ReadOnlyStoreError",

@@ -7,7 +7,8 @@ Tree::
     ├── TransactionConflictError     kvstore: optimistic txn lost; caller retries (Go ErrTransactionConflict)
     ├── ObjectNotFoundError          objstore: no object at that path (Go ErrObjectNotFound)
     ├── ReadOnlyStoreError           objstore: put/delete on a read-only store (Go ErrReadOnlyStore)
-    └── InvalidObjectPathError       objstore: path escapes the store (Go ErrInvalidObjectPath)
+    ├── InvalidObjectPathError       objstore: path escapes the store (Go ErrInvalidObjectPath)
+    └── MemoryLimitExceeded          the plugin's worker reached its MemoryLimit (also a MemoryError)
 
 They carry only their message, so they pickle across a process boundary unchanged.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "InvalidObjectPathError",
     "KeyNotFoundError",
+    "MemoryLimitExceeded",
     "ObjectNotFoundError",
     "PluginError",
     "ReadOnlyStoreError",
@@ -49,3 +51,8 @@ class ReadOnlyStoreError(PluginError, PermissionError):
 
 class InvalidObjectPathError(PluginError, ValueError):
     """The object path is absolute or escapes the store's root."""
+
+
+class MemoryLimitExceeded(PluginError, MemoryError):
+    """A call ran out of memory under its worker's MemoryLimit; the worker goes on. Raised
+    by vsm-pool for the plugin (from the plugin's MemoryError), naming the plugin and the limit."""
