@@ -293,3 +293,29 @@ class Translating(Probe):
 
 def make_translating() -> Translating:
     return Translating()
+
+
+class Files:
+    """File and network access, for confinement tests."""
+
+    def read(self, path: str) -> str:
+        with open(path) as f:
+            return f.read()
+
+    def write(self, path: str, text: str) -> None:
+        with open(path, "w") as f:
+            f.write(text)
+
+    def connect(self, port: int) -> bool:
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return True
+
+    def signal(self, pid: int) -> bool:
+        os.kill(pid, 0)
+        return True
+
+
+def make_files() -> Files:
+    return Files()
