@@ -132,7 +132,8 @@ def dictdb() -> Iterator[DictDB]:
     yield DictDB()
 
 
-# A state as damocles-manager writes it (hand-written from core/types*.go field order):
+# A state as damocles-manager writes it (hand-written from core/types*.go field order; Go
+# itself checks it in tests/gojson):
 # legacy deals with a proposal, v2 pieces with and without deal info, pre-commit, proof,
 # snap-up fields, a failure with characters Go escapes.
 SAMPLE_GO_JSON = (
@@ -155,14 +156,14 @@ SAMPLE_GO_JSON = (
     '{"Piece":{"Size":2048,"PieceCID":{"/":"baga6ea4seaqpy7usqklokfx2vxuynmupslkeutzexe2uqurdg5vhtebhxqmpqmy"}},"DealInfo":null}],'
     '"Pre":{"CommR":{"/":"bagboea4b5abcamxkzmzcciabkdxzu4vqkpmpvwgyiyldaogf7ssr4c7yl5u7ftxb"},'
     '"CommD":{"/":"baga6ea4seaqhfd5zcatqebd4jrulvrqcz6rqg4nlfmkvqalqk6ykdhbvfptevli"},'
-    '"Ticket":{"Ticket":"3q2+7wABAgM=","Epoch":2501000},"Deals":[7788]},'
+    '"Ticket":{"Ticket":"3q2+7wABAgM=","Epoch":2501000}},'
     '"Proof":{"Proof":"kZKTlJWWl5iZmg=="},'
     '"MessageInfo":{"PreCommitCid":{"/":"bafy2bzacedxkkpqwmuf4dnnz4h5djmvjc7zu2bhzbhbkoqqm6npg3zpd5lewu"},'
     '"CommitCid":null,"NeedSend":true},'
     '"TerminateInfo":{"TerminateCid":null,"TerminatedAt":0,"AddedHeight":0},'
     '"LatestState":{"Worker":{"Instance":"worker-01","Location":"10.0.0.7:17890"},'
     '"StateChange":{"Prev":"PCSubmitted","Next":"PCLanded","Event":"Evt\\u0026Landed"},'
-    '"Failure":{"Level":"temp","Desc":"line1\\nline2 \\u003cretry\\u003e \\u0008 \\\\b"}},'
+    '"Failure":{"Level":"temp","Desc":"line1\\nline2 \\u003cretry\\u003e \\b \\\\b"}},'
     '"Finalized":false,"Removed":false,"AbortReason":"",'
     '"Upgraded":true,'
     '"UpgradePublic":{"CommR":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32],'

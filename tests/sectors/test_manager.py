@@ -45,12 +45,18 @@ def test_operations_and_collections(dictdb, tmp_path, sample_json) -> None:  # t
         sids = [SectorID(7, n) for n in range(3)]
         m.init([AllocatedSector(s, 8) for s in sids])
         assert m.get(sids[0]).sector_type == 8
-        pre = PreCommitInfo("bafyr", "bafyd", Ticket(b"t", 5), [1])
+        comm_r = "bagboea4b5abcamxkzmzcciabkdxzu4vqkpmpvwgyiyldaogf7ssr4c7yl5u7ftxb"
+        pre = PreCommitInfo(comm_r, "baga6ea4seaqhfd5zcatqebd4jrulvrqcz6rqg4nlfmkvqalqk6ykdhbvfptevli", Ticket(b"t", 5))
         new = m.update(sids[0], {"Pre": pre, "abort_reason": "x", "Finalized": True})
         assert new.pre == pre and new.abort_reason == "x" and new.finalized
         # Go JSON form of a value is accepted too
-        m.update(sids[1], {"Pre": {"CommR": {"/": "bafyr"}, "CommD": None, "Ticket": {"Ticket": None, "Epoch": 1}, "Deals": None}})
-        assert m.get(sids[1]).pre == PreCommitInfo("bafyr", None, Ticket(None, 1), None)
+        m.update(sids[1], {"Pre": {"CommR": {"/": comm_r.upper()}, "CommD": None, "Ticket": {"Ticket": None, "Epoch": 1}, "Deals": None}})
+        assert m.get(sids[1]).pre == PreCommitInfo(comm_r, None, Ticket(None, 1))
+        # ...and held to Go's rules, naming the field
+        with pytest.raises(ValueError, match=r"^Pre.CommR: not a CID: "):
+            m.update(sids[1], {"Pre": {"CommR": {"/": ""}}})
+        with pytest.raises(ValueError, match=r"^SectorType: not an int64: number 1.5$"):
+            m.update(sids[1], {"SectorType": 1.5})
         with pytest.raises(ValueError, match="unknown SectorState field 'Nope'"):
             m.update(sids[0], {"Nope": 1})
 

@@ -46,19 +46,35 @@ def _show_state(state: dict[str, Any], as_json: bool) -> None:
 def sectors_import(home: Path | None, config_file: Path | None, override: bool, worker_state: str | None, chunk: int, file: Path) -> None:
     """Bulk-load FILE: JSON lines of SectorState in damocles' encoding, or Parquet in the Arrow
     schema. Finalized states go offline (`offline_meta`), the others online, as damocles'
-    `util sealer sectors state import-json` routes them."""
+    `util sealer sectors state import-json` routes them. Lines Go's json.Unmarshal would
+    refuse are reported (file:line: field: cause) and left out, the others imported; exit
+    status 1 if any line was refused."""
     from tqdm import tqdm
 
-    from ..sectors import read_import_file
+    from ..sectors import ImportReport, read_import_file
 
     written = total = 0
+    report = ImportReport()
+    shown = 0
     with open_client(home, config_file) as client, tqdm(unit=" sectors", desc="import", file=sys.stderr, disable=None) as bar:
-        for states in read_import_file(str(file), chunk=chunk):
-            payload = [s.to_go_dict() for s in states]
-            written += client.call("sectors.import", {"states": payload, "override": override, "worker_state": worker_state})
+        for states in read_import_file(str(file), chunk=chunk, report=report):
+            for refused in report.refused[shown:]:
+                bar.write(f"refused {refused}", file=sys.stderr)
+            shown = len(report.refused)
+            if states:
+                payload = [s.to_go_dict() for s in states]
+                written += client.call("sectors.import", {"states": payload, "override": override, "worker_state": worker_state})
             total += len(states)
             bar.update(len(states))
-    click.echo(f"imported {written} of {total} sectors from {file}" + ("" if written == total or override else " (the rest exist already; --override replaces them)"))
+    for refused in report.refused[shown:]:
+        click.echo(f"refused {refused}", err=True)
+    click.echo(
+        f"imported {written} of {total + len(report.refused)} sectors from {file}"
+        + ("" if written == total or override else " (the rest exist already; --override replaces them)")
+        + (f"; {report.summary()}" if report.summary() else "")
+    )
+    if report.refused:
+        sys.exit(1)
 
 
 @sectors.command("get")

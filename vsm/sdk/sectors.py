@@ -4,10 +4,13 @@ Three encodings of one model, all driven by the field tables below:
 
     Go JSON (KV value)  <->  SectorState (dataclasses)  <->  Arrow row (SECTOR_STATE_SCHEMA)
 
-- Go JSON: field names and order of `damocles-manager/core`, a cid as `{"/": "bafy..."}` (null
-  when undefined), `[]byte` as base64 (null when nil), `[32]byte` as an array of 32 numbers,
-  `omitempty` where Go has it, Go's string escaping. A state exported by damocles-manager
-  decodes and re-encodes to the same bytes.
+- Go JSON: field names and order of `damocles-manager/core` (after its 2024-04 change: no
+  `Pre.Deals`; `Pieces` beside the legacy `Deals`), a cid as `{"/": "bafy..."}` (null when
+  undefined), an undefined address as "<empty>", `[]byte` as base64 (null when nil),
+  `[32]byte` as an array of 32 numbers, `omitempty` where Go has it, Go's string escaping.
+  A state written by damocles-manager decodes and re-encodes to the same bytes; decoding is
+  as strict as Go's json.Unmarshal (vsm/sdk/_gojson.py), and Go itself checks both
+  directions in tests/gojson/.
 - Arrow: snake_case columns, nested types kept (`pieces` is list<struct<...>>), a cid as its
   string, null where Go has nil. `SECTOR_EVENT_SCHEMA` prefixes the event columns.
 """
@@ -17,18 +20,20 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import json
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from . import _gojson as _gj
+from ._gojson import GoJSONError
 
 __all__ = [
     "AllocatedSector",
     "DealInfoV2",
     "DealProposal",
     "EVENT_KINDS",
+    "GoJSONError",
     "LegacyDealInfo",
     "MessageInfo",
     "PieceInfo",
@@ -53,6 +58,8 @@ __all__ = [
     "arrow_to_go_json",
     "arrow_to_states",
     "decode_field",
+    "decode_state",
+    "decode_state_json",
     "go_dumps",
     "sector_key",
     "states_to_arrow",
@@ -82,12 +89,15 @@ def sector_key(sid: SectorID) -> bytes:
 
 # --- field codecs --------------------------------------------------------------------------
 # Each dataclass lists its fields in Go order with metadata: go name, encoding, omitempty.
-# enc: "int" | "uint" | "bool" | "str" | "cid" | "bytes" | "bytes32" | "uints" | a dataclass
-# (struct) | ("list", dataclass).
+# enc: "int" (int64) | "uint" (uint64) | "bool" | "str" | "optstr" (*string) | "optint" (*int64)
+# | "cid" (cid.Cid or *cid.Cid: None is undefined / nil) | "addr" (address.Address: "" is
+# undefined) | "bigint" (big.Int as a decimal string) | "label" (market.DealLabel) | "bytes"
+# ([]byte: None is nil) | "bytes32" ([32]byte) | "id" (abi.SectorID) | a dataclass (a struct;
+# None is a nil pointer) | ("list", dataclass). `embedded`: a field of DealInfoV2's embedded pointer.
 
 
-def _f(go: str, enc: Any, default: Any = None, *, omitempty: bool = False, factory: Any = None) -> Any:
-    md = {"go": go, "enc": enc, "omitempty": omitempty}
+def _f(go: str, enc: Any, default: Any = None, *, omitempty: bool = False, factory: Any = None, embedded: bool = False) -> Any:
+    md = {"go": go, "enc": enc, "omitempty": omitempty, "embedded": embedded}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=md)
     return dataclasses.field(default=default, metadata=md)
@@ -116,19 +126,20 @@ class PieceInfo:
 
 @dataclasses.dataclass
 class DealProposal:
-    """`market.DealProposal`; token amounts are decimal strings as in Go's JSON."""
+    """`market.DealProposal`; token amounts are decimal strings as in Go's JSON, an address is
+    its string ("" for the undefined address, which Go writes as "<empty>")."""
 
     piece_cid: str | None = _f("PieceCID", "cid")
     piece_size: int = _f("PieceSize", "uint", 0)
     verified_deal: bool = _f("VerifiedDeal", "bool", False)
-    client: str = _f("Client", "str", "")
-    provider: str = _f("Provider", "str", "")
-    label: str = _f("Label", "str", "")
+    client: str = _f("Client", "addr", "")
+    provider: str = _f("Provider", "addr", "")
+    label: str = _f("Label", "label", "")
     start_epoch: int = _f("StartEpoch", "int", 0)
     end_epoch: int = _f("EndEpoch", "int", 0)
-    storage_price_per_epoch: str = _f("StoragePricePerEpoch", "str", "0")
-    provider_collateral: str = _f("ProviderCollateral", "str", "0")
-    client_collateral: str = _f("ClientCollateral", "str", "0")
+    storage_price_per_epoch: str = _f("StoragePricePerEpoch", "bigint", "0")
+    provider_collateral: str = _f("ProviderCollateral", "bigint", "0")
+    client_collateral: str = _f("ClientCollateral", "bigint", "0")
 
 
 @dataclasses.dataclass
@@ -152,20 +163,24 @@ class PieceInfoV2:
 
 @dataclasses.dataclass
 class DealInfoV2:
-    """`core.DealInfoV2`: the fields of the embedded `market.DealInfoV2`, then two flags."""
+    """`core.DealInfoV2`: the fields of the embedded `*market.DealInfoV2`, then two flags.
 
-    deal_id: int = _f("DealID", "uint", 0)
-    publish_cid: str | None = _f("PublishCid", "cid")
-    allocation_id: int = _f("AllocationID", "uint", 0)
-    piece_cid: str | None = _f("PieceCID", "cid")
-    piece_size: int = _f("PieceSize", "uint", 0)
-    client: str = _f("Client", "str", "")
-    provider: str = _f("Provider", "str", "")
-    offset: int = _f("Offset", "uint", 0)
-    length: int = _f("Length", "uint", 0)
-    payload_size: int = _f("PayloadSize", "uint", 0)
-    start_epoch: int = _f("StartEpoch", "int", 0)
-    end_epoch: int = _f("EndEpoch", "int", 0)
+    The embedded part is a pointer in Go: when it is nil, Go writes only IsBuiltinMarket and
+    IsCompatible. Here that is `deal_id is None` (its other fields are then None too);
+    decoding any of its keys allocates it with zero values, as Go does."""
+
+    deal_id: int | None = _f("DealID", "uint", 0, embedded=True)
+    publish_cid: str | None = _f("PublishCid", "cid", embedded=True)
+    allocation_id: int | None = _f("AllocationID", "uint", 0, embedded=True)
+    piece_cid: str | None = _f("PieceCID", "cid", embedded=True)
+    piece_size: int | None = _f("PieceSize", "uint", 0, embedded=True)
+    client: str | None = _f("Client", "addr", "", embedded=True)
+    provider: str | None = _f("Provider", "addr", "", embedded=True)
+    offset: int | None = _f("Offset", "uint", 0, embedded=True)
+    length: int | None = _f("Length", "uint", 0, embedded=True)
+    payload_size: int | None = _f("PayloadSize", "uint", 0, embedded=True)
+    start_epoch: int | None = _f("StartEpoch", "int", 0, embedded=True)
+    end_epoch: int | None = _f("EndEpoch", "int", 0, embedded=True)
     is_builtin_market: bool = _f("IsBuiltinMarket", "bool", False)
     is_compatible: bool = _f("IsCompatible", "bool", False)
 
@@ -181,7 +196,6 @@ class PreCommitInfo:
     comm_r: str | None = _f("CommR", "cid")
     comm_d: str | None = _f("CommD", "cid")
     ticket: Ticket = _f("Ticket", Ticket, factory=Ticket)
-    deals: list[int] | None = _f("Deals", "uints")
 
 
 @dataclasses.dataclass
@@ -283,11 +297,13 @@ class SectorState:
 
     @classmethod
     def from_go_dict(cls, d: Mapping[str, Any]) -> SectorState:
-        return _CODECS[SectorState].from_go(d)  # type: ignore[no-any-return]
+        """Strict, as Go decodes (see decode_state); GoJSONError names the field path."""
+        return decode_state(d)
 
     @classmethod
     def from_go_json(cls, data: bytes | str) -> SectorState:
-        return cls.from_go_dict(_loads(data))
+        """Strict, as Go decodes (see decode_state_json); GoJSONError names the field path."""
+        return decode_state_json(data)
 
     # -- Arrow --
     def to_arrow_row(self) -> dict[str, Any]:
@@ -305,62 +321,35 @@ STATE_FIELDS: dict[str, str] = {
 }
 
 
-# --- Go JSON text --------------------------------------------------------------------------
+# --- Go JSON text: vsm/sdk/_gojson.py ------------------------------------------------------
 
-try:  # optional speed-up (3-5x on the import path); output is post-processed the same way
-    import orjson as _orjson
-
-    def _dumps(value: Any) -> str:
-        return _orjson.dumps(value).decode()
-
-    _loads: Callable[[bytes | str], Any] = _orjson.loads
-except ImportError:  # pragma: no cover - stdlib fallback
-    _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    _loads = json.loads
-
-_GO_ESC = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-_GO_ESC_RE = re.compile("[<>&\u2028\u2029]")
-_PY_SHORT_RE = re.compile(r"\\(.)")
-
-
-def _py_short(m: re.Match[str]) -> str:
-    c = m.group(1)
-    return "\\u0008" if c == "b" else "\\u000c" if c == "f" else m.group(0)
-
-
-def go_dumps(value: Any) -> bytes:
-    """json.dumps with Go's encoding/json output: compact, HTML-safe escapes, UTF-8 kept."""
-    s = _dumps(value)
-    if _GO_ESC_RE.search(s):
-        s = _GO_ESC_RE.sub(lambda m: _GO_ESC[m.group(0)], s)
-    if "\\b" in s or "\\f" in s:  # Go writes \u0008 / \u000c; pairs scanned left to right
-        s = _PY_SHORT_RE.sub(_py_short, s)
-    return s.encode()
+go_dumps = _gj.go_dumps
 
 
 # --- codecs, compiled once per dataclass -------------------------------------------------
 
 
-_ZERO = {"int": 0, "uint": 0, "bool": False, "str": ""}
-
-
 class _Codec:
-    """Four functions per dataclass, generated once from its field table (no per-field dispatch
-    at run time: the import path encodes a million states)."""
+    """Encoders generated once per dataclass from its field table (no per-field dispatch at
+    run time: the import path encodes a million states), and its strict Go JSON decoder."""
 
     def __init__(self, cls: type) -> None:
         self.cls = cls
-        self.fields: list[tuple[str, str, Any, bool]] = [
-            (f.name, f.metadata["go"], f.metadata["enc"], f.metadata["omitempty"]) for f in dataclasses.fields(cls)
+        self.fields: list[tuple[str, str, Any, bool, bool]] = [
+            (f.name, f.metadata["go"], f.metadata["enc"], f.metadata["omitempty"], f.metadata["embedded"])
+            for f in dataclasses.fields(cls)
         ]
         self.to_go: Callable[[Any], dict[str, Any]] = self._compile_to_go()
-        self.from_go: Callable[[Mapping[str, Any]], Any] = self._compile_from_go()
         self.to_row: Callable[[Any], dict[str, Any]] = self._compile_to_row()
         self.from_row: Callable[[Mapping[str, Any]], Any] = self._compile_from_row()
+        self.decode: Callable[[Any, Any, list[str] | None], Any] = _struct_decoder(self)
+
+    def from_go(self, d: Any) -> Any:
+        return self.decode(d, None, None)
 
     def _ns(self) -> dict[str, Any]:
         ns = dict(globals())
-        ns.update({"_C": _CODECS, "b64e": base64.b64encode, "b64d": base64.b64decode, "cls": self.cls})
+        ns.update({"_C": _CODECS, "b64e": base64.b64encode, "cls": self.cls, "addr": _gj.address_text})
         return ns
 
     def _compile(self, name: str, src: str) -> Callable[..., Any]:
@@ -375,7 +364,8 @@ class _Codec:
 
     def _compile_to_go(self) -> Callable[[Any], dict[str, Any]]:
         lines = ["def to_go(o):", "    d = {}"]
-        for name, go, enc, omit in self.fields:
+        marker = next((name for name, *_, emb in self.fields if emb), None)
+        for name, go, enc, omit, emb in self.fields:
             v = f"o.{name}"
             if enc == "cid":
                 e = f"None if (v := {v}) is None else {{'/': v}}"
@@ -383,6 +373,8 @@ class _Codec:
                 e = f"None if (v := {v}) is None else b64e(v).decode()"
             elif enc == "bytes32":
                 e = f"list({v})"
+            elif enc == "addr":
+                e = f"addr({v})"
             elif enc == "id":
                 e = f"{{'Miner': {v}.miner, 'Number': {v}.number}}"
             elif isinstance(enc, type):
@@ -393,37 +385,16 @@ class _Codec:
                 e = v
             if omit:
                 lines.append(f"    if {v} is not None: d[{go!r}] = {e}")
+            elif emb:  # a nil embedded pointer: Go writes none of its fields
+                lines.append(f"    if o.{marker} is not None: d[{go!r}] = {e}")
             else:
                 lines.append(f"    d[{go!r}] = {e}")
         lines.append("    return d")
         return self._compile("to_go", "\n".join(lines))
 
-    def _compile_from_go(self) -> Callable[[Mapping[str, Any]], Any]:
-        lines = ["def from_go(d):", "    g = d.get", "    kw = {}"]
-        for name, go, enc, _ in self.fields:
-            if enc in _ZERO:
-                e = f"v if (v := d[{go!r}]) is not None else {_ZERO[enc]!r}"
-            elif enc == "cid":
-                e = f"None if (v := d[{go!r}]) is None else v['/']"
-            elif enc == "bytes":
-                e = f"None if (v := d[{go!r}]) is None else b64d(v)"
-            elif enc == "bytes32":
-                e = f"None if (v := d[{go!r}]) is None else bytes(v)"
-            elif enc == "id":
-                e = f"SectorID(int(d[{go!r}].get('Miner', 0)), int(d[{go!r}].get('Number', 0)))"
-            elif isinstance(enc, type):
-                e = f"None if (v := d[{go!r}]) is None else {self._ref(enc)}.from_go(v)"
-            elif isinstance(enc, tuple):
-                e = f"None if (v := d[{go!r}]) is None else [{self._ref(enc)}.from_go(x) for x in v]"
-            else:
-                e = f"d[{go!r}]"
-            lines.append(f"    if {go!r} in d: kw[{name!r}] = {e}")
-        lines.append("    return cls(**kw)")
-        return self._compile("from_go", "\n".join(lines))
-
     def _compile_to_row(self) -> Callable[[Any], dict[str, Any]]:
         items = []
-        for name, _, enc, _ in self.fields:
+        for name, _, enc, _, _ in self.fields:
             v = f"o.{name}"
             if enc == "id":
                 items.append(f"'miner': {v}.miner, 'number': {v}.number")
@@ -438,20 +409,311 @@ class _Codec:
 
     def _compile_from_row(self) -> Callable[[Mapping[str, Any]], Any]:
         args = []
-        for name, _, enc, _ in self.fields:
+        for name, _, enc, _, emb in self.fields:
             if enc == "id":
                 args.append(f"{name}=SectorID(r['miner'], r['number'])")
             elif isinstance(enc, type):
                 args.append(f"{name}=None if (v := g({name!r})) is None else {self._ref(enc)}.from_row(v)")
             elif isinstance(enc, tuple):
                 args.append(f"{name}=None if (v := g({name!r})) is None else [{self._ref(enc)}.from_row(x) for x in v]")
-            elif enc in _ZERO:
+            elif enc in _ZERO and not emb:  # embedded fields keep None: a nil embedded pointer
                 args.append(f"{name}=v if (v := g({name!r})) is not None else {_ZERO[enc]!r}")
             else:
                 args.append(f"{name}=g({name!r})")
         src = "def from_row(r):\n    g = r.get\n    return cls(" + ", ".join(args) + ")"
         return self._compile("from_row", src)
 
+
+_ZERO = {"int": 0, "uint": 0, "bool": False, "str": "", "addr": "", "label": "", "bigint": "0"}
+
+
+# --- strict decoding: what Go's json.Unmarshal into core.SectorState accepts, nothing else ---
+# A decoder is fn(value, old, unknown) -> new value: `old` is what the field holds already (Go
+# decodes a repeated key into it), `unknown` collects ignored keys ("PreCommitInfo.Deals").
+
+_Obj = _gj.GoObject
+_NegZero = _gj.NegZero
+_kind = _gj.kind_of
+_Err = _gj.GoJSONError
+
+
+def _dec_int(v: Any, old: Any, _u: Any = None) -> Any:
+    t = type(v)
+    if t is int:
+        if -(1 << 63) <= v < 1 << 63:
+            return v
+        raise _Err(f"not an int64: number {v} out of range")
+    if v is None:
+        return old
+    if t is _NegZero:
+        return 0
+    raise _Err(f"not an int64: {_kind(v)}")
+
+
+def _dec_uint(v: Any, old: Any, _u: Any = None) -> Any:
+    if type(v) is int:
+        if 0 <= v < 1 << 64:
+            return v
+        raise _Err(f"not a uint64: number {v} out of range")
+    if v is None:
+        return old
+    raise _Err(f"not a uint64: {_kind(v)}")
+
+
+def _dec_u8(v: Any, old: Any) -> int:
+    if type(v) is int and 0 <= v < 256:
+        return v  # type: ignore[no-any-return]
+    if v is None:
+        return old  # type: ignore[no-any-return]
+    raise _Err(f"not a byte: {_kind(v)}")
+
+
+def _dec_bool(v: Any, old: Any, _u: Any = None) -> Any:
+    if v is True or v is False:
+        return v
+    if v is None:
+        return old
+    raise _Err(f"not a bool: {_kind(v)}")
+
+
+def _dec_str(v: Any, old: Any, _u: Any = None) -> Any:
+    if type(v) is str:
+        return _gj.go_string(v)
+    if v is None:
+        return old
+    raise _Err(f"not a string: {_kind(v)}")
+
+
+def _dec_optstr(v: Any, old: Any, _u: Any = None) -> Any:
+    return None if v is None else _dec_str(v, None)
+
+
+def _dec_optint(v: Any, old: Any, _u: Any = None) -> Any:
+    return None if v is None else _dec_int(v, None)
+
+
+def _dec_bytes(v: Any, old: Any, _u: Any = None) -> Any:
+    if type(v) is str:
+        try:
+            return _gj.parse_base64(v)
+        except (ValueError, binascii.Error) as e:
+            raise _Err(f"not base64: {e}") from None
+    if v is None:
+        return None
+    if type(v) is list:  # Go decodes an array of numbers into a []byte too
+        out = bytearray(old[: len(v)] if old else b"")
+        out += bytes(len(v) - len(out))
+        for i, x in enumerate(v):
+            try:
+                out[i] = _dec_u8(x, out[i])
+            except _Err as e:
+                raise e.within(f"[{i}]") from None
+        return bytes(out)
+    raise _Err(f"not base64 bytes: {_kind(v)}")
+
+
+def _dec_bytes32(v: Any, old: Any, _u: Any = None) -> Any:
+    if type(v) is list:  # a [32]byte: shorter arrays are zero-filled, longer ones cut
+        out = bytearray(old if old is not None else bytes(32))
+        for i, x in enumerate(v[:32]):
+            try:
+                out[i] = _dec_u8(x, out[i])
+            except _Err as e:
+                raise e.within(f"[{i}]") from None
+        out[len(v) :] = bytes(max(0, 32 - len(v)))
+        return bytes(out)
+    if v is None:
+        return old
+    raise _Err(f"not an array of 32 bytes: {_kind(v)}")
+
+
+def _items(v: Any, what: str) -> Any:
+    """The (key, value) pairs of a JSON object, or GoJSONError "not <what>" naming its kind."""
+    if type(v) is _Obj:
+        return v
+    if isinstance(v, dict):
+        return v.items()
+    raise _Err("not " + what.format(_kind(v)))
+
+
+def _dec_cid(v: Any, old: Any, _u: Any = None) -> Any:
+    """cid.Cid.UnmarshalJSON: null is the undefined CID; else {"/": "<cid>"}."""
+    if v is None:
+        return None
+    target = ""
+    for k, x in _items(v, 'a CID: {} (want {{"/": "<cid>"}})'):
+        if k == "/":
+            if type(x) is str:
+                target = x
+            elif x is not None:
+                raise _Err(f"not a CID: \"/\" is a {_kind(x)}")
+    if not target:
+        raise _Err("not a CID: invalid cid: cid was incorrectly formatted (empty)")
+    try:
+        return _gj.parse_cid(_gj.go_string(target))
+    except ValueError as e:
+        raise _Err(f"not a CID: {e}") from None
+
+
+def _text_decoder(what: str, parse: Callable[[str], str], null: str | None, show: bool = False) -> Callable[..., Any]:
+    """A decoder of a library type that Go reads from a JSON string (null: what null gives,
+    None = refused); `show` puts the refused string into the reason."""
+
+    def dec(v: Any, old: Any, _u: Any = None) -> Any:
+        if type(v) is str:
+            try:
+                return parse(_gj.go_string(v))
+            except ValueError as e:
+                raise _Err(f"not {what}: {v!r}: {e}" if show else f"not {what}: {e}") from None
+        if v is None and null is not None:
+            return null
+        raise _Err(f"not {what}: {_kind(v)}" + (" (want a decimal string)" if what == "a big integer" else ""))
+
+    return dec
+
+
+_dec_addr = _text_decoder("an address", _gj.parse_address, "", show=True)
+_dec_bigint = _text_decoder("a big integer", _gj.parse_bigint, None)
+
+
+def _dec_label(v: Any, old: Any, _u: Any = None) -> Any:
+    if v is None:
+        return ""
+    if type(v) is not str:
+        raise _Err(f"not a deal label: {_kind(v)}")
+    v = _gj.go_string(v)
+    if len(v.encode()) > 256:
+        raise _Err(f"not a deal label: {len(v.encode())} bytes, at most 256")
+    return v
+
+
+_UNSET_ID = -1  # an ID part not given: refused (Go would take 0 and damocles store m-0-n-0)
+
+
+def _dec_id(v: Any, old: Any, unknown: list[str] | None) -> Any:
+    if v is None:
+        return old
+    miner, number = old.miner, old.number
+    for k, x in _items(v, 'a sector ID: {} (want {{"Miner": ..., "Number": ...}})'):
+        f = _fold(k)
+        try:
+            if f == "MINER":
+                miner = _dec_uint(x, miner)
+            elif f == "NUMBER":
+                number = _dec_uint(x, number)
+            elif unknown is not None:
+                unknown.append("SectorID." + k)
+        except _Err as e:
+            raise e.within("Miner" if f == "MINER" else "Number") from None
+    return SectorID(miner, number)
+
+
+_SCALAR_DECODERS: dict[Any, Callable[[Any, Any, Any], Any]] = {
+    "int": _dec_int, "uint": _dec_uint, "bool": _dec_bool, "str": _dec_str, "optstr": _dec_optstr,
+    "optint": _dec_optint, "bytes": _dec_bytes, "bytes32": _dec_bytes32, "cid": _dec_cid,
+    "addr": _dec_addr, "bigint": _dec_bigint, "label": _dec_label, "id": _dec_id,
+}
+
+
+def _fold(key: str) -> str | None:
+    """Go's case-insensitive key match (bytes.EqualFold) against ASCII field names: besides
+    ASCII case, 'ſ' (U+017F) folds to S and the Kelvin sign (U+212A) to K."""
+    if not key.isascii():
+        key = key.replace("\u017f", "s").replace("\u212a", "k")
+        if not key.isascii():
+            return None
+    return key.upper()
+
+
+def _decoder_for(enc: Any, pointer: bool) -> Callable[[Any, Any, Any], Any]:
+    if isinstance(enc, type):
+        codec = _CODECS[enc]
+        if pointer:
+            return lambda v, old, u: None if v is None else codec.decode(v, old, u)
+        return lambda v, old, u: codec.decode(v, old if old is not None else codec.cls(), u)
+    if isinstance(enc, tuple):
+        return _list_decoder(_CODECS[enc[1]])
+    return _SCALAR_DECODERS[enc]
+
+
+def _list_decoder(codec: _Codec) -> Callable[[Any, Any, Any], Any]:
+    name = codec.cls.__name__
+
+    def dec(v: Any, old: Any, unknown: Any) -> Any:
+        if type(v) is list:
+            out = []
+            for i, x in enumerate(v):
+                prev = old[i] if old is not None and i < len(old) else None
+                try:  # an element is a struct value: null leaves it as it is (zero if new)
+                    out.append(codec.decode(x, prev if prev is not None else codec.cls(), unknown))
+                except _Err as e:
+                    raise e.within(f"[{i}]") from None
+            return out
+        if v is None:
+            return None
+        raise _Err(f"not a list of {name}: {_kind(v)}")
+
+    return dec
+
+
+def _struct_decoder(codec: _Codec) -> Callable[[Any, Any, list[str] | None], Any]:
+    """fn(value, old, unknown) for a struct: a JSON object decoded field by field into old
+    (a struct value) or a new zero struct; null gives old (for a pointer field: None)."""
+    cls, name = codec.cls, codec.cls.__name__
+    # pointer fields: every struct-typed field that Go declares as a pointer (all but these)
+    values_in_go = {("SectorState", "MessageInfo"), ("SectorState", "TerminateInfo"), ("LegacyDealInfo", "Piece"),
+                    ("SectorPieceV2", "Piece"), ("PreCommitInfo", "Ticket"), ("ReportStateReq", "Worker"),
+                    ("ReportStateReq", "StateChange")}
+    table: dict[str, tuple[str, str, Any, bool]] = {}
+    embedded_zero: dict[str, Any] = {}
+    marker = None
+    for attr, go, enc, _, emb in codec.fields:
+        table[go] = (attr, go, None, emb)
+        if emb:
+            marker = marker or attr
+            embedded_zero[attr] = None if enc == "cid" else _ZERO[enc]
+    folded: dict[str, tuple[str, str, Any, bool]] = {}
+    resolved = False
+
+    def resolve() -> None:  # children's codecs exist only once every class is registered
+        nonlocal resolved
+        for attr, go, enc, _, emb in codec.fields:
+            pointer = isinstance(enc, type) and (name, go) not in values_in_go
+            table[go] = (attr, go, _decoder_for(enc, pointer), emb)
+        folded.update({go.upper(): f for go, f in table.items()})
+        resolved = True
+
+    def dec(v: Any, old: Any, unknown: list[str] | None) -> Any:
+        if v is None:
+            return old
+        items = _items(v, f"a {name} object: {{}}")
+        if not resolved:
+            resolve()
+        if old is None:
+            obj = cls()
+            for a in embedded_zero:  # Go's zero DealInfoV2: the embedded pointer is nil
+                setattr(obj, a, None)
+        else:
+            obj = old
+        for k, x in items:
+            f = table.get(k)
+            if f is None:
+                f = folded.get(_fold(k))  # type: ignore[arg-type]
+                if f is None:
+                    if unknown is not None:
+                        unknown.append(f"{name}.{k}")
+                    continue
+            attr, go, fn, emb = f
+            if emb and getattr(obj, marker) is None:  # type: ignore[arg-type]
+                for a, z in embedded_zero.items():  # Go allocates the embedded pointer
+                    setattr(obj, a, z)
+            try:
+                setattr(obj, attr, fn(x, getattr(obj, attr), unknown))
+            except _Err as e:
+                raise e.within(go) from None
+        return obj
+
+    return dec
 
 
 _CODECS: dict[type, _Codec] = {}
@@ -463,17 +725,44 @@ for _cls in (
     _CODECS[_cls] = _Codec(_cls)
 
 
+def decode_state(value: Any, unknown: list[str] | None = None) -> SectorState:
+    """A SectorState from its Go JSON value (loads() output or a plain dict), exactly as Go's
+    json.Unmarshal decodes it, or GoJSONError naming the field path. Refused beyond Go, on
+    purpose: a value that is not an object (null gives damocles a nil state it cannot
+    import) and a missing or null `ID`, `ID.Miner` or `ID.Number` (Go would take 0 and damocles
+    store the state as m-0-n-0). Ignored keys go to `unknown` as "Struct.Key"."""
+    if value is None:
+        raise _Err("not a sector state: null")
+    st = SectorState()
+    st.id = SectorID(_UNSET_ID, _UNSET_ID)
+    _CODECS[SectorState].decode(value, st, unknown)
+    if st.id.miner == _UNSET_ID or st.id.number == _UNSET_ID:
+        part = "" if st.id.miner == st.id.number == _UNSET_ID else ".Miner" if st.id.miner == _UNSET_ID else ".Number"
+        raise _Err("missing: a state without its sector ID would be stored as m-0-n-0", "ID" + part)
+    return st
+
+
+def decode_state_json(data: bytes | str, unknown: list[str] | None = None) -> SectorState:
+    """decode_state of one JSON text (a line of an import file): Go's scanner rules, then
+    Go's decoding. Raises GoJSONError (a ValueError) with the field path; the reference
+    decoder for any faster import path."""
+    return decode_state(_gj.loads(data), unknown)
+
+
 def decode_field(go_name: str, value: Any) -> Any:
-    """A typed value for SectorState field `go_name` from its Go JSON form (or pass typed through)."""
+    """A typed value for SectorState field `go_name`: its Go JSON form decoded strictly (as
+    Go would, GoJSONError naming the field otherwise), or a typed value passed through."""
     f = _FIELD_BY_GO[go_name]
     enc = f.metadata["enc"]
-    if isinstance(value, Mapping) and isinstance(enc, type):
-        return _CODECS[enc].from_go(value)
-    if isinstance(enc, tuple) and isinstance(value, list) and value and isinstance(value[0], Mapping):
-        return [_CODECS[enc[1]].from_go(x) for x in value]
-    if enc == "cid" and isinstance(value, Mapping):
-        return value["/"]
-    return value
+    if dataclasses.is_dataclass(value) or isinstance(value, (bytes, SectorID)):
+        return value
+    if isinstance(enc, tuple) and isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+        return value
+    pointer = isinstance(enc, type) and go_name not in ("MessageInfo", "TerminateInfo")
+    try:
+        return _decoder_for(enc, pointer)(value, getattr(SectorState(), f.name), None)
+    except _Err as e:
+        raise e.within(go_name) from None
 
 
 _FIELD_BY_GO = {f.metadata["go"]: f for f in dataclasses.fields(SectorState)}
@@ -486,10 +775,12 @@ _ARROW_SCALAR = {
     "uint": pa.uint64(),
     "bool": pa.bool_(),
     "str": pa.string(),
+    "addr": pa.string(),
+    "bigint": pa.string(),
+    "label": pa.string(),
     "cid": pa.string(),
     "bytes": pa.binary(),
     "bytes32": pa.binary(32),
-    "uints": pa.list_(pa.uint64()),
     "optint": pa.int64(),
     "optstr": pa.string(),
 }
@@ -669,8 +960,16 @@ def _enc_parts(arr: pa.Array, enc: Any) -> list[Any]:
         return [_nullify(arr, pc.cast(arr, pa.string()).fill_null("null"))]
     if enc == "bool":
         return [pc.if_else(arr.fill_null(False) if arr.null_count else arr, "true", "false")]
-    if enc == "str":
+    if enc in ("str", "label"):
         return _quote_parts(arr.fill_null("") if arr.null_count else arr)
+    if enc == "bigint":
+        return _quote_parts(arr.fill_null("0") if arr.null_count else arr)
+    if enc == "addr":  # the undefined address ("") is Go's "<empty>", HTML-escaped
+        arr = arr.fill_null("") if arr.null_count else arr
+        undef = pc.equal(arr, "")
+        if not pc.any(undef).as_py():
+            return _quote_parts(arr)
+        return [pc.if_else(undef, '"\\u003cempty\\u003e"', _concat(_quote_parts(arr)))]
     if enc == "optstr":
         return [_nullify(arr, _concat(_quote_parts(arr.fill_null(""))))]
     if enc == "cid":
@@ -681,8 +980,6 @@ def _enc_parts(arr: pa.Array, enc: Any) -> list[Any]:
         return parts if arr.null_count == 0 else [_nullify(arr, _concat(parts))]
     if enc == "bytes32":
         return [pa.array(["null" if v is None else "[" + ",".join(map(str, v)) + "]" for v in arr.to_pylist()], pa.string())]
-    if enc == "uints":
-        return [_enc_list(arr, lambda vals: pc.cast(vals, pa.string()))]
     if isinstance(enc, tuple):
         return [_enc_list(arr, lambda vals: _enc_struct(vals, enc[1]))]
     if isinstance(enc, type):
@@ -720,9 +1017,21 @@ def _enc_struct(arr: pa.Array, cls: type) -> pa.Array:
 
 
 def _struct_parts(arr: pa.Array, cls: type) -> list[Any]:
+    fields = dataclasses.fields(cls)
+    embedded = [f for f in fields if f.metadata["embedded"]]
+    if embedded and arr.field(embedded[0].name).null_count:
+        # DealInfoV2 with a nil embedded pointer (deal_id null): only the fields of its own
+        present = pc.is_valid(arr.field(embedded[0].name))
+        full = _concat(_fields_parts(arr, fields))
+        short = _concat(_fields_parts(arr, [f for f in fields if not f.metadata["embedded"]]))
+        return [pc.if_else(present, full, short)]
+    return _fields_parts(arr, fields)
+
+
+def _fields_parts(arr: pa.Array, fields: Sequence[dataclasses.Field]) -> list[Any]:  # type: ignore[type-arg]
     parts: list[Any] = []
     first = True
-    for f in dataclasses.fields(cls):
+    for f in fields:
         go, enc = f.metadata["go"], f.metadata["enc"]
         key = ("{" if first else ",") + f'"{go}":'
         first = False

@@ -2,21 +2,69 @@
 
 from __future__ import annotations
 
-import json
-from typing import Iterable, Iterator
+import collections
+import dataclasses
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from vsm.sdk.sectors import SECTOR_STATE_SCHEMA, SectorState, arrow_to_states, states_to_arrow
+from vsm.sdk._gojson import loads as gojson_loads
+from vsm.sdk.sectors import (
+    SECTOR_STATE_SCHEMA,
+    GoJSONError,
+    SectorState,
+    arrow_to_states,
+    decode_state,
+    decode_state_json,
+    states_to_arrow,
+)
 
-__all__ = ["duckdb_arrow", "duckdb_query", "query_duckdb", "read_import_file", "write_import_file"]
+__all__ = [
+    "ImportReport",
+    "RefusedLine",
+    "duckdb_arrow",
+    "duckdb_query",
+    "query_duckdb",
+    "read_import_file",
+    "write_import_file",
+]
 
 
-def read_import_file(path: str, chunk: int = 10_000) -> Iterator[list[SectorState]]:
+class RefusedLine(ValueError):
+    """One input state refused as Go's json.Unmarshal refuses it: `where` is `file:line`
+    (`file:[i]` in a JSON array), `path` the Go field path, `reason` the cause."""
+
+    def __init__(self, where: str, err: GoJSONError) -> None:
+        self.where, self.path, self.reason = where, err.path, err.reason
+        super().__init__(f"{where}: {err}")
+
+
+@dataclasses.dataclass
+class ImportReport:
+    """What reading an import file refused and ignored. Without a report, read_import_file
+    raises the first RefusedLine instead."""
+
+    refused: list[RefusedLine] = dataclasses.field(default_factory=list)
+    unknown: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # "Struct.Key" -> count
+
+    def summary(self) -> str:
+        """`N refused; unknown fields ignored as Go ignores them: PreCommitInfo.Deals x3`."""
+        parts = []
+        if self.refused:
+            parts.append(f"{len(self.refused)} refused")
+        if self.unknown:
+            names = ", ".join(f"{k} x{n}" for k, n in self.unknown.most_common())
+            parts.append(f"unknown fields ignored as Go ignores them: {names}")
+        return "; ".join(parts)
+
+
+def read_import_file(path: str, chunk: int = 10_000, report: ImportReport | None = None) -> Iterator[list[SectorState]]:
     """Sector states from `path` in lists of up to `chunk`, for a progress bar.
 
     Formats: Parquet (SECTOR_STATE_SCHEMA columns, extra columns ignored; by suffix
     `.parquet`/`.pq` or magic), JSON lines of Go JSON states, or one JSON array of them.
+    Go JSON is decoded as strictly as Go does (decode_state_json): a refused state is left
+    out and goes to `report` (or, without one, raises RefusedLine), the others are read.
     """
     with open(path, "rb") as f:
         head = f.read(4)
@@ -28,23 +76,47 @@ def read_import_file(path: str, chunk: int = 10_000) -> Iterator[list[SectorStat
         for batch in pf.iter_batches(batch_size=chunk, columns=names):
             yield arrow_to_states(batch)
         return
+    unknown: list[str] = []
+
+    def decode(value: Any, where: Callable[[], str]) -> SectorState | None:
+        try:
+            st = decode_state(value, unknown) if not isinstance(value, (bytes, str)) else decode_state_json(value, unknown)
+        except GoJSONError as e:
+            refused = RefusedLine(where(), e)
+            if report is None:
+                raise refused from None
+            report.refused.append(refused)
+            unknown.clear()
+            return None
+        if unknown:
+            if report is not None:
+                report.unknown.update(unknown)
+            unknown.clear()
+        return st
+
+    name = path
     with open(path, "rb") as f:
         first = f.read(1024).lstrip()
         f.seek(0)
         if first.startswith(b"["):
-            items = json.load(f)
+            try:
+                items = gojson_loads(f.read())
+            except GoJSONError as e:
+                raise RefusedLine(name, e) from None
+            if type(items) is not list:
+                raise RefusedLine(name, GoJSONError("not a JSON array of sector states"))
             for i in range(0, len(items), chunk):
-                yield [SectorState.from_go_dict(d) for d in items[i : i + chunk]]
+                got = [decode(d, lambda j=j: f"{name}:[{j}]") for j, d in enumerate(items[i : i + chunk], i)]
+                yield [st for st in got if st is not None]
             return
         out: list[SectorState] = []
         for lineno, line in enumerate(f, 1):
-            line = line.strip()
+            line = line.strip(b" \t\r\n")
             if not line:
                 continue
-            try:
-                out.append(SectorState.from_go_json(line))
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: not a Go JSON sector state: {e}") from None
+            st = decode(line, lambda: f"{name}:{lineno}")
+            if st is not None:
+                out.append(st)
             if len(out) >= chunk:
                 yield out
                 out = []

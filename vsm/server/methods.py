@@ -85,10 +85,10 @@ def sectors_import(manager: Any, states: list[dict[str, Any]], override: bool = 
         raise ValueError("states must be a list of SectorState objects in damocles' JSON encoding")
     parsed = []
     for i, raw in enumerate(states):
-        try:
+        try:  # as strict as Go's json.Unmarshal; the error names the field path
             parsed.append(SectorState.from_go_dict(raw))
-        except Exception as e:
-            raise ValueError(f"states[{i}]: not a SectorState: {type(e).__name__}: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"states[{i}]: {e}") from None
     return _sectors(manager).import_states(parsed, override=override, worker_state=worker_state)
 
 

@@ -1,0 +1,3 @@
+module vsmpool/gojson
+
+go 1.19
