@@ -177,6 +177,12 @@ class DuckDBSink:
             finally:
                 self._ingest_threads()
 
+    def stored_seqs(self) -> pa.ChunkedArray:
+        """The seq of every stored event (`vsm-pool plugin test` checks that each seq it
+        delivered is there exactly once)."""
+        with self._lock:
+            return _arrow(self.con.sql("SELECT seq FROM sector_events")).column("seq")
+
     def close(self) -> None:
         with self._lock:
             if self.con is not None:

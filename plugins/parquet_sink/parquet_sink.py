@@ -107,6 +107,19 @@ class ParquetSink:
         finally:
             con.close()
 
+    def stored_seqs(self) -> list[int]:
+        """The seq of every stored event, from the files (`vsm-pool plugin test` checks that
+        each seq it delivered is there exactly once)."""
+        seqs: list[int] = []
+        for d in sorted(os.listdir(self.root)):
+            dpath = os.path.join(self.root, d)
+            if not (d.startswith("date=") and os.path.isdir(dpath)):
+                continue
+            for name in sorted(os.listdir(dpath)):
+                if _PART.match(name):
+                    seqs += pq.read_table(os.path.join(dpath, name), columns=["seq"]).column("seq").to_pylist()
+        return seqs
+
     def close(self) -> None:
         pass
 

@@ -166,6 +166,9 @@ class _Backend:
     def connect(self) -> Any:
         raise NotImplementedError
 
+    def quote(self, table: str) -> str:
+        return table
+
     def create_schema(self, cur: Any) -> None:
         raise NotImplementedError
 
@@ -250,6 +253,9 @@ class _Postgres(_Backend):
 
 class _MySQL(_Backend):
     name = "mysql"
+
+    def quote(self, table: str) -> str:
+        return f"`{table}`"
 
     def connect(self) -> Any:
         import pymysql
@@ -351,6 +357,30 @@ class SqlSink:
             return
         rows = _Rows(batch, self._state_format)
         self._run(lambda cur: self._db.write(cur, rows))
+
+    def stored_seqs(self) -> list[int]:
+        """The seq of every stored event (`vsm-pool plugin test` checks that each seq it
+        delivered is there exactly once)."""
+        seqs: list[int] = []
+
+        def read(cur: Any) -> None:
+            cur.execute(f"SELECT seq FROM {self._db.quote(self._db.events)}")
+            seqs.extend(int(row[0]) for row in cur.fetchall())
+
+        self._run(read)
+        return seqs
+
+    def drop(self) -> None:
+        """Drop this sink's two tables (`vsm-pool plugin test` calls it on the tables of its
+        own prefix; the manager never does)."""
+
+        def drop_tables(cur: Any) -> None:
+            for table in self.tables:
+                cur.execute(f"DROP TABLE IF EXISTS {self._db.quote(table)}")
+
+        self._run(drop_tables)
+        self._schema_ready = False
+        self.close()  # PostgreSQL's staging table is a TEMP one: it goes with the session
 
     def ensure_schema(self) -> None:
         """Create the tables now (otherwise the first batch does)."""

@@ -254,6 +254,23 @@ class RpcHost(_Host):
         methods = [m for m in dir(self._handler) if not m.startswith("_") and callable(getattr(self._handler, m))]
         return self.namespace, methods
 
+    def signatures(self) -> dict[str, list[tuple[str, str, bool, str]]]:
+        """Per method, its parameters: (name, kind, has a default, annotation as text)."""
+        import inspect
+
+        out: dict[str, list[tuple[str, str, bool, str]]] = {}
+        for name in self.describe()[1]:
+            try:
+                params = inspect.signature(getattr(self._handler, name)).parameters.values()
+            except (TypeError, ValueError):  # a builtin without a signature
+                out[name] = []
+                continue
+            out[name] = [
+                (p.name, p.kind.name, p.default is not p.empty, "" if p.annotation is p.empty else str(getattr(p.annotation, "__name__", p.annotation)))
+                for p in params
+            ]
+        return out
+
     def invoke(self, method: str, params: Any) -> Any:
         if method.startswith("_") or not callable(getattr(self._handler, method, None)):
             raise AttributeError(f"{self.namespace}.{method}: no such method")

@@ -21,7 +21,7 @@ import importlib.util
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from loguru import logger
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -238,15 +238,23 @@ class Registry:
     """The loaded plugins (Go `LoadedPlugins`), their states and their pools."""
 
     def __init__(
-        self, plugins: Iterable[Plugin], config: Config | None = None, *, plugins_dir: str | None = None, envs_dir: Path | None = None
+        self,
+        plugins: Iterable[Plugin],
+        config: Config | None = None,
+        *,
+        plugins_dir: str | None = None,
+        envs_dir: Path | None = None,
+        adapt_spec: Callable[[Plugin, PoolSpec], PoolSpec] | None = None,
     ) -> None:
         """plugins_dir: what onInit is told, when there is no config (`plugin test` gives its
         scratch folder); default: the folder the artifact sits in. envs_dir: the plugins' own
-        environments; default <home>/envs (no config: $VSM_HOME or ~/.vsm-pool)."""
+        environments; default <home>/envs (no config: $VSM_HOME or ~/.vsm-pool). adapt_spec:
+        applied to each pool's spec (the conformance kit probes a sink's workers)."""
         self.plugins = list(plugins)
         self.config = config
         self.plugins_dir = plugins_dir
         self.envs_dir = Path(envs_dir) if envs_dir else Path(config.home if config else resolve_home()) / "envs"
+        self.adapt_spec = adapt_spec
         if config is not None:
             isolation.prepare_worker_environment()
             for p in self.plugins:
@@ -290,7 +298,7 @@ class Registry:
         if plugin.manifest.max_workers:
             workers = min(workers, plugin.manifest.max_workers)
         plugins_dir = self.config.plugins_dir if self.config else (self.plugins_dir or str(plugin.source.parent))
-        return PoolSpec(
+        spec = PoolSpec(
             name=plugin.label,
             init=functools.partial(host.worker_init, plugin.code_path, plugin.manifest, plugins_dir, self.loaded_manifests()),
             workers=workers,
@@ -301,6 +309,7 @@ class Registry:
             site_dirs=site_dirs,
             limits=isolation.worker_limits(settings) if settings else None,
         )
+        return self.adapt_spec(plugin, spec) if self.adapt_spec else spec
 
     def start(self, plugin: Plugin, *, backend: str | None = None, workers: int | None = None) -> Pool:
         """Start the plugin's pool (imports it in its workers, runs onInit). On failure the

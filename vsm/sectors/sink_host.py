@@ -149,6 +149,16 @@ class SinkHost:
                 fn["OnRestore"](sid)
             i += 1
 
+    @property
+    def hooks(self) -> list[str]:
+        """The extension points this sink is served by (OnBatch, OnImport, ...)."""
+        return list(self._fn)
+
+    def wrap_hooks(self, wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> None:
+        """Replace every bound hook by wrap(extPoint, hook): the conformance kit records what
+        the sink is given this way (vsm/plugin/conformance/_sink_probe.py)."""
+        self._fn = {ext: wrap(ext, f) for ext, f in self._fn.items()}
+
     def delivery_hints(self) -> dict[str, Any]:
         """What the sink asks of its dispatcher: {"linger": seconds}, how long a delivery may
         wait for more rows (the sink object's `batch_linger`; 0, the default: at once). A sink

@@ -13,11 +13,18 @@ from __future__ import annotations
 
 from ._kvstore import KVSTORE_CHECKS, KitError, run_kvstore_kit
 from ._objstore import OBJSTORE_CHECKS, MakeStore, run_objstore_kit
+from ._jsonrpc import JSONRPC_CHECKS, RpcKit, run_jsonrpc_kit
+from ._sectorsync import SECTORSYNC_CHECKS, SinkKit, run_sectorsync_kit
 from ._result import CheckResult, SkipCheck, format_result, format_results, rule_text, summary_line
 
 __all__ = [
+    "JSONRPC_CHECKS",
+    "RpcKit",
+    "run_jsonrpc_kit",
     "KVSTORE_CHECKS",
     "OBJSTORE_CHECKS",
+    "SECTORSYNC_CHECKS",
+    "SinkKit",
     "CheckResult",
     "KitError",
     "MakeStore",
@@ -28,4 +35,5 @@ __all__ = [
     "summary_line",
     "run_kvstore_kit",
     "run_objstore_kit",
+    "run_sectorsync_kit",
 ]

@@ -20,11 +20,14 @@ writes into a shared server says `testMeta = { KeyPrefix = "{prefix}" }`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable
+
+from executors import PoolSpec
 
 from ...errors import PluginLoadError
 from ...sdk import Config, Kind, Manifest, ObjectNotFoundError
@@ -34,7 +37,10 @@ from .. import envs
 from ..loader import Plugin, Registry, _compatibility_problem
 from ..proxies import PooledDB, PooledStore
 from . import KVSTORE_CHECKS, OBJSTORE_CHECKS
+from ._jsonrpc import JSONRPC_CHECKS, RpcKit
 from ._result import CheckResult, run_checks
+from ._sectorsync import SinkKit, run_sectorsync_kit
+from ._sink_probe import probe_init
 
 __all__ = ["KitRun", "kit_meta", "run_conformance"]
 
@@ -80,8 +86,10 @@ def run_conformance(
     scratch = tempfile.mkdtemp(prefix=f"vsm-kit-{manifest.name}-")
     prefix = f"kit_{uuid.uuid4().hex[:10]}_"
     try:
-        registry = Registry([plugin], plugins_dir=scratch)
+        registry = Registry([plugin], plugins_dir=scratch, adapt_spec=_probe_sinks)
         run_meta = kit_meta(manifest, meta, scratch, prefix)
+        if manifest.kind is Kind.SyncSectorState:
+            workers = 1  # deliveries are one at a time anyway; the kit's rules are about their order
         pool = registry.start(plugin, backend=backend, workers=workers)
         try:
             kit = _KITS.get(manifest.kind)
@@ -239,7 +247,55 @@ def _delete_objects(store: PooledStore, paths: list[str]) -> str:
     return f"removed {removed} objects" + ("; could not remove " + "; ".join(left) if left else "")
 
 
+# -- SyncSectorState -------------------------------------------------------------------------
+
+
+def _probe_sinks(plugin: Plugin, spec: PoolSpec) -> PoolSpec:
+    """A sink's workers run the plugin as the manager does, probed: every hook call recorded."""
+    if plugin.manifest.kind is not Kind.SyncSectorState:
+        return spec
+    return dataclasses.replace(spec, init=functools.partial(probe_init, spec.init, plugin.code_path))
+
+
+def _sectorsync(ctx: _Context, run: KitRun) -> None:
+    try:
+        ctx.pool.broadcast("open_sink", ctx.meta, replay=True)
+    except Exception as e:
+        raise ctx.setup_failed("Constructor", e) from None
+    kit = SinkKit(ctx.pool, ctx.meta, str(Path(ctx.scratch) / "journal"))
+    try:
+        run.results = run_sectorsync_kit(kit, code_path=ctx.plugin.code_path, on_result=ctx.on_result)
+    finally:
+        try:
+            kit.close()
+        finally:
+            run.cleanup = _drop_sink(ctx.pool)
+
+
+def _drop_sink(pool: Any) -> str:
+    try:
+        dropped = pool.call("kit_drop")
+    except Exception as e:  # noqa: BLE001 - said in the report
+        return f"drop() failed: {type(e).__name__}: {e}"
+    finally:
+        try:
+            pool.broadcast("close_sink")
+        except Exception:  # noqa: BLE001 - the pool is closed next anyway
+            pass
+    return "dropped the sink's data (drop())" if dropped else "no drop(): only the scratch folder was removed"
+
+
+# -- RegisterJsonRpc -------------------------------------------------------------------------
+
+
+def _jsonrpc(ctx: _Context, run: KitRun) -> None:
+    run.results = ctx.checks(JSONRPC_CHECKS, RpcKit(ctx.pool))
+    run.cleanup = "nothing stored outside the scratch folder (plugins_dir), which was removed"
+
+
 _KITS: dict[Kind, Callable[[_Context, KitRun], None]] = {
     Kind.KVStore: _kvstore,
     Kind.ObjStore: _objstore,
+    Kind.SyncSectorState: _sectorsync,
+    Kind.RegisterJsonRpc: _jsonrpc,
 }
