@@ -263,6 +263,8 @@ class SinkDispatcher:
         self.delivered_rows = 0
         self.deliveries = 0
         self.last_delivery: float | None = None
+        # when the sink last had every durable event: a lag's age is at most now minus this
+        self._caught_up_at = time.time()
         self._stop = threading.Event()
         self.checkpoint = self._load_ckpt(start_seq)
         self._thread = threading.Thread(target=self._run, name=f"vsm-sink-{name}", daemon=True)
@@ -360,6 +362,7 @@ class SinkDispatcher:
         while not self._stop.is_set():
             wm = self._get_wm()
             if wm <= self.checkpoint:
+                self._caught_up_at = time.time()
                 self._wait_wm(self.checkpoint, 0.5)
                 continue
             if self._wait_more(wm - self.checkpoint, wm):
@@ -393,10 +396,12 @@ class SinkDispatcher:
 
     def status(self) -> dict[str, Any]:
         wm = self._get_wm()
+        lag = max(0, wm - self.checkpoint)
         return {
             "state": self.state.value,
             "checkpoint": self.checkpoint,
-            "lag": max(0, wm - self.checkpoint),
+            "lag": lag,
+            "lag_seconds": round(time.time() - self._caught_up_at, 3) if lag else 0.0,
             "last_error": self.last_error,
             "errors": self.errors,
             "delivered_rows": self.delivered_rows,

@@ -5,6 +5,7 @@
     GET  /pieces/{store}/{path}  streaming download; HEAD gives the size; DELETE removes
     GET  /healthz                no token needed
     GET  /metrics                Prometheus text
+    GET  /                       the dashboard (dashboard.py): a login form, then a session cookie
 
 Every endpoint but /healthz needs `Authorization: Bearer <token>`; the token is made on first
 start in <home>/token (mode 0600). Blocking work (pool calls) runs in a thread pool so one slow
@@ -35,6 +36,7 @@ from ..config import Config
 from ..errors import VsmError
 from ..home import daemon_info, read_token, token_path
 from ..manager import Manager
+from .dashboard import CSRF_HEADER, OPEN_PATHS, Sessions, add_dashboard_routes, browser_wants_login
 from .jsonrpc import dispatch_rpc
 from .methods import METHODS
 from .metrics import Metrics
@@ -148,13 +150,27 @@ async def _serve(manager: Manager, sock: socket.socket, token: str, home: Path) 
 
 def make_app(manager: Manager, token: str, request_stop: Callable[[], None]) -> web.Application:
     expected = f"Bearer {token}".encode()
+    sessions = Sessions(lambda given: "admin" if secrets.compare_digest(given.encode(), token.encode()) else None)
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if not (request.path == "/healthz" and request.method in ("GET", "HEAD")):
-            given = request.headers.get("Authorization", "").encode()
-            if not secrets.compare_digest(given, expected):
+        """A bearer token, or a dashboard session (with its CSRF token on a change); /healthz
+        and the login form are open."""
+        if (request.path == "/healthz" and request.method in ("GET", "HEAD")) or (request.method, request.path) in OPEN_PATHS:
+            return await handler(request)
+        given = request.headers.get("Authorization", "")
+        if given:
+            if not secrets.compare_digest(given.encode(), expected):
                 return web.Response(status=401, text="401: missing or wrong bearer token\n")
+            return await handler(request)
+        session = sessions.get(request)
+        if session is None:
+            if browser_wants_login(request):
+                raise web.HTTPFound("/login")
+            return web.Response(status=401, text="401: missing or wrong bearer token\n")
+        if not sessions.csrf_ok(request, session):
+            return web.Response(status=403, text=f"403: a change from the dashboard needs its {CSRF_HEADER} header\n")
+        request["session"] = session
         return await handler(request)
 
     app = web.Application(middlewares=[auth], client_max_size=manager.config.api.max_body_bytes)
@@ -165,6 +181,7 @@ def make_app(manager: Manager, token: str, request_stop: Callable[[], None]) -> 
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/rpc/v0", _rpc)
     add_piece_routes(app)
+    add_dashboard_routes(app, sessions)
     return app
 
 

@@ -198,6 +198,12 @@ def query(manager: Any, sql: str, sink: str = "duckdb") -> dict[str, Any]:
     return {"columns": table.column_names, "rows": [list(r.values()) for r in table.to_pylist()]}
 
 
+@METHODS.method("sectors.analytics")
+def sectors_analytics(manager: Any, sink: str = "duckdb") -> dict[str, Any]:
+    """The dashboard's sector charts (vsm/server/analytics.py), each {"columns", "rows"}."""
+    from .analytics import sector_analytics
+
+    return sector_analytics(lambda sql: query(manager, sql, sink))
 
 
 METHODS.update(ADMIN_METHODS)
