@@ -133,18 +133,25 @@ class _MemDB:
 
 
 def _state(number: int) -> SectorState:
-    """A sealed-looking state: nested structs, a DDO piece, bytes, escapes and nulls."""
-    sid = SectorID(MINER, number)
-    st = SectorState(sid, 8)
-    st.ticket = Ticket(number.to_bytes(8, "big") * 4, 2_500_000 + number)
-    st.seed = Seed(b"\x01" * 32, 2_500_150 + number)
-    st.pre = PreCommitInfo("bagboea4b5abcamxkzmzcciabkdxzu4vqkpmpvwgyiyldaogf7ssr4c7yl5u7ftxb", None, Ticket(b"\x02" * 32, 2_500_000), [])
-    st.proof = ProofInfo(b"\x03" * 192)
-    st.message_info = MessageInfo("bafy2bzacedxkkpqwmuf4dnnz4h5djmvjc7zu2bhzbhbkoqqm6npg3zpd5lewu", None, True)
-    st.latest_state = ReportStateReq(WorkerIdentifier("worker-01", "10.0.0.7"), SectorStateChange("C2Done", "Persisted", "Evt"), None)
+    """A sealed-looking state: nested structs, a DDO piece, bytes, escapes and nulls (keyword
+    arguments only: the Go structs gain and lose fields over time)."""
+    st = SectorState(id=SectorID(MINER, number), sector_type=8)
+    st.ticket = Ticket(ticket=number.to_bytes(8, "big") * 4, epoch=2_500_000 + number)
+    st.seed = Seed(seed=b"\x01" * 32, epoch=2_500_150 + number)
+    st.pre = PreCommitInfo(comm_r="bagboea4b5abcamxkzmzcciabkdxzu4vqkpmpvwgyiyldaogf7ssr4c7yl5u7ftxb", ticket=Ticket(ticket=b"\x02" * 32, epoch=2_500_000))
+    st.proof = ProofInfo(proof=b"\x03" * 192)
+    st.message_info = MessageInfo(pre_commit_cid="bafy2bzacedxkkpqwmuf4dnnz4h5djmvjc7zu2bhzbhbkoqqm6npg3zpd5lewu", need_send=True)
+    st.latest_state = ReportStateReq(
+        worker=WorkerIdentifier(instance="worker-01", location="10.0.0.7"),
+        state_change=SectorStateChange(prev="C2Done", next="Persisted", event="Evt"),
+    )
     cid = "baga6ea4seaqhfd5zcatqebd4jrulvrqcz6rqg4nlfmkvqalqk6ykdhbvfptevli"
     if number % 2:
-        st.pieces = [SectorPieceV2(PieceInfoV2(34359738368, cid), DealInfoV2(0, None, 1000 + number, cid, 34359738368, "f03344", f"f0{MINER}", 0, 34359738368, 3 << 30, 2_510_000, 5_000_000, False, False))]
+        deal = DealInfoV2(
+            allocation_id=1000 + number, piece_cid=cid, piece_size=34359738368, client="f03344", provider=f"f0{MINER}",
+            length=34359738368, payload_size=3 << 30, start_epoch=2_510_000, end_epoch=5_000_000,
+        )
+        st.pieces = [SectorPieceV2(piece=PieceInfoV2(size=34359738368, piece_cid=cid), deal_info=deal)]
     st.abort_reason = "kit: <&> \u2028 ünïcode" if number == 3 else ""
     return st
 
