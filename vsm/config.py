@@ -108,6 +108,8 @@ class SectorSyncConfig:
     batch_rows: int = 10000
     batch_age: float = 0.01  # seconds
     journal_dir: str = ""
+    max_backlog: int = 10_000_000  # [Common.Journal] MaxBacklog: events kept for a sink behind
+    segment_bytes: int = 64 << 20  # [Common.Journal] SegmentBytes: compaction deletes whole segments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,13 +384,16 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
     stores["PersistStores"] += _scanned_persist_stores(common, path, local_path, len(stores["PersistStores"]))
     _check_store_names(stores["PieceStores"], stores["PersistStores"], path)
 
-    sync_t = common.table("SectorSync")
+    sync_t, journal_t = common.table("SectorSync"), common.table("Journal")
     sector_sync = SectorSyncConfig(
         batch_rows=sync_t.get("BatchRows", int, 10000, _positive),
         batch_age=float(sync_t.get("BatchAge", (int, float), 0.01, _positive)),
         journal_dir=local_path(sync_t.get("JournalDir", str, "data/journal")),
+        max_backlog=journal_t.get("MaxBacklog", int, 10_000_000, _positive),
+        segment_bytes=journal_t.get("SegmentBytes", int, 64 << 20, _positive),
     )
     sync_t.warn_unknown()
+    journal_t.warn_unknown()
     api_t = common.table("Api")
     api = ApiConfig(
         listen=api_t.get("Listen", str, "127.0.0.1:1789", lambda v: None if ":" in v else "must be host:port"),
@@ -668,6 +673,14 @@ Path = "{data}/pieces"
 BatchRows = 10000    # flush a batch of sector-state events at this many rows...
 BatchAge = 0.01      # ...or after this many seconds
 JournalDir = "{data}/journal"
+
+[Common.Journal]
+# Events the journal keeps for a sink that is behind (disabled, failing, slow): about 0.8 KB
+# each on disk for sealed states. Past it the sink holds nothing, is marked as needing a
+# rebuild (shown in `vsm-pool status` and /metrics) and is refilled from the sector states
+# with `vsm-pool sinks rebuild NAME`.
+MaxBacklog = 10000000
+# SegmentBytes = 67108864   # journal file size; compaction deletes whole files
 
 [Common.Api]
 Listen = "127.0.0.1:1789"

@@ -116,6 +116,7 @@ class Manager:
 
     def _open_store(self, store: StoreConfig) -> None:
         assert self.registry is not None
+        self.store_errors.pop(store.name, None)
         plugin = self.registry.get(Kind.ObjStore, store.plugin_name)
         if plugin is None or plugin.pool is None:
             self.store_errors[store.name] = f"{store.key}: plugin '{store.plugin_name}' is not ready: {plugin.error if plugin else ''}"
@@ -133,14 +134,32 @@ class Manager:
     def _register_rpc(self) -> None:
         assert self.registry is not None
         for plugin in self.registry.of_kind(Kind.RegisterJsonRpc):
-            if plugin.pool is None:
-                continue
-            namespace, methods = plugin.pool.call("describe")
-            if namespace in self.rpc:
-                logger.warning("plugin {} registers json rpc namespace '{}' again; ignored", plugin.manifest.name, namespace)
-                continue
-            self.rpc[namespace] = (plugin, set(methods))
-            logger.info("register json rpc handler by plugin({}). namespace: '{}'", plugin.manifest.name, namespace)
+            if plugin.pool is not None and not any(entry[0] is plugin for entry in self.rpc.values()):
+                self._register_rpc_of(plugin)
+
+    def _register_rpc_of(self, plugin: Plugin) -> None:
+        """(Re)register the namespace and methods a RegisterJsonRpc plugin's build describes
+        (after a reload, its new build's: issue 13, item 9)."""
+        assert plugin.pool is not None
+        namespace, methods = plugin.pool.call("describe")
+        self.rpc = {ns: entry for ns, entry in self.rpc.items() if entry[0] is not plugin}
+        if namespace in self.rpc:
+            logger.warning("plugin {} registers json rpc namespace '{}' again; ignored", plugin.manifest.name, namespace)
+            return
+        self.rpc[namespace] = (plugin, set(methods))
+        logger.info("register json rpc handler by plugin({}). namespace: '{}'", plugin.manifest.name, namespace)
+
+    def _after_swap(self, plugin: Plugin) -> None:
+        """A plugin's pool was replaced (reload, enable of a failed pool): its RPC namespace is
+        described again, and stores of it that failed to open are opened again."""
+        if plugin.pool is None:
+            return
+        if plugin.manifest.kind is Kind.RegisterJsonRpc:
+            self._register_rpc_of(plugin)
+        if plugin.manifest.kind is Kind.ObjStore:
+            for store in (*self.config.piece_stores, *self.config.persist_stores):
+                if store.plugin_name == plugin.manifest.name and store.name in self.store_errors:
+                    self._open_store(store)
 
     def _start_sectors(self) -> None:
         """The sector state manager over the DB, with every ready sink attached."""
@@ -152,7 +171,10 @@ class Manager:
         persist = [(s, self.stores[s.name]) for s in self.config.persist_stores if s.name in self.stores]
         self.reserver = StoreReserver(self.db.open_collection("common"), persist)
         sync = self.config.sector_sync
-        self.sectors = SectorStateManager(self.db, Path(sync.journal_dir), flush_rows=sync.batch_rows, flush_age=sync.batch_age)
+        self.sectors = SectorStateManager(
+            self.db, Path(sync.journal_dir), flush_rows=sync.batch_rows, flush_age=sync.batch_age, max_backlog=sync.max_backlog,
+            segment_bytes=sync.segment_bytes,
+        )
         for plugin in self.registry.of_kind(Kind.SyncSectorState):
             if plugin.pool is not None:
                 self._attach_sink(plugin)
@@ -221,8 +243,7 @@ class Manager:
             self.registry.start(plugin, backend=self.backend)
             if plugin.manifest.kind is Kind.SyncSectorState and self.sectors is not None:
                 self._attach_sink(plugin)
-            if plugin.manifest.kind is Kind.RegisterJsonRpc:
-                self._register_rpc()
+            self._after_swap(plugin)
             logger.info("enabled plugin '{}'", plugin.label)
         return plugin.describe()
 
@@ -238,7 +259,32 @@ class Manager:
             plugin, previous = self.registry.reload(name, Path(artifact) if artifact else None, backend=self.backend, handover=handover)
         else:
             plugin, previous = self.registry.reload(name, Path(artifact) if artifact else None, backend=self.backend)
+        self._after_swap(plugin)
         return {**plugin.describe(), "previous_version": previous.version, "previous_build_time": previous.build_time}
+
+    def rebuild_sink(self, name: str) -> dict[str, Any]:
+        """Refill a running sink from the sector states in the KV, then let it go on from the
+        journal (`vsm-pool sinks rebuild NAME`; vsm/sectors/_rebuild.py)."""
+        plugin = self._plugin(name)
+        if plugin.manifest.kind is not Kind.SyncSectorState:
+            raise PluginLoadError(f"'{plugin.label}' is not a SyncSectorState sink: nothing to rebuild")
+        if plugin.pool is None or self.sectors is None:
+            raise PluginLoadError(f"sink '{name}' is not running ({plugin.state.value}): `vsm-pool plugin enable {name}` first")
+        if plugin.pool.state is PoolState.FAILED:
+            raise PluginLoadError(f"sink '{name}': its pool failed: `vsm-pool plugin reload {name}` first")
+        return dict(self.sectors.rebuild_sink(name, plugin.pool))
+
+    def forget_sink(self, name: str) -> None:
+        """Drop a detached sink's checkpoint and mark: the journal stops keeping its events."""
+        if self.sectors is None:
+            raise PluginLoadError("the sector state manager is not running")
+        plugin = self.registry.get(Kind.SyncSectorState, name) if self.registry is not None else None
+        if plugin is not None and plugin.pool is not None:
+            raise PluginLoadError(f"sink '{name}' is running: `vsm-pool plugin disable {name}` first")
+        if name not in self.sectors.status()["sinks"]:
+            raise ValueError(f"no sink {name!r} has a checkpoint")
+        self.sectors.remove_sink(name, forget=True)
+        logger.info("forgot sink '{}': its checkpoint is deleted; the journal no longer keeps its events", name)
 
     def flush(self, name: str) -> list[bool]:
         assert self.registry is not None
@@ -271,7 +317,28 @@ class Manager:
                     changes.append({"name": name, "artifact": str(fresh.source), "change": "reloaded", "version": fresh.manifest.version})
                 except PluginLoadError as e:
                     changes.append({"name": name, "artifact": str(fresh.source), "change": "refused", "error": str(e)})
+        sources = {p.source for p in found}
+        for gone in [p for p in self.registry.plugins if p.source not in sources and not p.source.exists()]:
+            changes.append(self._drop_removed(gone))
         return changes
+
+    def _drop_removed(self, plugin: Plugin) -> dict[str, Any]:
+        """Its artifact was deleted: stop and forget the plugin, unless the config uses it (a
+        sink's checkpoint stays: `vsm-pool sinks forget` drops it)."""
+        row = {"name": plugin.manifest.name, "artifact": str(plugin.source)}
+        users = self._users(plugin) if plugin.state is not PluginState.FAILED else []
+        if users:
+            return {**row, "change": "kept", "error": f"its artifact is gone but {', '.join(users)} uses it: it runs until the daemon stops"}
+        if plugin.manifest.kind is Kind.SyncSectorState and self.sectors is not None and plugin.pool is not None:
+            self.sectors.remove_sink(plugin.manifest.name)
+        self.rpc = {ns: entry for ns, entry in self.rpc.items() if entry[0] is not plugin}
+        if plugin.pool is not None:
+            pool, plugin.pool = plugin.pool, None
+            pool.close()
+        assert self.registry is not None
+        self.registry.plugins.remove(plugin)
+        logger.info("plugin '{}' removed: its artifact {} is gone", plugin.label, plugin.source)
+        return {**row, "change": "removed"}
 
     def store(self, name: str) -> PooledStore:
         try:

@@ -1,7 +1,7 @@
 """`vsm-pool`: the command line. Errors a user can cause end as one line on stderr, exit 2.
 
-One module per command group (plugin.py, daemon.py for start/stop/status, sectors.py, pieces.py,
-query.py, tools.py for config/util/bench); _common.py holds their shared options and the client
+One module per command group (plugin.py, daemon.py for start/stop/status, sectors.py, sinks.py,
+pieces.py, query.py, tools.py for config/util/bench); _common.py holds their shared options and the client
 of the running daemon (client.py) or of a manager started in-process for one command.
 
 Start-up cost (issue 14): a command is imported only when it runs, and the commands that
@@ -33,13 +33,14 @@ _COMMANDS = {
     "plugin": ("plugin", "plugin"),
     "query": ("query", "query"),
     "sectors": ("sectors", "sectors"),
+    "sinks": ("sinks", "sinks"),
     "start": ("daemon", "start"),
     "status": ("daemon", "status"),
     "stop": ("daemon", "stop"),
     "util": ("tools", "util"),
 }
 # commands whose daemon path needs no logging: they set it up on their in-process branch
-_CLIENT_COMMANDS = {"pieces", "query", "sectors", "status", "stop"}
+_CLIENT_COMMANDS = {"pieces", "query", "sectors", "sinks", "status", "stop"}
 
 
 class _Cli(click.Group):

@@ -92,3 +92,17 @@ def status(home: Path | None, as_json: bool) -> None:
             ["sink", "state", "checkpoint", "lag", "last_error"],
             False,
         )
+    _print_problems(st.get("problems") or [])
+
+
+def _print_problems(rows: list[dict[str, str]]) -> None:
+    """What is broken or degraded, why, and the command that fixes it (a green table never
+    hides a broken part: issue 13)."""
+    click.echo("")
+    if not rows:
+        click.echo("problems: none")
+        return
+    click.echo(f"problems ({len(rows)}):")
+    for p in rows:
+        click.echo(f"  {p['part']}: {p['state']}: {p['cause']}")
+        click.echo(f"      fix: {p['fix']}")

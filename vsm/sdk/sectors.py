@@ -66,8 +66,9 @@ __all__ = [
 ]
 
 # Event kinds, in the order of the Go hooks (plus "revert": a write-ahead event whose KV commit
-# failed is followed by one carrying the state the KV really holds; see vsm/sectors/_journal.py).
-EVENT_KINDS = ("import", "init", "update", "finalize", "restore", "revert")
+# failed is followed by one carrying the state the KV really holds; see vsm/sectors/_journal.py;
+# and "rebuild": a sink refilled from the KV state gets one per sector, vsm/sectors/_rebuild.py).
+EVENT_KINDS = ("import", "init", "update", "finalize", "restore", "revert", "rebuild")
 
 
 @dataclasses.dataclass(frozen=True, order=True)

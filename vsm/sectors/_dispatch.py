@@ -29,6 +29,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Protocol
 
+from ._backlog import find_gap, gap_cause, read_mark, write_mark
 from ._journal import FrameRef, Journal, _fsync_dir
 
 __all__ = ["SharedBatches", "SinkDispatcher", "SinkEndpoint", "SinkState", "PoolSink", "as_endpoint", "shared_batches"]
@@ -37,6 +38,7 @@ __all__ = ["SharedBatches", "SinkDispatcher", "SinkEndpoint", "SinkState", "Pool
 class SinkState(enum.Enum):
     RUNNING = "running"  # delivering or caught up
     BACKOFF = "backoff"  # the last delivery failed; waiting to retry
+    NEEDS_REBUILD = "needs-rebuild"  # events it needs left the journal: `vsm-pool sinks rebuild`
     STOPPED = "stopped"
 
 
@@ -68,6 +70,10 @@ class PoolSink:
         """Deliver shared frames (refs from `pool.share`) on `pool`, the one shared_pool()
         returned: a swap since then fails this delivery with PoolClosed, and it is retried."""
         return int(pool.call("deliver_batch", refs, after_seq, timeout=self.timeout))
+
+    def deliver_rows(self, batch: Any, after_seq: int) -> int:
+        """Rows that are not in the journal (a rebuild from the KV state), sent to a worker."""
+        return int(self.pool.call("deliver_batch", batch, after_seq, timeout=self.timeout))
 
     def delivery_hints(self) -> dict[str, Any]:
         return dict(self.pool.call("delivery_hints", timeout=self.timeout))
@@ -267,6 +273,11 @@ class SinkDispatcher:
         self._caught_up_at = time.time()
         self._stop = threading.Event()
         self.checkpoint = self._load_ckpt(start_seq)
+        self.ckpt_dir = ckpt_dir
+        self.max_backlog: int | None = None  # for the cause of a gap (set by the manager)
+        self.rebuild: dict[str, Any] | None = read_mark(ckpt_dir, name)  # set: deliver nothing
+        if self.rebuild is not None:
+            self.state = SinkState.NEEDS_REBUILD
         self._thread = threading.Thread(target=self._run, name=f"vsm-sink-{name}", daemon=True)
         self._shared: SharedBatches | None = None  # set while this sink is served by a Ray pool
         self._shared_mu = threading.Lock()
@@ -357,9 +368,25 @@ class SinkDispatcher:
         self._wait_wm(wm, min(left, 0.05))  # woken by new rows; the end of a bulk import too
         return True
 
+    @property
+    def needs_rebuild(self) -> bool:
+        return self.rebuild is not None
+
+    def mark_rebuild(self, cause: str, gap: tuple[int, int] | None = None) -> None:
+        """Events this sink needs are gone: stop delivering (never resume past the gap) until
+        the sink is rebuilt from the KV state."""
+        if self.rebuild is None:
+            self.rebuild = write_mark(self.ckpt_dir, self.name, cause, gap)
+        self.state = SinkState.NEEDS_REBUILD
+        self.last_error = f"needs a rebuild: {cause}"
+
     def _run(self) -> None:
         delay = self.backoff[0]
         while not self._stop.is_set():
+            if self.rebuild is not None:
+                self.state = SinkState.NEEDS_REBUILD
+                self._stop.wait(0.5)
+                continue
             wm = self._get_wm()
             if wm <= self.checkpoint:
                 self._caught_up_at = time.time()
@@ -368,6 +395,10 @@ class SinkDispatcher:
             if self._wait_more(wm - self.checkpoint, wm):
                 continue
             frames = self.journal.frames_between(self.checkpoint, wm, self.max_rows)
+            gap = find_gap(self.journal, self.checkpoint, wm) if not frames or frames[0].first_seq > self.checkpoint + 1 else None
+            if gap is not None:
+                self.mark_rebuild(gap_cause(gap, self.checkpoint, wm, self.max_backlog), gap)
+                continue
             if not frames:
                 self._wait_wm(wm, 0.5)
                 continue
@@ -392,16 +423,19 @@ class SinkDispatcher:
         with self._shared_mu:  # frames only this sink was still missing go now
             self._detach()
         self._close_ckpt()
-        self.state = SinkState.STOPPED
+        if self.rebuild is None:
+            self.state = SinkState.STOPPED
 
     def status(self) -> dict[str, Any]:
         wm = self._get_wm()
         lag = max(0, wm - self.checkpoint)
         return {
             "state": self.state.value,
+            "attached": True,
             "checkpoint": self.checkpoint,
             "lag": lag,
             "lag_seconds": round(time.time() - self._caught_up_at, 3) if lag else 0.0,
+            "needs_rebuild": None if self.rebuild is None else self.rebuild.get("cause"),
             "last_error": self.last_error,
             "errors": self.errors,
             "delivered_rows": self.delivered_rows,
@@ -417,4 +451,5 @@ class SinkDispatcher:
             self._detach()
         if not self._thread.is_alive():
             self._close_ckpt()
-        self.state = SinkState.STOPPED
+        if self.rebuild is None:
+            self.state = SinkState.STOPPED

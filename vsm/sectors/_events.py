@@ -14,6 +14,20 @@ seqs and the journal has no holes. A ticket is resolved after its KV commit (or 
 compensating "revert" rows are durable); the watermark is the highest seq below which every
 ticket is resolved. Sinks never see past the durable watermark, which is what makes the
 restart reconciliation (vsm/sectors/_manager.py `_recover`) free to renumber the tail.
+
+Seqs that carry no event are journaled as an empty frame (0 rows, first..last), so the seq
+space stays without holes and a sink's gap check (a missing seq = lost events) stays exact:
+
+- a ticket whose rows cannot be encoded (a value of the wrong type that got past the op's own
+  checks) fails alone, its op is told (EventRejected, before anything reaches the KV), and its
+  seqs become an empty frame; the frame's other ops go on (issue 13: one bad update wedged
+  every write until a restart);
+- a journal write that fails (disk full, I/O error) fails every op waiting for it (none of
+  them reaches the KV), refuses new ones with JournalBroken, and retries writing their seqs as
+  an empty frame every `retry_interval` seconds: once the disk takes it again, the writer
+  serves again, without a restart;
+- `reserve(n)`: a block of n seqs written as an empty frame of its own, which a sink rebuilt
+  from the KV state fills with its rows (vsm/sectors/_rebuild.py).
 """
 
 from __future__ import annotations
@@ -28,20 +42,27 @@ from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA
 
 from ._journal import Journal, Watermark
 
-__all__ = ["EventWriter", "JournalBroken", "Ticket"]
+__all__ = ["EventRejected", "EventWriter", "JournalBroken", "Ticket"]
 
 
 class JournalBroken(RuntimeError):
-    """The journal could not be written (disk full, I/O error); the manager refuses changes."""
+    """The journal could not be written (disk full, I/O error); the manager refuses changes
+    until a retry writes again."""
+
+
+class EventRejected(ValueError):
+    """This op's event rows could not be encoded into the journal (nothing was committed)."""
 
 
 class Ticket:
     """Seqs first..last; rows are dicts (one op) or `batch`, an event batch built column-wise
     (bulk import) whose seq column the flusher fills in."""
 
-    __slots__ = ("first", "last", "rows", "batch", "n", "done")
+    __slots__ = ("first", "last", "rows", "batch", "n", "done", "error", "reserved")
 
-    def __init__(self, first: int, last: int, rows: list[dict[str, Any]], batch: pa.RecordBatch | None = None) -> None:
+    def __init__(
+        self, first: int, last: int, rows: list[dict[str, Any]], batch: pa.RecordBatch | None = None, reserved: bool = False
+    ) -> None:
         self.first = first
         self.last = last
         self.rows = rows
@@ -50,6 +71,8 @@ class Ticket:
         # set by the flusher once the frame is durable (or the journal broke): only this op's
         # thread wakes, not every op waiting on the writer's condition
         self.done = threading.Event()
+        self.error: BaseException | None = None  # its rows were not journaled: never commit them
+        self.reserved = reserved  # seqs without rows (reserve()): an empty frame of its own
 
 
 class EventWriter:
@@ -64,6 +87,7 @@ class EventWriter:
         on_durable_watermark: Callable[[int], None] | None = None,
         idle_tick: Callable[[], None] | None = None,
         idle_interval: float = 1.0,
+        retry_interval: float = 5.0,
     ) -> None:
         self.journal = journal
         self.wm = watermark
@@ -78,6 +102,9 @@ class EventWriter:
         self.durable_watermark = watermark.value
         self._resolved: dict[int, int] = {}  # first -> last of resolved, not yet contiguous
         self._broken: BaseException | None = None
+        self.broken_since: float | None = None  # time.time() of the write failure being retried
+        self.retry_interval = retry_interval
+        self.rejected = 0  # tickets whose rows could not be encoded (EventRejected)
         self._closing = False
         self._on_wm = on_durable_watermark
         self._idle_tick = idle_tick
@@ -90,10 +117,7 @@ class EventWriter:
         """Assign seqs to rows (mutating their "seq"; for a RecordBatch of SECTOR_EVENT_SCHEMA
         the flusher writes them into its seq column) and queue them for the next frame."""
         with self._cv:
-            if self._broken is not None:
-                raise JournalBroken(f"sector event journal is broken: {self._broken!r}") from self._broken
-            if self._closing:
-                raise JournalBroken("sector state manager is closed")
+            self._check_open()
             first = self._next
             if isinstance(rows, pa.RecordBatch):
                 self._next = first + rows.num_rows
@@ -109,8 +133,36 @@ class EventWriter:
             self._cv.notify_all()
             return t
 
+    def reserve(self, n: int) -> Ticket:
+        """n seqs without rows, journaled as an empty frame of their own: wait_durable, then
+        resolve it (nothing to commit); a rebuilt sink's rows take these seqs."""
+        if n < 1:
+            raise ValueError(f"reserve needs n >= 1, got {n}")
+        with self._cv:
+            self._check_open()
+            first = self._next
+            self._next = first + n
+            t = Ticket(first, self._next - 1, [], reserved=True)
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append(t)
+            self._cv.notify_all()
+            return t
+
+    def _check_open(self) -> None:
+        """(holding _cv) Refuse new seqs while a write failure is being retried, or once closed."""
+        if self._broken is not None:
+            raise JournalBroken(
+                f"sector event journal cannot be written: {self._broken!r} (retrying every {self.retry_interval:g} s; "
+                "free the disk under the journal folder)"
+            ) from self._broken
+        if self._closing:
+            raise JournalBroken("sector state manager is closed")
+
     def wait_durable(self, t: Ticket) -> None:
         t.done.wait()
+        if t.error is not None:
+            raise t.error
         if self.durable_seq < t.last:
             broken = self._broken
             raise JournalBroken(f"sector event journal is broken: {broken!r}") from broken
@@ -154,7 +206,9 @@ class EventWriter:
                     self._cv.wait(timeout)
                 take: list[Ticket] = []
                 n = 0
-                while self._pending and (not take or n + self._pending[0].n <= self.flush_rows):
+                # a reserved block is an empty frame of its own; other tickets share frames
+                while self._pending and (not take or (n + self._pending[0].n <= self.flush_rows and not take[0].reserved
+                                                      and not self._pending[0].reserved)):
                     t = self._pending.pop(0)
                     take.append(t)
                     n += t.n
@@ -162,26 +216,15 @@ class EventWriter:
                     self._pending_since = time.monotonic()
             try:
                 if take:
-                    batch = _frame_batch(take)
-                    self.journal.append(batch, take[0].first, take[-1].last)
-                    for t in take:
-                        t.rows, t.batch = [], None  # the journal has them now
-                    with self._cv:
-                        self.durable_seq = take[-1].last
-                    for t in take:  # the ops may commit to the KV now, while the watermark syncs
-                        t.done.set()
+                    self._write(take)
                 with self._cv:
                     wm = self.committed  # as late as possible: it moved during the append
                 if wm > self.durable_watermark:
                     self.wm.store(wm)
             except BaseException as e:  # noqa: BLE001 - every waiter must hear of it
-                with self._cv:
-                    self._broken = e
-                    waiting, self._pending = take + self._pending, []
-                    self._cv.notify_all()
-                for t in waiting:
-                    t.done.set()
-                return
+                if not self._write_failed([t for t in take if not t.done.is_set()], e):
+                    return  # closed while retrying
+                continue
             with self._cv:
                 if wm > self.durable_watermark:
                     self.durable_watermark = wm
@@ -196,6 +239,63 @@ class EventWriter:
                 except Exception:  # noqa: BLE001 - maintenance must not stop the flusher
                     pass
 
+    def _write(self, take: list[Ticket]) -> None:
+        """Append the tickets' frames in seq order; each ticket's op is woken once its frame
+        is durable. A ticket whose rows cannot be encoded is rejected alone (an empty frame
+        holds its seqs)."""
+        for batch, group in _frames(take):
+            self.journal.append(batch, group[0].first, group[-1].last)
+            for t in group:
+                t.rows, t.batch = [], None  # the journal has them now
+            with self._cv:
+                self.durable_seq = group[-1].last
+            for t in group:  # the ops may commit to the KV now, while the watermark syncs
+                if t.error is not None:
+                    self.rejected += 1
+                    self.resolve(t)  # nothing to commit: the watermark may pass its seqs
+                t.done.set()
+
+    def _write_failed(self, unwritten: list[Ticket], err: BaseException) -> bool:
+        """The journal refused a write: fail every op waiting for one (none commits), refuse new
+        ones, and retry writing their seqs as an empty frame (then the watermark) until the disk
+        takes it. False if the writer closed meanwhile."""
+        with self._cv:
+            self._broken, self.broken_since = err, time.time()
+            waiting, self._pending = unwritten + self._pending, []
+            self._cv.notify_all()
+        for t in waiting:
+            t.error = JournalBroken(f"sector event journal is broken: {err!r}")
+            t.error.__cause__ = err
+            t.rows, t.batch = [], None
+            t.done.set()
+        while True:
+            with self._cv:
+                if self._closing:
+                    return False
+                self._cv.wait(self.retry_interval)
+                if self._closing:
+                    return False
+            try:
+                if waiting:
+                    self.journal.append(_empty_batch(), waiting[0].first, waiting[-1].last)
+                    with self._cv:
+                        self.durable_seq = waiting[-1].last
+                    for t in waiting:
+                        self.resolve(t)
+                    waiting = []
+                with self._cv:
+                    wm = self.committed
+                if wm > self.durable_watermark:
+                    self.wm.store(wm)
+            except BaseException as e:  # noqa: BLE001 - still failing: keep the first cause's time
+                with self._cv:
+                    self._broken = e
+                continue
+            with self._cv:
+                self._broken, self.broken_since = None, None
+                self._cv.notify_all()
+            return True
+
     def close(self, timeout: float = 10.0) -> None:
         with self._cv:
             self._closing = True
@@ -205,6 +305,24 @@ class EventWriter:
     @property
     def broken(self) -> BaseException | None:
         return self._broken
+
+
+def _empty_batch() -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=SECTOR_EVENT_SCHEMA)
+
+
+def _frames(take: list[Ticket]) -> list[tuple[pa.RecordBatch, list[Ticket]]]:
+    """(batch, tickets) per frame to append, in seq order: all of `take` in one frame when its
+    rows encode (the usual case); else each ticket alone, a rejected one as an empty frame."""
+    if take[0].reserved:
+        return [(_empty_batch(), take)]
+    try:
+        return [(_frame_batch(take), take)]
+    except Exception as e:  # noqa: BLE001 - find the ticket at fault; the others go on
+        if len(take) > 1:
+            return [f for t in take for f in _frames([t])]
+        take[0].error = EventRejected(f"sector event rows could not be encoded, nothing was written: {type(e).__name__}: {e}")
+        return [(_empty_batch(), take)]
 
 
 def _frame_batch(take: list[Ticket]) -> pa.RecordBatch:

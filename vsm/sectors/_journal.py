@@ -139,13 +139,37 @@ class Journal:
                 self._roll(first_seq)
             assert self._fd is not None and self._seg is not None
             off = self._seg_size
-            os.writev(self._fd, [hdr, payload, pad])  # type: ignore[list-item]
-            if self.fsync:
-                os.fdatasync(self._fd)
+            try:
+                os.writev(self._fd, [hdr, payload, pad])  # type: ignore[list-item]
+                if self.fsync:
+                    os.fdatasync(self._fd)
+            except BaseException:
+                self._cut(off)  # no torn frame left behind a later good one
+                raise
             self._seg_size = off + _HDR.size + plen + len(pad)
             ref = FrameRef(self._seg, off + _HDR.size, plen, first_seq, last_seq, batch.num_rows)
             self.frames.append(ref)
             return ref
+
+    def _cut(self, off: int) -> None:
+        """(lock held) A write failed: cut the segment back to `off`; if even that fails, the
+        next append starts a new segment (a torn tail is cut off at the next open anyway)."""
+        try:
+            os.ftruncate(self._fd, off)  # type: ignore[arg-type]
+        except OSError:
+            os.close(self._fd)  # type: ignore[arg-type]
+            self._fd = None
+
+    @property
+    def oldest_seq(self) -> int:
+        """The first seq still in the journal (last_seq + 1 when every frame was compacted)."""
+        with self._lock:
+            return self.frames[0].first_seq if self.frames else self.last_seq + 1
+
+    def first_seq_after(self, after_seq: int) -> int | None:
+        """first_seq of the first frame holding a seq > after_seq (None: no such frame)."""
+        frames = self.frames_between(after_seq, 1 << 63, 1)
+        return frames[0].first_seq if frames else None
 
     def _serialize(self, batch: pa.RecordBatch) -> pa.Buffer:
         """The frame's IPC stream, in a buffer reused from frame to frame (one writer: the

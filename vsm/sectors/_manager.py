@@ -46,6 +46,7 @@ from vsm.sdk.sectors import (
     states_to_arrow,
 )
 
+from ._backlog import clear_mark, find_gap, gap_cause, read_mark, stored_checkpoints, write_mark
 from ._dispatch import SinkDispatcher
 from ._events import EventWriter, Ticket
 from ._journal import Journal, Watermark
@@ -114,6 +115,9 @@ class SectorStateManager:
             sink_max_rows rows (DuckDB: ~4 us a row in 100k-row batches, ~9 in 10k ones).
             A sink's own `batch_linger` (see SinkHost.delivery_hints) applies at all times.
             `wait_delivered` makes every sink deliver what there is at once.
+        max_backlog: the journal keeps at most this many events for a sink that is behind
+            (attached, disabled or failing); past it, compaction may go on without the sink,
+            which is then marked as needing a rebuild (_backlog.py). None: no bound.
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class SectorStateManager:
         sink_max_rows: int = 100_000,
         sink_bulk_linger: float = 1.0,
         compact_interval: float = 5.0,
+        max_backlog: int | None = None,
     ) -> None:
         self.db = db
         self.journal_dir = journal_dir
@@ -159,6 +164,8 @@ class SectorStateManager:
         self._wm_cv = threading.Condition()
         self._sinks: dict[str, SinkDispatcher] = {}
         self._sinks_lock = threading.Lock()
+        self.max_backlog = max_backlog
+        self._pins: dict[str, int] = {}  # sink -> seq the journal keeps from (a rebuild running)
         self._bulk = 0  # imports running: sinks take bigger batches meanwhile
         self._hurry = 0  # wait_delivered callers: sinks deliver what there is at once
         self._closed = False
@@ -381,10 +388,18 @@ class SectorStateManager:
                 bulk=lambda: self._bulk > 0,
                 bulk_linger=self.sink_bulk_linger,
             )
+            d.max_backlog = self.max_backlog
             if self._hurry:
                 d.hurry.set()
             self._sinks[name] = d
         d.start()
+
+    def rebuild_sink(self, name: str, endpoint: Any, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Refill a sink from the KV state (one row per sector), then let it go on from the
+        journal; clears its needs-rebuild mark (see _rebuild.py)."""
+        from ._rebuild import rebuild_sink
+
+        return rebuild_sink(self, name, endpoint, progress)
 
     def remove_sink(self, name: str, forget: bool = False) -> None:
         """Detach a sink; forget=True also deletes its checkpoint (it stops holding the journal)."""
@@ -397,12 +412,26 @@ class SectorStateManager:
                 os.unlink(os.path.join(self.ckpt_dir, f"{name}.ckpt"))
             except FileNotFoundError:
                 pass
+            clear_mark(self.ckpt_dir, name)
 
     def status(self) -> dict[str, Any]:
-        """{"journal": {head, watermark, committed, segments, frames, first_seq}, "sinks": {...}}."""
+        """{"journal": {head, watermark, committed, segments, frames, first_seq}, "sinks": {...}};
+        a sink that is not attached (disabled, failed) is listed from its checkpoint file."""
         frames = self.journal.frames
         with self._sinks_lock:
             sinks = {n: d.status() for n, d in self._sinks.items()}
+        wm = self.writer.durable_watermark
+        for name, ckpt in stored_checkpoints(self.ckpt_dir).items():
+            if name not in sinks:
+                mark = read_mark(self.ckpt_dir, name)
+                sinks[name] = {
+                    "state": "needs-rebuild" if mark else "detached",
+                    "attached": False,
+                    "checkpoint": ckpt,
+                    "lag": max(0, wm - ckpt),
+                    "needs_rebuild": mark.get("cause") if mark else None,
+                    "last_error": f"needs a rebuild: {mark.get('cause')}" if mark else None,
+                }
         return {
             "journal": {
                 "head": self.writer.next_seq - 1,
@@ -413,6 +442,9 @@ class SectorStateManager:
                 "segments": len({f.segment for f in frames}),
                 "first_seq": frames[0].first_seq if frames else None,
                 "broken": None if self.writer.broken is None else repr(self.writer.broken),
+                "broken_since": self.writer.broken_since,
+                "rejected": self.writer.rejected,
+                "max_backlog": self.max_backlog,
             },
             "sinks": sinks,
         }
@@ -444,11 +476,29 @@ class SectorStateManager:
         self._notify_wm(0)
 
     def compact(self) -> list[str]:
-        """Delete journal segments every sink has passed (all of them up to the watermark if no sink)."""
+        """Delete journal segments every sink with a checkpoint (attached or not) has passed,
+        except that a sink more than max_backlog events behind holds nothing; a sink whose
+        events are then gone is marked as needing a rebuild (_backlog.py)."""
+        wm = self.writer.durable_watermark
         with self._sinks_lock:
-            ckpts = [d.checkpoint for d in self._sinks.values()]
-        upto = min([*ckpts, self.writer.durable_watermark])
-        return self.journal.compact(upto)
+            attached = dict(self._sinks)
+            holds = {n: c for n, c in stored_checkpoints(self.ckpt_dir).items() if n not in attached}
+            holds.update({n: d.checkpoint for n, d in attached.items()})
+            pins = list(self._pins.values())
+        holds = {n: c for n, c in holds.items() if not (attached[n].needs_rebuild if n in attached else read_mark(self.ckpt_dir, n))}
+        within = [c for c in holds.values() if self.max_backlog is None or wm - c <= self.max_backlog]
+        removed = self.journal.compact(min([*within, *pins, wm]))
+        if removed:
+            for name, ckpt in holds.items():
+                gap = find_gap(self.journal, ckpt, wm)
+                if gap is None:
+                    continue
+                cause = gap_cause(gap, ckpt, wm, self.max_backlog)
+                if name in attached:
+                    attached[name].mark_rebuild(cause, gap)
+                else:
+                    write_mark(self.ckpt_dir, name, cause, gap)
+        return removed
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish pending frames, persist the watermark, stop the sink threads. Idempotent."""
@@ -697,10 +747,9 @@ class SectorStateManager:
         dropped = len(past) - kept
         if dropped:
             kept_table = table.filter(pa.array(keep))
-            n_before = sum(1 for s in seqs if s <= w)
-            first = seqs[0]
-            new_seq = pa.array(range(first, first + kept_table.num_rows), pa.uint64())
-            assert n_before == 0 or seqs[n_before - 1] == w
+            n_before = sum(1 for s in seqs if s <= w)  # the first rows; sinks may have them: as they are
+            # the rest from w+1: an empty frame in the tail (reserved seqs, void ones) leaves no hole
+            new_seq = pa.array([*seqs[:n_before], *range(w + 1, w + 1 + kept_table.num_rows - n_before)], pa.uint64())
             kept_table = kept_table.set_column(0, table.schema.field("seq"), new_seq)  # keep not-null
             batches = []
             for off in range(0, kept_table.num_rows, self.flush_rows):
@@ -711,7 +760,7 @@ class SectorStateManager:
                 col = b.column(0)
                 batches.append((b, int(pc.min(col).as_py()), int(pc.max(col).as_py())))
             self.journal.replace_tail(idx, batches)
-            new_w = first + kept_table.num_rows - 1
+            new_w = w + kept_table.num_rows - n_before
         else:
             new_w = tail[-1].last_seq
         self._wm.store(max(new_w, w))

@@ -15,6 +15,7 @@ argument order of damocles' state manager:
     restore  -> OnRestore(sector_id)
     revert   -> OnImport(worker_state, state, True)           (no Go hook; skipped if the
                                                                sector no longer exists)
+    rebuild  -> OnImport(worker_state, state, True)           (a sink refilled from the KV)
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class SinkHost:
                 continue
             if kind == "import" and "OnImport" in fn:
                 fn["OnImport"](ws, SectorState.from_arrow_row(r), False)
-            elif kind == "revert" and ws != "none" and "OnImport" in fn:
+            elif kind in ("revert", "rebuild") and ws != "none" and "OnImport" in fn:
                 fn["OnImport"](ws, SectorState.from_arrow_row(r), True)
             elif kind == "update" and "OnUpdate" in fn:
                 st = SectorState.from_arrow_row(r)

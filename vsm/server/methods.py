@@ -26,12 +26,17 @@ def plugin_list(manager: Any) -> list[dict[str, Any]]:
 def status(manager: Any) -> dict[str, Any]:
     import os
 
+    from .problems import problems
+
+    plugins = plugin_list(manager)
+    sectors = manager.sectors.status() if manager.sectors is not None else None
     return {
         "daemon": {"pid": os.getpid(), "home": manager.config.home, "listen": manager.config.api.listen},
-        "plugins": plugin_list(manager),
+        "plugins": plugins,
         "stores": {**{n: {"plugin": s.pool.spec.name, "state": "ready"} for n, s in manager.stores.items()},
                    **{n: {"state": "failed", "error": e} for n, e in manager.store_errors.items()}},
-        "sectors": manager.sectors.status() if manager.sectors is not None else None,
+        "sectors": sectors,
+        "problems": problems(manager, sectors, plugins),  # what is broken, why, and the command that fixes it
     }
 
 
@@ -172,6 +177,20 @@ def sectors_restore(manager: Any, miner: int, number: int) -> dict[str, Any]:
 @METHODS.method("sinks.status")
 def sinks_status(manager: Any) -> dict[str, Any]:
     return _sectors(manager).status()
+
+
+@METHODS.method("sinks.rebuild")
+def sinks_rebuild(manager: Any, name: str) -> dict[str, Any]:
+    """Refill a sink from the sector states (one "rebuild" row per sector); clears its
+    needs-rebuild mark. Returns {sink, rows, first_seq, last_seq, seconds}."""
+    return manager.rebuild_sink(name)  # type: ignore[no-any-return]
+
+
+@METHODS.method("sinks.forget")
+def sinks_forget(manager: Any, name: str) -> None:
+    """Delete the checkpoint (and any rebuild mark) of a sink that is not attached: it stops
+    holding the journal. Refused for an attached sink (disable its plugin first)."""
+    manager.forget_sink(name)
 
 
 @METHODS.method("query.arrow")

@@ -40,10 +40,21 @@ class Metrics:
             latency.add_metric(key, _cumulative(LATENCY_BOUNDS, s.get("latency_buckets") or []), s.get("latency_sum", 0.0))
             restarts.add_metric(key, s.get("restarts", 0))
             workers.add_metric(key, sum(1 for w in s.get("workers", []) if w.get("alive", True)))
-        if self.manager.sectors is not None:
-            for name, sink in self.manager.sectors.status().get("sinks", {}).items():
-                lag.add_metric([name], sink.get("lag", 0))
-        yield from (calls, errors, latency, restarts, workers, lag)
+        rebuild = GaugeMetricFamily("vsm_sink_needs_rebuild", "1: events the sink needs left the journal (vsm-pool sinks rebuild)", labels=["sink"])
+        broken = GaugeMetricFamily("vsm_journal_broken", "1: the sector event journal cannot be written (it retries)")
+        problem = GaugeMetricFamily(
+            "vsm_problem", "A broken or degraded part (as `vsm-pool status` lists it), its cause and fix", labels=["part", "state", "cause", "fix"]
+        )
+        sectors = self.manager.sectors.status() if self.manager.sectors is not None else None
+        for name, sink in ((sectors or {}).get("sinks") or {}).items():
+            lag.add_metric([name], sink.get("lag", 0))
+            rebuild.add_metric([name], 1 if sink.get("needs_rebuild") else 0)
+        broken.add_metric([], 1 if ((sectors or {}).get("journal") or {}).get("broken") else 0)
+        from .problems import problems
+
+        for p in problems(self.manager, sectors):
+            problem.add_metric([p["part"], p["state"], p["cause"][:300], p["fix"]], 1)
+        yield from (calls, errors, latency, restarts, workers, lag, rebuild, broken, problem)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

@@ -1,0 +1,67 @@
+"""Every broken or degraded part of the running manager, with its cause and the command that
+fixes it: what `vsm-pool status` prints under its tables and /metrics exports as `vsm_problem`.
+
+    journal   broken (a write failed; it retries by itself)  |  held (a KV commit's outcome unknown)
+    plugin    failed pool (crash loop)  |  degraded (a worker being replaced)  |  did not start
+    store     failed to open
+    sink      needs a rebuild (its events left the journal)  |  backoff (deliveries failing)
+              |  disabled (its backlog waits in the journal)  |  no plugin (a checkpoint only)
+
+One row: {"part": "sink/parquet", "state": "needs-rebuild", "cause": "...", "fix": "vsm-pool ..."}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["problems"]
+
+
+def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[dict[str, Any]] | None = None) -> list[dict[str, str]]:
+    """The problems of `manager` now (sectors / plugins: its status and plugin rows, if the
+    caller has them already)."""
+    out: list[dict[str, str]] = []
+
+    def add(part: str, state: str, cause: str, fix: str) -> None:
+        out.append({"part": part, "state": state, "cause": cause, "fix": fix})
+
+    if sectors is None and manager.sectors is not None:
+        sectors = manager.sectors.status()
+    if plugins is None:
+        plugins = [p.describe() for p in manager.registry.plugins] if manager.registry is not None else []
+    journal = (sectors or {}).get("journal") or {}
+    if journal.get("broken"):
+        add("journal", "broken", journal["broken"],
+            f"free space or fix the disk under {manager.config.sector_sync.journal_dir}: the journal retries by itself; "
+            "sector changes are refused meanwhile")
+    if journal.get("held"):
+        add("journal", "held", journal["held"], "none if the KVStore answers again (its pool restarts a crashed worker); "
+            f"a failed KVStore pool: `vsm-pool plugin reload {manager.config.db.plugin_name}`")
+    loaded = {p["name"]: p for p in plugins}
+    for p in plugins:
+        name, pool, state = p["name"], p.get("pool") or {}, p["state"]
+        if state == "failed" and pool:
+            add(f"plugin/{name}", "failed", p.get("error") or pool.get("last_error") or "", f"`vsm-pool plugin reload {name}` (or enable)")
+        elif state == "failed":
+            add(f"plugin/{name}", "failed", p.get("error") or "", "rebuild or replace its artifact, then `vsm-pool plugin rescan`")
+        elif pool.get("state") == "degraded":
+            add(f"plugin/{name}", "degraded", pool.get("last_error") or "", "none: its worker is being replaced")
+        elif state == "disabled" and p.get("error") and not str(p["error"]).startswith("disabled "):
+            add(f"plugin/{name}", "disabled", p["error"], f"fix it, then `vsm-pool plugin enable {name}`")
+    for store, cause in sorted(getattr(manager, "store_errors", {}).items()):
+        plugin = next((s.plugin_name for s in (*manager.config.piece_stores, *manager.config.persist_stores) if s.name == store), "?")
+        add(f"store/{store}", "failed", cause, f"fix the store (or its config.toml entry), then `vsm-pool plugin reload {plugin}`")
+    for name, s in ((sectors or {}).get("sinks") or {}).items():
+        if s.get("needs_rebuild"):
+            fix = f"`vsm-pool sinks rebuild {name}`" if s.get("attached") else f"`vsm-pool plugin enable {name}`, then `vsm-pool sinks rebuild {name}`"
+            add(f"sink/{name}", "needs-rebuild", s["needs_rebuild"], fix)
+        elif s.get("state") == "backoff":
+            add(f"sink/{name}", "backoff", s.get("last_error") or "", f"it retries by itself; after fixing the sink: `vsm-pool plugin reload {name}`")
+        elif not s.get("attached") and s.get("lag"):
+            behind = f"{s['lag']} events behind, kept in the journal (up to [Common.Journal] MaxBacklog = {journal.get('max_backlog')})"
+            if name in loaded:
+                add(f"sink/{name}", loaded[name]["state"], behind, f"`vsm-pool plugin enable {name}`")
+            else:
+                add(f"sink/{name}", "no plugin", behind + "; no plugin of that name is loaded",
+                    f"put its plugin back in the plugins folder and `vsm-pool plugin rescan`, or `vsm-pool sinks forget {name}`")
+    return out
