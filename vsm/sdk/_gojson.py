@@ -257,6 +257,8 @@ def _b58_encode(data: bytes, alphabet: str = _B58_BTC) -> str:
 
 def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
     """go-varint FromUvarint: at most 9 bytes, minimal encoding. Returns (value, new pos)."""
+    if pos < len(buf) and buf[pos] < 0x80:
+        return buf[pos], pos + 1
     x = s = 0
     for i in range(pos, len(buf)):
         b = buf[i]
@@ -311,11 +313,55 @@ def _multibase(s: str) -> bytes:
     raise ValueError("selected encoding not supported")
 
 
+_B32_TO_HEX = str.maketrans(_B32_STD, _B32_HEX)  # base32 digits -> int(x, 32)'s digits
+_B32_LOWER = re.compile("[a-z2-7]+")
+
+
+def _canonical_b32_cid(s: str) -> str | None:
+    """s itself when it is a v1 CID in go-cid's own form ('b' + lowercase base32, no spare
+    bits set) with a valid structure; None when it needs the general path. The common case,
+    at C speed: the digits as one int(..., 32)."""
+    body = s[1:]
+    if s[0] != "b" or not _B32_LOWER.fullmatch(body):
+        return None
+    nbits = len(body) * 5
+    spare = nbits % 8
+    n = int(body.translate(_B32_TO_HEX), 32)
+    if n & ((1 << spare) - 1):
+        return None
+    data = (n >> spare).to_bytes(nbits // 8, "big")
+    if len(data) > 2 and data[0] == 0x12 and data[1] == 32:
+        return None  # v0 bytes in a multibase string: the general path writes them as Qm...
+    _check_v1(data)
+    return s
+
+
+def _check_v1(data: bytes) -> None:
+    """go-cid's CidFromBytes + Cast for v1: version 1, a codec, one multihash, nothing more."""
+    version, p = _uvarint(data, 0)
+    if version != 1:
+        raise ValueError(f"invalid cid: expected 1 as the cid version number, got: {version}")
+    _codec, p = _uvarint(data, p)
+    if _multihash_end(data, p) != len(data):
+        raise ValueError("invalid cid: trailing bytes in data buffer passed to cid Cast")
+
+
+_CANONICAL_CIDS: dict[str, None] = {}  # recently seen canonical CIDs (a CC sector's CommD, batch messages)
+
+
 def parse_cid(s: str) -> str:
     """cid.Decode(s).String(): the canonical form (v1 in base32 'b...', v0 'Qm...'), or
     ValueError with go-cid's reason."""
+    if s in _CANONICAL_CIDS:
+        return s
     if len(s) < 2:
         raise ValueError("invalid cid: cid too short")
+    fast = _canonical_b32_cid(s)
+    if fast is not None:
+        if len(_CANONICAL_CIDS) >= 4096:
+            _CANONICAL_CIDS.clear()
+        _CANONICAL_CIDS[fast] = None
+        return fast
     if len(s) == 46 and s.startswith("Qm"):
         mh = _b58(s, _B58_BTC)
         if _multihash_end(mh, 0) != len(mh):
@@ -333,12 +379,7 @@ def parse_cid(s: str) -> str:
         if len(data) != 34:
             raise ValueError("invalid cid: trailing bytes in data buffer passed to cid Cast")
         return _b58_encode(data)
-    version, p = _uvarint(data, 0)
-    if version != 1:
-        raise ValueError(f"invalid cid: expected 1 as the cid version number, got: {version}")
-    _codec, p = _uvarint(data, p)
-    if _multihash_end(data, p) != len(data):
-        raise ValueError("invalid cid: trailing bytes in data buffer passed to cid Cast")
+    _check_v1(data)
     return "b" + _b32_encode(data)
 
 
