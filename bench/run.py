@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUITES = {"executor": "bench.bench_executor", "sectors": "bench.bench_sectors", "ray": "bench.bench_ray"}
+SUITES = {"executor": "bench.bench_executor", "sectors": "bench.bench_sectors", "envs": "bench.bench_envs", "ray": "bench.bench_ray"}
 
 
 def run_suites(names: list[str], quick: bool) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from tests.env_plugins import version_plugin
+from bench.env_plugins import version_plugin
 from vsm.errors import PluginLoadError
 from vsm.plugin import envs
 from vsm.plugin.artifact import build
@@ -196,3 +196,26 @@ def test_env_list_and_prune_keep_what_artifacts_use(tmp_path):
     assert sorted(p.name for p in (home / "envs").iterdir() if not p.name.endswith(".lock")) == [by_name["kept"].env.key]  # type: ignore[union-attr]
     table = run_cli("plugin", "list", home=home, check=True).stdout
     assert f"{by_name['kept'].env.key}: packaging 21.3, pyparsing" in table  # type: ignore[union-attr]
+
+
+def test_on_ray_the_requirements_become_runtime_env_pip(tmp_path, monkeypatch):
+    """The same manifest on the Ray backend: no local environment; its requirements (runtime
+    ones left out) go to the actors' runtime_env pip (tests/ray installs them for real)."""
+    from vsm.plugin import loader
+
+    made = []
+
+    class Refused(Exception):
+        pass
+
+    def fake_make_pool(spec, backend, **options):
+        made.append((spec, backend, options))
+        raise Refused
+
+    monkeypatch.setattr(loader, "make_pool", fake_make_pool)
+    registry, plugins = _registry(tmp_path, version_plugin(tmp_path / "src", "rayenv", ["packaging==21.3", "pyarrow>=15"]))
+    with pytest.raises(Refused):
+        registry.start(plugins["rayenv"], backend="ray")
+    (spec, backend, options), = made
+    assert backend == "ray" and options["runtime_env"] == {"pip": ["packaging==21.3"]} and spec.site_dirs == ()
+    assert not (tmp_path / "envs").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.env_plugins import version_plugin
+from bench.env_plugins import version_plugin
 from vsm.plugin.artifact import build
 
 from .harness import prepare_home

@@ -23,17 +23,20 @@
     the manager itself never imports from it. Ray: the same requirements as runtime_env pip.
 
 Why a package folder run by the manager's own interpreter, not a venv with its own python
-(measured on this 2-vCPU VM, bench `env` rows): workers keep forking from the one forkserver
-that has the runtime imported, so a pool in an environment starts as fast as one without
-(a venv's interpreter needs its own forkserver: a fresh python importing the runtime costs
-~0.3-0.5 s and ~60 MiB per environment), and calls run the very same code (same rate). The
-runtime is imported before the folder is on sys.path, so a plugin's packages cannot change
-what the worker machinery runs on; modules of the folder's packages that the runtime had
-imported (e.g. packaging, six) are dropped and imported afresh from the folder.
+(bench `envs` suite, this 2-vCPU VM under load): workers keep forking from the one fork server
+that has the runtime imported, so a pool in an environment starts about as fast as one without
+(1-worker pool 0.11 vs 0.09 s: the difference is the plugin importing its own packages),
+whereas a venv's interpreter needs its own fork server per environment: a fresh python
+importing the worker runtime took 0.9-1.1 s and holds ~70 MiB. Calls run the very same code
+(echo through the pool: rates within the run-to-run noise of each other). And the runtime is
+imported before the folder is on sys.path, so a plugin's packages cannot change what the
+worker machinery runs on; modules of the folder's packages that the runtime had imported
+(e.g. packaging) are dropped and imported afresh from the folder.
 
-Why uv: resolve + install of packaging==21.3 (2 packages) took 0.5-0.6 s with uv vs 2.5-4.3 s
-with pip (dry-run --report, then install --target), caches warm. pip is still what downloads
-wheels for `plugin build --with-deps` (uv has no download command).
+Why uv: a first start (resolve + install of packaging==21.3, 2 packages, and the pool) took
+0.44-0.63 s with uv's cache warm and ~1.1 s with it empty; pip doing the same resolve and
+install --target took 1.2-3.3 s (uv 0.2-0.4x of it), a venv + pip install 10-15 s. pip is
+still what downloads wheels for `plugin build --with-deps` (uv has no download command).
 
 Indexes: uv reads its own settings (UV_DEFAULT_INDEX, UV_INDEX_URL, uv.toml...); when none
 is set in the environment, pip's (pip.conf files, PIP_INDEX_URL, PIP_EXTRA_INDEX_URL,

@@ -1,5 +1,6 @@
-"""Plugin sources for the environment tests: a RegisterJsonRpc plugin whose only method says
-which version of a library its worker imports, and from where."""
+"""Plugin sources for the environment bench and tests (issue 15): a RegisterJsonRpc plugin
+whose `version` method says which version of a library its worker imports, and from where,
+and whose `echo` is the cheapest call into the plugin's own code."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import importlib.metadata
 
 
 class Versions:
+    def echo(self, x):
+        return x
+
     def version(self):
         mod = importlib.import_module({module!r})
         return {{"version": getattr(mod, "__version__", ""), "metadata": importlib.metadata.version({dist!r}), "file": mod.__file__}}
