@@ -21,9 +21,17 @@ T = TypeVar("T")
 class Iter(Protocol):
     """Iterator of (key, value) pairs in key order; close() releases it early."""
 
-    def __iter__(self) -> Iterator[tuple[Key, Val]]: ...
-    def __next__(self) -> tuple[Key, Val]: ...
-    def close(self) -> None: ...
+    def __iter__(self) -> Iterator[tuple[Key, Val]]:
+        """Itself: an Iter is iterated once."""
+        ...
+
+    def __next__(self) -> tuple[Key, Val]:
+        """The next (key, value) in byte order of the keys; StopIteration at the end."""
+        ...
+
+    def close(self) -> None:
+        """Release the iterator (it may be closed before its end); safe twice."""
+        ...
 
 
 @runtime_checkable
@@ -38,9 +46,17 @@ class Txn(Protocol):
         """fn(value) without copying it out; raises KeyNotFoundError."""
         ...
 
-    def put(self, key: Key, val: Val) -> None: ...
-    def delete(self, key: Key) -> None: ...
-    def scan(self, prefix: Prefix) -> Iter: ...
+    def put(self, key: Key, val: Val) -> None:
+        """Set key to val, seen by this transaction's later reads; raises in view (read-only)."""
+        ...
+
+    def delete(self, key: Key) -> None:
+        """Remove key; a missing key is not an error (as Go's stores)."""
+        ...
+
+    def scan(self, prefix: Prefix) -> Iter:
+        """The keys starting with prefix (b"": all), in byte order, with this transaction's own writes."""
+        ...
 
 
 @runtime_checkable
@@ -48,22 +64,37 @@ class KVStore(Protocol):
     """One named collection of a DB."""
 
     def view(self, fn: Callable[[Txn], T]) -> T:
-        """Run fn in a read-only transaction; returns what fn returns."""
+        """Run fn in a read-only transaction; returns what fn returns, raises what fn raises."""
         ...
 
     def update(self, fn: Callable[[Txn], T]) -> T:
-        """Run fn in a read-write transaction, committed if fn returns."""
+        """Run fn in a read-write transaction, committed if fn returns, rolled back if it raises
+        (the exception propagates); may raise TransactionConflictError (optimistic stores)."""
         ...
 
     def need_retry_transactions(self) -> bool:
         """True if update may raise TransactionConflictError (optimistic DBs)."""
         ...
 
-    def get(self, key: Key) -> Val: ...
-    def peek(self, key: Key, fn: Callable[[Val], T]) -> T: ...
-    def put(self, key: Key, val: Val) -> None: ...
-    def delete(self, key: Key) -> None: ...
-    def scan(self, prefix: Prefix) -> Iter: ...
+    def get(self, key: Key) -> Val:
+        """Value of key, as bytes; raises KeyNotFoundError."""
+        ...
+
+    def peek(self, key: Key, fn: Callable[[Val], T]) -> T:
+        """fn(value), what fn returns; raises KeyNotFoundError without calling fn."""
+        ...
+
+    def put(self, key: Key, val: Val) -> None:
+        """Set key to val (one committed write)."""
+        ...
+
+    def delete(self, key: Key) -> None:
+        """Remove key; a missing key is not an error."""
+        ...
+
+    def scan(self, prefix: Prefix) -> Iter:
+        """The committed keys starting with prefix (b"": all), in byte order, with their values."""
+        ...
 
 
 @runtime_checkable
@@ -74,7 +105,9 @@ class DB(Protocol):
         """Start background work, if any; called once before the first collection."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release everything (the pool stops, or a reload hands over); safe twice."""
+        ...
 
     def open_collection(self, name: str) -> KVStore:
         """The collection called name, created if needed."""

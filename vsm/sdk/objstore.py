@@ -17,27 +17,31 @@ __all__ = ["Config", "InstanceInfo", "Stat", "Store", "iter_chunks"]
 class Config:
     """One configured store ([[Common.PieceStores]] or [[Common.PersistStores]])."""
 
-    name: str
-    path: str
-    meta: dict[str, str] = dataclasses.field(default_factory=dict)
-    strict: bool = False
-    read_only: bool = False
-    weight: int = 1
+    name: str  # the store's Name ("" -> its path names it)
+    path: str  # the store's Path, as the config gives it (for a plugin store it may only name it)
+    meta: dict[str, str] = dataclasses.field(default_factory=dict)  # the store's [Meta] table
+    strict: bool = False  # the store's Strict key, as damocles passes it
+    read_only: bool = False  # the store's ReadOnly key: put and delete must raise ReadOnlyStoreError
+    weight: int = 1  # the store's Weight (choosing among stores), at least 1
 
 
 @dataclasses.dataclass(frozen=True)
 class Stat:
-    size: int
+    """What stat() returns."""
+
+    size: int  # bytes
 
 
 @dataclasses.dataclass(frozen=True)
 class InstanceInfo:
-    config: Config
-    type: str
-    total: int
-    free: int
-    used: int
-    used_percent: float
+    """What instance_info() returns: the store's config and its disk numbers (bytes)."""
+
+    config: Config  # the store's Config
+    type: str  # type()
+    total: int  # bytes
+    free: int  # bytes, 0 <= free <= total
+    used: int  # bytes, 0 <= used <= total
+    used_percent: float  # 0..100
 
 
 @runtime_checkable
@@ -46,29 +50,41 @@ class Store(Protocol):
         """Display name of the implementation, e.g. "plugin-fs"."""
         ...
 
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """Version of the implementation, a non-empty string."""
+        ...
 
     def instance(self) -> str:
         """Instance name: cfg.name, or cfg.path when empty."""
         ...
 
-    def instance_config(self) -> Config: ...
-    def instance_info(self) -> InstanceInfo: ...
+    def instance_config(self) -> Config:
+        """The Config the Constructor was given."""
+        ...
+
+    def instance_info(self) -> InstanceInfo:
+        """Config and disk numbers: 0 <= free <= total, 0 <= used <= total, used_percent 0..100."""
+        ...
 
     def get(self, path: str) -> BinaryIO:
-        """A reader of the object; raises ObjectNotFoundError."""
+        """A binary reader of the object (the caller closes it); raises ObjectNotFoundError, InvalidObjectPathError."""
         ...
 
     def put(self, path: str, reader: BinaryIO) -> int:
-        """Store everything reader yields under path; returns the byte count."""
+        """Store everything reader yields (until EOF) under path, whole or not at all; returns the byte
+        count; raises ReadOnlyStoreError, InvalidObjectPathError, or what reader raised."""
         ...
 
-    def delete(self, path: str) -> None: ...
+    def delete(self, path: str) -> None:
+        """Remove the object; raises ObjectNotFoundError, ReadOnlyStoreError, InvalidObjectPathError."""
+        ...
 
-    def stat(self, path: str) -> Stat: ...
+    def stat(self, path: str) -> Stat:
+        """Its size; raises ObjectNotFoundError, InvalidObjectPathError."""
+        ...
 
     def full_path(self, path: str) -> str:
-        """ "cache/s-t04040-1001" -> "/store/dir/cache/s-t04040-1001"."""
+        """Where the object lives: "cache/s-t04040-1001" -> "/store/dir/cache/s-t04040-1001"."""
         ...
 
 
