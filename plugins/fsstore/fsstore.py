@@ -3,14 +3,37 @@
 Object paths are relative to cfg.path and must stay inside it, symlinks included. A put
 writes a temp file next to its target and renames it into place only when the reader is
 exhausted, so readers never see a partial object. Meta:
-    Fsync   "true" (default) | "false": fsync each object before the rename
+    Fsync      "true" (default) | "false": fsync each object before the rename
+    OpenFiles  "true" (default) | "false": offer open_for_read/open_for_write (vsm.sdk.objstore
+               FileStore), so the daemon moves a piece with sendfile between its socket and the
+               file; "false": every byte goes through the pool's shared-memory ring
+
+A write through open_for_write (the daemon's PUT):
+
+    1. open: O_TMPFILE in the target's folder (an inode without a name), or where the
+       filesystem has no O_TMPFILE or this process cannot name one (linkat with AT_EMPTY_PATH
+       needs CAP_DAC_READ_SEARCH; the /proc/self/fd way fails across some mounts: probed once
+       per store) a `.<name>.<random>.tmp` file; its fd goes to the daemon
+    2. the daemon writes the body into it
+    3. commit: fsync (Fsync), then link the inode in under the target's name (linkat); if
+       the name exists, link under a temp name and rename it over the target
+
+Crash argument (kill -9 of the daemon or of the worker):
+- before 3: O_TMPFILE: nothing is visible and the inode is freed with its last fd (the
+  worker's and the daemon's both die with them or close); the fallback leaves its dot-temp
+  file, as put does. The upload failed; the old object, if any, is untouched.
+- in 3, before the link: as before 3. After a direct link: the new object is whole (and
+  durable with Fsync). Between a temp link and the rename: the old object is whole and a
+  dot-temp file holds the new one.
 """
 
 from __future__ import annotations
 
 import builtins
 import dataclasses
+import errno
 import os
+import secrets
 import shutil
 import stat as stat_mode
 import tempfile
@@ -36,11 +59,15 @@ def open(cfg: Config) -> FsStore:  # noqa: A001 - the exported Constructor's nam
     root = os.path.realpath(cfg.path)
     if not os.path.isdir(root):
         raise NotADirectoryError(f"fsstore: store path {cfg.path!r} is not an existing folder; create it first")
-    fsync = cfg.meta.get("Fsync", "true").lower()
-    if fsync not in ("true", "false"):
-        raise ValueError(f"fsstore: Meta 'Fsync' = {cfg.meta['Fsync']!r}; use \"true\" or \"false\"")
+    flags = {}
+    for key in ("Fsync", "OpenFiles"):
+        value = cfg.meta.get(key, "true").lower()
+        if value not in ("true", "false"):
+            raise ValueError(f"fsstore: Meta {key!r} = {cfg.meta[key]!r}; use \"true\" or \"false\"")
+        flags[key] = value == "true"
     # As Go's filestore.Open: the path made absolute, and the name defaulting to it.
-    return FsStore(dataclasses.replace(cfg, path=root, name=cfg.name or root), fsync == "true")
+    cls = FsFileStore if flags["OpenFiles"] else FsStore
+    return cls(dataclasses.replace(cfg, path=root, name=cfg.name or root), flags["Fsync"])
 
 
 class FsStore:
@@ -140,6 +167,118 @@ class FsStore:
     def _check_writable(self) -> None:
         if self._cfg.read_only:
             raise ReadOnlyStoreError(f"read only store: {self.instance()!r}")
+
+
+class FsFileStore(FsStore):
+    """FsStore with the FileStore methods: the daemon sends and receives pieces by sendfile."""
+
+    def __init__(self, cfg: Config, fsync: bool) -> None:
+        super().__init__(cfg, fsync)
+        self._tmpfile = cfg.read_only is False and _can_name_tmpfile(self._root)
+
+    def open_for_read(self, path: str) -> BinaryIO:
+        f = self.get(path)
+        if not stat_mode.S_ISREG(os.fstat(f.fileno()).st_mode):
+            f.close()
+            raise ObjectNotFoundError(f"not an object (a folder?): {path!r} in store {self.instance()!r}")
+        return f
+
+    def open_for_write(self, path: str) -> "_FileWriter":
+        self._check_writable()
+        full = self._resolve(path)
+        folder = os.path.dirname(full)
+        os.makedirs(folder, exist_ok=True)
+        if self._tmpfile:
+            try:
+                fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+                return _FileWriter(fd, None, full, self._fsync)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(full)}.", suffix=".tmp")
+        os.fchmod(fd, 0o644)
+        return _FileWriter(fd, tmp, full, self._fsync)
+
+
+class _FileWriter:
+    """One object being written through a file (see the module docstring for the steps)."""
+
+    def __init__(self, fd: int, tmp: str | None, target: str, fsync: bool) -> None:
+        self._fd, self._tmp, self._target, self._fsync = fd, tmp, target, fsync
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def commit(self) -> int:
+        fd = self._fd
+        if fd < 0:
+            raise ValueError(f"{self._target}: already committed or aborted")
+        size = os.fstat(fd).st_size
+        if self._fsync:
+            os.fsync(fd)
+        if self._tmp is None:  # O_TMPFILE: give the inode a name
+            try:
+                _link_fd(fd, self._target)
+            except FileExistsError:  # a link cannot replace: link aside, then rename over
+                tmp = f"{os.path.dirname(self._target)}/.{os.path.basename(self._target)}.{secrets.token_hex(4)}.tmp"
+                _link_fd(fd, tmp)
+                self._replace(tmp)
+        else:
+            self._replace(self._tmp)
+            self._tmp = None
+        self._fd = -1
+        os.close(fd)
+        return size
+
+    def _replace(self, tmp: str) -> None:
+        try:
+            os.replace(tmp, self._target)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._tmp is not None:
+            _unlink_quietly(self._tmp)
+            self._tmp = None
+
+
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+
+
+def _link_fd(fd: int, target: str) -> None:
+    """Give the open file fd the name target (linkat): by the fd itself (AT_EMPTY_PATH, needs
+    CAP_DAC_READ_SEARCH), else through /proc/self/fd. Raises OSError as link does."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(target), _AT_EMPTY_PATH) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), target)
+    os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
+
+
+def _can_name_tmpfile(folder: str) -> bool:
+    """Whether an O_TMPFILE made in folder can be given a name by this process."""
+    try:
+        fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    probe = os.path.join(folder, f".fsstore-probe-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        _link_fd(fd, probe)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    _unlink_quietly(probe)
+    return True
 
 
 def _unlink_quietly(path: str) -> None:

@@ -158,3 +158,50 @@ def test_missing_folder_is_a_clear_error(tmp_path: pathlib.Path, constructor: Ca
 def test_bad_fsync_meta_is_a_clear_error(root: pathlib.Path, constructor: Callable[[str], Any]) -> None:
     with pytest.raises(ValueError, match="Fsync"):
         constructor("fsstore")(Config(name="", path=str(root), meta={"Fsync": "maybe"}))
+
+
+# -- the FileStore methods (open_for_read / open_for_write): what the daemon's sendfile uses --
+
+
+def test_open_for_write_is_invisible_until_commit_and_replaces_atomically(store: Any, root: pathlib.Path) -> None:
+    store.put("dir/obj", io.BytesIO(b"old"))
+    w = store.open_for_write("dir/obj")
+    os.write(w.fileno(), b"new bytes")
+    assert (root / "dir" / "obj").read_bytes() == b"old" and _leftovers(root) == ["dir/obj"]
+    assert w.commit() == 9
+    assert (root / "dir" / "obj").read_bytes() == b"new bytes" and _leftovers(root) == ["dir/obj"]
+    assert stat.S_IMODE((root / "dir" / "obj").stat().st_mode) == 0o644
+    w = store.open_for_write("dir/fresh")
+    os.write(w.fileno(), b"x")
+    w.abort()
+    w.abort()  # safe twice
+    assert _leftovers(root) == ["dir/obj"]
+
+
+def test_open_for_read_gives_the_object_and_keeps_the_rules(store: Any, root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    store.put("obj", io.BytesIO(b"0123456789"))
+    with store.open_for_read("obj") as f:
+        assert os.pread(f.fileno(), 100, 0) == b"0123456789"
+    (tmp_path / "outside").write_bytes(b"secret")
+    os.symlink(tmp_path / "outside", root / "link")
+    for bad, err in (("link", InvalidObjectPathError), ("../outside", InvalidObjectPathError), ("nope", ObjectNotFoundError)):
+        with pytest.raises(err):
+            store.open_for_read(bad)
+    with pytest.raises(InvalidObjectPathError):
+        store.open_for_write("../escape")
+
+
+def test_read_only_store_refuses_open_for_write(root: pathlib.Path, constructor: Callable[[str], Any]) -> None:
+    from vsm.sdk import ReadOnlyStoreError
+
+    ro = constructor("fsstore")(Config(name="ro", path=str(root), read_only=True))
+    with pytest.raises(ReadOnlyStoreError):
+        ro.open_for_write("obj")
+    assert _leftovers(root) == []
+
+
+def test_open_files_false_keeps_the_ring_only(root: pathlib.Path, constructor: Callable[[str], Any]) -> None:
+    plain = constructor("fsstore")(Config(name="", path=str(root), meta={"OpenFiles": "false"}))
+    assert not hasattr(plain, "open_for_read") and not hasattr(plain, "open_for_write")
+    with pytest.raises(ValueError, match="OpenFiles"):
+        constructor("fsstore")(Config(name="", path=str(root), meta={"OpenFiles": "maybe"}))

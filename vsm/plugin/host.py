@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import itertools
+import os
 import resource
+import stat
 import sys
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -206,6 +208,8 @@ class ObjHost(_Host):
         super().__init__(manifest, on_shutdown)
         self._constructor = constructor
         self._stores: dict[str, Any] = {}
+        self._writers: dict[int, Any] = {}  # open_write token -> the store's ObjectWriter
+        self._tokens = itertools.count(1)
 
     def open_store(self, instance: str, cfg: Config) -> None:
         if instance not in self._stores:
@@ -218,6 +222,8 @@ class ObjHost(_Host):
             raise RuntimeError(f"{self.manifest.name}: store {instance!r} is not open in this worker") from None
 
     def _close(self) -> None:
+        for token in list(self._writers):
+            self.abort_write(token)
         for store in self._stores.values():
             close = getattr(store, "close", None)
             if close is not None:
@@ -229,6 +235,45 @@ class ObjHost(_Host):
 
     def get(self, instance: str, path: str) -> BinaryIO:
         return self._store(instance).get(path)
+
+    # -- the FileStore fast path (vsm.sdk.objstore): the daemon gets fds, moves the bytes --
+    def open_read(self, instance: str, path: str) -> Any:
+        """WithFds(size, (fd,)) of the object's file; None when the store has no open_for_read."""
+        from executors import WithFds
+
+        opener = getattr(self._store(instance), "open_for_read", None)
+        if opener is None:
+            return None
+        f = opener(path)
+        fd = f if isinstance(f, int) else os.dup(f.fileno())
+        if not isinstance(f, int):
+            f.close()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise TypeError(f"{self.manifest.name}: open_for_read({path!r}) did not give a regular file")
+        return WithFds(st.st_size, (fd,))
+
+    def open_write(self, instance: str, path: str) -> Any:
+        """WithFds(token, (fd,)) of a new object's file (commit_write/abort_write on this same
+        worker with the token); None when the store has no open_for_write."""
+        from executors import WithFds
+
+        opener = getattr(self._store(instance), "open_for_write", None)
+        if opener is None:
+            return None
+        writer = opener(path)
+        token = next(self._tokens)
+        self._writers[token] = writer
+        return WithFds(token, (os.dup(writer.fileno()),))
+
+    def commit_write(self, token: int) -> int:
+        return int(self._writers.pop(token).commit())
+
+    def abort_write(self, token: int) -> None:
+        writer = self._writers.pop(token, None)
+        if writer is not None:
+            writer.abort()
 
     def call(self, instance: str, method: str, *args: Any) -> Any:
         """The store's small methods: type, version, instance, instance_config,

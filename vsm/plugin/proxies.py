@@ -6,13 +6,14 @@ functions given to view/update/peek run in the worker, shipped by value (cloudpi
 
 from __future__ import annotations
 
+import os
 from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 from executors import Pool
 
 from ..sdk import Config, InstanceInfo, Stat
 
-__all__ = ["PooledDB", "PooledKVStore", "PooledStore"]
+__all__ = ["PendingWrite", "PooledDB", "PooledKVStore", "PooledStore"]
 
 T = TypeVar("T")
 
@@ -159,5 +160,50 @@ class PooledStore:
     def put(self, path: str, reader: BinaryIO) -> int:
         return self.pool.stream_put("put", (self.name, path), reader)
 
+    # The FileStore fast path: None when the store (or the pool's backend) has none.
+    def open_read(self, path: str) -> tuple[int, int] | None:
+        """(size, fd) of the object's file, opened by the store's worker under its rules; the
+        caller closes fd."""
+        if not getattr(self.pool, "passes_fds", False):
+            return None
+        got = self.pool.call("open_read", self.name, path)
+        return None if got is None else (got.value, got.fds[0])
+
+    def open_write(self, path: str) -> "PendingWrite | None":
+        """A new object's file for the caller to write into; commit() or abort() it."""
+        if not getattr(self.pool, "passes_fds", False):
+            return None
+        pool = getattr(self.pool, "pinned", lambda: self.pool)()  # commit on the same worker
+        future = pool.submit("open_write", self.name, path)
+        got = future.result()
+        if got is None:
+            return None
+        return PendingWrite(pool, getattr(future, "worker", None), got.value, got.fds[0])
+
     def get(self, path: str) -> BinaryIO:
         return self.pool.stream_get("get", (self.name, path))  # type: ignore[return-value]
+
+
+class PendingWrite:
+    """A new object's file in the store's worker: `fd` (ours) takes the bytes, commit() makes
+    the object visible (the worker fsyncs and links it), abort() drops it. fd is closed by
+    either."""
+
+    def __init__(self, pool: Pool, worker: int | None, token: int, fd: int) -> None:
+        self.pool, self.worker, self.token, self.fd = pool, worker, token, fd
+
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def commit(self) -> int:
+        self._close_fd()
+        return int(self.pool.call("commit_write", self.token, worker=self.worker))
+
+    def abort(self) -> None:
+        self._close_fd()
+        try:
+            self.pool.call("abort_write", self.token, worker=self.worker)
+        except Exception:
+            pass  # a dead worker took its file with it

@@ -33,6 +33,10 @@ class SwappablePool:
     def state(self) -> Any:
         return self._current.state
 
+    @property
+    def passes_fds(self) -> bool:
+        return bool(getattr(self._current, "passes_fds", False))
+
     def pinned(self) -> Pool:
         """The pool serving now: for calls that must reach the same worker (scan cursors)."""
         return self._current

@@ -3,6 +3,18 @@
 An ObjStore plugin exports `Constructor(cfg: Config) -> Store`. Objects are streamed: `put`
 reads from a binary reader, `get` returns a binary reader. When the store runs in a pool, the
 reader handed to `put` is backed by shared memory; `iter_chunks` gives its chunks without a copy.
+
+A store whose objects are files may also offer two optional methods (`FileStore`); the daemon
+then moves a piece's bytes between the HTTP socket and the file itself (sendfile), and the
+store's worker only opens, checks and commits:
+
+    open_for_read(path) -> file object (or fd)   the object's bytes, from offset 0 to the end
+                                                 of a regular file; same errors as get
+    open_for_write(path) -> ObjectWriter         a new object, invisible until commit(); same
+                                                 checks as put (ReadOnlyStoreError, paths)
+
+Whoever calls them applies no rule of its own: confinement, ReadOnly and atomicity are the
+store's, as for get and put. A store without them keeps the shared-memory ring.
 """
 
 from __future__ import annotations
@@ -10,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import BinaryIO, Iterator, Protocol, runtime_checkable
 
-__all__ = ["Config", "InstanceInfo", "Stat", "Store", "iter_chunks"]
+__all__ = ["Config", "FileStore", "InstanceInfo", "ObjectWriter", "Stat", "Store", "iter_chunks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +98,34 @@ class Store(Protocol):
     def full_path(self, path: str) -> str:
         """Where the object lives: "cache/s-t04040-1001" -> "/store/dir/cache/s-t04040-1001"."""
         ...
+
+
+@runtime_checkable
+class ObjectWriter(Protocol):
+    """An object being written through a file (FileStore.open_for_write)."""
+
+    def fileno(self) -> int:
+        """The file the caller writes the object's bytes into, from offset 0 (it may write
+        through a duplicate of this fd, in another process)."""
+        ...
+
+    def commit(self) -> int:
+        """Make the bytes visible under the path, atomically (a reader sees the old object or
+        the whole new one), durable as the store promises; returns the size."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the bytes; nothing becomes visible. Safe after commit (then it does nothing)."""
+        ...
+
+
+@runtime_checkable
+class FileStore(Protocol):
+    """The optional file methods of a Store (see the module docstring)."""
+
+    def open_for_read(self, path: str) -> BinaryIO | int: ...
+
+    def open_for_write(self, path: str) -> ObjectWriter: ...
 
 
 def iter_chunks(reader: BinaryIO, size: int = 8 << 20) -> Iterator[memoryview | bytes]:
