@@ -72,3 +72,36 @@ def test_no_daemon_names_the_home_and_how_to_choose(tmp_path: Path) -> None:
         last = proc.stderr.strip().splitlines()[-1]
         assert str(home) in last and "--home" in last and "$VSM_HOME" in last, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_bad_values_fail_their_own_call_naming_the_field(daemon: Daemon) -> None:
+    """Items 2 and 10: a value that cannot be typed fails that one call, naming the field,
+    before anything is journaled; every later write goes on; the status stays honest."""
+    daemon.rpc("sectors.init", {"sectors": [{"miner": 88, "number": n, "proof_type": 8} for n in range(3)]})
+    head = daemon.rpc("sinks.status")["journal"]["head"]
+    cases = {
+        "SectorType=abc": "SectorType",
+        'Pieces=[{"x":1}]': "SectorPieceV2.x",
+        "Seed=123": "Seed",
+    }
+    for arg, field in cases.items():
+        last = _one_line_error(daemon.cli("sectors", "update", "88", "0", arg, check=False))
+        assert field in last, (arg, last)
+    assert daemon.rpc("sinks.status")["journal"]["head"] == head  # nothing journaled
+    out = daemon.cli("sectors", "update", "--json", "88", "1", "SectorType=9").stdout
+    assert '"SectorType": 9' in out
+    daemon.cli("sectors", "finalize", "88", "2")
+    status = daemon.cli("status").stdout
+    assert "journal" not in status.split("problems")[-1] and "broken" not in status, status
+
+
+def test_missing_sector_reads_the_same_for_get_and_update(daemon: Daemon) -> None:
+    get = _one_line_error(daemon.cli("sectors", "get", "88", "424242", check=False))
+    update = _one_line_error(daemon.cli("sectors", "update", "88", "424242", "Removed=true", check=False))
+    assert "no sector m-88-n-424242 (online or offline)" in get and "no sector m-88-n-424242 (online or offline)" in update
+    assert get.split("no sector")[0].replace("sectors.get", "") == update.split("no sector")[0].replace("sectors.update", "")

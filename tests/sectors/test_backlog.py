@@ -184,3 +184,25 @@ def test_a_failed_journal_write_comes_back_without_a_restart(dictdb, tmp_path) -
         assert m.status()["sinks"]["rec"]["needs_rebuild"] is None
     assert rec.seqs == [1, 3]  # seq 2 is the failed op's: an empty frame, nothing to deliver
     assert set(dictdb.open_collection("meta").data) == {b"sector-states/m-9-n-0", b"sector-states/m-9-n-3"}
+
+
+def test_rows_that_cannot_be_encoded_fail_their_own_op_only(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A typed value that passes the op's own checks but not the Arrow encoder (issue 13, item 2:
+    one bad update wedged every write until a restart): that op fails, nothing of it reaches
+    the KV, the frame's other ops and every later one go on, and sinks see no hole."""
+    from vsm.sdk.sectors import AllocatedSector, Seed
+    from vsm.sectors._events import EventRejected
+
+    rec = RecordingSink()
+    with _mgr(dictdb, tmp_path) as m:
+        m.add_sink("rec", SinkHost(sink_obj=rec))
+        m.init([AllocatedSector(SectorID(9, n), 8) for n in range(2)])
+        with pytest.raises(EventRejected, match="could not be encoded"):
+            m.update(SectorID(9, 0), {"Seed": Seed(b"\x01" * 32, "not an epoch")})  # type: ignore[arg-type]
+        assert m.get(SectorID(9, 0)).seed is None  # not committed
+        m.update(SectorID(9, 1), {"Removed": True})
+        m.import_states([make_state(10, n) for n in range(3)])
+        assert m.wait_delivered(10)
+        st = m.status()["journal"]
+        assert st["broken"] is None and st["rejected"] == 1
+    assert rec.seqs == [1, 2, 4, 5, 6, 7]  # seq 3 was the rejected update's: an empty frame

@@ -884,9 +884,10 @@ def _decode_state_fast(data: bytes | str) -> SectorState:
     return st  # type: ignore[no-any-return]
 
 
-def decode_field(go_name: str, value: Any) -> Any:
+def decode_field(go_name: str, value: Any, unknown: list[str] | None = None) -> Any:
     """A typed value for SectorState field `go_name`: its Go JSON form decoded strictly (as
-    Go would, GoJSONError naming the field otherwise), or a typed value passed through."""
+    Go would, GoJSONError naming the field otherwise), or a typed value passed through.
+    Keys Go would ignore go to `unknown` as "Struct.Key"."""
     f = _FIELD_BY_GO[go_name]
     enc = f.metadata["enc"]
     if dataclasses.is_dataclass(value) or isinstance(value, (bytes, SectorID)):
@@ -895,7 +896,7 @@ def decode_field(go_name: str, value: Any) -> Any:
         return value
     pointer = isinstance(enc, type) and ("SectorState", go_name) not in _VALUE_STRUCTS
     try:
-        return _decoder_for(enc, pointer)(value, getattr(SectorState(), f.name), None)
+        return _decoder_for(enc, pointer)(value, getattr(SectorState(), f.name), unknown)
     except _Err as e:
         raise e.within(go_name) from None
 

@@ -61,6 +61,7 @@ log = logging.getLogger("vsm.sectors")
 ONLINE = "online"
 OFFLINE = "offline"
 _PY_FIELDS = {v: k for k, v in STATE_FIELDS.items()}  # python attr -> Go name
+_LEGACY_KEYS = {"PreCommitInfo.Deals"}  # keys of damocles' pre-2024 states, which Go ignores
 
 
 class SectorNotFoundError(KeyError):
@@ -550,7 +551,11 @@ class SectorStateManager:
                 raise ValueError(f"unknown SectorState field {k!r}; known: {', '.join(STATE_FIELDS)}")
             if go == "ID":
                 raise ValueError("field 'ID' cannot be updated")
-            out[go] = decode_field(go, v)
+            unknown: list[str] = []
+            out[go] = decode_field(go, v, unknown)
+            typos = sorted(set(unknown) - _LEGACY_KEYS)
+            if typos:  # Go would ignore them and store zero values: a typo here stores junk (issue 13)
+                raise ValueError(f"{go}: unknown key(s) {', '.join(typos)}: an update takes damocles' field names only")
         return out
 
     def _load(self, sid: SectorID, ws: str | None) -> tuple[str, SectorState]:
@@ -561,8 +566,7 @@ class SectorStateManager:
             except KeyNotFoundError:
                 continue
             return w, SectorState.from_go_json(data)
-        where = ws or "online or offline"
-        raise SectorNotFoundError(f"sector m-{sid.miner}-n-{sid.number} not found ({where})")
+        raise SectorNotFoundError(f"no sector m-{sid.miner}-n-{sid.number} ({ws or 'online or offline'})")
 
     def _notify_wm(self, _wm: int) -> None:
         with self._wm_cv:

@@ -111,8 +111,10 @@ def sectors_get(manager: Any, miner: int, number: int) -> dict[str, Any]:
     sid = _sid(miner, number)
     sm = _sectors(manager)
     where = sm.locate(sid)
-    if where is None:
-        raise ValueError(f"no sector m-{miner}-n-{number}")
+    if where is None:  # the same error as update's, finalize's...
+        from ..sectors import SectorNotFoundError
+
+        raise SectorNotFoundError(f"no sector m-{miner}-n-{number} (online or offline)")
     return _state_json(sm.get(sid, where), where)
 
 
