@@ -4,8 +4,10 @@ failure one line that names the plugin, the requirement and the cause."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import socket
+import sys
 
 import pytest
 
@@ -63,6 +65,9 @@ def test_same_requirements_share_one_environment_made_once_then_reused(tmp_path,
         registry.close()
     (key,) = _envs(tmp_path)
     site = tmp_path / "envs" / key / "site"
+    # the manager itself never imports from an environment
+    assert sys.modules["packaging"].__version__ == importlib.metadata.version("packaging") != "21.3"
+    assert not any(str(tmp_path) in p for p in sys.path)
     assert all(s["version"] == s["metadata"] == "21.3" and s["file"].startswith(str(site)) for s in seen), seen
     info = json.loads((tmp_path / "envs" / key / "env.json").read_text())
     assert info["packages"]["packaging"] == "21.3" and info["requirements"] == ["packaging==21.3"]

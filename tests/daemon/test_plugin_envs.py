@@ -6,6 +6,7 @@ before the swap with no call failing, and a second start creates nothing."""
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import threading
 from pathlib import Path
 
@@ -68,7 +69,11 @@ def test_conflicting_pins_side_by_side_reload_and_reuse(start_daemon, tmp_path: 
     assert out.startswith("reloaded RegisterJsonRpc/pkgb"), out
     assert d.rpc("PKGB.version")["version"].startswith("23.")
     assert seen and seen[0].startswith("24.")
-    assert d.log_text().count(CREATED) == 3  # pkga, pkgb, the reload's
+    log = d.log_text()
+    assert log.count(CREATED) == 3  # pkga, pkgb, the reload's
+    # progress as it goes, then how long it took
+    assert re.search(rf"plugin 'RegisterJsonRpc/pkga': environment {key_a}: Resolved 2 packages in ", log), log[-3000:]
+    assert re.search(rf"plugin 'RegisterJsonRpc/pkga': environment {key_a} ready in [0-9.]+ s: packaging 21.3, pyparsing ", log)
     d.stop()
 
     # a second start creates nothing: every environment is there already

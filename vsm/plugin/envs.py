@@ -62,12 +62,14 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from loguru import logger
 from packaging.requirements import InvalidRequirement, Requirement
@@ -278,15 +280,30 @@ def _uv_bin() -> str:
     raise PluginLoadError("creating plugin environments needs uv: pip install 'uv>=0.5'")
 
 
-def _uv(*args: str) -> str:
-    env = dict(os.environ, UV_NO_PROGRESS="1")
+_PROGRESS = re.compile(r"^(Resolved|Prepared|Installed|Downloading|Downloaded|Building|Built) ")
+
+
+def _uv(*args: str, say: Callable[[str], None] | None = None) -> None:
+    """Run uv; its progress lines (Resolved 2 packages in 5ms, Downloading..., Built...) go to
+    `say` as they come. Raises UvFailed with its stderr."""
+    env = dict(os.environ, UV_NO_PROGRESS="1")  # no bars: lines
+    proc = subprocess.Popen([_uv_bin(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    timer = threading.Timer(CREATE_TIMEOUT, proc.kill)
+    timer.start()
+    lines = []
     try:
-        proc = subprocess.run([_uv_bin(), *args], capture_output=True, text=True, env=env, timeout=CREATE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise UvFailed(f"error: uv {args[0]} {args[1]} did not finish within {CREATE_TIMEOUT:.0f} s") from None
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if say is not None and _PROGRESS.match(line):
+                say(line.strip())
+        proc.wait()
+    finally:
+        timer.cancel()
+    if proc.returncode == -signal.SIGKILL:
+        raise UvFailed(f"error: uv {args[0]} {args[1]} did not finish within {CREATE_TIMEOUT:.0f} s")
     if proc.returncode != 0:
-        raise UvFailed(proc.stderr)
-    return proc.stdout
+        raise UvFailed("".join(lines))
 
 
 def _pip_config_files() -> list[Path]:
@@ -359,16 +376,16 @@ def lock_names(lines: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def resolve_lock(requirements: tuple[str, ...] | list[str], scratch: Path) -> list[str]:
+def resolve_lock(requirements: tuple[str, ...] | list[str], scratch: Path, say: Callable[[str], None] | None = None) -> list[str]:
     """The exact versions (`name==version` lines) this machine's Python would install for
     requirements, with vsm-pool's runtime held at the manager's versions. Raises UvFailed."""
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / "requirements.in").write_text("\n".join(requirements) + "\n")
     (scratch / "runtime.txt").write_text("".join(f"{n}=={v}\n" for n, v in runtime_versions().items() if n != "vsm-pool"))
     _uv(
-        "pip", "compile", "-q", "--no-header", "--no-annotate", "--python", sys.executable,
+        "pip", "compile", "--no-header", "--no-annotate", "--python", sys.executable,
         "--constraints", str(scratch / "runtime.txt"), *index_args(),
-        str(scratch / "requirements.in"), "-o", str(scratch / "lock.txt"),
+        str(scratch / "requirements.in"), "-o", str(scratch / "lock.txt"), say=say,
     )  # fmt: skip
     return (scratch / "lock.txt").read_text().splitlines()
 
@@ -443,16 +460,18 @@ def _create(env: EnvPlan, root: Path, label: str, artifact: Path | None) -> dict
             label, env.key, ", ".join(env.requirements), source,
         )  # fmt: skip
         try:
+            def say(line: str) -> None:
+                logger.info("plugin '{}': environment {}: {}", label, env.key, line)
+
             if lock is None:
-                lock = resolve_lock(env.requirements, tmp / "resolve")
+                lock = resolve_lock(env.requirements, tmp / "resolve", say)
             pins = [line for name, line in lock_names(lock) if name not in RUNTIME]
-            how = "from the bundled lock" if wheels.is_dir() else f"resolved in {time.monotonic() - t0:.1f} s"
-            logger.info("plugin '{}': environment {}: {} packages {}, installing...", label, env.key, len(pins), how)
+            logger.info("plugin '{}': environment {}: installing {} packages...", label, env.key, len(pins))
             (tmp / "install.txt").write_text("\n".join(pins) + "\n")
             where = ["--offline", "--no-index", "--find-links", str(wheels)] if wheels.is_dir() else index_args()
             _uv(
-                "pip", "install", "-q", "--no-deps", "--python", sys.executable, "--target", str(tmp / "site"),
-                *where, "-r", str(tmp / "install.txt"),
+                "pip", "install", "--no-deps", "--python", sys.executable, "--target", str(tmp / "site"),
+                *where, "-r", str(tmp / "install.txt"), say=lambda line: line.startswith("Resolved") or say(line),
             )  # fmt: skip
         except UvFailed as e:
             cause = failure_text(env.requirements, e.stderr, offline=wheels.is_dir())
