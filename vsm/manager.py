@@ -22,6 +22,7 @@ from .plugin.loader import Plugin, PluginState, Registry, discover
 from .plugin.proxies import PooledDB, PooledStore
 from .sdk import Config as StoreCfg
 from .sdk import Kind
+from .sdk.errors import InstanceNotFoundError
 
 __all__ = ["Manager"]
 
@@ -346,7 +347,8 @@ class Manager:
         except KeyError:
             if name in self.store_errors:
                 raise ConfigError(self.config.file, "", self.store_errors[name]) from None
-            raise ValueError(f"no store named {name!r} (stores: {', '.join(sorted(self.stores)) or 'none'})") from None
+            # damocles' StoreManager.GetInstance: ErrObjectStoreInstanceNotFound
+            raise InstanceNotFoundError(f"instance not found: no store named {name!r} (stores: {', '.join(sorted(self.stores)) or 'none'})") from None
 
     def sink_pool(self, name: str) -> Any:
         assert self.registry is not None

@@ -2,7 +2,9 @@
 
 Object paths are relative to cfg.path and must stay inside it, symlinks included. A put
 writes a temp file next to its target and renames it into place only when the reader is
-exhausted, so readers never see a partial object. Meta:
+exhausted, so readers never see a partial object. With `Strict = true` ([[Common.PersistStores]]),
+as damocles' filestore, get reads only regular files: anything else (a FIFO, a device, a folder)
+is ObjectNotFoundError, checked before it is opened (opening a FIFO would block). Meta:
     Fsync      "true" (default) | "false": fsync each object before the rename
     OpenFiles  "true" (default) | "false": offer open_for_read/open_for_write (vsm.sdk.objstore
                FileStore), so the daemon moves a piece with sendfile between its socket and the
@@ -103,6 +105,13 @@ class FsStore:
 
     def get(self, path: str) -> BinaryIO:
         full = self._resolve(path)
+        if self._cfg.strict:
+            try:
+                regular = stat_mode.S_ISREG(os.stat(full).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                regular = True  # open() below says "not found"
+            if not regular:  # Go: ErrNotRegularFile, reported as ErrObjectNotFound
+                raise ObjectNotFoundError(f"obj {path}: object not found (not a regular file, and store {self.instance()!r} is Strict)")
         try:
             return builtins.open(full, "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):

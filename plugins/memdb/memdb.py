@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from vsm.sdk import KeyNotFoundError, Manifest
+from vsm.sdk import EmptyKeyError, KeyNotFoundError, Manifest, ReadOnlyTransactionError
 
 __all__ = ["on_init", "open"]
 
@@ -29,6 +29,13 @@ def on_init(plugins_dir: str, manifest: Manifest) -> None:
 def open(meta: dict[str, str]) -> MemDB:  # noqa: A001 - the exported Constructor's name
     """Constructor: a new, empty DB; meta is ignored."""
     return MemDB()
+
+
+def _key(key: bytes) -> bytes:
+    """As badger: the empty key is refused."""
+    if not key:
+        raise EmptyKeyError()
+    return bytes(key)
 
 
 class MemIter:
@@ -96,7 +103,7 @@ class MemTxn:
         self._writes: dict[bytes, bytes | None] = {}  # None: deleted in this transaction
 
     def get(self, key: bytes) -> bytes:
-        key = bytes(key)
+        key = _key(key)
         if key in self._writes:
             val = self._writes[key]
             if val is None:
@@ -109,11 +116,11 @@ class MemTxn:
 
     def put(self, key: bytes, val: bytes) -> None:
         self._check_writable()
-        self._writes[bytes(key)] = bytes(val)
+        self._writes[_key(key)] = bytes(val)
 
     def delete(self, key: bytes) -> None:
         self._check_writable()
-        self._writes[bytes(key)] = None
+        self._writes[_key(key)] = None
 
     def scan(self, prefix: bytes) -> MemIter:
         prefix = bytes(prefix)
@@ -138,7 +145,7 @@ class MemTxn:
 
     def _check_writable(self) -> None:
         if not self._writable:
-            raise PermissionError("memdb: write in a view transaction; use update")
+            raise ReadOnlyTransactionError()  # badger's error, as damocles reports it
 
 
 class Collection:
@@ -166,18 +173,18 @@ class Collection:
 
     def get(self, key: bytes) -> bytes:
         with self._lock:
-            return self._table.get(bytes(key))
+            return self._table.get(_key(key))
 
     def peek(self, key: bytes, fn: Callable[[bytes], T]) -> T:
         return fn(self.get(key))
 
     def put(self, key: bytes, val: bytes) -> None:
         with self._lock:
-            self._table.put(bytes(key), bytes(val))
+            self._table.put(_key(key), bytes(val))
 
     def delete(self, key: bytes) -> None:
         with self._lock:
-            self._table.delete(bytes(key))
+            self._table.delete(_key(key))
 
     def scan(self, prefix: bytes) -> MemIter:
         with self._lock:

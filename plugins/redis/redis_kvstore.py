@@ -47,7 +47,7 @@ import redis.exceptions as rexc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from vsm.sdk import KeyNotFoundError, PluginError, TransactionConflictError
+from vsm.sdk import EmptyKeyError, KeyNotFoundError, PluginError, ReadOnlyTransactionError, TransactionConflictError
 
 __all__ = ["open", "RedisDB", "RedisCollection"]
 
@@ -239,7 +239,7 @@ class RedisCollection:
     # -- KVStore
 
     def get(self, key: bytes) -> bytes:
-        key = bytes(key)
+        key = _key(key)
         with self.errors():
             val = self._r.get(self.data_key(key))
         if val is None:
@@ -250,7 +250,7 @@ class RedisCollection:
         return fn(self.get(key))
 
     def put(self, key: bytes, val: bytes) -> None:
-        key, val = bytes(key), bytes(val)
+        key, val = _key(key), bytes(val)
         with self.errors():
             pipe = self._r.pipeline(transaction=True)
             pipe.set(self.data_key(key), val)
@@ -259,7 +259,7 @@ class RedisCollection:
 
     def delete(self, key: bytes) -> None:
         """Deleting a missing key is not an error (Go memdb/badger semantics)."""
-        key = bytes(key)
+        key = _key(key)
         with self.errors():
             pipe = self._r.pipeline(transaction=True)
             pipe.delete(self.data_key(key))
@@ -342,6 +342,13 @@ class ListIter:
         self._it = iter(())
 
 
+def _key(key: bytes) -> bytes:
+    """As badger: the empty key is refused."""
+    if not key:
+        raise EmptyKeyError()
+    return bytes(key)
+
+
 class ViewTxn:
     """Read-only transaction: reads go straight to the server."""
 
@@ -355,10 +362,10 @@ class ViewTxn:
         return fn(self._coll.get(key))
 
     def put(self, key: bytes, val: bytes) -> None:
-        raise PermissionError("redis: write in a view transaction; use update")
+        raise ReadOnlyTransactionError()  # badger's error, as damocles reports it
 
     def delete(self, key: bytes) -> None:
-        raise PermissionError("redis: write in a view transaction; use update")
+        raise ReadOnlyTransactionError()  # badger's error, as damocles reports it
 
     def scan(self, prefix: bytes) -> RedisIter:
         return self._coll.scan(prefix)
@@ -380,7 +387,7 @@ class UpdateTxn:
             self._watched.update(new)
 
     def get(self, key: bytes) -> bytes:
-        key = bytes(key)
+        key = _key(key)
         if key in self._writes:
             val = self._writes[key]
             if val is _DELETED:
@@ -397,10 +404,10 @@ class UpdateTxn:
         return fn(self.get(key))
 
     def put(self, key: bytes, val: bytes) -> None:
-        self._writes[bytes(key)] = bytes(val)
+        self._writes[_key(key)] = bytes(val)
 
     def delete(self, key: bytes) -> None:
-        self._writes[bytes(key)] = _DELETED
+        self._writes[_key(key)] = _DELETED
 
     def scan(self, prefix: bytes) -> ListIter:
         """Materialised; WATCHes the index (keys added or removed) and each key returned."""

@@ -8,8 +8,10 @@ All collections share one table keyed by (collection, key); keys are BLOBs, so S
 order is byte order and a prefix scan is the key range [prefix, successor(prefix)).
 Transactions are pessimistic (update takes the write lock with BEGIN IMMEDIATE), so they never
 conflict. Puts inside an update are buffered and written with executemany before the next read
-or at commit: bulk imports run in one statement loop inside SQLite. A scan outside a transaction
-reads a page at a time and may see writes made meanwhile; txn.scan inside view is a snapshot.
+or at commit: bulk imports run in one statement loop inside SQLite. A scan is a snapshot, as
+badger's (damocles' default store): outside a transaction it reads its pages in a read
+transaction of its own connection, held until the scan ends or is closed; txn.scan reads the
+transaction's. The empty key is refused and a write inside view fails as badger reports them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sqlite3
 import threading
 from typing import Callable, Iterator, TypeVar
 
-from vsm.sdk import KeyNotFoundError
+from vsm.sdk import EmptyKeyError, KeyNotFoundError, ReadOnlyTransactionError
 
 __all__ = ["open"]
 
@@ -49,6 +51,13 @@ def open(meta: dict[str, str]) -> SqliteDB:  # noqa: A001 - the exported Constru
     return SqliteDB(path, sync)
 
 
+def _key(key: bytes) -> bytes:
+    """As badger: the empty key is refused."""
+    if not key:
+        raise EmptyKeyError()
+    return bytes(key)
+
+
 def _successor(prefix: bytes) -> bytes | None:
     """The smallest key greater than every key starting with prefix; None if there is none."""
     stripped = prefix.rstrip(b"\xff")
@@ -60,8 +69,9 @@ def _successor(prefix: bytes) -> bytes | None:
 class SqliteIter:
     """Keys in order, fetched a page at a time by key range (keyset pagination)."""
 
-    def __init__(self, fetch: Callable[[bytes | None], list[tuple[bytes, bytes]]]) -> None:
+    def __init__(self, fetch: Callable[[bytes | None], list[tuple[bytes, bytes]]], on_close: Callable[[], None] | None = None) -> None:
         self._fetch = fetch
+        self._on_close = on_close
         self._rows: Iterator[tuple[bytes, bytes]] = iter(())
         self._last: bytes | None = None
         self._done = False
@@ -76,10 +86,11 @@ class SqliteIter:
                 raise StopIteration
             page = self._fetch(self._last)
             self._done = len(page) < _PAGE
+            if self._done:
+                self._release()  # the last page is read: end the snapshot now
             self._rows = iter(page)
             row = next(self._rows, None)
             if row is None:
-                self._done = True
                 raise StopIteration
         self._last = row[0]
         return row
@@ -87,6 +98,15 @@ class SqliteIter:
     def close(self) -> None:
         self._done = True
         self._rows = iter(())
+        self._release()
+
+    def _release(self) -> None:
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()
+
+    def __del__(self) -> None:  # an abandoned scan must not hold its snapshot (and the WAL) forever
+        self._release()
 
 
 class SqliteTxn:
@@ -106,7 +126,7 @@ class SqliteTxn:
 
     def put(self, key: bytes, val: bytes) -> None:
         self._check_writable()
-        self._puts.append((self._coll.name, bytes(key), bytes(val)))
+        self._puts.append((self._coll.name, _key(key), bytes(val)))
         if len(self._puts) >= _FLUSH_EVERY:
             self.flush()
 
@@ -127,7 +147,7 @@ class SqliteTxn:
 
     def _check_writable(self) -> None:
         if not self._writable:
-            raise PermissionError("sqlitekv: write in a view transaction; use update")
+            raise ReadOnlyTransactionError()  # badger's error, as damocles reports it
 
 
 class Collection:
@@ -176,30 +196,37 @@ class Collection:
 
     def put(self, key: bytes, val: bytes) -> None:
         with self._db._lock:
-            self._conn.execute("INSERT OR REPLACE INTO kv (coll, k, v) VALUES (?, ?, ?)", (self.name, bytes(key), bytes(val)))
+            self._conn.execute("INSERT OR REPLACE INTO kv (coll, k, v) VALUES (?, ?, ?)", (self.name, _key(key), bytes(val)))
 
     def delete(self, key: bytes) -> None:
         with self._db._lock:
             self._delete(key)
 
     def scan(self, prefix: bytes) -> SqliteIter:
-        return SqliteIter(self._page_fn(bytes(prefix), None))
+        """A snapshot: its own connection's read transaction, begun here and ended when the
+        scan ends or is closed (WAL: writers go on meanwhile)."""
+        with self._db._lock:
+            self._conn  # closed DB: fail here, not at the first page
+        conn = sqlite3.connect(self._db.path, isolation_level=None, check_same_thread=False)
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1 FROM kv LIMIT 1").fetchall()  # the first read fixes the snapshot
+        return SqliteIter(self._page_fn(bytes(prefix), None, conn), conn.close)
 
     def _get(self, key: bytes) -> bytes:
-        row = self._conn.execute("SELECT v FROM kv WHERE coll = ? AND k = ?", (self.name, bytes(key))).fetchone()
+        row = self._conn.execute("SELECT v FROM kv WHERE coll = ? AND k = ?", (self.name, _key(key))).fetchone()
         if row is None:
             raise KeyNotFoundError(f"key not found: {bytes(key)!r}")
         return row[0]
 
     def _delete(self, key: bytes) -> None:
         # Go semantics (badger, mongo): deleting a missing key is not an error.
-        self._conn.execute("DELETE FROM kv WHERE coll = ? AND k = ?", (self.name, bytes(key)))
+        self._conn.execute("DELETE FROM kv WHERE coll = ? AND k = ?", (self.name, _key(key)))
 
     def _page_fn(
-        self, prefix: bytes, in_txn_flush: Callable[[], None] | None
+        self, prefix: bytes, in_txn_flush: Callable[[], None] | None, snapshot: sqlite3.Connection | None = None
     ) -> Callable[[bytes | None], list[tuple[bytes, bytes]]]:
         """A page fetcher for SqliteIter: inside a txn it runs on the txn (no lock, flushes
-        buffered puts first); outside, each page is its own short read under the lock."""
+        buffered puts first); outside, on the scan's own snapshot connection."""
         upper = _successor(prefix)
         sql = "SELECT k, v FROM kv WHERE coll = ? AND k {} ?" + (" AND k < ?" if upper is not None else "")
         sql += f" ORDER BY k LIMIT {_PAGE}"
@@ -213,8 +240,8 @@ class Collection:
             if in_txn_flush is not None:
                 in_txn_flush()
                 return self._conn.execute(query, args).fetchall()
-            with self._db._lock:
-                return self._conn.execute(query, args).fetchall()
+            assert snapshot is not None
+            return snapshot.execute(query, args).fetchall()
 
         return fetch
 

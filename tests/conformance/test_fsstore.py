@@ -205,3 +205,17 @@ def test_open_files_false_keeps_the_ring_only(root: pathlib.Path, constructor: C
     assert not hasattr(plain, "open_for_read") and not hasattr(plain, "open_for_write")
     with pytest.raises(ValueError, match="OpenFiles"):
         constructor("fsstore")(Config(name="", path=str(root), meta={"OpenFiles": "maybe"}))
+
+
+def test_strict_store_reads_only_regular_files(root: pathlib.Path, constructor: Callable[[str], Any]) -> None:
+    """Strict, as damocles' filestore: a FIFO (whose open would block), a device or a folder is
+    'object not found'; a symlink to a regular file inside the store reads."""
+    os.mkfifo(root / "fifo")
+    (root / "real.bin").write_bytes(b"data")
+    os.symlink(root / "real.bin", root / "link.bin")
+    strict = constructor("fsstore")(Config(name="s", path=str(root), strict=True))
+    for path in ("fifo", "missing.bin"):
+        with pytest.raises(ObjectNotFoundError, match="object not found"):
+            strict.get(path)
+    with strict.get("link.bin") as f:
+        assert f.read() == b"data"

@@ -61,6 +61,28 @@ class DeleteMissingRaises(_Wrapped):
         self._inner.delete(key)
 
 
+class AcceptsEmptyKey(_Wrapped):
+    def put(self, key: bytes, val: bytes) -> None:
+        self._inner.put(key or b"\x00", val)  # stores something under another key
+
+
+class LiveScan(_Wrapped):
+    """Reads each key at the time it is reached, as a paged scan without a snapshot does."""
+
+    def scan(self, prefix: bytes) -> Any:
+        keys = [k for k, _ in self._inner.scan(prefix)]
+        inner = self._inner
+
+        def live() -> Any:
+            for k in keys:
+                try:
+                    yield k, inner.get(k)
+                except KeyNotFoundError:
+                    continue
+
+        return _ListIter(live())  # type: ignore[arg-type]
+
+
 class MutantDB(_Wrapped):
     def __init__(self, inner: Any, mutant: type[_Wrapped]) -> None:
         super().__init__(inner)
@@ -77,6 +99,8 @@ class MutantDB(_Wrapped):
         (UnsortedScan, "scan_prefix_in_byte_order"),
         (GetMissingReturnsEmpty, "get_missing_raises"),
         (DeleteMissingRaises, "delete_removes"),
+        (AcceptsEmptyKey, "empty_key_refused"),
+        (LiveScan, "scan_is_a_snapshot"),
     ],
 )
 def test_kvstore_kit_fails_a_broken_store(

@@ -32,16 +32,21 @@ def test_build_bundled_plugin_like_the_go_tool(tmp_path, name):
     assert [p.name for p in tmp_path.iterdir()] == [f"plugin-{name}.vsmp"]  # no temp file left
 
 
-@pytest.mark.parametrize("kind", ["KVStore", "ObjStore", "SyncSectorState", "RegisterJsonRpc"])
-def test_new_plugin_source_builds(tmp_path, kind):
-    name = f"my_{kind.lower()}"
+@pytest.mark.parametrize(
+    "kind, name",
+    [("KVStore", "AtomicCounter"), ("ObjStore", "my_objstore"), ("SyncSectorState", "my-sink"), ("RegisterJsonRpc", "concurrent-limiter")],
+)
+def test_new_plugin_source_builds(tmp_path, kind, name):
+    """Names as damocles allows them (its examples: concurrent-limiter; AtomicCounter)."""
     run_cli("plugin", "new", "--kind", kind, "--dir", str(tmp_path), name, check=True)
     proc = run_cli("plugin", "build", "--src-dir", str(tmp_path / name), "--out-dir", str(tmp_path / "out"), check=True)
-    assert _json_tail(proc.stdout)["kind"] == kind
+    assert _json_tail(proc.stdout)["kind"] == kind and _json_tail(proc.stdout)["name"] == name
+    listed = json.loads(run_cli("plugin", "list", "--dir", str(tmp_path / "out"), "--json", check=True).stdout)
+    assert [(p["name"], p["artifact"].rsplit("/", 1)[-1]) for p in listed] == [(name, f"plugin-{name}.vsmp")]
 
 
 def test_new_refuses_bad_name_and_existing_folder(tmp_path):
-    proc = run_cli("plugin", "new", "--kind", "KVStore", "--dir", str(tmp_path), "Bad-Name")
+    proc = run_cli("plugin", "new", "--kind", "KVStore", "--dir", str(tmp_path), "../escape")
     assert proc.returncode == 2 and "not a valid plugin name" in proc.stderr
     run_cli("plugin", "new", "--kind", "KVStore", "--dir", str(tmp_path), "twice", check=True)
     proc = run_cli("plugin", "new", "--kind", "KVStore", "--dir", str(tmp_path), "twice")

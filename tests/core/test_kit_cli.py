@@ -21,9 +21,35 @@ KV = 'name = "{name}"\nkind = "KVStore"\nexport = [{{extPoint="Constructor", imp
 # A correct in-memory KVStore whose Constructor refuses Meta it does not know (like sqlsink).
 STRICT_KV = '''\
 import copy
-from vsm.sdk import KeyNotFoundError
+from vsm.sdk import EmptyKeyError, KeyNotFoundError, ReadOnlyTransactionError
 
 EXPECTED = {expected!r}
+
+
+def _k(k):
+    if not k:
+        raise EmptyKeyError()
+    return bytes(k)
+
+
+class ReadOnly:
+    def __init__(self, c):
+        self.c = c
+
+    def get(self, k):
+        return self.c.get(k)
+
+    def peek(self, k, fn):
+        return self.c.peek(k, fn)
+
+    def scan(self, p):
+        return self.c.scan(p)
+
+    def put(self, k, v):
+        raise ReadOnlyTransactionError()
+
+    def delete(self, k):
+        raise ReadOnlyTransactionError()
 
 
 class Iter:
@@ -46,7 +72,7 @@ class Coll:
 
     def get(self, k):
         try:
-            return self.d[bytes(k)]
+            return self.d[_k(k)]
         except KeyError:
             raise KeyNotFoundError(repr(k)) from None
 
@@ -54,16 +80,16 @@ class Coll:
         return fn(self.get(k))
 
     def put(self, k, v):
-        self.d[bytes(k)] = bytes(v)
+        self.d[_k(k)] = bytes(v)
 
     def delete(self, k):
-        self.d.pop(bytes(k), None)
+        self.d.pop(_k(k), None)
 
     def scan(self, p):
         return Iter(sorted((k, v) for k, v in self.d.items() if k.startswith(p)))
 
     def view(self, fn):
-        return fn(self)
+        return fn(ReadOnly(self))
 
     def update(self, fn):
         work = Coll()
@@ -147,7 +173,7 @@ def test_constructor_exception_is_one_line_at_the_plugins_own_line(tmp_path, wri
 
 def test_a_failure_points_at_the_plugins_own_line_and_exits_1(tmp_path, write_plugin):
     broken = STRICT_KV.format(expected={}).replace(
-        "    def put(self, k, v):\n", "    def put(self, k, v):\n        if k == b'\\x00': raise TypeError('no NUL keys here')\n"
+        "    def put(self, k, v):\n        self.d[", "    def put(self, k, v):\n        if k == b'\\x00': raise TypeError('no NUL keys here')\n        self.d["
     )
     folder = write_plugin(KV.format(name="nonul"), broken, name="nonul")
     artifact, _, _ = build(folder, tmp_path / "out")

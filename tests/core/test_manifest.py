@@ -24,7 +24,8 @@ def test_good_manifest_reads_as_data(write_plugin):
     [
         ('name = "p"\nkind = "KVStore"\nexport = [', KV_MODULE, "", "TOML syntax error"),
         ('name = "p"\nkind = "Audit"\nexport = []', KV_MODULE, "kind", "unknown kind 'Audit'"),
-        ('name = "My-Plugin"\nkind = "KVStore"', KV_MODULE, "name", "not a valid plugin name"),
+        ('name = "my plugin"\nkind = "KVStore"', KV_MODULE, "name", "not a valid plugin name"),
+        ('name = "../x"\nkind = "KVStore"', KV_MODULE, "name", "not a valid plugin name"),
         ('kind = "KVStore"', KV_MODULE, "name", "missing"),
         ('name = "p"\nkind = "KVStore"\nexport = []', KV_MODULE, "export", "must export 'Constructor'"),
         ('name = "p"\nkind = "KVStore"\nexport = [{extPoint="Open", impl="open"}]', KV_MODULE, "export[0].extPoint", "not an extension point of KVStore"),

@@ -64,3 +64,21 @@ ReadOnly = true
     held = summary["Stats"]["not-1000"]["Reserved"]["s-t02000-1"]
     assert held["By"] == "s-t02000-1" and held["Size"] == 1 << 20 and summary["Stats"]["not-1000"]["ReservedSize"] == 1 << 20
     assert raw.startswith(b'{"Stats":{"not-1000":{"ReservedSize":1048576,"Reserved":{"s-t02000-1":{"By":"s-t02000-1","Size":1048576,"At":')
+
+
+def test_strict_persist_store_serves_only_regular_files(tmp_path: Path, start_daemon: Any) -> None:
+    """GET of a FIFO in a Strict store is a prompt 404 (object not found, as damocles'
+    filestore reports it), never a worker blocked opening it; regular files are served.
+    (The pieces API stats first, and fsstore's stat admits regular files only, Strict or not;
+    tests/conformance/test_fsstore.py checks Strict on get itself.)"""
+    import os
+
+    folder = tmp_path / "sealed"
+    folder.mkdir()
+    os.mkfifo(folder / "fifo")
+    (folder / "s-t01000-1").write_bytes(b"sealed bytes")
+    home = prepare_home(tmp_path / "home", append=f'[[Common.PersistStores]]\nName = "sealed"\nPath = "{folder}"\nStrict = true\n')
+    d = start_daemon(home)
+    status, _, body = d.request("GET", "/pieces/sealed/fifo")
+    assert status == 404 and b"ObjectNotFoundError" in body, (status, body)
+    assert d.request("GET", "/pieces/sealed/s-t01000-1")[2] == b"sealed bytes"

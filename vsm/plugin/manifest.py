@@ -20,7 +20,11 @@ from ..sdk._kinds import EXT_POINTS
 
 __all__ = ["LIFECYCLE_HOOKS", "check_impls", "manifest_from_dict", "read_source_manifest"]
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# damocles checks no name (its examples: memdb, concurrent-limiter); here a name is also a file
+# name (plugin-<name>.vsmp), a TOML key ([Common.Plugins.<name>]) and a metric label: letters,
+# digits, - and _, starting with a letter or digit.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_RULE = "use letters, digits, - and _ (at most 64), starting with a letter or digit"
 # manifest.toml key -> Manifest field. Keys stamped by the build are accepted only from artifacts.
 _SOURCE_KEYS = {
     "name": "name",
@@ -88,7 +92,7 @@ def manifest_from_dict(data: Mapping[str, Any], file: object, *, from_artifact: 
         raise ManifestError(file, "name", "missing: every plugin needs a name")
     if not NAME_RE.match(name):
         raise ManifestError(
-            file, "name", f"{name!r} is not a valid plugin name: use lowercase letters, digits and _ , starting with a letter"
+            file, "name", f"{name!r} is not a valid plugin name: {NAME_RULE}"
         )
     kind_text = text("kind")
     try:
@@ -97,9 +101,10 @@ def manifest_from_dict(data: Mapping[str, Any], file: object, *, from_artifact: 
         raise ManifestError(
             file, "kind", f"unknown kind {kind_text!r}: expected one of {', '.join(k.value for k in Kind)}"
         ) from None
-    module = text("module", name)
+    module = text("module", name.replace("-", "_"))  # concurrent-limiter -> concurrent_limiter.py
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", module):
-        raise ManifestError(file, "module", f"{module!r} is not a Python module name")
+        hint = "" if "module" in data else " (the default is the plugin's name): set module = \"<your module>\""
+        raise ManifestError(file, "module", f"{module!r} is not a Python module name{hint}")
 
     exports = _read_exports(data.get("export", []), kind, file)
     requirements = data.get("requirements", [])

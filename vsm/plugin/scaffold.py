@@ -12,7 +12,7 @@ import importlib.resources
 from pathlib import Path
 
 from ..errors import ManifestError
-from .manifest import NAME_RE
+from .manifest import NAME_RE, NAME_RULE
 
 __all__ = ["write_plugin_source"]
 
@@ -42,16 +42,17 @@ def template(kind: str, name: str) -> str:
 
 def write_plugin_source(kind: str, name: str, parent: Path) -> Path:
     if not NAME_RE.match(name):
-        raise ManifestError(parent / name, "name", f"{name!r} is not a valid plugin name: use lowercase letters, digits and _")
+        raise ManifestError(parent / name, "name", f"{name!r} is not a valid plugin name: {NAME_RULE}")
     folder = Path(parent) / name
     if folder.exists():
         raise ManifestError(folder, "", "folder exists already; choose another name or remove it")
     folder.mkdir(parents=True)
+    module = name.replace("-", "_")  # concurrent-limiter -> concurrent_limiter.py
     (folder / "manifest.toml").write_text(
         f'''name = "{name}"
 description = ""
 kind = "{kind}"
-module = "{name}"
+module = "{module}"
 version = "0.1.0"
 {'onInit = "on_init"' if kind == "KVStore" else '# onInit = "on_init"'}
 # onShutdown = "on_shutdown"
@@ -61,5 +62,5 @@ export = [ {_EXPORTS[kind]} ]
 ''',
         encoding="utf-8",
     )
-    (folder / f"{name}.py").write_text(template(kind, name), encoding="utf-8")
+    (folder / f"{module}.py").write_text(template(kind, name), encoding="utf-8")
     return folder

@@ -12,12 +12,14 @@ from . import errors, kvstore, objstore, sectors, sectorsync
 from ._kinds import Kind
 from ._manifest import SPI_VERSION, Manifest
 from .errors import (
+    EmptyKeyError,
     InvalidObjectPathError,
     KeyNotFoundError,
     MemoryLimitExceeded,
     ObjectNotFoundError,
     PluginError,
     ReadOnlyStoreError,
+    ReadOnlyTransactionError,
     TransactionConflictError,
 )
 from .objstore import Config, InstanceInfo, Stat, iter_chunks
@@ -25,6 +27,7 @@ from .objstore import Config, InstanceInfo, Stat, iter_chunks
 __all__ = [
     "SPI_VERSION",
     "Config",
+    "EmptyKeyError",
     "InstanceInfo",
     "InvalidObjectPathError",
     "KeyNotFoundError",
@@ -34,6 +37,7 @@ __all__ = [
     "ObjectNotFoundError",
     "PluginError",
     "ReadOnlyStoreError",
+    "ReadOnlyTransactionError",
     "Stat",
     "TransactionConflictError",
     "errors",

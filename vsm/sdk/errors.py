@@ -1,27 +1,43 @@
 """Errors a plugin raises and a caller catches, the same in-process and pooled.
 
-Tree::
+Tree (each is one of Go's sentinel errors; `str(E())` is Go's text)::
 
     PluginError                      base of everything a plugin reports
-    ├── KeyNotFoundError             kvstore: Get/Peek of a missing key (Go ErrKeyNotFound); Del of one is a no-op
-    ├── TransactionConflictError     kvstore: optimistic txn lost; caller retries (Go ErrTransactionConflict)
-    ├── ObjectNotFoundError          objstore: no object at that path (Go ErrObjectNotFound)
-    ├── ReadOnlyStoreError           objstore: put/delete on a read-only store (Go ErrReadOnlyStore)
-    ├── InvalidObjectPathError       objstore: path escapes the store (Go ErrInvalidObjectPath)
+    ├── KeyNotFoundError             kvstore: Get/Peek of a missing key (ErrKeyNotFound); Del of one is a no-op
+    ├── TransactionConflictError     kvstore: optimistic txn lost; caller retries (ErrTransactionConflict)
+    ├── EmptyKeyError                kvstore: an empty key (badger's ErrEmptyKey: damocles' default store refuses it)
+    ├── ReadOnlyTransactionError     kvstore: put/delete inside view (badger's ErrReadOnlyTxn)
+    ├── ObjectNotFoundError          objstore: no object at that path (ErrObjectNotFound)
+    ├── ReadOnlyStoreError           objstore: put/delete on a read-only store (ErrReadOnlyStore)
+    ├── InvalidObjectPathError       objstore: path escapes the store (ErrInvalidObjectPath)
+    ├── NotRegularFileError          objstore: not a regular file (ErrNotRegularFile)
+    ├── NotSeekableError             objstore: a ranged read of what cannot seek (ErrNotSeekable)
+    ├── NotOpenedError               objstore: the store is not open (ErrNotOpened)
+    ├── InstanceNotFoundError        objstore: no store instance of that name (ErrObjectStoreInstanceNotFound)
     └── MemoryLimitExceeded          the plugin's worker reached its MemoryLimit (also a MemoryError)
 
+The kvstore and objstore ones are `manager-plugin/kvstore/kv.go` and `objstore/objstore.go`;
+EmptyKeyError and ReadOnlyTransactionError are what damocles' default store (badger) reports.
 They carry only their message, so they pickle across a process boundary unchanged.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
+    "EmptyKeyError",
+    "InstanceNotFoundError",
     "InvalidObjectPathError",
     "KeyNotFoundError",
     "MemoryLimitExceeded",
+    "NotOpenedError",
+    "NotRegularFileError",
+    "NotSeekableError",
     "ObjectNotFoundError",
     "PluginError",
     "ReadOnlyStoreError",
+    "ReadOnlyTransactionError",
     "TransactionConflictError",
 ]
 
@@ -29,9 +45,16 @@ __all__ = [
 class PluginError(Exception):
     """Base of the errors a plugin reports through the SDK."""
 
+    go_text = ""  # Go's error text: the message when none is given
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(args or ((self.go_text,) if self.go_text else ())))
+
 
 class KeyNotFoundError(PluginError, KeyError):
     """The key does not exist in the collection."""
+
+    go_text = "key not found"
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the plain message
         return Exception.__str__(self)
@@ -40,17 +63,61 @@ class KeyNotFoundError(PluginError, KeyError):
 class TransactionConflictError(PluginError):
     """An optimistic transaction lost a race; the manager retries it."""
 
+    go_text = "transaction conflict"
+
+
+class EmptyKeyError(PluginError, ValueError):
+    """get/put/delete of the empty key (badger refuses it; so must a store damocles reads)."""
+
+    go_text = "Key cannot be empty"
+
+
+class ReadOnlyTransactionError(PluginError, PermissionError):
+    """put or delete inside a view transaction."""
+
+    go_text = "No sets or deletes are allowed in a read-only transaction"
+
 
 class ObjectNotFoundError(PluginError, FileNotFoundError):
     """No object at that path in the store."""
+
+    go_text = "object not found"
 
 
 class ReadOnlyStoreError(PluginError, PermissionError):
     """The store is read-only: put and delete are refused."""
 
+    go_text = "read only store"
+
 
 class InvalidObjectPathError(PluginError, ValueError):
     """The object path is absolute or escapes the store's root."""
+
+    go_text = "invalid object path"
+
+
+class NotRegularFileError(PluginError, OSError):
+    """The object is not a regular file (a Strict store refuses to read it)."""
+
+    go_text = "not a regular file"
+
+
+class NotSeekableError(PluginError, OSError):
+    """A ranged read of an object that cannot seek."""
+
+    go_text = "not seekable"
+
+
+class NotOpenedError(PluginError, OSError):
+    """The store is not open."""
+
+    go_text = "not opened"
+
+
+class InstanceNotFoundError(PluginError, LookupError):
+    """No store instance of that name."""
+
+    go_text = "instance not found"
 
 
 class MemoryLimitExceeded(PluginError, MemoryError):

@@ -11,7 +11,7 @@ import random
 import uuid
 from typing import Callable
 
-from vsm.sdk import KeyNotFoundError
+from vsm.sdk import EmptyKeyError, KeyNotFoundError, ReadOnlyTransactionError
 from vsm.sdk.kvstore import DB, KVStore, Txn
 
 from ._result import CheckFailed, CheckResult, expect, expect_raises, run_checks
@@ -118,7 +118,7 @@ def scan_prefix_in_byte_order(db: DB) -> None:
     """scan(prefix) yields exactly the keys starting with prefix, in byte order, with values."""
     coll = _collection(db, scan_prefix_in_byte_order)
     inside = [b"p/", b"p/\x00", b"p/a", b"p/a\x00", b"p/ab", b"p/b", b"p/\x7f", b"p/\x80", b"p/\xff"]
-    outside = [b"", b"p", b"p.", b"p0", b"o/z", b"q", b"P/a", b"\xff"]
+    outside = [b"p", b"p.", b"p0", b"o/z", b"q", b"P/a", b"\xff"]
     keys = inside + outside
     random.Random(3).shuffle(keys)
     for k in keys:
@@ -183,6 +183,56 @@ def scan_iter_close_early(db: DB) -> None:
     it.close()
     coll.put(b"k9", b"w")
     expect(coll.get(b"k9") == b"w", "store unusable after closing an Iter early")
+
+
+def scan_is_a_snapshot(db: DB) -> None:
+    """A scan sees the collection as it was when the scan began, as a scan of badger
+    (damocles' default store) does: keys put or deleted while it runs do not show."""
+    coll = _collection(db, scan_is_a_snapshot)
+    keys = [b"s/%05d" % i for i in range(3000)]  # more than a page, so later pages come after the writes
+
+    def load(txn: Txn) -> None:
+        for k in keys:
+            txn.put(k, b"old")
+
+    coll.update(load)
+    it = coll.scan(b"s/")
+    try:
+        first = next(iter(it))
+        coll.delete(keys[2500])
+        coll.put(b"s/02999+", b"new")
+        coll.put(keys[2800], b"new")
+        rest = [(bytes(k), bytes(v)) for k, v in it]
+    finally:
+        it.close()
+    got = [(bytes(first[0]), bytes(first[1])), *rest]
+    expect(got == [(k, b"old") for k in keys], f"a scan saw writes made after it began ({len(got)} items, expected {len(keys)} as they were)")
+
+
+def empty_key_refused(db: DB) -> None:
+    """get, put and delete of the empty key raise EmptyKeyError ("Key cannot be empty", as
+    badger, damocles' default store), outside and inside transactions; nothing is stored."""
+    coll = _collection(db, empty_key_refused)
+    for call in (lambda: coll.put(b"", b"v"), lambda: coll.get(b""), lambda: coll.delete(b"")):
+        e = expect_raises(EmptyKeyError, call)
+        expect(str(e) == "Key cannot be empty", f"the empty key was refused with {str(e)!r}, expected badger's 'Key cannot be empty'")
+
+    def in_update(txn: Txn) -> None:
+        txn.put(b"", b"v")
+
+    expect_raises(EmptyKeyError, coll.update, in_update)
+    expect(_items(coll.scan(b"")) == [], "a value was stored under the empty key")
+
+
+def write_in_view_refused(db: DB) -> None:
+    """put and delete inside view raise ReadOnlyTransactionError ("No sets or deletes are
+    allowed in a read-only transaction", as badger reports it) and change nothing."""
+    coll = _collection(db, write_in_view_refused)
+    coll.put(b"k", b"v")
+    for write in (lambda txn: txn.put(b"k", b"w"), lambda txn: txn.delete(b"k")):
+        e = expect_raises(ReadOnlyTransactionError, coll.view, write)
+        expect(str(e) == ReadOnlyTransactionError.go_text, f"write in view refused with {str(e)!r}, expected badger's text")
+    expect(coll.get(b"k") == b"v", "a write inside view changed the collection")
 
 
 def collections_are_isolated(db: DB) -> None:
@@ -350,6 +400,9 @@ KVSTORE_CHECKS: tuple[Callable[[DB], None], ...] = (
     scan_empty_prefix_is_everything,
     scan_many_keys,
     scan_iter_close_early,
+    scan_is_a_snapshot,
+    empty_key_refused,
+    write_in_view_refused,
     collections_are_isolated,
     open_collection_twice_is_same_data,
     view_sees_committed_data,
