@@ -79,9 +79,9 @@ def test_same_requirements_share_one_environment_made_once_then_reused(tmp_path,
     monkeypatch.setattr(envs, "_uv", no_uv)  # a second start creates nothing
     plugins2, _ = discover(tmp_path / "plugins", entry_points=False)
     registry2 = Registry(plugins2, envs_dir=tmp_path / "envs")
+    assert plugins2[0].describe()["env"]["packages"]["packaging"] == "21.3"  # listed before its start
     try:
         assert registry2.start(plugins2[0]).call("invoke", "version", {})["version"] == "21.3"
-        assert plugins2[0].describe()["env"]["packages"]["packaging"] == "21.3"
     finally:
         registry2.close()
     assert _envs(tmp_path) == [key] and (tmp_path / "envs" / key / "env.json").stat().st_mtime_ns == stamp

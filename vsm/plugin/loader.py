@@ -260,6 +260,12 @@ class Registry:
             for p in self.plugins:
                 if not p.unreadable:
                     p.limits = isolation.describe_limits(config.settings(p.manifest.name))
+        for p in self.plugins:  # plugin list shows an existing environment before its first start
+            if p.env is not None and p.env_info is None:
+                p.env_info = self._env_info(p.env, envs.read_info(p.env.path(self.envs_dir)))
+
+    def _env_info(self, env: envs.EnvPlan, info: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if info is None else {**info, "path": str(env.path(self.envs_dir))}
 
     def get(self, kind: Kind, name: str) -> Plugin | None:
         for p in self.plugins:
@@ -336,7 +342,7 @@ class Registry:
             options["runtime_env"] = {**options.get("runtime_env", {}), "pip": plugin.env.pip_requirements()}
         elif plugin.env is not None:
             info = envs.ensure(plugin.env, self.envs_dir, plugin.label, plugin.source if plugin.source.is_file() else None)
-            plugin.env_info = {**info, "path": str(plugin.env.path(self.envs_dir))}
+            plugin.env_info = self._env_info(plugin.env, info)
             site_dirs = (str(plugin.env.site(self.envs_dir)),)
         pool = make_pool(self.pool_spec(plugin, workers, site_dirs), backend=chosen, **options)
         try:
