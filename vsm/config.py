@@ -59,6 +59,13 @@ class PluginSettings:
     max_open_files: int | None = DEFAULT_MAX_OPEN_FILES  # RLIMIT_NOFILE; None: the manager's
     cpus: tuple[int, ...] | None = None  # CPU affinity; None: every CPU the manager may use
     nice: int | None = None  # niceness; None: the manager's
+    # The sandbox (Landlock, vsm/plugin/isolation.py): "auto" = "best-effort" for a plugin whose
+    # manifest says `sandbox = true`, off for others; "true" refuses to load
+    # the plugin where the kernel cannot confine it; "best-effort"; "false".
+    sandbox: str = "auto"
+    allow_connect: tuple[int, ...] = ()  # TCP ports, beyond the addresses its manifest's addressMeta names
+    allow_write: tuple[str, ...] = ()  # folders or files, beyond its store Path and pathMeta
+    allow_read: tuple[str, ...] = ()
 
     def pool_options(self) -> dict[str, Any]:
         """make_pool(..., backend="ray", **options) for this plugin."""
@@ -246,7 +253,7 @@ MAX_WORKERS = max(16, 2 * (os.cpu_count() or 1))
 CALL_TIMEOUT_BOUNDS = (0.1, 86400.0)
 
 
-_RESOURCE_KEYS = ("MemoryLimit", "MaxOpenFiles", "CPUs", "Nice")
+_RESOURCE_KEYS = ("MemoryLimit", "MaxOpenFiles", "CPUs", "Nice", "Sandbox")
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
                "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -305,11 +312,64 @@ def _resource_limits(t: "_Reader", inherit: PluginSettings) -> dict[str, Any]:
     files = t.get("MaxOpenFiles", int, None, lambda v: None if v == 0 or 16 <= v <= 1 << 20 else f"must be between 16 and 1048576, or 0 (the manager's), got {v}")
     chosen = t.get("CPUs", (str, list), None, cpus)
     nice = t.get("Nice", int, None, _between(-20, 19))
+    sandbox = t.get("Sandbox", (bool, str), None, lambda v: None if v in (True, False, "best-effort") else f'must be true, false or "best-effort", got {v!r}')
     return {
+        "sandbox": inherit.sandbox if sandbox is None else str(sandbox).lower(),
         "memory_limit": inherit.memory_limit if memory is None else parse_size(memory),
         "max_open_files": inherit.max_open_files if files is None else (files or None),
         "cpus": inherit.cpus if chosen is None else parse_cpus(chosen),
         "nice": inherit.nice if nice is None else nice,
+    }
+
+
+# The port a scheme means when an address names none (DSNs and endpoints of the bundled plugins).
+DEFAULT_PORTS = {"http": 80, "https": 443, "redis": 6379, "rediss": 6379, "postgres": 5432, "postgresql": 5432,
+                 "mysql": 3306, "mariadb": 3306, "mysql+pymysql": 3306}
+
+
+def address_port(address: str) -> int:
+    """The TCP port an address names: "6379", "127.0.0.1:6379", "[::1]:6379",
+    "postgresql://u@host:5432/db", "https://s3.example" (443). ValueError says why not."""
+    from urllib.parse import urlsplit
+
+    text = address.strip()
+    if text.isdigit():
+        port = int(text)
+    elif "://" in text:
+        parts = urlsplit(text)
+        try:
+            port = parts.port or DEFAULT_PORTS[parts.scheme.lower()]
+        except (KeyError, ValueError):
+            raise ValueError(f"{address!r} names no TCP port (and {parts.scheme!r} has no known default)") from None
+    else:
+        host, sep, tail = text.rpartition(":")
+        if not sep or not host or not tail.isdigit():
+            raise ValueError(f"{address!r} is not a port, host:port or URL")
+        port = int(tail)
+    if not 0 < port < 65536:
+        raise ValueError(f"{address!r}: port {port} is out of range")
+    return port
+
+
+def _sandbox_allowances(t: "_Reader", local_path: Callable[[str], str]) -> dict[str, Any]:
+    """AllowConnect (ports, or host:port / URLs), AllowWrite, AllowRead (paths) of a plugin."""
+
+    def ports(v: Any) -> str | None:
+        for item in v:
+            try:
+                address_port(str(item))
+            except ValueError as e:
+                return f"{item!r}: {e}"
+        return None
+
+    def paths(v: Any) -> str | None:
+        bad = [p for p in v if not isinstance(p, str) or not p]
+        return f"must be a list of paths, got {bad[0]!r}" if bad else None
+
+    return {
+        "allow_connect": tuple(address_port(str(p)) for p in t.get("AllowConnect", list, [], ports)),
+        "allow_write": tuple(local_path(p) for p in t.get("AllowWrite", list, [], paths)),
+        "allow_read": tuple(local_path(p) for p in t.get("AllowRead", list, [], paths)),
     }
 
 
@@ -376,6 +436,7 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
             ray_resources=resources(t),
             ray_node=t.get("RayNode", str, ""),
             **_resource_limits(t, defaults),
+            **_sandbox_allowances(t, local_path),
         )
         t.warn_unknown()
 
@@ -635,10 +696,18 @@ Strict = false
 # MaxOpenFiles = 4096  # file descriptors per worker (RLIMIT_NOFILE); 0 = the manager's
 # CPUs = "0-3"         # pin the workers to these CPUs (default: all)
 # Nice = 5             # run the workers at this niceness (default: the manager's)
+# Sandbox = true       # Landlock: the plugin may write only its config's paths (store Path, Meta
+#                      # its manifest declares in pathMeta, its own TMPDIR) and connect only to the
+#                      # ports of Meta its manifest declares in addressMeta. true: confined or not
+#                      # started; "best-effort": what this kernel can; false. Default: "best-effort"
+#                      # for plugins whose manifest says sandbox = true, else off
+# AllowWrite = []      # more folders it may write;  AllowRead = [] more it may read
+# AllowConnect = []    # more TCP ports it may connect to, e.g. [6379]
 
 # Meta for SyncSectorState and RegisterJsonRpc plugins (passed to their Constructor):
 [Common.Plugins.duckdb.Meta]
-Path = "{data}/sectors.duckdb"    # `vsm-pool query` reads this database
+Path = "{data}/duckdb/sectors.duckdb"    # `vsm-pool query` reads this database; its own folder:
+                                         # a sandboxed sink may write the whole folder of its file
 # Threads = "1"                   # DuckDB threads while ingesting
 [Common.Plugins.parquet.Meta]
 Path = "{data}/parquet"           # Parquet files partitioned by day
@@ -648,7 +717,7 @@ Path = "{data}/parquet"           # Parquet files partitioned by day
 # sqlite (default: embedded, persistent) | memory | plugin
 Driver = "sqlite"
 [Common.DB.Plugin.Meta]
-Path = "{data}/kv.sqlite"
+Path = "{data}/kv/kv.sqlite"         # in its own folder: the sandboxed store may write that folder
 # With Driver = "plugin":
 # [Common.DB.Plugin]
 # PluginName = "redis"           # the manifest name, not the file name

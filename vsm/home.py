@@ -3,7 +3,8 @@
     ~/.vsm-pool/            (--home, or $VSM_HOME)
       config.toml           commented default written on first use
       plugins/              plugin-<name>.vsmp; the bundled plugins are built here on first use
-      data/                 kv.sqlite, pieces/, journal/, sectors.duckdb, parquet/
+      data/                 kv/kv.sqlite, pieces/, journal/, duckdb/sectors.duckdb, parquet/ (a folder
+                            each: a sandboxed plugin may write its own folder only)
       token                 API bearer token, mode 0600
       daemon.json           pid and listen address of the running daemon
 """
@@ -50,7 +51,8 @@ def ensure_home(home: Path) -> Path:
     from .plugin.artifact import artifact_name, build
 
     home.mkdir(parents=True, exist_ok=True)
-    (home / "data" / "pieces").mkdir(parents=True, exist_ok=True)  # the default piece store
+    for folder in ("pieces", "kv", "duckdb"):  # the default config's stores, each in its own folder
+        (home / "data" / folder).mkdir(parents=True, exist_ok=True)
     plugins = home / "plugins"
     plugins.mkdir(exist_ok=True)
     config = home / "config.toml"

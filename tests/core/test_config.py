@@ -19,7 +19,7 @@ def test_default_config_loads_and_uses_embedded_plugins(tmp_path):
     cfg, warnings = _load(tmp_path, default_config_text(tmp_path))
     assert warnings == []
     assert cfg.db.driver == "sqlite" and cfg.db.plugin_name == "sqlitekv"
-    assert cfg.db.meta == {"Path": str(tmp_path / "data" / "kv.sqlite")}
+    assert cfg.db.meta == {"Path": str(tmp_path / "data" / "kv" / "kv.sqlite")}
     assert [s.name for s in cfg.piece_stores] == ["pieces"] and cfg.piece_stores[0].plugin_name == "fsstore"
     assert cfg.plugins_dir == str(tmp_path / "plugins")
     assert cfg.settings("duckdb").meta["Path"].endswith("sectors.duckdb")
@@ -112,7 +112,7 @@ def test_kv_constructor_failure_is_one_line(tmp_path):
     config = home / "config.toml"
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    config.write_text(config.read_text().replace(f'Path = "{home}/data/kv.sqlite"', f'Path = "{blocker}/kv.sqlite"'))
+    config.write_text(config.read_text().replace(f'Path = "{home}/data/kv/kv.sqlite"', f'Path = "{blocker}/kv.sqlite"'))
     proc = run_cli("start", "--home", str(home), "--listen", "127.0.0.1:0", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

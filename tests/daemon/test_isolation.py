@@ -103,3 +103,160 @@ def test_memory_limit_fails_the_call_and_the_rest_serves(start_daemon, tmp_path:
     assert "mem 256MiB, files 512, cpus 0, nice 3" in d.cli("status").stdout
     as_json = json.loads(d.cli("status", "--json").stdout)
     assert {p["name"]: p for p in as_json["plugins"]}["hog"]["limits"]["nice"] == 3
+
+
+# -- the sandbox (Landlock) --------------------------------------------------------------------
+
+SPY = '''
+import os
+import socket
+
+
+class Spy:
+    def read(self, path):
+        with open(path, "rb") as f:
+            return len(f.read())
+
+    def write(self, path):
+        with open(path, "w") as f:
+            f.write("spy")
+        return True
+
+    def connect(self, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return True
+
+    def tmp(self):
+        import tempfile
+
+        with tempfile.NamedTemporaryFile() as f:
+            return os.path.dirname(f.name)
+
+
+def handler():
+    return NAMESPACE, Spy()
+'''
+
+SPY_MANIFEST = 'sandbox = true\npathMeta = ["Path"]\n'
+
+
+def _spy_home(tmp_path: Path, spy_settings: str, open_settings: str) -> tuple[Path, Path]:
+    """A home with two builds of one plugin: `spy` (SPY) and `spyopen` (SPYOPEN)."""
+    home = tmp_path / "home"
+    data = tmp_path / "spydata"
+    prepare_home(
+        home,
+        append=f'[Common.Plugins.spy]\n{spy_settings}\n[Common.Plugins.spy.Meta]\nPath = "{data}/spy"\n'
+        f'[Common.Plugins.spyopen]\n{open_settings}\n[Common.Plugins.spyopen.Meta]\nPath = "{data}/open"\n',
+    )
+    for name, namespace in (("spy", "SPY"), ("spyopen", "SPYOPEN")):
+        artifact = write_plugin(tmp_path / "src", name, "RegisterJsonRpc", SPY.replace("NAMESPACE", repr(namespace)), "handler", SPY_MANIFEST)
+        os.replace(artifact, home / "plugins" / artifact.name)
+    return home, data
+
+
+@pytest.fixture
+def listeners():
+    import socket
+
+    socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    yield [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+
+
+def _denied(d: Daemon, method: str, params: list) -> str:
+    error = d.rpc_error(method, params)
+    assert error["code"] == -32001 and "\n" not in error["message"], error
+    return error["message"]
+
+
+def test_sandbox_denies_what_the_config_does_not_give(start_daemon, tmp_path: Path, listeners) -> None:
+    allowed, other = listeners
+    home, data = _spy_home(tmp_path, f"AllowConnect = [{allowed}]", f"Sandbox = false\nAllowConnect = [{allowed}]")
+    d: Daemon = start_daemon(home)
+    token, piece = home / "token", home / "data" / "pieces" / "iso" / "p.bin"
+    status, _, _ = d.request("PUT", "/pieces/pieces/iso/p.bin", b"another plugin's data", {"Content-Type": "application/octet-stream"})
+    assert status == 201 and piece.is_file()
+
+    head = "SandboxDenied: plugin 'RegisterJsonRpc/spy' is sandboxed and was denied"
+    assert _denied(d, "SPY.read", [str(token)]).startswith(f"{head} reading {token}: allow it with AllowRead")
+    assert _denied(d, "SPY.read", [str(piece)]).startswith(f"{head} reading {piece}")
+    outside = tmp_path / "outside.txt"
+    assert _denied(d, "SPY.write", [str(outside)]).startswith(f"{head} writing {outside}")
+    assert not outside.exists()
+    assert _denied(d, "SPY.connect", [other]).startswith(f"{head} a TCP connection to 127.0.0.1:{other} (ports allowed: {allowed})")
+    # what its configuration gives it still works: its Path, its port, its own temporary folder
+    assert d.rpc("SPY.write", [str(data / "spy" / "ok.txt")]) is True
+    assert d.rpc("SPY.connect", [allowed]) is True
+    assert d.rpc("SPY.tmp") == str(home / "tmp" / "spy")
+
+    # the same plugin unsandboxed can do all of it (so each denial above is the sandbox's)
+    assert d.rpc("SPYOPEN.read", [str(token)]) > 0
+    assert d.rpc("SPYOPEN.read", [str(piece)]) > 0
+    assert d.rpc("SPYOPEN.write", [str(outside)]) is True and outside.exists()
+    assert d.rpc("SPYOPEN.connect", [other]) is True
+
+    rows = {r["name"]: r for r in d.rpc("plugin.list")}
+    sandbox = rows["spy"]["sandbox"]
+    assert sandbox["state"] == "on" and sandbox["connect"] == [allowed] and str(data / "spy") in sandbox["write"], sandbox
+    assert rows["spyopen"]["sandbox"]["state"] == "off"
+    assert "on (Landlock ABI" in d.cli("plugin", "list").stdout
+    assert "off (Sandbox = false in [Common.Plugins.spyopen])" in d.cli("status").stdout
+
+
+def test_sandbox_true_is_refused_where_the_kernel_cannot_keep_it(start_daemon, tmp_path: Path, listeners) -> None:
+    """A kernel of Landlock ABI 3 (simulated): no TCP rules. Sandbox = true refuses the plugin at
+    load, in one line; "best-effort" confines its files and says what it could not."""
+    allowed, other = listeners
+    home, _ = _spy_home(tmp_path, "Sandbox = true", 'Sandbox = "best-effort"')
+    d: Daemon = start_daemon(home, env={"VSM_LANDLOCK_ABI": "3"})
+    rows = {r["name"]: r for r in d.rpc("plugin.list")}
+    refusal = (
+        "plugin 'RegisterJsonRpc/spy' is not started: [Common.Plugins.spy] Sandbox = true, but this kernel's Landlock ABI 3 "
+        "cannot refuse TCP connect and bind (ABI 4, Linux 6.7+, can): set Sandbox = \"best-effort\" or false"
+    )
+    assert rows["spy"]["state"] == "disabled" and rows["spy"]["error"] == refusal, rows["spy"]
+    assert rows["spy"]["sandbox"]["state"] == "refused"
+    assert refusal in d.log_text()
+    partial = rows["spyopen"]["sandbox"]
+    assert partial["state"] == "partial" and partial["missing"][0] == "TCP connect and bind", partial
+    assert "partial (ABI 3: not refused: TCP connect and bind" in d.cli("status").stdout
+    assert "cannot refuse TCP connect and bind" in d.log_text()
+    assert d.rpc("SPYOPEN.connect", [other]) is True  # what ABI 3 cannot refuse
+    assert "was denied reading" in _denied(d, "SPYOPEN.read", [str(home / "token")])  # what it can
+
+
+def test_redis_runs_sandboxed_on_its_port(start_daemon, tmp_path: Path) -> None:
+    """redis (the DB), with Sandbox = true, confined to the port of its Addr, serves the daemon."""
+    import re
+    import uuid
+
+    from .harness import ROOT
+
+    prefix = f"iso{uuid.uuid4().hex[:8]}"
+    home = tmp_path / "home"
+    prepare_home(
+        home,
+        append='[Common.Plugins.redis]\nSandbox = true\n',
+    )
+    text = (home / "config.toml").read_text()
+    text = text.replace('Driver = "sqlite"', f'Driver = "plugin"\n[Common.DB.Plugin]\nPluginName = "redis"', 1)
+    text = re.sub(r"\[Common.DB.Plugin.Meta\]\nPath = [^\n]*\n", f'[Common.DB.Plugin.Meta]\nAddr = "127.0.0.1:6379"\nKeyPrefix = "{prefix}"\n', text, count=1)
+    (home / "config.toml").write_text(text)
+    build(ROOT / "plugins" / "redis", home / "plugins")
+    try:
+        d: Daemon = start_daemon(home)
+    except AssertionError as e:
+        if "Connection refused" in str(e) and not os.environ.get("VSM_REQUIRE_SERVERS"):
+            pytest.skip("Redis or PostgreSQL is not running here")
+        raise
+    rows = {r["name"]: r for r in d.rpc("plugin.list")}
+    assert rows["redis"]["sandbox"]["state"] == "on" and rows["redis"]["sandbox"]["connect"] == [6379], rows["redis"]
+    from vsm.sdk.sectors import SectorID, SectorState
+    from vsm.sectors import write_import_file
+
+    states = tmp_path / "states.jsonl"
+    write_import_file(str(states), [SectorState(id=SectorID(77, n), sector_type=8) for n in range(50)])
+    d.cli("sectors", "import", str(states))  # into Redis, through the sandboxed redis pool
+    assert "77" in d.cli("sectors", "get", "77", "7").stdout

@@ -38,7 +38,7 @@ def test_first_start_creates_home(start_daemon: Any, tmp_path: Path) -> None:
     assert "KVStore/sqlitekv" in loaded, d.log_text()
     assert {"ObjStore/fsstore", "SyncSectorState/duckdb", "RegisterJsonRpc/limiter"} <= set(loaded), loaded
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", t) for t in loaded.values()), loaded
-    assert (home / "data" / "kv.sqlite").exists()  # the persistent embedded KVStore
+    assert (home / "data" / "kv" / "kv.sqlite").exists()  # the persistent embedded KVStore, in its own folder
 
     # a second start keeps the token and the config
     token, config = d.token, (home / "config.toml").read_text()

@@ -78,11 +78,12 @@ def status(home: Path | None, as_json: bool) -> None:
                 "calls": pool.get("calls", "-"),
                 "errors": pool.get("errors", "-"),
                 "limits": (p.get("limits") or {}).get("text", ""),
+                "sandbox": (p.get("sandbox") or {}).get("text", ""),
                 "last_error": p.get("error") or pool.get("last_error") or "",
                 "env": env_text(p.get("env")),
             }
         )
-    print_table(rows, ["plugin", "state", "workers", "restarts", "calls", "errors", "env", "limits", "last_error"], False)
+    print_table(rows, ["plugin", "state", "workers", "restarts", "calls", "errors", "env", "limits", "sandbox", "last_error"], False)
     sectors = st.get("sectors") or {}
     sinks = sectors.get("sinks", {})
     if sinks:

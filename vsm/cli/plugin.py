@@ -90,12 +90,15 @@ def plugin_list(home: Path | None, config_file: Path | None, plugins_dir: Path |
     _print_plugins([{**p.describe(), "env": p.env_row(envs_dir)} for p in plugins], as_json)
 
 
-_PLUGIN_COLUMNS = ["kind", "name", "version", "build_time", "state", "artifact", "env", "limits", "error"]
+_PLUGIN_COLUMNS = ["kind", "name", "version", "build_time", "state", "artifact", "env", "limits", "sandbox", "error"]
 
 
 def _print_plugins(rows: list[dict], as_json: bool) -> None:
     if not as_json:
-        rows = [{**r, "env": env_text(r.get("env")), "limits": (r.get("limits") or {}).get("text", "")} for r in rows]
+        rows = [
+            {**r, "env": env_text(r.get("env")), "limits": (r.get("limits") or {}).get("text", ""), "sandbox": (r.get("sandbox") or {}).get("text", "")}
+            for r in rows
+        ]
     print_table(rows, _PLUGIN_COLUMNS, as_json)
 
 

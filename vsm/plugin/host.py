@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from ..sdk import Config, Kind, Manifest, MemoryLimitExceeded, PluginError
 from .blame import describe
-from .isolation import format_size
+from .isolation import explain_denial, format_size
 
 __all__ = ["KVHost", "ObjHost", "RpcHost", "StartFailed", "worker_init"]
 
@@ -84,6 +84,9 @@ class _Host:
 
     def map_error(self, exc: BaseException) -> BaseException:
         """executors' boundary hook: what the plugin raised -> what the caller gets."""
+        denied = explain_denial(exc)
+        if denied is not None:
+            return denied
         if isinstance(exc, MemoryError) and not isinstance(exc, PluginError):
             limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
             if limit != resource.RLIM_INFINITY:

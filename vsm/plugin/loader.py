@@ -66,6 +66,7 @@ class Plugin:
     env: envs.EnvPlan | None = None  # its own environment; None: the manager's packages
     env_info: dict[str, Any] | None = None  # the environment's env.json once it exists
     limits: dict[str, Any] | None = None  # the resource limits its workers run under (isolation.describe_limits)
+    sandbox: isolation.SandboxPlan | None = None  # how its workers are confined (None: no config)
 
     @property
     def label(self) -> str:
@@ -93,6 +94,8 @@ class Plugin:
         }
         if self.limits is not None:
             row["limits"] = self.limits
+        if self.sandbox is not None:
+            row["sandbox"] = self.sandbox.describe()
         if self.pool is not None:
             status = self.pool.status()
             row["pool"] = status
@@ -259,13 +262,21 @@ class Registry:
             isolation.prepare_worker_environment()
             for p in self.plugins:
                 if not p.unreadable:
-                    p.limits = isolation.describe_limits(config.settings(p.manifest.name))
+                    settings = config.settings(p.manifest.name)
+                    p.limits = isolation.describe_limits(settings)
+                    p.sandbox = self._sandbox_plan(p, settings.backend)
         for p in self.plugins:  # plugin list shows an existing environment before its first start
             if p.env is not None and p.env_info is None:
                 p.env_info = self._env_info(p.env, envs.read_info(p.env.path(self.envs_dir)))
 
     def _env_info(self, env: envs.EnvPlan, info: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if info is None else {**info, "path": str(env.path(self.envs_dir))}
+
+    def _sandbox_plan(self, plugin: Plugin, backend: str, site_dirs: tuple[str, ...] = ()) -> isolation.SandboxPlan | None:
+        if self.config is None:
+            return None
+        files = (str(plugin.source), plugin.code_path.removesuffix("/src"), *site_dirs)
+        return isolation.plan_sandbox(plugin.manifest, self.config.settings(plugin.manifest.name), self.config, files, backend)
 
     def get(self, kind: Kind, name: str) -> Plugin | None:
         for p in self.plugins:
@@ -298,7 +309,24 @@ class Registry:
                     f"no loaded {kind.value} plugin {name!r}" + (f" ({cause})" if cause else f" (loaded: {loaded})"),
                 )
 
-    def pool_spec(self, plugin: Plugin, backend_workers: int | None = None, site_dirs: tuple[str, ...] = ()) -> PoolSpec:
+    def pool_spec(self, plugin: Plugin, backend_workers: int | None = None, site_dirs: tuple[str, ...] = (), backend: str = "process") -> PoolSpec:
+        """The plugin's PoolSpec; confined as its sandbox plan says (PluginLoadError when the
+        plan is a refusal: Sandbox = true where the kernel or the backend cannot keep it)."""
+        spec = self._bare_spec(plugin, backend_workers, site_dirs)
+        plan = self._sandbox_plan(plugin, backend, spec.site_dirs)
+        if plan is None:
+            return spec
+        plugin.sandbox = plan
+        if plan.refusal:
+            raise PluginLoadError(f"plugin '{plugin.label}' is not started: {plan.refusal}")
+        if plan.rules is None and plan.mode != "false":
+            logger.warning("plugin '{}' runs unconfined: Sandbox = \"{}\" and {}", plugin.label, plan.mode, plan.note)
+        elif plan.missing:
+            logger.warning("plugin '{}': Sandbox = \"best-effort\": this kernel (Landlock ABI {}) cannot refuse {}", plugin.label, plan.abi, ", ".join(plan.missing))
+        plan.prepare()
+        return dataclasses.replace(spec, confine=plan.confinement(plugin.label, plugin.manifest.name))
+
+    def _bare_spec(self, plugin: Plugin, backend_workers: int | None = None, site_dirs: tuple[str, ...] = ()) -> PoolSpec:
         settings = self.config.settings(plugin.manifest.name) if self.config else None
         workers = backend_workers or (settings.workers if settings else None) or DEFAULT_WORKERS[plugin.manifest.kind]
         if plugin.manifest.max_workers:
@@ -344,7 +372,7 @@ class Registry:
             info = envs.ensure(plugin.env, self.envs_dir, plugin.label, plugin.source if plugin.source.is_file() else None)
             plugin.env_info = self._env_info(plugin.env, info)
             site_dirs = (str(plugin.env.site(self.envs_dir)),)
-        pool = make_pool(self.pool_spec(plugin, workers, site_dirs), backend=chosen, **options)
+        pool = make_pool(self.pool_spec(plugin, workers, site_dirs, chosen), backend=chosen, **options)
         try:
             pool.start()
         except PoolError as e:

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import tomli
 
+from ..config import address_port
 from ..errors import ManifestError
 from ..sdk import Kind, Manifest
 from ..sdk._kinds import EXT_POINTS
@@ -25,6 +26,7 @@ __all__ = ["LIFECYCLE_HOOKS", "check_impls", "manifest_from_dict", "read_source_
 # digits, - and _, starting with a letter or digit.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 NAME_RULE = "use letters, digits, - and _ (at most 64), starting with a letter or digit"
+META_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 # manifest.toml key -> Manifest field. Keys stamped by the build are accepted only from artifacts.
 _SOURCE_KEYS = {
     "name": "name",
@@ -41,6 +43,10 @@ _SOURCE_KEYS = {
     "requiresPython": "requires_python",
     "maxWorkers": "max_workers",
     "testMeta": "test_meta",
+    "sandbox": "sandbox",
+    "pathMeta": "path_meta",
+    "readPathMeta": "read_path_meta",
+    "addressMeta": "address_meta",
 }
 _BUILD_KEYS = {"buildTime": "build_time", "spiVersion": "spi_version", "pythonVersion": "python_version"}
 # Lifecycle hook -> the parameters its impl must accept (Go: OnInit(ctx, pluginsDir, manifest)).
@@ -116,7 +122,14 @@ def manifest_from_dict(data: Mapping[str, Any], file: object, *, from_artifact: 
     test_meta = data.get("testMeta", {})
     if not isinstance(test_meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in test_meta.items()):
         raise ManifestError(file, "testMeta", 'must be a table of strings, e.g. testMeta = { Path = "{scratch}/kit.db" }')
+    sandbox = data.get("sandbox", False)
+    if not isinstance(sandbox, bool):
+        raise ManifestError(file, "sandbox", f"must be true or false, got {sandbox!r}")
     fields: dict[str, Any] = dict(
+        sandbox=sandbox,
+        path_meta=_meta_keys(data, "pathMeta", file),
+        read_path_meta=_meta_keys(data, "readPathMeta", file),
+        address_meta=_address_meta(data.get("addressMeta", []), file),
         name=name,
         kind=kind,
         description=text("description"),
@@ -138,6 +151,30 @@ def manifest_from_dict(data: Mapping[str, Any], file: object, *, from_artifact: 
             raise ManifestError(file, "spiVersion", "missing: the artifact was not made by `vsm-pool plugin build`")
         fields.update(build_time=text("buildTime"), spi_version=spi, python_version=text("pythonVersion"))
     return Manifest(**fields), warnings
+
+
+def _meta_keys(data: Mapping[str, Any], key: str, file: object) -> tuple[str, ...]:
+    keys = data.get(key, [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and META_KEY_RE.match(k) for k in keys):
+        raise ManifestError(file, key, f'must be a list of Meta key names such as ["Path"], got {keys!r}')
+    return tuple(keys)
+
+
+def _address_meta(raw: Any, file: object) -> dict[str, str]:
+    """addressMeta = ["Addr", "DSN"], or a table giving the address used when the Meta key is
+    empty: {Endpoint = "https://s3.amazonaws.com"}. Each address must name a TCP port (or a
+    scheme whose port is known)."""
+    if isinstance(raw, list):
+        raw = {k: "" for k in raw} if all(isinstance(k, str) for k in raw) else raw
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and META_KEY_RE.match(k) and isinstance(v, str) for k, v in raw.items()):
+        raise ManifestError(file, "addressMeta", f'must be a list of Meta key names such as ["Addr"], or a table {{Endpoint = "https://host"}}, got {raw!r}')
+    for k, default in raw.items():
+        if default:
+            try:
+                address_port(default)
+            except ValueError as e:
+                raise ManifestError(file, f"addressMeta.{k}", str(e)) from None
+    return dict(raw)
 
 
 def _read_exports(raw: Any, kind: Kind, file: object) -> dict[str, str]:

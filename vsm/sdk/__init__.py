@@ -20,6 +20,7 @@ from .errors import (
     PluginError,
     ReadOnlyStoreError,
     ReadOnlyTransactionError,
+    SandboxDenied,
     TransactionConflictError,
 )
 from .objstore import Config, InstanceInfo, Stat, iter_chunks
@@ -38,6 +39,7 @@ __all__ = [
     "PluginError",
     "ReadOnlyStoreError",
     "ReadOnlyTransactionError",
+    "SandboxDenied",
     "Stat",
     "TransactionConflictError",
     "errors",

@@ -34,6 +34,12 @@ class Manifest:
     # Meta that `vsm-pool plugin test` passes to the Constructor; "{scratch}" becomes a folder
     # and "{prefix}" a name prefix of the run's own, both removed afterwards.
     test_meta: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The sandbox (issue 16): `sandbox = true` says the plugin runs confined with what the
+    # keys below and its config give it (so vsm-pool confines it unless the operator says no).
+    sandbox: bool = False
+    path_meta: tuple[str, ...] = ()  # Meta keys naming a folder (or a file: its folder) it writes
+    read_path_meta: tuple[str, ...] = ()  # Meta keys naming a file or folder it only reads
+    address_meta: dict[str, str] = dataclasses.field(default_factory=dict)  # Meta key -> default address: TCP it connects to
     build_time: str = ""
     spi_version: int = SPI_VERSION
     python_version: str = ""
@@ -55,6 +61,10 @@ class Manifest:
             "requiresPython": self.requires_python,
             "maxWorkers": self.max_workers,
             "testMeta": dict(self.test_meta),
+            "sandbox": self.sandbox,
+            "pathMeta": list(self.path_meta),
+            "readPathMeta": list(self.read_path_meta),
+            "addressMeta": dict(self.address_meta),
             "buildTime": self.build_time,
             "spiVersion": self.spi_version,
             "pythonVersion": self.python_version,

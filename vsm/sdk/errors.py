@@ -14,7 +14,8 @@ Tree (each is one of Go's sentinel errors; `str(E())` is Go's text)::
     ├── NotSeekableError             objstore: a ranged read of what cannot seek (ErrNotSeekable)
     ├── NotOpenedError               objstore: the store is not open (ErrNotOpened)
     ├── InstanceNotFoundError        objstore: no store instance of that name (ErrObjectStoreInstanceNotFound)
-    └── MemoryLimitExceeded          the plugin's worker reached its MemoryLimit (also a MemoryError)
+    ├── MemoryLimitExceeded          the plugin's worker reached its MemoryLimit (also a MemoryError)
+    └── SandboxDenied                the plugin's sandbox refused a file or a connection (also a PermissionError)
 
 The kvstore and objstore ones are `manager-plugin/kvstore/kv.go` and `objstore/objstore.go`;
 EmptyKeyError and ReadOnlyTransactionError are what damocles' default store (badger) reports.
@@ -38,6 +39,7 @@ __all__ = [
     "PluginError",
     "ReadOnlyStoreError",
     "ReadOnlyTransactionError",
+    "SandboxDenied",
     "TransactionConflictError",
 ]
 
@@ -123,3 +125,8 @@ class InstanceNotFoundError(PluginError, LookupError):
 class MemoryLimitExceeded(PluginError, MemoryError):
     """A call ran out of memory under its worker's MemoryLimit; the worker goes on. Raised
     by vsm-pool for the plugin (from the plugin's MemoryError), naming the plugin and the limit."""
+
+
+class SandboxDenied(PluginError, PermissionError):
+    """The plugin's sandbox refused a file or a TCP connection; raised by vsm-pool for the
+    plugin, naming it and what was denied."""
