@@ -204,6 +204,11 @@ class MemDB:
     def close(self) -> None:
         """Nothing to release; the data goes with the worker."""
 
+    def collections(self) -> list[str]:
+        """Names of the collections holding keys (`util migrate` copies each)."""
+        with self._lock:
+            return sorted(n for n, c in self._collections.items() if c._table.data)
+
     def open_collection(self, name: str) -> Collection:
         with self._lock:
             coll = self._collections.get(name)

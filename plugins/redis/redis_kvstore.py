@@ -179,6 +179,13 @@ class RedisDB:
             self._closed = True
             self._pool.disconnect()
 
+    def collections(self) -> list[str]:
+        """Names of the collections holding keys: their index sorted sets (`util migrate`)."""
+        start = len(self.key_prefix) + 1
+        with self.errors():
+            found = {bytes(k)[start:].decode() for k in self.client.scan_iter(match=f"{self.key_prefix}:*", _type="zset")}
+        return sorted(n for n in found if n and ":" not in n)
+
     def open_collection(self, name: str) -> RedisCollection:
         """Nothing to create in Redis: a collection is a key prefix plus its index."""
         if not name or ":" in name:

@@ -276,6 +276,11 @@ class SqliteDB:
     def open_collection(self, name: str) -> Collection:
         return Collection(self, name)
 
+    def collections(self) -> list[str]:
+        """Names of the collections holding keys (`util migrate` copies each)."""
+        with self._lock:
+            return [r[0] for r in self._connection().execute("SELECT DISTINCT coll FROM kv ORDER BY coll")]
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError(f"sqlitekv: database {self.path!r} is closed")

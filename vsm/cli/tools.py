@@ -79,14 +79,14 @@ def util() -> None:
 @click.option("--from-meta", multiple=True, help="Source Meta KEY=VALUE (repeatable).")
 @click.option("--to", "target", required=True, help="Target KVStore plugin name.")
 @click.option("--to-meta", multiple=True, help="Target Meta KEY=VALUE (repeatable).")
-@click.option("--collection", "collections", multiple=True, help="Collections to copy (default: damocles' collections).")
+@click.option("--collection", "collections", multiple=True, help="Collections to copy (default: every one the source holds).")
 def util_migrate(home: Path | None, config_file: Path | None, plugins_dir: Path | None, source: str, from_meta: tuple[str, ...],
                  target: str, to_meta: tuple[str, ...], collections: tuple[str, ...]) -> None:
     """Copy every KV collection from one KVStore plugin to another, then check the counts."""
     from tqdm import tqdm
 
     from ..plugin.loader import Registry, discover
-    from ..plugin.migrate import COLLECTIONS, migrate
+    from ..plugin.migrate import migrate
 
     directory = plugins_dir or load_config_for(home, config_file).plugins_dir
     plugins, _ = discover(directory)
@@ -95,7 +95,7 @@ def util_migrate(home: Path | None, config_file: Path | None, plugins_dir: Path 
             Registry(plugins),
             (source, meta_pairs(from_meta, "--from-meta")),
             (target, meta_pairs(to_meta, "--to-meta")),
-            collections or COLLECTIONS,
+            collections or None,
             progress=lambda coll, n: (bar.set_postfix_str(coll), bar.update(n)),
         )
     bad = [r for r in report if not r.ok]

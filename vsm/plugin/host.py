@@ -178,6 +178,13 @@ class KVHost(_Host):
     def update(self, coll: str, fn: Callable[[Any], Any]) -> Any:
         return self._coll(coll).update(fn)
 
+    def collections(self) -> list[str] | None:
+        """The DB's collections holding keys, if it can say (an optional DB method)."""
+        if self._db is None:
+            raise RuntimeError(f"{self.manifest.name}: no database is open in this worker")
+        names = getattr(self._db, "collections", None)
+        return None if names is None else [str(n) for n in names()]
+
     def need_retry_transactions(self, coll: str) -> bool:
         return bool(self._coll(coll).need_retry_transactions())
 

@@ -1,5 +1,11 @@
 """`vsm-pool util migrate`: copy every KV collection from one KVStore plugin to another, as
-damocles-manager's `util migrate` does, each side in its own pool with its own Meta."""
+damocles-manager's `util migrate` does, each side in its own pool with its own Meta.
+
+Which collections: the ones the source holds, when its DB can list them (an optional
+`collections()`: the bundled sqlitekv, memdb and redis do); otherwise every collection
+damocles keeps, the empty ones skipped. damocles' own tool copies a fixed list
+(`common, meta, offline_meta, sector-index, snapup, worker`), leaving out `rebuild`,
+`unseal` and `prover`."""
 
 from __future__ import annotations
 
@@ -15,8 +21,8 @@ from ..sdk import Kind
 
 __all__ = ["COLLECTIONS", "CollectionCopy", "migrate"]
 
-# The collections damocles-manager keeps (its migrate tool copies these).
-COLLECTIONS = ("common", "meta", "offline_meta", "sector-index", "snapup", "worker", "rebuild")
+# Every collection damocles-manager opens (dep/sealer_constructor.go, dep/prover.go).
+COLLECTIONS = ("common", "meta", "offline_meta", "sector-index", "snapup", "worker", "rebuild", "unseal", "prover")
 BATCH = 2000
 
 
@@ -36,10 +42,11 @@ def migrate(
     registry: Registry,
     source: tuple[str, dict[str, str]],
     target: tuple[str, dict[str, str]],
-    collections: Iterable[str] = COLLECTIONS,
+    collections: Iterable[str] | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> list[CollectionCopy]:
-    """Copy each collection in key order, in batches; then count both sides."""
+    """Copy each collection (default: every one present, see the module doc) in key order, in
+    batches; then count both sides."""
     dbs = []
     try:
         for name, meta in (source, target):
@@ -54,8 +61,9 @@ def migrate(
             dbs.append(db)
             db.run()
         src_db, dst_db = dbs
+        names = list(collections) if collections else _present(src_db)
         report = []
-        for coll in collections:
+        for coll in names:
             src, dst = src_db.open_collection(coll), dst_db.open_collection(coll)
             copied = 0
             batch: list[tuple[bytes, bytes]] = []
@@ -78,6 +86,21 @@ def migrate(
                 db.close()
             finally:
                 db.pool.close()
+
+
+def _present(db: PooledDB) -> list[str]:
+    listed = db.collections()
+    if listed is not None:
+        return listed
+    return [name for name in COLLECTIONS if _has_keys(db.open_collection(name))]
+
+
+def _has_keys(coll: object) -> bool:
+    it = coll.scan(b"")  # type: ignore[attr-defined]
+    try:
+        return next(iter(it), None) is not None
+    finally:
+        it.close()
 
 
 def _count(coll: object) -> int:

@@ -41,6 +41,11 @@ class PooledDB:
         self.run()
         return PooledKVStore(self.pool, name)
 
+    def collections(self) -> list[str] | None:
+        """The collections holding keys, or None if the plugin's DB cannot list them."""
+        self.run()
+        return self.pool.call("collections")
+
 
 class PooledKVStore:
     """kvstore.KVStore: one collection, every call a pool call."""

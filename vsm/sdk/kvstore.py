@@ -112,3 +112,6 @@ class DB(Protocol):
     def open_collection(self, name: str) -> KVStore:
         """The collection called name, created if needed."""
         ...
+
+    # Optional (not in Go's interface): `collections() -> list[str]`, the names of the
+    # collections that hold keys, so `vsm-pool util migrate` copies each one present.
