@@ -126,6 +126,41 @@ def plugin_test(artifact: Path, meta: tuple[str, ...], workers: int, as_json: bo
     sys.exit(1 if run.failed else 0)
 
 
+@plugin.command("dev")
+@click.argument("src_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@home_option
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="Config file (default: <home>/config.toml).")
+@click.option("--meta", multiple=True, help="KEY=VALUE for the kit's Constructor (repeatable), as for `plugin test`.")
+@click.option("--no-kit", is_flag=True, help="Build and reload only.")
+@click.option("--interval", type=float, default=0.3, show_default=True, help="Seconds between looks at the folder.")
+def plugin_dev(src_dir: Path, home: Path | None, config_file: Path | None, meta: tuple[str, ...], no_kit: bool, interval: float) -> None:
+    """Watch SRC_DIR: on every save build it, reload it into the running daemon (or a manager
+    started here when none runs), rerun its kit; one line per save. A broken save leaves the
+    last good build serving. Builds are served from <home>/dev/<folder>/; Ctrl-C stops."""
+    import signal
+
+    from ..plugin.dev import DevLoop
+    from ._common import open_client
+
+    pairs = meta_pairs(meta, "--meta")
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    with open_client(home, config_file) as client:
+        cfg = load_config_for(home, config_file)
+        loop = DevLoop(src_dir, client, Path(cfg.plugins_dir), Path(cfg.home) / "dev" / src_dir.resolve().name,
+                       meta=pairs, kit=not no_kit, say=lambda line: click.echo(line))
+        try:
+            loop.run(interval=interval, stop=lambda: bool(stopping))
+        except KeyboardInterrupt:
+            pass
+    from ._common import LocalClient
+
+    if isinstance(client, LocalClient):
+        click.echo("stopped, with the manager it started")
+    else:
+        click.echo(f"stopped; build {loop.serving} serves on" if loop.serving else "stopped")
+
+
 @plugin.command("disable")
 @home_option
 @click.option("--config", "config_file", type=click.Path(path_type=Path))
