@@ -173,3 +173,26 @@ def test_metrics(imported: Daemon) -> None:
     assert calls and float(calls.group(1)) >= COUNT / 100, text  # at least a call per import request
     assert re.search(r'^vsm_sink_lag_rows\{sink="duckdb"\} 0\.0$', text, re.M), text
     assert re.search(r'^vsm_plugin_workers\{kind="ObjStore",plugin="fsstore"\} 4\.0$', text, re.M), text
+
+
+def test_streamed_import_over_raw_http(imported: Daemon) -> None:
+    """POST /sectors/import: an Arrow IPC stream of states, behind the token; a body that is
+    not one is refused in one line, and nothing of it is stored."""
+    import pyarrow as pa
+
+    from vsm.sdk.sectors import states_to_arrow
+
+    batch = states_to_arrow([_state(n) for n in range(5000, 5020)])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as w:
+        w.write_batch(batch.slice(0, 7))
+        w.write_batch(batch.slice(7))
+    body = sink.getvalue().to_pybytes()
+    assert imported.request("POST", "/sectors/import", body, token=None)[0] == 401
+    status, _, reply = imported.request("POST", "/sectors/import?worker_state=offline", body)
+    assert status == 200 and json.loads(reply) == {"written": 20, "received": 20}, reply
+    assert imported.rpc("sectors.get", {"miner": MINER, "number": 5011})["WorkerState"] == "offline"
+    status, _, reply = imported.request("POST", "/sectors/import", b"not arrow at all")
+    assert status == 400 and "ArrowInvalid" in json.loads(reply)["error"], reply
+    status, _, reply = imported.request("POST", "/sectors/import?worker_state=elsewhere", body)
+    assert status == 400 and "worker_state" in json.loads(reply)["error"], reply

@@ -172,6 +172,20 @@ class LocalClient:
         params = params or {}
         return fn(self.manager, *params) if isinstance(params, list) else fn(self.manager, **params)
 
+    def import_batches(self, batches: Any, override: bool, worker_state: str | None) -> dict[str, int]:
+        received = [0]
+
+        def counted() -> Any:
+            for batch in batches:
+                received[0] += batch.num_rows
+                yield batch
+
+        sectors = self.manager.sectors
+        if sectors is None:
+            raise DaemonError("the sector state manager is not running")
+        written = sectors.import_arrow(counted(), override=override, worker_state=worker_state)
+        return {"written": written, "received": received[0]}
+
     def put_piece(self, store: str, path: str, source: Any, size: int, progress: Any = None) -> Any:
         reader = _Progress(source, progress)
         n = self.manager.store(store).put(path, reader)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 from pathlib import Path
-from urllib.parse import quote
-from typing import Any, BinaryIO, Callable
+from urllib.parse import quote, urlencode
+from typing import Any, BinaryIO, Callable, Iterable
 
 from ..config import resolve_home
 from ..errors import VsmError
@@ -100,6 +101,47 @@ class Client:
             raise DaemonError(f"{method}: {self._error_text(resp.status, raw)}")
         return reply["result"]
 
+    def import_batches(self, batches: Iterable[Any], override: bool, worker_state: str | None) -> dict[str, int]:
+        """Stream Arrow record batches to POST /sectors/import as one chunked request (an
+        Arrow IPC stream: the schema, each batch, the end marker); {"written", "received"}."""
+        params = {"override": "1" if override else "0", **({"worker_state": worker_state} if worker_state else {})}
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            return {"written": 0, "received": 0}
+        batches = itertools.chain([first], batches)
+        conn = self._conn()
+        what = "sectors import"
+        try:
+            conn.putrequest("POST", "/sectors/import?" + urlencode(params))
+            for k, v in self._headers({"Transfer-Encoding": "chunked", "Content-Type": "application/vnd.apache.arrow.stream"}).items():
+                conn.putheader(k, v)
+            conn.endheaders()
+            schema_sent = False
+            try:
+                for batch in batches:
+                    if not schema_sent:
+                        _send_chunk(conn, batch.schema.serialize())
+                        schema_sent = True
+                    _send_chunk(conn, batch.serialize())
+                if schema_sent:
+                    _send_chunk(conn, b"\xff\xff\xff\xff\x00\x00\x00\x00")  # end of the stream
+                conn.send(b"0\r\n\r\n")
+            except OSError:
+                pass  # the daemon stopped reading (it failed the import): its answer says why
+            try:
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                raise DaemonError(f"{what}: the request broke off ({self._where()}): {e}") from None
+        except OSError as e:
+            raise DaemonError(f"{what}: cannot reach {self._where()}: {e}") from None
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            raise DaemonError(f"{what}: {self._error_text(resp.status, raw)}")
+        return json.loads(raw)  # type: ignore[no-any-return]
+
     def put_piece(self, store: str, path: str, source: BinaryIO, size: int | None, progress: Callable[[int], None] | None = None) -> Any:
         """Stream source to the store. size None (a pipe, stdin): sent chunked, to its end."""
         conn = self._conn()
@@ -163,6 +205,13 @@ class Client:
         if short:
             raise DaemonError(f"{what}: the download broke off after {total} bytes, {short} short")
         return total
+
+
+def _send_chunk(conn: http.client.HTTPConnection, data: Any) -> None:
+    """One chunk of a chunked request body (the data is sent as it is, not copied)."""
+    conn.send(b"%x\r\n" % data.size if hasattr(data, "size") else b"%x\r\n" % len(data))
+    conn.send(memoryview(data))
+    conn.send(b"\r\n")
 
 
 def piece_url(store: str, path: str) -> str:

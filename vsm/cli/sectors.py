@@ -41,7 +41,7 @@ def _show_state(state: dict[str, Any], as_json: bool) -> None:
 @click.option("--override", is_flag=True, help="Replace sectors that exist already.")
 @click.option("--online", "worker_state", flag_value="online", help="Import every state online (default: as damocles' import-json, offline if Finalized).")
 @click.option("--offline", "worker_state", flag_value="offline", help="Import every state offline (as damocles' import from lotus).")
-@click.option("--chunk", default=5000, show_default=True, help="States per request.")
+@click.option("--chunk", default=10_000, show_default=True, help="States per Arrow batch.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def sectors_import(home: Path | None, config_file: Path | None, override: bool, worker_state: str | None, chunk: int, file: Path) -> None:
     """Bulk-load FILE: JSON lines of SectorState in damocles' encoding, or Parquet in the Arrow
@@ -51,21 +51,23 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
     status 1 if any line was refused."""
     from tqdm import tqdm
 
-    from ..sectors import ImportReport, read_import_file
+    from ..sectors import ImportReport, read_import_batches
 
-    written = total = 0
     report = ImportReport()
     shown = 0
     with open_client(home, config_file) as client, tqdm(unit=" sectors", desc="import", file=sys.stderr, disable=None) as bar:
-        for states in read_import_file(str(file), chunk=chunk, report=report):
-            for refused in report.refused[shown:]:
-                bar.write(f"refused {refused}", file=sys.stderr)
-            shown = len(report.refused)
-            if states:
-                payload = [s.to_go_dict() for s in states]
-                written += client.call("sectors.import", {"states": payload, "override": override, "worker_state": worker_state})
-            total += len(states)
-            bar.update(len(states))
+
+        def batches() -> Any:  # what the import takes, as it takes it (flat memory)
+            nonlocal shown
+            for batch in read_import_batches(str(file), chunk=chunk, report=report):
+                for refused in report.refused[shown:]:
+                    bar.write(f"refused {refused}", file=sys.stderr)
+                shown = len(report.refused)
+                bar.update(batch.num_rows)
+                yield batch
+
+        result = client.import_batches(batches(), override, worker_state)
+    written, total = result["written"], result["received"]
     for refused in report.refused[shown:]:
         click.echo(f"refused {refused}", err=True)
     click.echo(

@@ -25,6 +25,7 @@ __all__ = [
     "duckdb_arrow",
     "duckdb_query",
     "query_duckdb",
+    "read_import_batches",
     "read_import_file",
     "write_import_file",
 ]
@@ -122,6 +123,24 @@ def read_import_file(path: str, chunk: int = 10_000, report: ImportReport | None
                 out = []
         if out:
             yield out
+
+
+def read_import_batches(path: str, chunk: int = 10_000, report: ImportReport | None = None) -> Iterator[pa.RecordBatch]:
+    """read_import_file as Arrow batches of SECTOR_STATE_SCHEMA columns, for the streamed
+    import: Parquet batches as they are (no SectorState objects), Go JSON lines through the
+    same strict decoder (refused lines go to `report`, as read_import_file does)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if path.endswith((".parquet", ".pq")) or head == b"PAR1":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        names = [n for n in SECTOR_STATE_SCHEMA.names if n in pf.schema_arrow.names]
+        yield from pf.iter_batches(batch_size=chunk, columns=names)
+        return
+    for states in read_import_file(path, chunk, report):
+        if states:
+            yield states_to_arrow(states)
 
 
 def write_import_file(path: str, states: Iterable[SectorState]) -> int:

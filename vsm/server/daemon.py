@@ -1,6 +1,7 @@
 """`vsm-pool start`: the daemon. aiohttp serves JSON-RPC 2.0, piece streams, health and metrics.
 
     POST /rpc/v0                 JSON-RPC 2.0 (single or batch); plugin namespaces too
+    POST /sectors/import         a bulk import: one streamed request of Arrow batches
     PUT  /pieces/{store}/{path}  streaming upload -> the store's pool, through shared memory
     GET  /pieces/{store}/{path}  streaming download; HEAD gives the size; DELETE removes
     GET  /healthz                no token needed
@@ -40,6 +41,7 @@ from .dashboard import CSRF_HEADER, OPEN_PATHS, Sessions, add_dashboard_routes, 
 from .jsonrpc import dispatch_rpc
 from .methods import METHODS
 from .metrics import Metrics
+from .imports import add_import_route
 from .pieces import add_piece_routes
 
 __all__ = ["DaemonAlreadyRunning", "make_app", "run_daemon"]
@@ -181,6 +183,7 @@ def make_app(manager: Manager, token: str, request_stop: Callable[[], None]) -> 
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/rpc/v0", _rpc)
     add_piece_routes(app)
+    add_import_route(app)
     add_dashboard_routes(app, sessions)
     return app
 
