@@ -20,13 +20,28 @@ A write through open_for_write (the daemon's PUT):
     3. commit: fsync (Fsync), then link the inode in under the target's name (linkat); if
        the name exists, link under a temp name and rename it over the target
 
+Named temp files (put, the fallback of 1, the link aside in 3) live in `<Path>/.vsm-tmp/`,
+named `<host>-<pid>-<random>.tmp` by the worker writing them; that folder is not an object
+path (refused like a path outside the store). Opening the store (every worker start, so also
+the replacement of a worker killed mid-put, and every daemon start) deletes the temp files of
+this host whose writer is gone: its pid is not running, or runs a process started after the
+file was last written (a reused pid). One folder listing, not a walk of the store, and never a
+temp file a live worker is writing (issue 13: `.obj.bin.<random>.tmp` stayed for good). Why
+not O_TMPFILE alone: not every filesystem has it (NFS, some FUSE), naming one needs a
+capability or /proc, and a link cannot replace an existing object, so a named step remains;
+where O_TMPFILE works the daemon's PUT uses it and leaves nothing to clean. Limits: a temp
+file is made next to its target when the target's folder is another filesystem (a mount
+inside the store), and those are not cleaned; nor are dot-temp files next to objects left by
+fsstore versions before this one.
+
 Crash argument (kill -9 of the daemon or of the worker):
 - before 3: O_TMPFILE: nothing is visible and the inode is freed with its last fd (the
-  worker's and the daemon's both die with them or close); the fallback leaves its dot-temp
-  file, as put does. The upload failed; the old object, if any, is untouched.
+  worker's and the daemon's both die with them or close); a named temp file stays in
+  .vsm-tmp until the store is opened next (at once: the pool replaces the worker). The upload
+  failed; the old object, if any, is untouched.
 - in 3, before the link: as before 3. After a direct link: the new object is whole (and
   durable with Fsync). Between a temp link and the rename: the old object is whole and a
-  dot-temp file holds the new one.
+  temp file in .vsm-tmp holds the new one (deleted at the next open).
 """
 
 from __future__ import annotations
@@ -37,8 +52,8 @@ import errno
 import os
 import secrets
 import shutil
+import socket
 import stat as stat_mode
-import tempfile
 from typing import BinaryIO
 
 from vsm.sdk import (
@@ -54,6 +69,9 @@ from vsm.sdk import (
 __all__ = ["open"]
 
 VERSION = "0.1.0"
+TMP_DIR = ".vsm-tmp"  # named temp files of puts in flight: <host>-<pid>-<random>.tmp
+_HOST = socket.gethostname().replace("-", "_") or "host"
+_START_SLACK = 5.0
 
 
 def open(cfg: Config) -> FsStore:  # noqa: A001 - the exported Constructor's name
@@ -79,6 +97,11 @@ class FsStore:
         self._cfg = cfg
         self._root = cfg.path
         self._fsync = fsync
+        self._tmp_dir = os.path.join(self._root, TMP_DIR)
+        if not cfg.read_only:
+            os.makedirs(self._tmp_dir, exist_ok=True)
+            _clean_stale(self._tmp_dir)
+        self._dev = os.stat(self._root).st_dev
 
     def type(self) -> str:
         return "plugin-fs"
@@ -122,11 +145,10 @@ class FsStore:
         full = self._resolve(path)
         folder = os.path.dirname(full)
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(full)}.", suffix=".tmp")
+        fd, tmp = self._temp(folder)
         try:
             written = 0
             with builtins.open(fd, "wb", buffering=0, closefd=True) as out:
-                os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide objects from other readers
                 for chunk in iter_chunks(reader):
                     view = memoryview(chunk)
                     while view.nbytes:  # raw writes may be short
@@ -162,11 +184,20 @@ class FsStore:
     def full_path(self, path: str) -> str:
         return self._resolve(path, follow_links=False)
 
+    def _temp(self, folder: str) -> tuple[int, str]:
+        """A new named temp file for an object going into `folder`: in .vsm-tmp, or beside the
+        object when `folder` is on another filesystem (a rename cannot cross it)."""
+        where = self._tmp_dir if os.stat(folder).st_dev == self._dev else folder
+        path = os.path.join(where, f"{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), path
+
     def _resolve(self, path: str, follow_links: bool = True) -> str:
         """The absolute file path of an object; InvalidObjectPathError if it leaves the root."""
         if not path or os.path.isabs(path):
             raise InvalidObjectPathError(f"invalid object path {path!r}: must be relative to the store")
         full = os.path.normpath(os.path.join(self._root, path))
+        if os.path.relpath(full, self._root).split(os.sep)[0] == TMP_DIR:
+            raise InvalidObjectPathError(f"invalid object path {path!r}: {TMP_DIR} holds the store's temp files")
         # realpath follows symlinks in every existing component, so a link can't lead out either.
         checked = os.path.realpath(full) if follow_links else full
         if os.path.commonpath([self._root, checked]) != self._root or checked == self._root:
@@ -200,20 +231,19 @@ class FsFileStore(FsStore):
         if self._tmpfile:
             try:
                 fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
-                return _FileWriter(fd, None, full, self._fsync)
+                return _FileWriter(fd, None, full, self._fsync, self._tmp_dir)
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(full)}.", suffix=".tmp")
-        os.fchmod(fd, 0o644)
-        return _FileWriter(fd, tmp, full, self._fsync)
+        fd, tmp = self._temp(folder)
+        return _FileWriter(fd, tmp, full, self._fsync, self._tmp_dir)
 
 
 class _FileWriter:
     """One object being written through a file (see the module docstring for the steps)."""
 
-    def __init__(self, fd: int, tmp: str | None, target: str, fsync: bool) -> None:
-        self._fd, self._tmp, self._target, self._fsync = fd, tmp, target, fsync
+    def __init__(self, fd: int, tmp: str | None, target: str, fsync: bool, tmp_dir: str) -> None:
+        self._fd, self._tmp, self._target, self._fsync, self._tmp_dir = fd, tmp, target, fsync, tmp_dir
 
     def fileno(self) -> int:
         return self._fd
@@ -229,7 +259,7 @@ class _FileWriter:
             try:
                 _link_fd(fd, self._target)
             except FileExistsError:  # a link cannot replace: link aside, then rename over
-                tmp = f"{os.path.dirname(self._target)}/.{os.path.basename(self._target)}.{secrets.token_hex(4)}.tmp"
+                tmp = os.path.join(self._tmp_dir, f"{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
                 _link_fd(fd, tmp)
                 self._replace(tmp)
         else:
@@ -288,6 +318,37 @@ def _can_name_tmpfile(folder: str) -> bool:
         os.close(fd)
     _unlink_quietly(probe)
     return True
+
+
+def _clean_stale(tmp_dir: str) -> None:
+    """Delete this host's temp files whose writer is gone (see the module docstring)."""
+    for name in os.listdir(tmp_dir):
+        host, _, rest = name.partition("-")
+        pid_s = rest.partition("-")[0]
+        if host != _HOST or not pid_s.isdigit():
+            continue
+        path = os.path.join(tmp_dir, name)
+        try:
+            written = os.stat(path).st_mtime
+        except FileNotFoundError:
+            continue
+        started = _process_start(int(pid_s))
+        # a reused pid: its process started after the file's last write (boot time in /proc
+        # is whole seconds: a margin, so a live writer's file is never taken for stale)
+        if started is None or started > written + _START_SLACK:
+            _unlink_quietly(path)
+
+
+def _process_start(pid: int) -> float | None:
+    """When process pid started (seconds since the epoch), or None if it is not running."""
+    try:
+        with builtins.open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with builtins.open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (FileNotFoundError, ProcessLookupError, StopIteration, ValueError, IndexError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _unlink_quietly(path: str) -> None:

@@ -24,9 +24,15 @@ __all__ = ["KVHost", "ObjHost", "RpcHost", "StartFailed", "worker_init"]
 SCAN_PAGE = 1024
 
 
-def worker_init(code_path: str, manifest: Manifest, plugins_dir: str, loaded: dict[str, Manifest] | None = None) -> Any:
+def worker_init(
+    code_path: str, manifest: Manifest, plugins_dir: str, loaded: dict[str, Manifest] | None = None, home: str | None = None
+) -> Any:
     """Import the plugin's module from code_path, run validate and onInit, return its kind's
-    host. `loaded` is every loaded plugin's manifest by name, for validate."""
+    host. `loaded` is every loaded plugin's manifest by name, for validate. The worker runs in
+    the `home` folder, so a relative path in its Meta or its store's Path is relative to the
+    home, as the README says (issue 13: they landed in the daemon's working directory)."""
+    if home and os.path.isdir(home):
+        os.chdir(home)
     if code_path not in sys.path:
         sys.path.insert(0, code_path)
     with _stage("import", code_path):

@@ -334,7 +334,9 @@ class Registry:
         plugins_dir = self.config.plugins_dir if self.config else (self.plugins_dir or str(plugin.source.parent))
         spec = PoolSpec(
             name=plugin.label,
-            init=functools.partial(host.worker_init, plugin.code_path, plugin.manifest, plugins_dir, self.loaded_manifests()),
+            init=functools.partial(
+                host.worker_init, plugin.code_path, plugin.manifest, plugins_dir, self.loaded_manifests(), home=self.config.home if self.config else None
+            ),
             workers=workers,
             call_timeout=settings.call_timeout if settings else 60.0,
             start_timeout=settings.start_timeout if settings else 60.0,
