@@ -126,6 +126,33 @@ def plugin_test(artifact: Path, meta: tuple[str, ...], workers: int, as_json: bo
     sys.exit(1 if run.failed else 0)
 
 
+@plugin.command("bench")
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--meta", multiple=True, help="KEY=VALUE for the Constructor (repeatable), over the manifest's testMeta.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Workers of the pool side.")
+@click.option("--quick", is_flag=True, help="Smaller workloads: a smoke run.")
+@click.option("--json", "as_json", is_flag=True)
+def plugin_bench(artifact: Path, meta: tuple[str, ...], workers: int, quick: bool, as_json: bool) -> None:
+    """The plugin's calls (streams for an ObjStore, deliveries for a sink) in its own pool beside
+    the same plugin in-process, measured in one run: what isolation costs it, as ratios."""
+    from ..plugin.bench import run_bench
+
+    widths = (44, 18, 18)
+    if not as_json:
+        click.echo(f"{'workload':<{widths[0]}}{'in its pool':>{widths[1]}}{'in-process':>{widths[2]}}  ratio")
+
+    def show(row: Any) -> None:
+        inline = f"{row.inline:,.0f} {row.unit}" if row.inline is not None else "-"
+        ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
+        click.echo(f"{row.workload:<{widths[0]}}{f'{row.pool:,.0f} {row.unit}':>{widths[1]}}{inline:>{widths[2]}}  {ratio}")
+
+    label, rows = run_bench(artifact, meta_pairs(meta, "--meta"), workers=workers, quick=quick, on_row=None if as_json else show)
+    if as_json:
+        click.echo(json.dumps({"plugin": label, "workers": workers, "rows": [r.as_dict() for r in rows]}, indent=2))
+    else:
+        click.echo(f"{label}: pool of {workers} worker(s) vs in-process, one run; ratio = pool / in-process")
+
+
 @plugin.command("dev")
 @click.argument("src_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @home_option

@@ -181,6 +181,15 @@ class SinkHost:
             w.write_table(table)
         return out.getvalue().to_pybytes()
 
+    def drop(self) -> bool:
+        """The sink's drop() (remove what it stored), if it has one: `vsm-pool plugin test` and
+        `plugin bench` call it on the instance they made; the manager never does."""
+        fn = getattr(self.sink, "drop", None)
+        if fn is None:
+            return False
+        fn()
+        return True
+
     def close(self) -> None:
         c = getattr(self.sink, "close", None)
         if c is not None:
