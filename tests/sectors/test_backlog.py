@@ -206,3 +206,43 @@ def test_rows_that_cannot_be_encoded_fail_their_own_op_only(dictdb, tmp_path) ->
         st = m.status()["journal"]
         assert st["broken"] is None and st["rejected"] == 1
     assert rec.seqs == [1, 2, 4, 5, 6, 7]  # seq 3 was the rejected update's: an empty frame
+
+
+def test_a_kv_that_breaks_during_a_commit_does_not_freeze_the_sinks(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The KV fails a commit and cannot be read back (issue 13, item 4): the op fails, the
+    status says the watermark is held and why, and once the KV answers again the held seq is
+    resolved (a revert row with what the KV holds) and delivery goes on, without a restart."""
+    import time
+
+    from vsm.sdk.sectors import AllocatedSector
+
+    rec = RecordingSink()
+    meta = dictdb.open_collection("meta")
+    with _mgr(dictdb, tmp_path, commit_retries=1) as m:
+        m.add_sink("rec", SinkHost(sink_obj=rec))
+        m.init([AllocatedSector(SectorID(6, n), 8) for n in range(2)])
+        down = {"update": True, "view": False}  # the read of the op works; its commit breaks the pool
+        real_update, real_view = meta.update, meta.view
+
+        def broken(name, real):  # type: ignore[no-untyped-def]
+            def call(fn):  # type: ignore[no-untyped-def]
+                if down[name]:
+                    down["view"] = True
+                    raise ConnectionError("KV pool broken (injected)")
+                return real(fn)
+            return call
+
+        meta.update, meta.view = broken("update", real_update), broken("view", real_view)  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            m.update(SectorID(6, 0), {"Removed": True})
+        time.sleep(1.5)
+        held = m.status()["journal"]["held"]
+        assert held and "seq 3-3" in held and "KV pool broken" in held, held
+        assert m.status()["journal"]["watermark"] == 2
+        down.update(update=False, view=False)
+        m.update(SectorID(6, 1), {"Removed": True})
+        assert m.wait_delivered(10)
+        assert m.status()["journal"]["held"] is None
+    rows = pa.concat_tables(rec.tables).to_pylist()
+    assert [(r["seq"], r["kind"], r["number"], r["removed"]) for r in rows[2:]] == [
+        (3, "update", 0, True), (4, "update", 1, True), (5, "revert", 0, False)]

@@ -166,6 +166,10 @@ class SectorStateManager:
         self._sinks: dict[str, SinkDispatcher] = {}
         self._sinks_lock = threading.Lock()
         self.max_backlog = max_backlog
+        self._held: list[list[Any]] = []  # [changes, ticket, cause]: KV commit outcome unknown (_hold)
+        self._held_mu = threading.Lock()
+        self._held_thread: threading.Thread | None = None
+        self._stop_held = threading.Event()
         self._pins: dict[str, int] = {}  # sink -> seq the journal keeps from (a rebuild running)
         self._bulk = 0  # imports running: sinks take bigger batches meanwhile
         self._hurry = 0  # wait_delivered callers: sinks deliver what there is at once
@@ -446,6 +450,7 @@ class SectorStateManager:
                 "broken_since": self.writer.broken_since,
                 "rejected": self.writer.rejected,
                 "max_backlog": self.max_backlog,
+                "held": self._held_status(),
             },
             "sinks": sinks,
         }
@@ -506,6 +511,7 @@ class SectorStateManager:
         if self._closed:
             return
         self._closed = True
+        self._stop_held.set()
         self.writer.close(timeout)
         with self._sinks_lock:
             ds = list(self._sinks.values())
@@ -668,15 +674,21 @@ class SectorStateManager:
                 time.sleep(min(0.001 * (2**n), 0.1))
 
     def _compensate(self, changes: list[_Change], ticket: Ticket, err: BaseException) -> None:
-        """The KV commit failed after the events were journaled: journal what the KV holds."""
+        """The KV commit failed after the events were journaled: journal what the KV holds. If
+        the KV cannot say (its pool is down), the ticket stays unresolved and a thread asks
+        again every second (issue 13: it stayed so until a restart, and every sink waited)."""
         log.error("sector KV commit failed after journaling seq %d-%d: %r", ticket.first, ticket.last, err)
+        try:
+            self._journal_reverts(changes, ticket)
+        except Exception as e:  # noqa: BLE001 - the KV (or the journal) cannot answer now
+            self._hold(changes, ticket, e)
+
+    def _journal_reverts(self, changes: list[_Change], ticket: Ticket) -> None:
+        """Journal a "revert" row with the KV's state for each change that did not commit,
+        then resolve the ticket. Raises if the KV cannot be read or the journal written."""
         reverts: list[_Change] = []
         for c in changes:
-            try:
-                actual = self._read_both(c.sid)
-            except Exception:  # noqa: BLE001 - KV unreachable: the restart reconciliation decides
-                log.exception("cannot read back sector m-%d-n-%d; leaving seq %d unresolved", c.sid.miner, c.sid.number, ticket.first)
-                return  # watermark stays; sinks wait; restart reconciles
+            actual = self._read_both(c.sid)
             if c.writes and actual.get(c.writes[0][0]) == c.writes[0][1] and all(
                 actual.get(ws) is None for ws, v in c.writes[1:] if v is None
             ):
@@ -692,6 +704,46 @@ class SectorStateManager:
             self.writer.wait_durable(rt)
             self.writer.resolve(rt)
         self.writer.resolve(ticket)
+
+    def _hold(self, changes: list[_Change], ticket: Ticket, err: BaseException) -> None:
+        """Keep the ticket unresolved (the watermark, so every sink, waits at it) and ask the KV
+        again every second, holding the sectors' stripes meanwhile each time."""
+        log.error("cannot tell whether seq %d-%d reached the KV (%r): sinks wait at it; asking again every second",
+                  ticket.first, ticket.last, err)
+        with self._held_mu:
+            self._held.append([changes, ticket, f"{type(err).__name__}: {err}"])
+            if self._held_thread is None or not self._held_thread.is_alive():
+                self._held_thread = threading.Thread(target=self._retry_held, name="vsm-sectors-held", daemon=True)
+                self._held_thread.start()
+
+    def _retry_held(self) -> None:
+        while not self._stop_held.wait(1.0):
+            with self._held_mu:
+                if not self._held:
+                    self._held_thread = None
+                    return
+                items = list(self._held)
+            for item in items:
+                changes, ticket = item[0], item[1]
+                try:
+                    with self._locks.hold(c.sid for c in changes):
+                        self._journal_reverts(changes, ticket)
+                except Exception as e:  # noqa: BLE001 - still down: keep the cause current
+                    item[2] = f"{type(e).__name__}: {e}"
+                    continue
+                with self._held_mu:
+                    self._held.remove(item)
+                log.info("seq %d-%d resolved: the KV answered again", ticket.first, ticket.last)
+
+    def _held_status(self) -> str | None:
+        with self._held_mu:
+            if not self._held:
+                return None
+            first = min(i[1].first for i in self._held)
+            last = max(i[1].last for i in self._held)
+            cause = self._held[-1][2]
+        return (f"the KV did not say whether seq {first}-{last} were committed ({cause}); the watermark and every sink "
+                f"wait at seq {self.writer.durable_watermark} until it answers (asked every second)")
 
     def _read_both(self, sid: SectorID) -> dict[str, bytes | None]:
         key = sector_key(sid)
