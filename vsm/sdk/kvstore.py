@@ -47,11 +47,12 @@ class Txn(Protocol):
         ...
 
     def put(self, key: Key, val: Val) -> None:
-        """Set key to val, seen by this transaction's later reads; raises in view (read-only)."""
+        """Set key to val, seen by this transaction's later reads; in view it raises
+        ReadOnlyTransactionError (badger's "No sets or deletes are allowed in a read-only transaction")."""
         ...
 
     def delete(self, key: Key) -> None:
-        """Remove key; a missing key is not an error (as Go's stores)."""
+        """Remove key; a missing key is not an error (as Go's stores); in view it raises ReadOnlyTransactionError."""
         ...
 
     def scan(self, prefix: Prefix) -> Iter:
@@ -93,7 +94,8 @@ class KVStore(Protocol):
         ...
 
     def scan(self, prefix: Prefix) -> Iter:
-        """The committed keys starting with prefix (b"": all), in byte order, with their values."""
+        """The committed keys starting with prefix (b"": all), in byte order, with their values: a
+        snapshot, as badger's scan (writes made while it runs do not show)."""
         ...
 
 

@@ -6,9 +6,15 @@ import bisect
 import threading
 from typing import Any, Callable
 
-from vsm.sdk import KeyNotFoundError
+from vsm.sdk import EmptyKeyError, KeyNotFoundError, ReadOnlyTransactionError
 
 _GONE = object()
+
+
+def _key(key: bytes) -> bytes:
+    if not key:
+        raise EmptyKeyError()
+    return bytes(key)
 
 
 class Cursor:
@@ -33,7 +39,7 @@ class Overlay:
         self.base, self.writes, self.writable = base, {}, writable
 
     def get(self, key: bytes) -> bytes:
-        key = bytes(key)
+        key = _key(key)
         value = self.writes.get(key, self.base.get(key, _GONE))
         if value is _GONE:
             raise KeyNotFoundError(f"docdb: no key {key!r}")
@@ -44,13 +50,13 @@ class Overlay:
 
     def put(self, key: bytes, val: bytes) -> None:
         if not self.writable:
-            raise PermissionError("docdb: view is read-only")
-        self.writes[bytes(key)] = bytes(val)
+            raise ReadOnlyTransactionError()
+        self.writes[_key(key)] = bytes(val)
 
     def delete(self, key: bytes) -> None:
         if not self.writable:
-            raise PermissionError("docdb: view is read-only")
-        self.writes[bytes(key)] = _GONE
+            raise ReadOnlyTransactionError()
+        self.writes[_key(key)] = _GONE
 
     def scan(self, prefix: bytes) -> Cursor:
         prefix = bytes(prefix)
