@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUITES = {"executor": "bench.bench_executor", "sectors": "bench.bench_sectors", "envs": "bench.bench_envs", "ray": "bench.bench_ray"}
+SUITES = {
+    "executor": "bench.bench_executor",
+    "sectors": "bench.bench_sectors",
+    "operator": "bench.bench_operator",
+    "envs": "bench.bench_envs",
+    "ray": "bench.bench_ray",
+}
 
 
 def run_suites(names: list[str], quick: bool) -> dict[str, Any]:

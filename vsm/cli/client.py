@@ -101,71 +101,19 @@ class Client:
             raise DaemonError(f"{method}: {self._error_text(resp.status, raw)}")
         return reply["result"]
 
-    def import_batches(self, batches: Iterable[Any], override: bool, worker_state: str | None) -> dict[str, int]:
-        """Stream Arrow record batches to POST /sectors/import as one chunked request (an
-        Arrow IPC stream: the schema, each batch, the end marker); {"written", "received"}."""
-        params = {"override": "1" if override else "0", **({"worker_state": worker_state} if worker_state else {})}
-        batches = iter(batches)
-        first = next(batches, None)
-        if first is None:
-            return {"written": 0, "received": 0}
-        batches = itertools.chain([first], batches)
+    def _upload(self, verb: str, url: str, headers: dict[str, str], what: str, send_body: Callable[[http.client.HTTPConnection], None]) -> Any:
+        """One request whose body send_body streams; the daemon's JSON answer, or DaemonError
+        with its message (a daemon that stops reading, refusing the body, is heard out)."""
         conn = self._conn()
-        what = "sectors import"
         try:
-            conn.putrequest("POST", "/sectors/import?" + urlencode(params))
-            for k, v in self._headers({"Transfer-Encoding": "chunked", "Content-Type": "application/vnd.apache.arrow.stream"}).items():
+            conn.putrequest(verb, url)
+            for k, v in self._headers(headers).items():
                 conn.putheader(k, v)
             conn.endheaders()
-            schema_sent = False
             try:
-                for batch in batches:
-                    if not schema_sent:
-                        _send_chunk(conn, batch.schema.serialize())
-                        schema_sent = True
-                    _send_chunk(conn, batch.serialize())
-                if schema_sent:
-                    _send_chunk(conn, b"\xff\xff\xff\xff\x00\x00\x00\x00")  # end of the stream
-                conn.send(b"0\r\n\r\n")
+                send_body(conn)
             except OSError:
-                pass  # the daemon stopped reading (it failed the import): its answer says why
-            try:
-                resp = conn.getresponse()
-                raw = resp.read()
-            except (OSError, http.client.HTTPException) as e:
-                raise DaemonError(f"{what}: the request broke off ({self._where()}): {e}") from None
-        except OSError as e:
-            raise DaemonError(f"{what}: cannot reach {self._where()}: {e}") from None
-        finally:
-            conn.close()
-        if resp.status >= 400:
-            raise DaemonError(f"{what}: {self._error_text(resp.status, raw)}")
-        return json.loads(raw)  # type: ignore[no-any-return]
-
-    def put_piece(self, store: str, path: str, source: BinaryIO, size: int | None, progress: Callable[[int], None] | None = None) -> Any:
-        """Stream source to the store. size None (a pipe, stdin): sent chunked, to its end."""
-        conn = self._conn()
-        what = f"put {store}/{path}"
-        length = {"Content-Length": str(size)} if size is not None else {"Transfer-Encoding": "chunked"}
-        try:
-            conn.putrequest("PUT", piece_url(store, path))
-            for k, v in self._headers({**length, "Content-Type": "application/octet-stream"}).items():
-                conn.putheader(k, v)
-            conn.endheaders()
-            buf = bytearray(1 << 20)
-            view = memoryview(buf)
-            try:
-                while True:
-                    n = source.readinto(buf)
-                    if not n:
-                        break
-                    conn.send(view[:n] if size is not None else b"%x\r\n%s\r\n" % (n, view[:n]))
-                    if progress:
-                        progress(n)
-                if size is None:
-                    conn.send(b"0\r\n\r\n")
-            except OSError:
-                pass  # the daemon stopped reading (refused the upload): its answer says why
+                pass  # the daemon stopped reading (it refused the body): its answer says why
             try:
                 resp = conn.getresponse()
                 raw = resp.read()
@@ -178,6 +126,45 @@ class Client:
         if resp.status >= 400:
             raise DaemonError(f"{what}: {self._error_text(resp.status, raw)}")
         return json.loads(raw or b"{}")
+
+    def import_batches(self, batches: Iterable[Any], override: bool, worker_state: str | None) -> dict[str, int]:
+        """Stream Arrow record batches to POST /sectors/import as one chunked request (an
+        Arrow IPC stream: the schema, each batch, the end marker); {"written", "received"}."""
+        params = {"override": "1" if override else "0", **({"worker_state": worker_state} if worker_state else {})}
+        it = iter(batches)
+        first = next(it, None)
+        if first is None:
+            return {"written": 0, "received": 0}
+
+        def send(conn: http.client.HTTPConnection) -> None:
+            _send_chunk(conn, first.schema.serialize())
+            for batch in itertools.chain([first], it):
+                _send_chunk(conn, batch.serialize())
+            _send_chunk(conn, b"\xff\xff\xff\xff\x00\x00\x00\x00")  # end of the stream
+            conn.send(b"0\r\n\r\n")
+
+        headers = {"Transfer-Encoding": "chunked", "Content-Type": "application/vnd.apache.arrow.stream"}
+        return self._upload("POST", "/sectors/import?" + urlencode(params), headers, "sectors import", send)  # type: ignore[no-any-return]
+
+    def put_piece(self, store: str, path: str, source: BinaryIO, size: int | None, progress: Callable[[int], None] | None = None) -> Any:
+        """Stream source to the store. size None (a pipe, stdin): sent chunked, to its end."""
+        length = {"Content-Length": str(size)} if size is not None else {"Transfer-Encoding": "chunked"}
+
+        def send(conn: http.client.HTTPConnection) -> None:
+            buf = bytearray(1 << 20)
+            view = memoryview(buf)
+            while True:
+                n = source.readinto(buf)
+                if not n:
+                    break
+                conn.send(view[:n] if size is not None else b"%x\r\n%s\r\n" % (n, view[:n]))
+                if progress:
+                    progress(n)
+            if size is None:
+                conn.send(b"0\r\n\r\n")
+
+        headers = {**length, "Content-Type": "application/octet-stream"}
+        return self._upload("PUT", piece_url(store, path), headers, f"put {store}/{path}", send)
 
     def get_piece(self, store: str, path: str, sink: BinaryIO, progress: Callable[[int], None] | None = None) -> int:
         conn = self._conn()
