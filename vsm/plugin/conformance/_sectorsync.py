@@ -9,7 +9,8 @@ in real life, each of which the sink must absorb.
 
     stream: import x3 (online), import (offline), init x2, update, finalize, restore,
             update whose KV commit fails (+ revert to the state the KV holds),
-            init whose KV commit fails (+ revert of a sector that does not exist)
+            init whose KV commit fails (+ revert of a sector that does not exist);
+            last, a rebuild of the sink from the KV (rows of kind "rebuild", beside the journal)
 
 What the sink stored is read back through its optional `stored_seqs()` (every seq of its event
 history, once per stored row); rules that need it are skipped, saying so, for a sink without it.
@@ -236,6 +237,7 @@ class SinkKit:
         self.hooks = set(pool.call("kit_hooks"))
         self.attributes = pool.call("kit_attributes")
         self.calls: list[tuple[str, Any, str]] = []  # what the stream's deliveries gave the sink
+        self.extra_seqs: set[int] = set()  # rows delivered outside the journal (a rebuild's)
         self.stream_error = ""
 
     @property
@@ -276,7 +278,9 @@ class SinkKit:
         return [self.manager.journal.read(f) for f in self.frames()]
 
     def all_seqs(self) -> set[int]:
-        return set(range(1, self.head + 1))
+        """Every seq the sink was given: the journal's rows, and rows sent beside it (a rebuild)."""
+        seqs = {s for batch in self.truth() for s in batch.column("seq").to_pylist()}
+        return seqs | self.extra_seqs
 
     def deliver(self, frames: list[Any], after_seq: int) -> None:
         """One delivery, as the dispatcher makes it (frame references, the sink's checkpoint)."""
@@ -442,6 +446,36 @@ def _await_replacement(pool: Any, pid: int, timeout: float = 30.0) -> None:
     raise CheckFailed(f"no replacement worker answered within {timeout:.0f}s of the kill: {pool.status().get('last_error')}")
 
 
+def rebuilt_sink_gets_one_row_per_sector(kit: SinkKit) -> None:
+    """A sink rebuilt from the KV (`vsm-pool sinks rebuild`) gets one "rebuild" row per sector, above every seq it holds (Go hooks: OnImport(worker_state, SectorState, True) each), then goes on from the journal; stored_seqs() holds each seq once."""
+    kit.require_stream()
+    kit.pool.call("kit_calls")  # what came before is not this rule's
+    before = kit.all_seqs()
+    try:
+        held: set[int] | None = set(kit.stored())  # an in-memory sink lost some at the kill
+    except SkipCheck:
+        held = None
+    with _quiet("vsm.sectors"):
+        done = kit.manager.rebuild_sink("kit", kit.endpoint)
+    sectors = sum(len(c.data) for c in kit.kv._colls.values())
+    expect(done["rows"] == sectors, f"the rebuild sent {done['rows']} rows for {sectors} sectors")
+    rebuilt = set(range(done["first_seq"], done["first_seq"] + done["rows"]))
+    kit.extra_seqs |= rebuilt
+    calls = kit.pool.call("kit_calls")
+    raised = [c for c in calls if c[2]]
+    expect(not raised, f"on a rebuild {raised[0][0]} raised: {raised[0][2]}" if raised else "")
+    if kit.batches:
+        given = {s for ext, shown, _ in calls if ext == "OnBatch" for s in shown[2]}
+        expect(rebuilt <= given, f"on_batch was not given the rebuild's seqs {sorted(rebuilt - given)[:10]}")
+    elif "OnImport" in kit.hooks:
+        overrides = [args for ext, args, _ in calls if ext == "OnImport" and args[2] is True]
+        expect(len(overrides) == sectors, f"{len(overrides)} OnImport(..., True) calls for {sectors} sectors rebuilt")
+    kit.manager.update(SectorID(MINER, 3), {"AbortReason": "after a rebuild"})
+    why = kit.wait()
+    expect(not why, f"after the rebuild, {why}")
+    _expect_stored_once(kit, (held or set()) | (kit.all_seqs() - before))
+
+
 SECTORSYNC_CHECKS: tuple[Callable[[SinkKit], None], ...] = (
     every_event_arrives,
     on_batch_or_go_hooks,
@@ -453,6 +487,7 @@ SECTORSYNC_CHECKS: tuple[Callable[[SinkKit], None], ...] = (
     redelivery_is_absorbed,
     reopened_sink_takes_over,
     worker_kill_loses_nothing,
+    rebuilt_sink_gets_one_row_per_sector,
 )
 
 
