@@ -103,6 +103,8 @@ def _methods_objstore() -> list[str]:
         *_dataclass(objstore.Stat),
         *_dataclass(objstore.InstanceInfo),
         *_methods(objstore.Store, "Store"),
+        *_methods(objstore.FileStore, "FileStore (optional, for a store whose objects are files)"),
+        *_methods(objstore.ObjectWriter, "ObjectWriter"),
         f"`vsm.sdk.iter_chunks{_signature(chunks)}`: {_first_line(chunks.__doc__)}",
         "",
     ]

@@ -123,9 +123,13 @@ class ObjectWriter(Protocol):
 class FileStore(Protocol):
     """The optional file methods of a Store (see the module docstring)."""
 
-    def open_for_read(self, path: str) -> BinaryIO | int: ...
+    def open_for_read(self, path: str) -> BinaryIO | int:
+        """A file object (or fd) whose bytes from offset 0 to its end are the object, a regular file, opened under the store's own rules; raises as get does. The daemon sends it with sendfile and closes it."""
+        ...
 
-    def open_for_write(self, path: str) -> ObjectWriter: ...
+    def open_for_write(self, path: str) -> ObjectWriter:
+        """A new object to be written through a file, invisible until ObjectWriter.commit(); checks as put does (ReadOnlyStoreError, InvalidObjectPathError)."""
+        ...
 
 
 def iter_chunks(reader: BinaryIO, size: int = 8 << 20) -> Iterator[memoryview | bytes]:
