@@ -13,10 +13,10 @@ from vsm.cli import main
 @pytest.mark.parametrize(
     "args, suites",
     [
-        ([], ["executor", "sectors"]),
-        (["--backend", "process"], ["executor", "sectors"]),
+        ([], ["executor", "sectors", "envs"]),
+        (["--backend", "process"], ["executor", "sectors", "envs"]),
         (["--backend", "ray"], ["ray"]),
-        (["--backend", "both"], ["executor", "sectors", "ray"]),
+        (["--backend", "both"], ["executor", "sectors", "envs", "ray"]),
         (["--suite", "executor", "--backend", "ray"], ["executor", "ray"]),
         (["--suite", "ray"], ["ray"]),
     ],

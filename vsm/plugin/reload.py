@@ -4,6 +4,8 @@ Proxies, sinks and RPC namespaces hold a `SwappablePool`. A reload starts the ne
 replays the setup calls (open_db, open_store, open_sink) into it, then swaps: new calls go to
 the new pool, calls in flight finish on the old one, which then drains and stops. A call that
 reached the old pool only as it closed (PoolClosed: it never ran) is sent to the new one.
+A build with other requirements gets its environment made (envs.py) before its pool starts,
+so the old pool serves meanwhile: creating it delays the swap, never a call.
 """
 
 from __future__ import annotations
