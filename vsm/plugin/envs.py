@@ -25,17 +25,18 @@
 Why a package folder run by the manager's own interpreter, not a venv with its own python
 (bench `envs` suite, this 2-vCPU VM under load): workers keep forking from the one fork server
 that has the runtime imported, so a pool in an environment starts about as fast as one without
-(1-worker pool 0.11 vs 0.09 s: the difference is the plugin importing its own packages),
-whereas a venv's interpreter needs its own fork server per environment: a fresh python
-importing the worker runtime took 0.9-1.1 s and holds ~70 MiB. Calls run the very same code
-(echo through the pool: rates within the run-to-run noise of each other). And the runtime is
+(1-worker pool 0.08-0.11 vs 0.07-0.09 s: the difference is the plugin importing its own
+packages), whereas a venv's interpreter needs its own fork server per environment: a fresh
+python importing the worker runtime took 0.9-1.4 s and holds ~70 MiB. Calls run the very same
+code (echo through the pool, alternating rounds: ratios 0.6-1.65 over 4 runs at load average
+12-15, i.e. noise either way). And the runtime is
 imported before the folder is on sys.path, so a plugin's packages cannot change what the
 worker machinery runs on; modules of the folder's packages that the runtime had imported
 (e.g. packaging) are dropped and imported afresh from the folder.
 
 Why uv: a first start (resolve + install of packaging==21.3, 2 packages, and the pool) took
-0.44-0.63 s with uv's cache warm and ~1.1 s with it empty; pip doing the same resolve and
-install --target took 1.2-3.3 s (uv 0.2-0.4x of it), a venv + pip install 10-15 s. pip is
+0.44-0.63 s with uv's cache warm and 1.0-1.1 s with it empty; pip doing the same resolve and
+install --target took 1.2-4.5 s (uv 0.1-0.4x of it), a venv + pip install 10-15 s. pip is
 still what downloads wheels for `plugin build --with-deps` (uv has no download command).
 
 Indexes: uv reads its own settings (UV_DEFAULT_INDEX, UV_INDEX_URL, uv.toml...); when none
