@@ -106,7 +106,29 @@ def _bad_sdist(folder):
     return folder
 
 
-@pytest.mark.parametrize("case", ["no matching version", "index unreachable", "build error"])
+def _wheel_needing_old_cloudpickle(folder):
+    """A pure-Python wheel whose metadata requires cloudpickle<1 (vsm-pool's runtime has 3.x)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    folder.mkdir()
+    info = "vsm_oldpickle-1.0.dist-info"
+    files = {
+        "vsm_oldpickle/__init__.py": b"",
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: vsm-oldpickle\nVersion: 1.0\nRequires-Dist: cloudpickle<1\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    digest = {p: base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b"=").decode() for p, d in files.items()}
+    record = "".join(f"{p},sha256={digest[p]},{len(d)}\n" for p, d in files.items()) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(folder / "vsm_oldpickle-1.0-py3-none-any.whl", "w") as zf:
+        for p, d in files.items():
+            zf.writestr(p, d)
+        zf.writestr(f"{info}/RECORD", record)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["no matching version", "index unreachable", "build error", "runtime conflict below"])
 def test_failure_is_one_line_naming_plugin_requirement_cause_and_disables_the_plugin(tmp_path, monkeypatch, case):
     if case == "no matching version":
         req, cause = "packaging==99.1", "no matching version: Because there is no version of packaging==99.1"
@@ -115,9 +137,12 @@ def test_failure_is_one_line_naming_plugin_requirement_cause_and_disables_the_pl
         monkeypatch.setenv("UV_INDEX_URL", f"http://127.0.0.1:{_closed_port()}/simple")
         monkeypatch.setenv("UV_NO_CACHE", "1")
         monkeypatch.setenv("UV_HTTP_RETRIES", "0")
-    else:
+    elif case == "build error":
         req, cause = "vsm-badbuild==1.0", "build error: Failed to build `vsm-badbuild==1.0`: this package cannot be built here"
         monkeypatch.setenv("UV_FIND_LINKS", str(_bad_sdist(tmp_path / "links")))
+    else:  # a dependency of the requirement wants another version of the workers' runtime
+        req, cause = "vsm-oldpickle==1.0", "conflicts with vsm-pool's runtime: every worker runs cloudpickle "
+        monkeypatch.setenv("UV_FIND_LINKS", str(_wheel_needing_old_cloudpickle(tmp_path / "links")))
     registry, plugins = _registry(tmp_path, version_plugin(tmp_path / "src", "broken", [req]))
     with pytest.raises(PluginLoadError) as info:
         registry.start(plugins["broken"])

@@ -518,6 +518,10 @@ def failure_text(requirements: tuple[str, ...] | list[str], stderr: str, offline
     if "failed to build" in lowered:
         tail = [line for line in lines if not line.startswith(("cause:", "hint:", "error:", "[std"))]
         cause = f"build error: {head}" + (f": {tail[-1]}" if tail else "")
+    elif "no solution found" in lowered and _runtime_pin_in(lowered):
+        name = _runtime_pin_in(lowered)
+        clash = f"every worker runs {name} {runtime_versions()[name]} ({RUNTIME[name]})"
+        cause = f"conflicts with vsm-pool's runtime: {clash}: {causes[-1] if causes else head}"
     elif "no solution found" in lowered or "not found in the package registry" in lowered:
         cause = f"no matching version: {causes[-1] if causes else head}"
     elif _NETWORK.search(text):
@@ -530,6 +534,15 @@ def failure_text(requirements: tuple[str, ...] | list[str], stderr: str, offline
     named = [r for r in requirements if _mentions(lowered, Requirement(r).name)]
     which = f"requirement {named[0]!r}" if named else "requirements " + ", ".join(repr(r) for r in requirements)
     return f"{which}: {cause}"
+
+
+def _runtime_pin_in(text: str) -> str:
+    """The runtime package whose pinned version (the constraint resolve_lock adds) a resolver
+    message names, e.g. "cloudpickle==3.1.3"; "" if none."""
+    for name, version in runtime_versions().items():
+        if name != "vsm-pool" and f"{name}=={version}".lower() in text:
+            return name
+    return ""
 
 
 def _mentions(text: str, name: str) -> bool:
