@@ -23,7 +23,8 @@ CREATED = "creating its environment"
 
 
 def test_conflicting_pins_side_by_side_reload_and_reuse(start_daemon, tmp_path: Path) -> None:
-    home = prepare_home(tmp_path / "home")
+    # pkga also runs sandboxed (Landlock where the kernel has it): it must still read its environment
+    home = prepare_home(tmp_path / "home", append='[Common.Plugins.pkga]\nSandbox = "best-effort"\n')
     src = tmp_path / "src"
     for name, reqs in (("pkga", ["packaging==21.3"]), ("pkgb", ["packaging==24.*"]), ("pkgm", [])):
         build(version_plugin(src, name, reqs), home / "plugins")
@@ -38,6 +39,7 @@ def test_conflicting_pins_side_by_side_reload_and_reuse(start_daemon, tmp_path: 
     assert m["version"] == m["metadata"] == manager_version and not m["file"].startswith(str(envs_dir)), m
 
     rows = {r["name"]: r for r in d.rpc("plugin.list")}
+    assert rows["pkga"]["sandbox"]["mode"] == "best-effort" and rows["pkga"]["sandbox"]["state"] in ("on", "partial", "off")
     assert rows["pkga"]["env"]["packages"]["packaging"] == "21.3" and rows["pkgm"]["env"] is None
     key_a = rows["pkga"]["env"]["key"]
     status = d.cli("status").stdout
