@@ -21,6 +21,7 @@ SUITES = {
     "operator": "bench.bench_operator",
     "envs": "bench.bench_envs",
     "ray": "bench.bench_ray",
+    "soak": "bench.bench_soak",  # only on request: minutes of faults under load
 }
 
 

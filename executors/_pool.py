@@ -768,6 +768,7 @@ class ProcessPool(_PoolCore[_Worker]):
         if proc.exitcode is None:
             self._kill(w)
         reason = W.exit_reason(proc.exitcode)
+        self._forget_proc(proc)
         with w.mu:
             items = list(w.pending.values())
             w.pending.clear()
@@ -803,9 +804,26 @@ class ProcessPool(_PoolCore[_Worker]):
         w.sendq = []  # never live: its frames were never sent
         self._close_worker_fds(w)
 
+    def _forget_proc(self, proc: Any) -> None:
+        """Close a dead worker's process object: it holds two pipe fds until then (a daemon
+        that lost a worker every half minute kept 2 more fds each time: bench_soak, issue 13)."""
+        if proc.exitcode is None:
+            return
+        try:
+            self._procs.remove(proc)
+        except ValueError:
+            pass
+        try:
+            proc.close()
+        except Exception:  # noqa: BLE001 - best effort: pool close tries again
+            pass
+
     def _kill(self, w: _Worker) -> None:
         proc = w.proc
-        if proc is None or proc.exitcode is not None:
+        try:
+            if proc is None or proc.exitcode is not None:
+                return
+        except ValueError:  # closed: it died and was forgotten
             return
         _sigkill(proc.pid)
         proc.join(2.0)

@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,21 +18,10 @@ from typing import Any, Iterator
 
 import psutil
 
+from bench.faults import free_port, shm_entries  # noqa: F401 - re-exported for the daemon tests
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def shm_entries() -> set[str]:
-    try:
-        return {n for n in os.listdir("/dev/shm") if not n.startswith(("sem.", "PostgreSQL."))}
-    except FileNotFoundError:
-        return set()
 
 
 def cli_env(home: Path) -> dict[str, str]:

@@ -37,7 +37,9 @@ def config_init(home: Path | None, force: bool) -> None:
 
 @click.command()
 @click.option("--quick", is_flag=True, help="Smaller sizes, for a smoke run (about a minute).")
-@click.option("--suite", "suites", multiple=True, type=click.Choice(["executor", "sectors", "operator", "envs", "ray"]), help="Run only these suites.")
+@click.option("--suite", "suites", multiple=True, type=click.Choice(["executor", "sectors", "operator", "envs", "ray", "soak"]),
+              help="Run only these suites (soak: only on request; the daemon under load and faults for --soak-minutes).")
+@click.option("--soak-minutes", type=float, default=None, help="Length of the soak suite (default 10, 1 with --quick).")
 @click.option(
     "--backend",
     type=click.Choice(["process", "ray", "both"]),
@@ -48,9 +50,14 @@ def config_init(home: Path | None, force: bool) -> None:
     "(pip install 'vsm-pool[ray]'). both: all suites. With --suite, ray/both add the Ray suite.",
 )
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results.json"), show_default=True, help="Write the rows here as JSON.")
-def bench(quick: bool, suites: tuple[str, ...], backend: str, out: Path) -> None:
+def bench(quick: bool, suites: tuple[str, ...], soak_minutes: float | None, backend: str, out: Path) -> None:
     """Measure vsm-pool against what users would pick instead, side by side in one run."""
+    import os
+
     from ..home import bundled_root
+
+    if soak_minutes is not None:
+        os.environ["VSM_SOAK_MINUTES"] = str(soak_minutes)
 
     sys.path.insert(0, str(bundled_root()))
     from bench.run import main as run_bench
