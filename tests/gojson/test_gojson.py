@@ -426,3 +426,35 @@ def test_random_odd_inputs_go_decides(go_json: GoJSON) -> None:
             assert mine[0] == "err", (line, theirs)
             refused += 1
     assert accepted > 200 and refused > 200, (accepted, refused)
+
+
+# ---------------------------------------------------------------- Arrow rows Go could not hold
+
+
+def test_check_arrow_states_flags_what_go_would_not_write(go_json: GoJSON) -> None:
+    from vsm.sdk.sectors import check_arrow_states
+
+    good = [SectorState.from_go_json(js) for js in go_json.fixtures().values()] + _vsm_states()
+    assert check_arrow_states(states_to_arrow(good)) == []
+    bad = [make_state(3, n, with_piece=True) for n in range(8)]
+    assert bad[0].pre is not None and bad[4].pre is not None and bad[7].pre is not None
+    bad[0].pre.comm_r = bad[0].pre.comm_r.upper()  # type: ignore[union-attr]
+    bad[1].message_info.pre_commit_cid = "bafyinvalid"
+    bad[2].pieces[0].deal_info.client = "t01234"  # type: ignore[index,union-attr]
+    bad[3].deals = [SectorState.from_go_json(go_json.fixtures()["legacy_deals"]).deals[0]]  # type: ignore[index]
+    bad[3].deals[0].proposal.storage_price_per_epoch = "+5"  # type: ignore[index,union-attr]
+    bad[4].pre.comm_d = bad[4].pre.comm_d[:-1] + "b"  # type: ignore[index]  # spare bits set
+    bad[5].pieces[0].deal_info.provider = "f15ihq5ibzwki2b4ep2f46avlkrqzhpqgtga7pdra"  # type: ignore[index,union-attr]
+    bad[6].latest_state.worker.instance = "not checked: any string"  # type: ignore[union-attr]
+    bad[7].pre.comm_r = "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"  # v0: valid
+    found = check_arrow_states(states_to_arrow(bad))
+    assert [(row, e.path) for row, e in found] == [
+        (0, "Pre.CommR"), (1, "MessageInfo.PreCommitCid"), (2, "Pieces[0].DealInfo.Client"),
+        (3, "Deals[0].Proposal.StoragePricePerEpoch"), (4, "Pre.CommD"), (5, "Pieces[0].DealInfo.Provider"),
+    ]
+    assert "Go writes it 'f01234'" in str(found[2][1])
+    # Go agrees: what is flagged Go refuses or would write otherwise; the rest it keeps as is
+    ours = [s.to_go_json() for s in bad]
+    flagged = {row for row, _ in found}
+    for i, (kind, theirs) in enumerate(go_json.roundtrip(ours)):
+        assert (kind == "ok" and theirs == ours[i]) == (i not in flagged), (i, kind, theirs)

@@ -47,3 +47,24 @@ def test_import_refuses_lines_go_refuses(daemon: Daemon, tmp_path: Path) -> None
     for number in (2, 4, 7):  # nothing of a refused line is stored
         assert "no sector m-4321-n-%d" % number in daemon.rpc_error("sectors.get", {"miner": 4321, "number": number})["message"]
     assert daemon.rpc("sectors.get", {"miner": 4321, "number": 8})["Deals"][0]["Proposal"]["Client"] == "f01234"
+
+
+def test_parquet_import_refuses_rows_go_could_not_hold(daemon: Daemon, tmp_path: Path) -> None:  # noqa: F811
+    from bench.states import make_state
+    from vsm.sectors import write_import_file
+
+    states = [make_state(4322, n, with_piece=True) for n in range(5)]
+    states[1].pre.comm_r = "bafyinvalid"  # type: ignore[union-attr]
+    states[3].pieces[0].deal_info.client = "t01234"  # type: ignore[index,union-attr]
+    path = tmp_path / "states.parquet"
+    write_import_file(str(path), states)
+    proc = daemon.cli("sectors", "import", str(path), check=False)
+    assert proc.returncode == 1, proc
+    refused = [line for line in proc.stderr.splitlines() if line.startswith("refused ")]
+    assert [line.split(": ")[0:2] for line in refused] == [
+        [f"refused {path}:row 2", "Pre.CommR"], [f"refused {path}:row 4", "Pieces[0].DealInfo.Client"],
+    ], proc.stderr
+    assert f"imported 3 of 5 sectors from {path}; 2 refused" in proc.stdout
+    for number, there in ((0, True), (1, False), (2, True), (3, False), (4, True)):
+        reply = daemon.post_rpc({"jsonrpc": "2.0", "id": 1, "method": "sectors.get", "params": {"miner": 4322, "number": number}})[1]
+        assert ("error" not in reply) == there, (number, reply)

@@ -58,6 +58,7 @@ __all__ = [
     "WorkerIdentifier",
     "arrow_to_go_json",
     "arrow_to_states",
+    "check_arrow_states",
     "decode_field",
     "decode_state",
     "decode_state_exact",
@@ -1193,3 +1194,130 @@ def arrow_to_go_json(batch: pa.RecordBatch | pa.Table) -> pa.Array:
     names = [f.name for f in dataclasses.fields(SectorState) if f.metadata["enc"] != "id"]
     struct = pa.StructArray.from_arrays([batch.column("miner"), batch.column("number")] + [batch.column(n) for n in names], ["miner", "number", *names])
     return _enc_struct(struct, SectorState).cast(pa.binary())
+
+
+# --- checking Arrow rows against what Go could have written ---------------------------------
+# An Arrow row (Parquet import, a streamed import) holds a CID, an address or a token amount as
+# a string; Go's types can hold only valid ones, in their canonical form, so a row whose
+# string is anything else would be stored as bytes damocles cannot read. Checked column-wise:
+# strings by a pattern at C speed, then each distinct value the pattern cannot vouch for
+# through the exact parser; CIDs grouped by (header, length), one of each group parsed.
+
+_CID_SHAPE = r"^b[a-z2-7]{8,}$"
+_ID_ADDRESS = r"^f0(0|[1-9][0-9]{0,17})$"  # below 10^18 < 2^63: valid without a parse
+_BIGINT = r"^(0|-?[1-9][0-9]*)$"  # big.Int.String()
+_B32_SPARE_FREE = {spare: "".join(c for i, c in enumerate(_gj._B32_STD) if i & ((1 << spare) - 1) == 0) for spare in range(5)}
+
+
+def check_arrow_states(batch: pa.RecordBatch | pa.Table) -> list[tuple[int, GoJSONError]]:
+    """(row, error) for every row of `batch` (SECTOR_STATE_SCHEMA columns) holding a value
+    no Go SectorState can hold: a CID, address or token amount not in Go's canonical form, a
+    deal label over 256 bytes. The error names the Go field path, as decoding does."""
+    if isinstance(batch, pa.Table):
+        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
+    found: dict[int, GoJSONError] = {}
+    rows = np.arange(batch.num_rows)
+    for f in dataclasses.fields(SectorState):
+        if f.metadata["enc"] != "id" and f.name in batch.schema.names:
+            _check_column(batch.column(f.name), f.metadata["enc"], f.metadata["go"], rows, [], found)
+    return sorted(found.items())
+
+
+def _check_column(arr: pa.Array, enc: Any, path: str, rows: np.ndarray, idx: list[np.ndarray], found: dict[int, GoJSONError]) -> None:
+    if isinstance(enc, type):
+        if arr.null_count:
+            keep = arr.is_valid().to_numpy(zero_copy_only=False)
+            arr, rows, idx = arr.filter(pa.array(keep)), rows[keep], [i[keep] for i in idx]
+        for f in dataclasses.fields(enc):
+            _check_column(arr.field(f.name), f.metadata["enc"], path + "." + f.metadata["go"], rows, idx, found)
+        return
+    if isinstance(enc, tuple):
+        parent = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
+        offsets = arr.offsets.to_numpy(zero_copy_only=False)
+        within = np.arange(len(parent)) - (offsets[parent] - offsets[0])
+        _check_column(arr.flatten(), enc[1], path + "[%d]", rows[parent], [i[parent] for i in idx] + [within], found)
+        return
+    bad = _bad_values(arr, enc)
+    if bad is None:
+        return
+    mask, reason = bad
+    for j in np.flatnonzero(mask):
+        row = int(rows[j])
+        if row not in found:
+            where = path % tuple(int(i[j]) for i in idx) if idx else path
+            found[row] = GoJSONError(reason(arr[j].as_py()), where)
+
+
+def _bad_values(arr: pa.Array, enc: Any) -> tuple[np.ndarray, Callable[[Any], str]] | None:
+    """(mask of bad values, their reason) for one leaf column, None if all are good."""
+    if enc == "label":
+        lengths = pc.binary_length(arr.cast(pa.binary())).fill_null(0).to_numpy(zero_copy_only=False)
+        mask = lengths > 256
+        return (mask, lambda v: f"not a deal label: {len(v.encode())} bytes, at most 256") if mask.any() else None
+    if enc == "bigint":
+        ok = pc.match_substring_regex(arr, _BIGINT).fill_null(True)
+        if pc.all(ok).as_py():
+            return None
+        return ~ok.to_numpy(zero_copy_only=False), lambda v: f"not a big integer in Go's form: {v!r}"
+    if enc == "cid":
+        suspect = pc.invert(pc.match_substring_regex(arr, _CID_SHAPE).fill_null(True))
+        shaped = pc.fill_null(pc.invert(suspect), False)
+        if pc.any(pc.and_(shaped, pc.is_valid(arr))).as_py():  # one parse per (header, length)
+            length = pc.utf8_length(arr)
+            key = pc.binary_join_element_wise(pc.utf8_slice_codeunits(arr, 0, 16), pc.cast(length, pa.string()), "|")
+            for k in pc.unique(key.filter(pc.and_(shaped, pc.is_valid(arr)))).to_pylist():
+                n = int(k.rpartition("|")[2])
+                group = pc.and_(pc.equal(key, k), shaped)
+                spare = (n - 1) * 5 % 8
+                last_ok = pc.match_substring_regex(pc.utf8_slice_codeunits(arr, n - 1, n), f"^[{_B32_SPARE_FREE[spare]}]$")
+                first = arr.filter(group)[0].as_py()
+                if _cid_group_ok(first):
+                    suspect = pc.or_(suspect, pc.and_(group, pc.invert(last_ok)))
+                else:
+                    suspect = pc.or_(suspect, group)
+        return _exact(arr, suspect, lambda v: _gj.parse_cid(v) == v, "not a CID in Go's form")
+    if enc == "addr":
+        suspect = pc.invert(pc.or_(pc.equal(arr, ""), pc.match_substring_regex(arr, _ID_ADDRESS)).fill_null(True))
+        return _exact(arr, suspect, lambda v: _gj.parse_address(v) == v, "not an address in Go's form")
+    return None
+
+
+def _cid_group_ok(cid: str) -> bool:
+    """A CID whose header (version, codec, multihash code and length) fits in its first 16
+    characters and is valid: then every same-length CID with those 16 characters and a last
+    character without spare bits is valid too."""
+    try:
+        if _gj.parse_cid(cid) != cid:
+            return False
+    except ValueError:
+        return False
+    data = _gj._b32(cid[1:], _gj._B32_STD, False)
+    p = _gj._uvarint(data, _gj._uvarint(data, 0)[1])[1]
+    p = _gj._uvarint(data, _gj._uvarint(data, p)[1])[1]
+    return p * 8 <= 15 * 5
+
+
+def _exact(arr: pa.Array, suspect: pa.Array, good: Callable[[str], bool], what: str) -> tuple[np.ndarray, Callable[[Any], str]] | None:
+    """The suspect values checked one distinct value at a time."""
+    suspect = pc.and_(suspect, pc.is_valid(arr))
+    if not pc.any(suspect).as_py():
+        return None
+    bad = []
+    for v in pc.unique(arr.filter(suspect)).to_pylist():
+        try:
+            ok = good(v)
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(v)
+    if not bad:
+        return None
+    mask = pc.is_in(arr, value_set=pa.array(bad, pa.string())).fill_null(False).to_numpy(zero_copy_only=False)
+
+    def reason(v: str) -> str:
+        try:
+            return f"{what}: {v!r} (Go writes it {_gj.parse_cid(v) if what.startswith('not a CID') else _gj.parse_address(v)!r})"
+        except ValueError as e:
+            return f"{what}: {v!r}: {e}"
+
+    return mask, reason

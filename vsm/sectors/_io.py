@@ -6,6 +6,7 @@ import collections
 import dataclasses
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from vsm.sdk._gojson import loads as gojson_loads
@@ -14,6 +15,7 @@ from vsm.sdk.sectors import (
     GoJSONError,
     SectorState,
     arrow_to_states,
+    check_arrow_states,
     decode_state,
     decode_state_json,
     states_to_arrow,
@@ -70,11 +72,7 @@ def read_import_file(path: str, chunk: int = 10_000, report: ImportReport | None
     with open(path, "rb") as f:
         head = f.read(4)
     if path.endswith((".parquet", ".pq")) or head == b"PAR1":
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        names = [n for n in SECTOR_STATE_SCHEMA.names if n in pf.schema_arrow.names]
-        for batch in pf.iter_batches(batch_size=chunk, columns=names):
+        for batch in _checked_parquet(path, chunk, report):
             yield arrow_to_states(batch)
         return
     unknown: list[str] = []
@@ -127,20 +125,41 @@ def read_import_file(path: str, chunk: int = 10_000, report: ImportReport | None
 
 def read_import_batches(path: str, chunk: int = 10_000, report: ImportReport | None = None) -> Iterator[pa.RecordBatch]:
     """read_import_file as Arrow batches of SECTOR_STATE_SCHEMA columns, for the streamed
-    import: Parquet batches as they are (no SectorState objects), Go JSON lines through the
+    import: Parquet batches as they are (no SectorState objects; rows no Go state could hold
+    are left out and reported, see _checked_parquet), Go JSON lines through the
     same strict decoder (refused lines go to `report`, as read_import_file does)."""
     with open(path, "rb") as f:
         head = f.read(4)
     if path.endswith((".parquet", ".pq")) or head == b"PAR1":
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        names = [n for n in SECTOR_STATE_SCHEMA.names if n in pf.schema_arrow.names]
-        yield from pf.iter_batches(batch_size=chunk, columns=names)
+        yield from _checked_parquet(path, chunk, report)
         return
     for states in read_import_file(path, chunk, report):
         if states:
             yield states_to_arrow(states)
+
+
+def _checked_parquet(path: str, chunk: int, report: ImportReport | None) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's batches without the rows no Go SectorState could hold (a CID, an
+    address or a token amount not in Go's form: check_arrow_states), each reported as
+    `file:row N` (1-based) or, without a report, raised."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = [n for n in SECTOR_STATE_SCHEMA.names if n in pf.schema_arrow.names]
+    first = 0
+    for batch in pf.iter_batches(batch_size=chunk, columns=names):
+        problems = check_arrow_states(batch)
+        for row, err in problems:
+            refused = RefusedLine(f"{path}:row {first + row + 1}", err)
+            if report is None:
+                raise refused
+            report.refused.append(refused)
+        if problems:
+            keep = np.ones(batch.num_rows, bool)
+            keep[[row for row, _ in problems]] = False
+            batch = batch.filter(pa.array(keep))
+        first += batch.num_rows + len(problems)
+        yield batch
 
 
 def write_import_file(path: str, states: Iterable[SectorState]) -> int:
