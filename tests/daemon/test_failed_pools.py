@@ -70,7 +70,7 @@ def test_failed_sink_pool_comes_back(start_daemon: Any, tmp_path: Path, how: str
     processes = _processes(d)
     crash_loop(d, "parquet")
     status = d.cli("status").stdout
-    assert "parquet" in status and "failed" in status, status
+    assert "plugin/parquet: failed: " in status and "fix: `vsm-pool plugin reload parquet`" in status, status
     head = _import(d, tmp_path, 502, 300)  # the failed sink falls behind; the others go on
     _caught_up(d, "duckdb", head)
     for _ in range(2):  # a first attempt that fails must not leak either; here both succeed
@@ -93,3 +93,23 @@ def test_failed_store_pool_comes_back_with_reload(start_daemon: Any) -> None:
     status, _, body = d.request("PUT", "/pieces/pieces/after/reload.bin", b"y" * 100)
     assert status == 201, (status, body)
     assert _settle(d, processes) == processes
+
+
+def test_a_store_that_failed_to_open_is_in_status_and_comes_back_with_reload(start_daemon: Any, tmp_path: Path) -> None:
+    """Every broken part is in the plain status with its cause and the command that fixes it;
+    a store whose folder was missing at start opens with `plugin reload`, no restart."""
+    from .harness import prepare_home
+
+    missing = tmp_path / "not-yet"
+    home = prepare_home(tmp_path / "home", append=f'[[Common.PieceStores]]\nName = "late"\nPath = "{missing}"\n')
+    d: Daemon = start_daemon(home)
+    st = d.cli("status").stdout
+    assert "store/late: failed:" in st and "not an existing folder" in st and "vsm-pool plugin reload fsstore" in st, st
+    metrics = d.request("GET", "/metrics")[2].decode()
+    assert 'part="store/late"' in metrics
+    missing.mkdir()
+    d.cli("plugin", "reload", "fsstore")
+    status, _, body = d.request("PUT", "/pieces/late/x.bin", b"late")
+    assert status == 201, body
+    assert (missing / "x.bin").read_bytes() == b"late"
+    assert "problems: none" in d.cli("status").stdout
