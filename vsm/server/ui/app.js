@@ -63,30 +63,18 @@ function duration(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
-// ---- health: every broken or degraded part, named ------------------------------------
+// ---- health: every broken or degraded part, as the daemon names it (status.problems) ---
 
 const SINK_OK = new Set(["running"]);
+// the daemon's states of a problem (vsm/server/problems.py) that a part comes back from alone,
+// or that an operator chose; the rest are broken
+const WARN_STATES = new Set(["degraded", "backoff", "held", "disabled"]);
 
 function problems(st) {
-  const out = [];
-  for (const p of st.plugins || []) {
-    const pool = p.pool || {};
-    if (p.state === "failed" || pool.state === "failed") out.push(["bad", `${p.kind}/${p.name}: ${p.state}${p.error ? ": " + p.error : ""}`]);
-    else if (p.state === "disabled" && p.error && !/^disabled by/.test(p.error)) out.push(["bad", `${p.kind}/${p.name}: disabled: ${p.error}`]);
-    else if (p.state === "disabled") out.push(["warn", `${p.kind}/${p.name}: ${p.error || "disabled"} (enable it: vsm-pool plugin enable ${p.name})`]);
-    else if (pool.workers && pool.workers.some((w) => w.alive === false)) out.push(["warn", `${p.kind}/${p.name}: a worker is being replaced`]);
-  }
-  const sectors = st.sectors || {};
-  const journal = sectors.journal || {};
-  if (journal.broken) out.push(["bad", `journal: ${journal.broken}`]);
-  for (const [name, s] of Object.entries(sectors.sinks || {})) {
-    if (!SINK_OK.has(s.state)) out.push([s.state === "disabled" || s.state === "paused" ? "warn" : "bad", `sink ${name}: ${s.state}${s.last_error ? ": " + s.last_error : ""}`]);
-    else if (s.last_error) out.push(["warn", `sink ${name}: retrying: ${s.last_error}`]);
-  }
-  for (const [name, s] of Object.entries(st.stores || {})) {
-    if (s.state !== "ready") out.push(["bad", `store ${name}: ${s.state}${s.error ? ": " + s.error : ""}`]);
-  }
-  return out;
+  return (st.problems || []).map((p) => [
+    WARN_STATES.has(p.state) ? "warn" : "bad",
+    `${p.part}: ${p.state}${p.cause ? ": " + p.cause : ""}${p.fix ? " — fix: " + p.fix : ""}`,
+  ]);
 }
 
 function showHealth(list) {
@@ -131,8 +119,9 @@ async function overview(main) {
   const sectors = st.sectors || {};
   h += `<section id="sinks"><h2>Sinks</h2><table><thead><tr><th>sink</th><th>state</th><th class="num">checkpoint</th><th class="num">lag (events)</th><th class="num">lag (time)</th><th class="num">delivered</th><th>last error</th></tr></thead><tbody>`;
   for (const [name, s] of Object.entries(sectors.sinks || {})) {
-    const cls = SINK_OK.has(s.state) ? (s.last_error ? "warn" : "ok") : s.state === "disabled" ? "warn" : "bad";
-    h += `<tr data-sink="${esc(name)}"><td><b>${esc(name)}</b></td><td>${badge(s.state, cls)}</td><td class="num">${esc(s.checkpoint)}</td>
+    const state = s.needs_rebuild ? "needs rebuild" : s.attached === false ? "detached" : s.state;
+    const cls = s.needs_rebuild ? "bad" : s.attached === false ? "warn" : SINK_OK.has(s.state) ? (s.last_error ? "warn" : "ok") : "bad";
+    h += `<tr data-sink="${esc(name)}"><td><b>${esc(name)}</b></td><td>${badge(state, cls)}</td><td class="num">${esc(s.checkpoint)}</td>
       <td class="num lag">${esc(s.lag)}</td><td class="num">${s.lag ? duration(s.lag_seconds) : "0"}</td><td class="num">${esc(s.delivered_rows ?? "")}</td><td class="error">${esc(s.last_error || "")}</td></tr>`;
   }
   const j = sectors.journal || {};
