@@ -51,7 +51,7 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
     status 1 if any line was refused."""
     from tqdm import tqdm
 
-    from ..sectors import ImportReport, read_import_batches
+    from ..sectors import ImportReport, read_ahead, read_import_batches
 
     report = ImportReport()
     shown = 0
@@ -59,7 +59,8 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
 
         def batches() -> Any:  # what the import takes, as it takes it (flat memory)
             nonlocal shown
-            for batch in read_import_batches(str(file), chunk=chunk, report=report):
+            # the next batches are read (and decoded) while this one is on its way
+            for batch in read_ahead(read_import_batches(str(file), chunk=chunk, report=report), 2):
                 for refused in report.refused[shown:]:
                     bar.write(f"refused {refused}", file=sys.stderr)
                 shown = len(report.refused)

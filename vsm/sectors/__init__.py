@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ._dispatch import PoolSink, SinkState
 from ._events import JournalBroken
-from ._io import ImportReport, RefusedLine, query_duckdb, read_import_batches, read_import_file, write_import_file
+from ._io import ImportReport, RefusedLine, query_duckdb, read_ahead, read_import_batches, read_import_file, write_import_file
 from ._journal import FrameRef, Journal, read_frame
 from ._manager import OFFLINE, ONLINE, SectorNotFoundError, SectorStateManager
 from .sink_host import SinkHost, ipc_to_table, make_sink_host
@@ -32,6 +32,7 @@ __all__ = [
     "make_sink_host",
     "query_duckdb",
     "read_frame",
+    "read_ahead",
     "read_import_batches",
     "read_import_file",
     "write_import_file",

@@ -27,6 +27,7 @@ __all__ = [
     "duckdb_arrow",
     "duckdb_query",
     "query_duckdb",
+    "read_ahead",
     "read_import_batches",
     "read_import_file",
     "write_import_file",
@@ -160,6 +161,46 @@ def _checked_parquet(path: str, chunk: int, report: ImportReport | None) -> Iter
             batch = batch.filter(pa.array(keep))
         first += batch.num_rows + len(problems)
         yield batch
+
+
+def read_ahead(items: Iterable[Any], depth: int) -> Iterator[Any]:
+    """items, produced by a thread up to `depth` ahead of the consumer: reading (a file, a
+    socket) overlaps with the work on what was read, in bounded memory. An error of the
+    producer is raised at the item where it happened; closing the generator stops it."""
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((True, item), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((True, done))
+        except BaseException as e:  # handed to the consumer
+            q.put((False, e))
+
+    t = threading.Thread(target=produce, name="vsm-read-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def write_import_file(path: str, states: Iterable[SectorState]) -> int:
