@@ -300,11 +300,12 @@ def _in_process_import(root: Path, pq_path: Path) -> tuple[float, float]:
         m.close()
 
 
-def _cli_import(h: Home, path: Path, expect: int) -> tuple[float, float, float]:
+def _cli_import(h: Home, path: Path, expect: int) -> tuple[float, float, float, float]:
     """`vsm-pool sectors import FILE` as a subprocess, until the daemon's sinks have it all.
-    (rate, CLI peak MiB, daemon tree peak MiB)"""
+    (rate, CLI peak MiB, daemon process peak MiB, daemon + workers peak MiB)"""
     head0 = _rpc(h, "sinks.status")["journal"]["head"]
-    daemon_peak = _Peak(h.proc.pid, tree=True)
+    daemon_peak = _Peak(h.proc.pid)
+    tree_peak = _Peak(h.proc.pid, tree=True)
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "vsm", "sectors", "import", str(path)], env=_env(h.home),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -318,7 +319,7 @@ def _cli_import(h: Home, path: Path, expect: int) -> tuple[float, float, float]:
             break
         time.sleep(0.05)
     rate = expect / (time.perf_counter() - t)
-    return rate, cli_peak.stop(), daemon_peak.stop()
+    return rate, cli_peak.stop(), daemon_peak.stop(), tree_peak.stop()
 
 
 def _rpc(h: Home, method: str) -> Any:
@@ -335,20 +336,30 @@ def _rpc(h: Home, method: str) -> Any:
 
 def bench_import(h: Home, root: Path, quick: bool) -> list[dict[str, Any]]:
     n = int(os.environ.get("VSM_BENCH_IMPORT_STATES", 50_000 if quick else 1_000_000))
+    # $VSM_BENCH_IMPORT_ONLY: some of engine,parquet,jsonl (a 5M memory run needs no jsonl)
+    only = set(os.environ.get("VSM_BENCH_IMPORT_ONLY", "engine,parquet,jsonl").split(","))
     pq_path = _inputs(root, n)
     wl = f"sectors import {n} states, default home (sqlitekv + duckdb + parquet, fsync)"
-    engine, engine_rss = _in_process_import(root, pq_path)
-    pq_rate, pq_cli, pq_daemon = _cli_import(h, pq_path, n)
-    js_path = root / "states2.jsonl"  # the same states as Go JSON lines, under another miner
+    rows, engine = [], 0.0
+    if "engine" in only:
+        engine, engine_rss = _in_process_import(root, pq_path)
+        rows.append(_row(wl, "engine in-process, import_arrow (Parquet)", round(engine), "sectors/s", manager_peak_rss_mib=engine_rss))
+    variants = [("parquet", "vsm-pool sectors import x.parquet (daemon)", lambda: pq_path)]
+    variants.append(("jsonl", "vsm-pool sectors import x.jsonl (daemon)", lambda: _jsonl(root, pq_path)))
+    for key, label, path in variants:
+        if key not in only:
+            continue
+        rate, cli, daemon, tree = _cli_import(h, path(), n)
+        rows.append(_row(wl, label, round(rate), "sectors/s", {"engine in-process": rate / engine} if engine else {},
+                         cli_peak_rss_mib=cli, daemon_peak_rss_mib=daemon, daemon_and_workers_peak_rss_mib=tree, target=0.9))
+    return rows
+
+
+def _jsonl(root: Path, pq_path: Path) -> Path:
+    """The same states as Go JSON lines, under another miner (so that they are new to the home)."""
+    js_path = root / "states2.jsonl"
     _inputs_json(_renumbered(pq_path, root / "states2.parquet", 2001), js_path)
-    js_rate, js_cli, js_daemon = _cli_import(h, js_path, n)
-    return [
-        _row(wl, "engine in-process, import_arrow (Parquet)", round(engine), "sectors/s", peak_rss_mib=engine_rss),
-        _row(wl, "vsm-pool sectors import x.parquet (daemon)", round(pq_rate), "sectors/s",
-             {"engine in-process": pq_rate / engine}, cli_peak_rss_mib=pq_cli, daemon_tree_peak_rss_mib=pq_daemon, target=0.9),
-        _row(wl, "vsm-pool sectors import x.jsonl (daemon)", round(js_rate), "sectors/s",
-             {"engine in-process": js_rate / engine}, cli_peak_rss_mib=js_cli, daemon_tree_peak_rss_mib=js_daemon, target=0.9),
-    ]
+    return js_path
 
 
 def _inputs_json(pq_path: Path, js_path: Path) -> None:
