@@ -175,9 +175,9 @@ def test_a_correct_rpc_plugin_passes(tmp_path):
 def test_rpc_mutants_fail_their_rule(tmp_path):
     shadow = GOOD_RPC.replace('"KIT_ECHO"', '"sectors"')
     assert "namespace 'sectors' is the daemon's own" in _run(tmp_path, RPC, shadow, "shadow")["handler_names_a_namespace"].error
-    internal = GOOD_RPC.replace("        return text\n", "        return text.no_such_attribute\n")
-    error = _run(tmp_path, RPC, internal, "internal")["every_method_answers"].error
-    assert error.startswith("KIT_ECHO.echo: error -32000: AttributeError: 'str' object has no attribute 'no_such_attribute'"), error
+    crash = "import os\n" + GOOD_RPC.replace("        return text\n", "        os._exit(3)\n")
+    error = _run(tmp_path, RPC, crash, "crash")["every_method_answers"].error
+    assert error.startswith("KIT_ECHO.echo: error -32002: WorkerCrashed: "), error
     raw = GOOD_RPC.replace("        return {\"ok\": True}\n", "        return b'raw bytes'\n")
     error = _run(tmp_path, RPC, raw, "raw")["every_method_answers"].error
     assert error.startswith("KIT_ECHO.info returned a value that is not JSON (the caller gets its str()): "), error
