@@ -107,6 +107,10 @@ def test_the_jsonrpc_error_table_holds(tmp_path):
             assert cases is not None, f"the doc's row {text!r} has no case in this test: add one"
             for method, params in cases:
                 reply = kit.call(method, params)
-                assert reply.get("error", {}).get("code") == code, f"{text}: DOC.{method}({params}) -> {reply}"
+                got = reply.get("error", {}).get("code")
+                assert got == code, (
+                    f"docs/plugin-format.md says {code} for {text!r}, the daemon's dispatcher answers DOC.{method}({params}) "
+                    f"with {reply}: update the doc's RegisterJsonRpc error table (and PROVOKE here) to what the code does"
+                )
     finally:
         registry.close()
