@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_PLUGINS", "bundled_plugin_sources", "bundled_plugins_dir", "
 
 # Bundled plugins built into a new home: the embedded default needs no server. The plugins for
 # real backends (redis, s3store, sqlsink) are built on request: `vsm-pool plugin build --bundled`.
-DEFAULT_PLUGINS = ("memdb", "sqlitekv", "fsstore", "duckdb_sink", "parquet_sink", "limiter")
+DEFAULT_PLUGINS = ("memdb", "sqlitekv", "fsstore", "duckdb_sink", "parquet_sink", "concurrent_limiter")
 
 
 def bundled_root() -> Path:

@@ -18,7 +18,7 @@ WORKLOADS = {
     "memdb": ["put 100 B, one call at a time", "get 100 B, one call at a time", "scan 2000 keys", "update of 100 puts (fn shipped by value)"],
     "fsstore": ["put 64 MiB", "get 64 MiB", "stat, one call at a time"],
     "duckdb_sink": ["20000 rows in deliveries of 5000"],
-    "limiter": ["VSM_LIMITER.acquire(name)"],
+    "concurrent_limiter": ["DAMOCLES_LIMITER.Acquire(name, id)"],
 }
 
 

@@ -25,7 +25,7 @@ def logs():
     logger.remove(sink)
 
 
-@pytest.mark.parametrize("name", ["memdb", "sqlitekv", "fsstore", "duckdb_sink", "parquet_sink", "limiter"])
+@pytest.mark.parametrize("name", ["memdb", "sqlitekv", "fsstore", "duckdb_sink", "parquet_sink", "concurrent_limiter"])
 def test_bundled_plugins_pass_their_conformance_kit_in_a_pool(tmp_path, name):
     artifact, _, _ = build(BUNDLED / name, tmp_path)
     proc = run_cli("plugin", "test", str(artifact))

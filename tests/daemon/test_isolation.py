@@ -69,7 +69,7 @@ def test_memory_limit_fails_the_call_and_the_rest_serves(start_daemon, tmp_path:
     hog.start()
     served = 0
     while hog.is_alive() or served < 3:  # the other plugins serve while the hog grows
-        assert d.rpc("VSM_LIMITER.acquire", {"name": f"iso-{served}"})
+        assert d.rpc("DAMOCLES_LIMITER.Acquire", {"name": "add_pieces", "id": f"iso-{served}"})
         status, _, _ = d.request("PUT", f"/pieces/pieces/iso/{served}.bin", b"x" * 1000, {"Content-Type": "application/octet-stream"})
         assert status == 201
         served += 1

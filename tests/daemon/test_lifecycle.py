@@ -21,7 +21,7 @@ from .harness import Daemon, launch, prepare_home, run_cli
 
 pytestmark = pytest.mark.timeout(180)
 
-LOADED = re.compile(r"loaded plugin '(\w+)/(\w+)', build time: '([^']+)'\.$", re.M)
+LOADED = re.compile(r"loaded plugin '(\w+)/([\w-]+)', build time: '([^']+)'\.$", re.M)
 
 
 def test_first_start_creates_home(start_daemon: Any, tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_first_start_creates_home(start_daemon: Any, tmp_path: Path) -> None:
     assert len(d.token) >= 32
     loaded = {f"{k}/{n}": t for k, n, t in LOADED.findall(d.log_text())}
     assert "KVStore/sqlitekv" in loaded, d.log_text()
-    assert {"ObjStore/fsstore", "SyncSectorState/duckdb", "RegisterJsonRpc/limiter"} <= set(loaded), loaded
+    assert {"ObjStore/fsstore", "SyncSectorState/duckdb", "RegisterJsonRpc/concurrent-limiter"} <= set(loaded), loaded
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", t) for t in loaded.values()), loaded
     assert (home / "data" / "kv" / "kv.sqlite").exists()  # the persistent embedded KVStore, in its own folder
 

@@ -78,16 +78,17 @@ def test_reload_new_build_and_broken_build(daemon: Daemon, tmp_path: Path) -> No
 
 
 def test_flush_and_rescan(daemon: Daemon, tmp_path: Path) -> None:
-    out = daemon.cli("plugin", "flush", "limiter").stdout
+    out = daemon.cli("plugin", "flush", "concurrent-limiter").stdout
     assert "no onFlush hook" in out
     # a changed artifact in the plugins dir is picked up only on request
     plugins_dir = daemon.home / "plugins"
     before = {r["name"]: r["version"] for r in daemon.rpc("plugin.list")}
-    newer = _new_build(tmp_path, "limiter", "5.0.0")
-    shutil.copy(newer, plugins_dir / "plugin-limiter.vsmp")
+    newer = _new_build(tmp_path, "concurrent_limiter", "5.0.0")
+    shutil.copy(newer, plugins_dir / "plugin-concurrent-limiter.vsmp")
     time.sleep(0.5)
     assert {r["name"]: r["version"] for r in daemon.rpc("plugin.list")} == before  # not silently
     rows = daemon.rpc("plugin.rescan")
-    assert {"name": "limiter", "change": "reloaded"}.items() <= next(r for r in rows if r["name"] == "limiter").items()
-    assert {r["name"]: r["version"] for r in daemon.rpc("plugin.list")}["limiter"] == "5.0.0"
-    assert daemon.rpc("VSM_LIMITER.status") == {} or isinstance(daemon.rpc("VSM_LIMITER.status"), dict)
+    name = "concurrent-limiter"
+    assert {"name": name, "change": "reloaded"}.items() <= next(r for r in rows if r["name"] == name).items()
+    assert {r["name"]: r["version"] for r in daemon.rpc("plugin.list")}[name] == "5.0.0"
+    assert daemon.rpc("DAMOCLES_LIMITER.Extend", ["0-nope", "x"]) is False

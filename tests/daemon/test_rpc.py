@@ -109,7 +109,7 @@ def test_invalid_requests(daemon: Daemon) -> None:
 
 
 def test_unknown_method(daemon: Daemon) -> None:
-    for name in ("nope", "sectors.nope", "VSM_LIMITER.nope", "VSM_LIMITER._live", "VSM_LIMITER.__init__", "NOPE.acquire", "",
+    for name in ("nope", "sectors.nope", "DAMOCLES_LIMITER.nope", "DAMOCLES_LIMITER._check_slot", "DAMOCLES_LIMITER.__init__", "NOPE.Acquire", "",
                  "__init__", "METHODS", "daemon.nope"):
         err = daemon.rpc_error(name)
         assert err["code"] == -32601, (name, err)
@@ -131,8 +131,8 @@ def test_unknown_method(daemon: Daemon) -> None:
         ("status", {"verbose": True}),
         ("status", 5),
         ("status", "x"),
-        ("VSM_LIMITER.acquire", {"nme": "add_pieces"}),
-        ("VSM_LIMITER.acquire", []),
+        ("DAMOCLES_LIMITER.Acquire", {"nme": "add_pieces", "id": "w"}),
+        ("DAMOCLES_LIMITER.Acquire", []),
     ],
 )
 def test_wrong_params(daemon: Daemon, method: str, params: Any) -> None:
@@ -148,7 +148,7 @@ def test_batch_with_one_bad_entry(daemon: Daemon) -> None:
         call("nope", id_=2),
         call("sectors.get", {"x": 1}, id_=3),
         5,
-        call("VSM_LIMITER.status", [], id_=4),
+        call("DAMOCLES_LIMITER.Extend", ["0-nope", "w"], id_=4),
         {"jsonrpc": "2.0", "method": "pieces.stores"},  # a notification: no reply
     ]
     status, replies = daemon.post_rpc(batch)
@@ -206,25 +206,32 @@ def test_cli_call_over_the_body_limit_is_one_line(daemon: Daemon, tmp_path: Path
 
 
 def test_limiter_acquire_release(daemon: Daemon) -> None:
-    """The bundled RegisterJsonRpc plugin: VSM_LIMITER with a default limit of 1 per name."""
-    first = daemon.rpc("VSM_LIMITER.acquire", ["add_pieces"])
-    assert isinstance(first, str) and first
-    assert daemon.rpc("VSM_LIMITER.acquire", {"name": "add_pieces"}) is None  # full
-    assert daemon.rpc("VSM_LIMITER.status", [])["add_pieces"] == {"held": 1, "limit": 1}
-    assert daemon.rpc("VSM_LIMITER.extend", ["add_pieces", first]) is True
-    assert daemon.rpc("VSM_LIMITER.release", {"name": "add_pieces", "token": first}) is True
-    assert daemon.rpc("VSM_LIMITER.release", ["add_pieces", first]) is False
-    second = daemon.rpc("VSM_LIMITER.acquire", ["add_pieces"])
-    assert second and second != first
+    """The bundled RegisterJsonRpc plugin: damocles' concurrent-limiter, namespace
+    DAMOCLES_LIMITER, add_pieces limited to 1024 by default; params as damocles-worker sends
+    them (a list) or by name."""
+    first = daemon.rpc("DAMOCLES_LIMITER.Acquire", ["add_pieces", "worker-a"])
+    assert first == "0-add_pieces"
+    assert daemon.rpc("DAMOCLES_LIMITER.Acquire", {"name": "add_pieces", "id": "worker-b"}) == "1-add_pieces"
+    assert daemon.rpc("DAMOCLES_LIMITER.Extend", ["0-add_pieces", "worker-a"]) is True
+    assert daemon.rpc("DAMOCLES_LIMITER.Extend", ["0-add_pieces", "worker-b"]) is False  # held by another
+    assert daemon.rpc("DAMOCLES_LIMITER.Release", {"slot": "0-add_pieces", "id": "worker-b"}) is True  # not its: no change
+    assert daemon.rpc("DAMOCLES_LIMITER.Acquire", ["add_pieces", "worker-c"]) == "2-add_pieces"
+    assert daemon.rpc("DAMOCLES_LIMITER.Release", ["0-add_pieces", "worker-a"]) is True
+    assert daemon.rpc("DAMOCLES_LIMITER.Acquire", ["add_pieces", "worker-d"]) == "0-add_pieces"
+    assert "invalid name: pc1" in daemon.rpc_error("DAMOCLES_LIMITER.Acquire", ["pc1", "w"])["message"]
+    assert "invalid slot nope" in daemon.rpc_error("DAMOCLES_LIMITER.Release", ["nope", "w"])["message"]
     # a batch mixing plugin and manager methods
     status, replies = daemon.post_rpc(
-        [call("VSM_LIMITER.release", ["add_pieces", second], id_=1), call("VSM_LIMITER.acquire", ["pc1"], id_=2), call("status", id_=3)]
+        [call("DAMOCLES_LIMITER.Release", ["1-add_pieces", "worker-b"], id_=1), call("DAMOCLES_LIMITER.Acquire", ["add_pieces", "e"], id_=2), call("status", id_=3)]
     )
     by_id = {r["id"]: r for r in replies}
-    assert by_id[1]["result"] is True and isinstance(by_id[2]["result"], str) and "daemon" in by_id[3]["result"]
+    assert by_id[1]["result"] is True and by_id[2]["result"] == "1-add_pieces" and "daemon" in by_id[3]["result"]
     plugins = {f"{p['kind']}/{p['name']}": p for p in daemon.rpc("plugin.list")}
-    assert plugins["RegisterJsonRpc/limiter"]["state"] == "ready"
-    assert plugins["RegisterJsonRpc/limiter"]["pool"]["calls"] >= 8
+    assert plugins["RegisterJsonRpc/concurrent-limiter"]["state"] == "ready"
+    assert plugins["RegisterJsonRpc/concurrent-limiter"]["pool"]["calls"] >= 8
+    # its config file, as the Go example writes it: every line commented out
+    cfg = (daemon.home / "plugins" / "concurrent-limiter.toml").read_text()
+    assert cfg == f'# Default config:\n#DataDir = "{daemon.home / "plugins" / ".concurrent-limiter"}"\n#\n#[Concurrent]\n#add_pieces = 1024\n#'
 
 
 def test_daemon_keeps_serving_after_all_that(daemon: Daemon) -> None:

@@ -139,7 +139,7 @@ def test_status_shows_plugins_and_sink_lag(imported: Daemon) -> None:
     assert f"daemon: pid {d.pid}, listening on 127.0.0.1:{d.port}" in text
     # workers: sqlitekv and the sinks tolerate one; fsstore gets the ObjStore default of 4
     for label, workers in (("KVStore/sqlitekv", 1), ("ObjStore/fsstore", 4), ("SyncSectorState/duckdb", 1),
-                           ("SyncSectorState/parquet", 1), ("RegisterJsonRpc/limiter", 1)):
+                           ("SyncSectorState/parquet", 1), ("RegisterJsonRpc/concurrent-limiter", 1)):
         assert re.search(rf"^{re.escape(label)}\s+ready\s+{workers}\s+0\s+\d+", text, re.M), (label, text)
     sinks = {}
     for line in text.splitlines():
@@ -151,7 +151,7 @@ def test_status_shows_plugins_and_sink_lag(imported: Daemon) -> None:
         assert parts[1] == "running" and parts[2].isdigit() and parts[3] == "0", (name, text)  # state, checkpoint, lag
     st = json.loads(d.cli("status", "--json").stdout)
     assert st["sectors"]["sinks"]["duckdb"]["lag"] == 0
-    assert {p["name"] for p in st["plugins"]} >= {"sqlitekv", "fsstore", "duckdb", "parquet", "limiter"}
+    assert {p["name"] for p in st["plugins"]} >= {"sqlitekv", "fsstore", "duckdb", "parquet", "concurrent-limiter"}
 
 
 def test_metrics(imported: Daemon) -> None:
