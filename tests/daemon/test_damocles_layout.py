@@ -12,6 +12,8 @@ import pytest
 
 from vsm.sdk.sectors import SectorID, SectorState
 
+from vsm.config import load_config
+
 from ..sectors.helpers import load_plugin
 from .harness import prepare_home, run_cli, start, stop_checked
 
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.timeout(240)
 
 def _kv(home: Path) -> Any:
     """The home's sqlitekv database, opened in this process through the plugin itself."""
-    db = load_plugin("sqlitekv", "sqlitekv").open({"Path": str(home / "data" / "kv.sqlite")})
+    db = load_plugin("sqlitekv", "sqlitekv").open(dict(load_config(None, home)[0].db.meta))  # the daemon's own KV file
     db.run()
     return db
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from vsm.config import load_config
+
 from ..sectors.helpers import load_plugin
 from .harness import prepare_home
 
@@ -45,7 +47,7 @@ ReadOnly = true
     assert d.rpc("stores.reserve_space", {"miner": 3000, "number": 1, "size": 1 << 20}) is None  # allowed nowhere
     assert d.rpc("stores.reserve_space", {"miner": 2000, "number": 1, "size": 1 << 20, "candidates": ["frozen"]}) is None
     err = d.rpc_error("stores.reserve_space", {"miner": 1000, "number": 99, "size": 1})
-    assert "m-1000-n-99 not found" in err["message"]
+    assert "SectorNotFoundError" in err["message"] and "m-1000-n-99" in err["message"]
     huge = d.rpc("stores.reserve_space", {"miner": 2000, "number": 1, "size": 1 << 60})
     assert huge is None  # no store has an exbibyte free
 
@@ -53,7 +55,7 @@ ReadOnly = true
     assert d.rpc("stores.release_reserved", {"miner": 1000, "number": 1}) is False
     d.stop()
 
-    db = load_plugin("sqlitekv", "sqlitekv").open({"Path": str(home / "data" / "kv.sqlite")})
+    db = load_plugin("sqlitekv", "sqlitekv").open(dict(load_config(None, home)[0].db.meta))  # the daemon's own KV file
     db.run()
     try:
         raw = db.open_collection("common").get(b"objstore/StoreReserveSummary")  # damocles' key

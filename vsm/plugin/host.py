@@ -184,6 +184,10 @@ class KVHost(_Host):
     def update(self, coll: str, fn: Callable[[Any], Any]) -> Any:
         return self._coll(coll).update(fn)
 
+    def snapshot_scans(self) -> bool:
+        """False if the DB says its scans are not snapshots (an optional attribute)."""
+        return bool(getattr(self._db, "snapshot_scans", True))
+
     def collections(self) -> list[str] | None:
         """The DB's collections holding keys, if it can say (an optional DB method)."""
         if self._db is None:

@@ -41,6 +41,12 @@ class PooledDB:
         self.run()
         return PooledKVStore(self.pool, name)
 
+    @property
+    def snapshot_scans(self) -> bool:
+        """The plugin DB's `snapshot_scans` (default True, as badger's scans are snapshots)."""
+        self.run()
+        return bool(self.pool.call("snapshot_scans"))
+
     def collections(self) -> list[str] | None:
         """The collections holding keys, or None if the plugin's DB cannot list them."""
         self.run()

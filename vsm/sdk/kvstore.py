@@ -116,4 +116,5 @@ class DB(Protocol):
         ...
 
     # Optional (not in Go's interface): `collections() -> list[str]`, the names of the
-    # collections that hold keys, so `vsm-pool util migrate` copies each one present.
+    # collections that hold keys, so `vsm-pool util migrate` copies each one present; and
+    # `snapshot_scans = False` for a store whose scans are not snapshots (the kit skips that rule).

@@ -144,6 +144,10 @@ class _TrackedDB:
             self.names.append(name)
         return self.db.open_collection(name)
 
+    @property
+    def snapshot_scans(self) -> bool:
+        return self.db.snapshot_scans
+
 
 def _kvstore(ctx: _Context, run: KitRun) -> None:
     db = PooledDB(ctx.pool, ctx.meta)
