@@ -344,16 +344,22 @@ def test_per_event_hooks_get_go_arguments(dictdb, tmp_path) -> None:  # type: ig
         "OnFinalize": lambda sid: calls.append(("finalize", sid)),
         "OnRestore": lambda sid: calls.append(("restore", sid)),
     }
-    with _mgr(dictdb, tmp_path, {"go": SinkHost(hooks)}) as m:
+    with _mgr(dictdb, tmp_path) as m:
         m.import_states([make_state(12, 100)])
+        m.import_states([make_state(12, 100), make_state(12, 101)], override=True)
         m.init([AllocatedSector(SectorID(12, n), 8) for n in range(3)])
+        m.init([AllocatedSector(SectorID(12, n), 8) for n in (3, 4)])  # a second operation
         m.update(SectorID(12, 0), {"Finalized": True})
         m.finalize(SectorID(12, 0))
         m.restore(SectorID(12, 0))
+        m.add_sink("go", SinkHost(hooks))  # after the fact: every event in one delivery
         assert m.wait_delivered(10)
     assert calls == [
         ("import", "online", SectorID(12, 100), False),
-        ("init", [0, 1, 2], "online"),
+        ("import", "online", SectorID(12, 100), True),  # override as given, once per state
+        ("import", "online", SectorID(12, 101), True),
+        ("init", [0, 1, 2], "online"),  # one OnInit per init operation, as damocles' InitWith
+        ("init", [3, 4], "online"),
         ("update", SectorID(12, 0), "online", {"Finalized": True}),
         ("finalize", SectorID(12, 0)),
         ("restore", SectorID(12, 0)),

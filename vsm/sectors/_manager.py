@@ -53,6 +53,7 @@ from ._journal import Journal, Watermark
 from ._keys import STATE_PREFIXES, PrefixedKVStore, adopt_bare_keys
 from ._kvpairs import KVPairs
 from ._locks import StripedLocks
+from .sink_host import OVERRIDE_FIELDS
 
 __all__ = ["SectorStateManager", "SectorNotFoundError", "ONLINE", "OFFLINE"]
 
@@ -91,6 +92,20 @@ class _Change:
         self.fields = fields
         self.writes = writes  # (worker_state of collection, value or None = delete), in order
         self.value = value
+
+
+_op_clock = threading.Lock()
+_last_op_us = 0
+
+
+def _op_time() -> int:
+    """The `time` of one operation's event rows: all its rows share it and no two operations
+    of this process do, so a sink tells operations apart (two inits delivered together are
+    two OnInit calls, as damocles makes them)."""
+    global _last_op_us
+    with _op_clock:
+        _last_op_us = max(_now_us(), _last_op_us + 1)
+        return _last_op_us
 
 
 def _now_us() -> int:
@@ -274,7 +289,9 @@ class SectorStateManager:
                 time.sleep(0)  # let waiting operations take their stripes
             return pipeline.written
 
-    def _import_journal(self, p: _Prepared, exists: pa.Array | None, ws: str, inflight: _InFlight | None) -> _InFlight | None:
+    def _import_journal(
+        self, p: _Prepared, exists: pa.Array | None, ws: str, inflight: _InFlight | None, override: bool = False
+    ) -> _InFlight | None:
         """Drop the states whose keys exist (exists: a mask, None under override; a key of the
         chunk still being written counts too), journal the rest, wait until it is durable."""
         pairs, state = p.pairs, p.state
@@ -287,7 +304,7 @@ class SectorStateManager:
                 state = state.filter(keep)
         if not len(pairs):
             return None
-        ticket = self.writer.submit(_event_batch(state, "import", ws))
+        ticket = self.writer.submit(_event_batch(state, "import", ws, override=override))
         self.writer.wait_durable(ticket)
         return _InFlight(ws, pairs, state, ticket, p.n)
 
@@ -584,10 +601,10 @@ class SectorStateManager:
                 self._wm_cv.wait(timeout)
         return self.writer.durable_watermark
 
-    def _row(self, c: _Change) -> dict[str, Any]:
+    def _row(self, c: _Change, time_us: int) -> dict[str, Any]:
         row = c.state.to_arrow_row() if c.state is not None else {"miner": c.sid.miner, "number": c.sid.number}
         row["kind"] = c.kind
-        row["time"] = _now_us()
+        row["time"] = time_us
         row["worker_state"] = c.ws
         row["changed_fields"] = c.fields
         return row
@@ -596,7 +613,8 @@ class SectorStateManager:
         """Write-ahead: journal (durable) -> KV -> resolve. Caller holds the stripes."""
         if not changes:
             return
-        ticket = self.writer.submit([self._row(c) for c in changes])
+        t = _op_time()  # one operation: its rows share a time
+        ticket = self.writer.submit([self._row(c, t) for c in changes])
         self.writer.wait_durable(ticket)
         try:
             self._commit(changes)
@@ -700,7 +718,8 @@ class SectorStateManager:
             else:
                 reverts.append(_Change(c.sid, "revert", "none", None, None, []))
         if reverts:
-            rt = self.writer.submit([self._row(c) for c in reverts])
+            t = _op_time()
+            rt = self.writer.submit([self._row(c, t) for c in reverts])
             self.writer.wait_durable(rt)
             self.writer.resolve(rt)
         self.writer.resolve(ticket)
@@ -921,7 +940,7 @@ class _ImportPipeline:
         """Existing keys out (unless override), the rest journaled and durable."""
         check = self._check or self._kv.submit(_existing, self.mgr._colls[p.ws], p.pairs.keys, self.override)
         self._check = None
-        return self.mgr._import_journal(p, check.result(), p.ws, self._inflight)
+        return self.mgr._import_journal(p, check.result(), p.ws, self._inflight, self.override)
 
     def _finish_previous(self, staged: _InFlight | None) -> None:
         """Wait for the previous chunk's KV write; if it failed, `staged` (journaled, never
@@ -1006,16 +1025,18 @@ def _routed(chunks: Iterator[Any], ws: str | None) -> Iterator[tuple[str, Any]]:
 _EVENT_PREFIX = SECTOR_EVENT_SCHEMA.names[: SECTOR_EVENT_SCHEMA.get_field_index("miner")]
 
 
-def _event_batch(state: pa.RecordBatch, kind: str, ws: str) -> pa.RecordBatch:
-    """Event rows for states of one kind, column-wise (the flusher fills in seq)."""
+def _event_batch(state: pa.RecordBatch, kind: str, ws: str, override: bool = False) -> pa.RecordBatch:
+    """Event rows for states of one kind, column-wise (the flusher fills in seq). An import's
+    rows are one operation per state, as damocles' Import; they share one time."""
     n = state.num_rows
     f = SECTOR_EVENT_SCHEMA.field
+    zeros = pa.nulls(n, pa.int8()).fill_null(0)
     head = [
         pa.nulls(n, pa.uint64()).fill_null(0),
-        pa.array([kind], pa.string()).take(pa.nulls(n, pa.int8()).fill_null(0)),
-        pa.array([_now_us()], pa.int64()).take(pa.nulls(n, pa.int8()).fill_null(0)).cast(f("time").type),
-        pa.array([ws], pa.string()).take(pa.nulls(n, pa.int8()).fill_null(0)),
-        pa.nulls(n, f("changed_fields").type),
+        pa.array([kind], pa.string()).take(zeros),
+        pa.array([_op_time()], pa.int64()).take(zeros).cast(f("time").type),
+        pa.array([ws], pa.string()).take(zeros),
+        pa.array([OVERRIDE_FIELDS], f("changed_fields").type).take(zeros) if override else pa.nulls(n, f("changed_fields").type),
     ]
     assert len(head) == len(_EVENT_PREFIX)
     return pa.RecordBatch.from_arrays(head + [state.column(i) for i in range(state.num_columns)], schema=SECTOR_EVENT_SCHEMA)

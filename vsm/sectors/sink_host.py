@@ -5,12 +5,17 @@ segment (`pa.memory_map`), decoding zero-copy (`deliver`). A Ray sink actor, may
 node, is handed the frames themselves as refs to one shared object-store copy (`deliver_batch`,
 vsm/sectors/_dispatch.py). A vectorised sink gets one RecordBatch per
 delivery (`on_batch`; a sink object with `accepts_tables = True` gets a pa.Table of the
-delivery's journal frames instead, without copying them together); a Go-style sink gets its per-event hooks row by row, with the Go
-argument order of damocles' state manager:
+delivery's journal frames instead, without copying them together); a Go-style sink gets its
+per-event hooks, once per operation and with the arguments of damocles' state manager
+(`modules/impl/sectors/state_mgr.go`), in its order:
 
-    import   -> OnImport(worker_state, state, override)      override is not journaled: False
-    init     -> OnInit(sectors: list[AllocatedSector], worker_state)   consecutive rows grouped
-    update   -> OnUpdate(sector_id, worker_state, fields: {GoName: typed value})
+    import   -> OnImport(worker_state, state, override)      one per state, as Go's Import; override
+                                                             as given (rows of an override import
+                                                             carry changed_fields ["*"])
+    init     -> OnInit(sectors: list[AllocatedSector], worker_state)   one per init operation
+                                                             (Go InitWith: the rows that share
+                                                             their time, which no two operations do)
+    update   -> OnUpdate(sector_id, worker_state, fields: {GoName: typed value})   (Go: []any)
     finalize -> OnFinalize(sector_id)
     restore  -> OnRestore(sector_id)
     revert   -> OnImport(worker_state, state, True)           (no Go hook; skipped if the
@@ -33,7 +38,11 @@ from vsm.sdk.sectors import STATE_FIELDS, AllocatedSector, SectorID, SectorState
 
 from ._journal import read_frame
 
-__all__ = ["SinkHost", "make_sink_host", "HOOKS"]
+__all__ = ["SinkHost", "make_sink_host", "HOOKS", "OVERRIDE_FIELDS"]
+
+# changed_fields of the rows of an import made with override (damocles' Import(..., true)):
+# every field may have been replaced. A plain import, like an init, has null.
+OVERRIDE_FIELDS = ["*"]
 
 # extPoint -> method name on a Constructor's object
 HOOKS = {
@@ -129,7 +138,7 @@ class SinkHost:
             if kind == "init":
                 j = i
                 group = []
-                while j < len(rows) and rows[j]["kind"] == "init" and rows[j]["worker_state"] == ws:
+                while j < len(rows) and rows[j]["kind"] == "init" and rows[j]["worker_state"] == ws and rows[j]["time"] == r["time"]:
                     group.append(AllocatedSector(SectorID(rows[j]["miner"], rows[j]["number"]), rows[j]["sector_type"]))
                     j += 1
                 if "OnInit" in fn:
@@ -137,7 +146,7 @@ class SinkHost:
                 i = j
                 continue
             if kind == "import" and "OnImport" in fn:
-                fn["OnImport"](ws, SectorState.from_arrow_row(r), False)
+                fn["OnImport"](ws, SectorState.from_arrow_row(r), r["changed_fields"] == OVERRIDE_FIELDS)
             elif kind in ("revert", "rebuild") and ws != "none" and "OnImport" in fn:
                 fn["OnImport"](ws, SectorState.from_arrow_row(r), True)
             elif kind == "update" and "OnUpdate" in fn:
