@@ -1013,13 +1013,18 @@ def _routed(chunks: Iterator[Any], ws: str | None) -> Iterator[tuple[str, Any]]:
             yield ws, chunk
             continue
         if isinstance(chunk, list):
-            parts = {ONLINE: [s for s in chunk if not s.finalized], OFFLINE: [s for s in chunk if s.finalized]}
+            n_final = sum(1 for s in chunk if s.finalized)
         else:
             finalized = pc.fill_null(chunk.column("finalized"), False)
-            parts = {ONLINE: chunk.filter(pc.invert(finalized)), OFFLINE: chunk.filter(finalized)}
-        for w, part in parts.items():
-            if len(part):
-                yield w, part
+            n_final = pc.sum(finalized).as_py() or 0
+        if n_final in (0, len(chunk)):  # the usual case: no copy
+            yield (OFFLINE if n_final else ONLINE), chunk
+        elif isinstance(chunk, list):
+            yield ONLINE, [s for s in chunk if not s.finalized]
+            yield OFFLINE, [s for s in chunk if s.finalized]
+        else:
+            yield ONLINE, chunk.filter(pc.invert(finalized))
+            yield OFFLINE, chunk.filter(finalized)
 
 
 _EVENT_PREFIX = SECTOR_EVENT_SCHEMA.names[: SECTOR_EVENT_SCHEMA.get_field_index("miner")]
