@@ -225,64 +225,31 @@ async def _piece_put(request: web.Request) -> web.Response:
     return web.json_response({"store": store.name, "path": path, "size": size}, status=201)
 
 
-WRITE_BATCH = 4 << 20  # body bytes gathered per write (one thread hop each)
-
-
-def _pwrite_all(fd: int, parts: list[bytes], offset: int) -> None:
-    """Write parts at offset (pwritev: short writes resumed)."""
-    want = sum(len(p) for p in parts)
-    done = os.pwritev(fd, parts, offset)
-    if done < want:  # rare: finish byte by byte of what is left
-        rest = memoryview(b"".join(parts))[done:]
-        while rest:
-            n = os.pwrite(fd, rest, offset + done)
-            rest, done = rest[n:], done + n
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 async def _put_into_file(request: web.Request, store: Any, path: str, pending: Any) -> web.Response:
     """The file path of a PUT: the body into the store's new file, then the store commits."""
     loop = asyncio.get_running_loop()
     body = _Body(request)
-    writing: asyncio.Future[None] | None = None
     try:
-        # 4 MiB at a time go to the page cache in a thread while the loop receives the next:
-        # receiving and writing overlap on the two cores
-        parts: list[bytes] = []
-        gathered = offset = 0
-        while True:
-            chunk = await body.chunk()
-            if chunk:
-                parts.append(chunk)
-                gathered += len(chunk)
-            if gathered >= WRITE_BATCH or len(parts) >= 512 or (not chunk and parts):  # IOV_MAX 1024
-                if writing is not None:
-                    await writing
-                writing = loop.run_in_executor(None, _pwrite_all, pending.fd, parts, offset)
-                offset += gathered
-                parts, gathered = [], 0
-            if not chunk:
-                break
-        if writing is not None:
-            await writing
-            writing = None
+        # writes go to the page cache in the loop thread (~50 us per 1 MiB chunk): no thread
+        # hop. Measured worse here: 4 MiB pwritev batches in a thread beside the receiving
+        # loop, 0.35-0.38 of cp + sync in every round against 0.68-0.79 in the better ones
+        while chunk := await body.chunk():
+            _write_all(pending.fd, chunk)
         size = await loop.run_in_executor(None, pending.commit)
     except asyncio.CancelledError:
-
-        def abort(_: Any = None) -> None:  # never close the fd under a write in flight
-            try:
-                loop.run_in_executor(None, pending.abort)
-            except RuntimeError:  # the executor is gone: the worker's file goes with the pool
-                pass
-
-        if writing is not None and not writing.done():
-            writing.add_done_callback(abort)
-        else:
-            abort()
+        try:
+            loop.run_in_executor(None, pending.abort)
+        except RuntimeError:  # the executor is gone: the worker's file goes with the pool
+            pass
         logger.warning("upload {}/{} cancelled after {} bytes, nothing stored: the daemon is stopping", store.name, path, body.received)
         raise
     except BaseException as e:
-        if writing is not None:
-            await asyncio.gather(writing, return_exceptions=True)  # before its fd is closed
         await loop.run_in_executor(None, pending.abort)
         return _upload_failed(store, path, e)
     finally:
