@@ -21,6 +21,12 @@ no scan), and set max_seq. The batch is read through DuckDB's replacement scan o
 variable (registering and unregistering it cost ~1 ms a batch). `query(sql)` returns a
 pyarrow.Table (the host sends it as IPC).
 
+A file made by an earlier release keeps its tables as they are: if that release's event
+schema had fields this one dropped (`pre.deals`, before fe4bd3b), the columns stay, with their
+values, and new rows are stored with null there (the batch is reshaped to the table by field
+name in Arrow, `shaped_like` + `cast_by_name`: DuckDB before 1.2 refuses to insert a struct
+with fewer fields). Nothing is rewritten; the sink says so once per start (`notes`).
+
 Meta `Threads` (default 1): DuckDB threads while ingesting. Per batch DuckDB's fixed cost is
 CPU (~7 ms for a few rows of these ~80 nested columns with one thread, ~10 ms with two), and a
 second thread gained nothing for 100k-row batches on 2 cores where the manager and the other
@@ -37,7 +43,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA
+from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA, cast_by_name, fields_beyond, shaped_like
 
 __all__ = ["DuckDBSink", "open"]
 
@@ -90,6 +96,22 @@ class DuckDBSink:
         self._ingest_threads()
         self._setup()
         self.max_seq = int(self.con.execute("SELECT value FROM sink_meta WHERE key = 'max_seq'").fetchall()[0][0])
+        # sector_events as DuckDB holds it; rows of another shape are reshaped to it (_stored)
+        self.table_schema = _arrow(self.con.sql("SELECT * FROM sector_events LIMIT 0")).schema
+        self._shape: tuple[pa.Schema, pa.Schema | None] | None = None  # (a batch's schema, its reshape)
+        beyond = fields_beyond(self.table_schema, SECTOR_EVENT_SCHEMA)
+        lacks = fields_beyond(SECTOR_EVENT_SCHEMA, self.table_schema)
+        self.notes = []  # read once by the manager, which logs them (SinkHost.delivery_hints)
+        if beyond:
+            self.notes.append(
+                f"duckdb sink {path}: sector_events holds {', '.join(beyond)}, beyond this release's event schema (an "
+                "earlier one wrote them): kept with their values; new rows have null there; nothing is rewritten"
+            )
+        if lacks:
+            self.notes.append(
+                f"duckdb sink {path}: sector_events has no column for {', '.join(lacks)} (made by an earlier release): "
+                "new rows are stored without them; to have them, move the file aside and run `vsm-pool sinks rebuild duckdb`"
+            )
 
     def _setup(self) -> None:
         con = self.con
@@ -115,6 +137,14 @@ class DuckDBSink:
         con.execute("CREATE TABLE IF NOT EXISTS sink_meta (key VARCHAR PRIMARY KEY, value UBIGINT)")
         con.execute("INSERT INTO sink_meta VALUES ('max_seq', 0) ON CONFLICT DO NOTHING")
 
+    def _stored(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
+        """The batch in the shape of sector_events (field names and order at every level);
+        itself when it has that shape already (one schema comparison per batch)."""
+        if self._shape is None or not batch.schema.equals(self._shape[0]):
+            shape = shaped_like(batch.schema, self.table_schema)
+            self._shape = (batch.schema, None if shape.equals(batch.schema) else shape)
+        return batch if self._shape[1] is None else cast_by_name(batch, self._shape[1])
+
     def on_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Store a batch of events (SECTOR_EVENT_SCHEMA); rows already stored are skipped."""
         seq = batch.column("seq")
@@ -122,6 +152,7 @@ class DuckDBSink:
             batch = batch.filter(pc.greater(seq, pa.scalar(self.max_seq, pa.uint64())))
         if batch.num_rows == 0:
             return
+        batch = self._stored(batch)
         last = int(pc.max(batch.column("seq")).as_py())
         latest = _latest_per_sector(batch)  # what `sectors` gets: one row per sector
         gone = pc.any(pc.equal(latest.column("worker_state"), "none")).as_py()

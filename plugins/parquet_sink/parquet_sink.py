@@ -9,6 +9,13 @@ temp name and renamed, so a reader never sees half a file.
 Idempotent by seq: `<Path>/_max_seq` holds the highest seq of the last fully written batch;
 rows at or below it are skipped. At open, files of a batch killed half-way (first seq above
 `_max_seq`) are deleted: that batch is redelivered whole.
+
+One schema for the whole dataset: rows are written in the schema of the newest file (fields
+matched by name; what the rows lack is null), widened by what the rows have beyond it. So a
+dataset begun by an earlier release, whose event schema had fields this one dropped
+(`pre.deals`), keeps them in every new file too: no file is rewritten, nothing stored is
+lost, and a reader (DuckDB, pyarrow, Spark) that takes one file's schema reads every file.
+`query` reads by name anyway (`union_by_name`), for a dataset that got mixed before.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA, cast_by_name, fields_beyond, union_schema
 
 __all__ = ["ParquetSink", "open"]
 
@@ -52,9 +61,19 @@ class ParquetSink:
                 self.max_seq = int(f.read().strip() or 0)
         except FileNotFoundError:
             self.max_seq = 0
-        self._drop_partial()
+        newest = self._drop_partial()
+        # the dataset's schema: the newest file's (None: no file yet, the rows' own)
+        self.schema: pa.Schema | None = pq.read_schema(newest) if newest else None
+        beyond = fields_beyond(self.schema, SECTOR_EVENT_SCHEMA) if self.schema is not None else []
+        # read once by the manager, which logs them (SinkHost.delivery_hints)
+        self.notes = [
+            f"parquet sink {root}: its files hold {', '.join(beyond)}, beyond this release's event schema (an "
+            "earlier one wrote them): new files keep them too (null), so the dataset keeps one schema; nothing is rewritten"
+        ] if beyond else []
 
-    def _drop_partial(self) -> None:
+    def _drop_partial(self) -> str | None:
+        """Delete the files of a batch killed half-way; the newest file left (None: none)."""
+        newest: tuple[int, str] | None = None
         for d in os.listdir(self.root):
             dpath = os.path.join(self.root, d)
             if not (d.startswith("date=") and os.path.isdir(dpath)):
@@ -63,6 +82,18 @@ class ParquetSink:
                 m = _PART.match(name)
                 if name.endswith(".tmp") or (m and int(m.group(1)) > self.max_seq):
                     os.unlink(os.path.join(dpath, name))
+                elif m and (newest is None or int(m.group(2)) > newest[0]):
+                    newest = (int(m.group(2)), os.path.join(dpath, name))
+        return newest[1] if newest else None
+
+    def _in_dataset_schema(self, table: pa.Table) -> pa.Table:
+        """The rows in the dataset's schema, widened by any field they have beyond it."""
+        if self.schema is None or table.schema.equals(self.schema):
+            self.schema = table.schema
+            return table
+        if fields_beyond(table.schema, self.schema):
+            self.schema = union_schema([self.schema, table.schema])
+        return cast_by_name(table, self.schema)
 
     def on_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Write the rows with seq > max_seq, one file per day they fall on."""
@@ -73,7 +104,7 @@ class ParquetSink:
             return
         day = pc.cast(batch.column("time"), pa.date32())  # `time` is UTC (strftime: 30x slower)
         days = pc.unique(day).to_pylist()
-        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        table = self._in_dataset_schema(pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch)
         for d in sorted(days):
             part = table if len(days) == 1 else table.filter(pc.equal(day, pa.scalar(d, pa.date32())))
             s = part.column("seq")
@@ -101,7 +132,7 @@ class ParquetSink:
         con = duckdb.connect()
         try:
             glob = os.path.join(self.root, "date=*", "*.parquet")
-            con.execute(f"CREATE VIEW sector_events AS SELECT * FROM read_parquet('{glob}', hive_partitioning = 1)")
+            con.execute(f"CREATE VIEW sector_events AS SELECT * FROM read_parquet('{glob}', hive_partitioning = 1, union_by_name = 1)")
             rel = con.sql(sql)
             return pa.table({}) if rel is None else rel.to_arrow_table()
         finally:

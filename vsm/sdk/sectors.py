@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import _gojson as _gj
+from ._conform import cast_by_name, fields_beyond, shaped_like, union_schema
 from ._gojson import GoJSONError
 
 __all__ = [
@@ -58,14 +59,18 @@ __all__ = [
     "WorkerIdentifier",
     "arrow_to_go_json",
     "arrow_to_states",
+    "cast_by_name",
     "check_arrow_states",
     "decode_field",
     "decode_state",
     "decode_state_exact",
     "decode_state_json",
+    "fields_beyond",
     "go_dumps",
     "sector_key",
+    "shaped_like",
     "states_to_arrow",
+    "union_schema",
 ]
 
 # Event kinds, in the order of the Go hooks (plus "revert": a write-ahead event whose KV commit

@@ -22,6 +22,7 @@ crash after deliver and before the checkpoint write redelivers); sinks deduplica
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import threading
 import time
@@ -33,6 +34,8 @@ from ._backlog import find_gap, gap_cause, read_mark, write_mark
 from ._journal import FrameRef, Journal, _fsync_dir
 
 __all__ = ["SharedBatches", "SinkDispatcher", "SinkEndpoint", "SinkState", "PoolSink", "as_endpoint", "shared_batches"]
+
+log = logging.getLogger("vsm.sectors")
 
 
 class SinkState(enum.Enum):
@@ -260,6 +263,7 @@ class SinkDispatcher:
         self._bulk = bulk
         self.bulk_linger = bulk_linger
         self.linger: float | None = None  # the sink's own (delivery_hints), asked before delivering
+        self._noted: set[str] = set()  # the sink's notes logged so far (delivery_hints)
         self._backlog_since: float | None = None
         self.hurry = threading.Event()  # set: deliver what there is now (wait_delivered, close)
         self._ckpt_fd = -1
@@ -341,12 +345,17 @@ class SinkDispatcher:
             os.close(fd)
 
     def _ask_linger(self) -> float:
-        """The sink's own linger (SinkHost.delivery_hints); 0 when it has none or cannot say."""
+        """The sink's own linger (SinkHost.delivery_hints); 0 when it has none or cannot say.
+        The notes it gives (what it found when it opened) are logged, each once."""
         if self.linger is None:
             try:
                 get = getattr(self.endpoint, "delivery_hints", None)
                 hints = get() if get is not None else {}
                 self.linger = max(0.0, float(hints.get("linger", 0.0)))
+                for note in hints.get("notes") or ():
+                    if note not in self._noted:
+                        self._noted.add(note)
+                        log.info("sink '%s': %s", self.name, note)
             except Exception:  # noqa: BLE001 - a sink that cannot answer delivers at once
                 self.linger = 0.0
         return self.linger
@@ -382,6 +391,8 @@ class SinkDispatcher:
 
     def _run(self) -> None:
         delay = self.backoff[0]
+        if self.rebuild is None:
+            self._ask_linger()  # now, not at the first delivery: its notes belong at start
         while not self._stop.is_set():
             if self.rebuild is not None:
                 self.state = SinkState.NEEDS_REBUILD

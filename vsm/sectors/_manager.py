@@ -42,6 +42,7 @@ from vsm.sdk.sectors import (
     SectorState,
     arrow_to_go_json,
     decode_field,
+    decode_state_json,
     sector_key,
     states_to_arrow,
 )
@@ -803,8 +804,7 @@ class SectorStateManager:
                 if ws == "none":
                     match = actual[ONLINE] is None and actual[OFFLINE] is None
                 else:
-                    st = SectorState.from_arrow_row(table.slice(i, 1).to_pylist()[0])
-                    match = actual.get(ws) == st.to_go_json()
+                    match = _kv_holds(actual.get(ws), SectorState.from_arrow_row(table.slice(i, 1).to_pylist()[0]))
                 if match:
                     last_match = j
             for j in range(last_match + 1):
@@ -841,6 +841,22 @@ class SectorStateManager:
         self._wm.store(max(new_w, w))
         log.info("sector journal recovery: %d events past watermark %d, %d kept, %d dropped", len(past), w, kept, dropped)
         return {"tail": len(past), "kept": kept, "dropped": dropped}
+
+
+def _kv_holds(value: bytes | None, st: SectorState) -> bool:
+    """Whether a KV value is the state `st`: the bytes this release writes for it, or bytes an
+    earlier one wrote for the same state. A tail left by a killed earlier release holds the
+    latter: its encoder wrote e.g. `"Deals":null` in Pre and `""` for an undefined address
+    (before fe4bd3b), so comparing bytes alone dropped an event whose KV commit had landed and
+    every sink missed it (tests/upgrade)."""
+    if value is None:
+        return False
+    if value == st.to_go_json():
+        return True
+    try:
+        return decode_state_json(value) == st
+    except ValueError:
+        return False
 
 
 def _existing(coll: Any, keys: pa.Array, override: bool) -> pa.Array | None:

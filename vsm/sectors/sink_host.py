@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vsm.sdk.sectors import STATE_FIELDS, AllocatedSector, SectorID, SectorState
+from vsm.sdk.sectors import STATE_FIELDS, AllocatedSector, SectorID, SectorState, cast_by_name, union_schema
 
 from ._journal import read_frame
 
@@ -172,8 +172,14 @@ class SinkHost:
     def delivery_hints(self) -> dict[str, Any]:
         """What the sink asks of its dispatcher: {"linger": seconds}, how long a delivery may
         wait for more rows (the sink object's `batch_linger`; 0, the default: at once). A sink
-        that writes a file per delivery uses it to write fewer, larger files."""
-        return {"linger": float(getattr(self.sink, "batch_linger", 0.0) or 0.0)}
+        that writes a file per delivery uses it to write fewer, larger files. "notes": the sink
+        object's `notes`, lines for the operator about what it found when it opened (data of an
+        earlier release, kept as it is); the manager logs them."""
+        hints: dict[str, Any] = {"linger": float(getattr(self.sink, "batch_linger", 0.0) or 0.0)}
+        notes = getattr(self.sink, "notes", None)
+        if notes:
+            hints["notes"] = [str(n) for n in notes]
+        return hints
 
     # -- queries and lifecycle ---------------------------------------------------------------
     def query(self, sql: str) -> bytes:
@@ -215,14 +221,25 @@ def _after(batches: list[pa.RecordBatch], after_seq: int, table: bool = False) -
     batch: pa.RecordBatch | pa.Table
     if len(batches) == 1:
         batch = batches[0]
-    elif table:
-        batch = pa.Table.from_batches(batches)
     else:
-        batch = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+        try:
+            whole = pa.Table.from_batches(batches)
+        except pa.ArrowInvalid:  # frames of an earlier release's schema beside this one's
+            whole = _one_schema(batches)
+        batch = whole if table else whole.combine_chunks().to_batches()[0]
     seq = batch.column(0)
     if pc.min(seq).as_py() <= after_seq:
         batch = batch.filter(pc.greater(seq, pa.scalar(after_seq, pa.uint64())))
     return batch if batch.num_rows else None
+
+
+def _one_schema(batches: list[pa.RecordBatch]) -> pa.Table:
+    """Frames written in different event schemas (a release changed it, and a sink that was
+    behind at the upgrade gets old frames and new ones together) as one table in the union of
+    their schemas, fields matched by name: nothing an old frame carries is dropped, and what
+    it lacks is null. The sink stores them in the schema it keeps (see its own docstring)."""
+    schema = union_schema([b.schema for b in batches])
+    return pa.Table.from_batches([cast_by_name(b, schema) for b in batches], schema=schema)
 
 
 def make_sink_host(module: str, exports: Mapping[str, str], meta: Mapping[str, str] | None = None, path: str | None = None) -> SinkHost:
