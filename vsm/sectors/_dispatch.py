@@ -36,6 +36,7 @@ from ._journal import FrameRef, Journal, _fsync_dir
 __all__ = ["SharedBatches", "SinkDispatcher", "SinkEndpoint", "SinkState", "PoolSink", "as_endpoint", "shared_batches"]
 
 log = logging.getLogger("vsm.sectors")
+_NOTED: set[tuple[str, str]] = set()  # (sink, note) logged by this process: once, not per attach
 
 
 class SinkState(enum.Enum):
@@ -263,7 +264,6 @@ class SinkDispatcher:
         self._bulk = bulk
         self.bulk_linger = bulk_linger
         self.linger: float | None = None  # the sink's own (delivery_hints), asked before delivering
-        self._noted: set[str] = set()  # the sink's notes logged so far (delivery_hints)
         self._backlog_since: float | None = None
         self.hurry = threading.Event()  # set: deliver what there is now (wait_delivered, close)
         self._ckpt_fd = -1
@@ -346,15 +346,15 @@ class SinkDispatcher:
 
     def _ask_linger(self) -> float:
         """The sink's own linger (SinkHost.delivery_hints); 0 when it has none or cannot say.
-        The notes it gives (what it found when it opened) are logged, each once."""
+        The notes it gives (what it found when it opened) are logged, each once a process."""
         if self.linger is None:
             try:
                 get = getattr(self.endpoint, "delivery_hints", None)
                 hints = get() if get is not None else {}
                 self.linger = max(0.0, float(hints.get("linger", 0.0)))
                 for note in hints.get("notes") or ():
-                    if note not in self._noted:
-                        self._noted.add(note)
+                    if (self.name, note) not in _NOTED:
+                        _NOTED.add((self.name, note))
                         log.info("sink '%s': %s", self.name, note)
             except Exception:  # noqa: BLE001 - a sink that cannot answer delivers at once
                 self.linger = 0.0
