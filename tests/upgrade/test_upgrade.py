@@ -286,6 +286,7 @@ def test_a_home_of_the_previous_release_runs_unchanged(old_home: tuple[Path, dic
         assert _listed(d) == before["sectors"]
         assert d.rpc("plugin.list") and (home / "token").read_bytes() == token
         assert any(p["name"] == "parquet" and p["state"] == "disabled" for p in d.rpc("plugin.list"))
+        assert isinstance(d.rpc("VSM_LIMITER.acquire", ["upgrade"]), str)  # the previous limiter's clients still served
 
         # new events, in this release's schema, while parquet still holds old frames
         fresh = [_go(make_state(1001, 20_000 + k)) for k in range(20)]
