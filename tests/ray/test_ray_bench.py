@@ -13,10 +13,10 @@ from vsm.cli import main
 @pytest.mark.parametrize(
     "args, suites",
     [
-        ([], ["executor", "sectors", "envs"]),
-        (["--backend", "process"], ["executor", "sectors", "envs"]),
+        ([], ["executor", "sectors", "operator", "envs"]),
+        (["--backend", "process"], ["executor", "sectors", "operator", "envs"]),
         (["--backend", "ray"], ["ray"]),
-        (["--backend", "both"], ["executor", "sectors", "envs", "ray"]),
+        (["--backend", "both"], ["executor", "sectors", "operator", "envs", "ray"]),
         (["--suite", "executor", "--backend", "ray"], ["executor", "ray"]),
         (["--suite", "ray"], ["ray"]),
     ],
