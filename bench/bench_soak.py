@@ -21,6 +21,7 @@ the losses and leaks, ~0 for the growth).
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -89,7 +90,9 @@ class _Sampler:
 def run(quick: bool) -> list[dict[str, Any]]:
     minutes = _minutes(quick)
     shm_before = shm_entries()
-    with tempfile.TemporaryDirectory(prefix="vsm-soak-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="vsm-soak-")
+    ok = False
+    try:
         d = Daemon(prepare_home(Path(tmp) / "home"))
         kills: list[float] = []
         try:
@@ -102,7 +105,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     while time.monotonic() < end:
                         time.sleep(min(30.0, max(0.0, end - time.monotonic())))
                         if time.monotonic() < end - 1:
-                            kills.append(d.kill_workers(POOLS[n % len(POOLS)]))
+                            kills.append(d.kill_workers(POOLS[n % len(POOLS)], timeout=180))
                             n += 1
                 d.kill9()
                 restart = d.start()
@@ -113,8 +116,14 @@ def run(quick: bool) -> list[dict[str, Any]]:
             if d.stop() != 0:
                 raise RuntimeError(f"the daemon did not stop cleanly:\n{d.log_tail()}")
             report = verify(d, load, shm_before)
+            ok = True
         finally:
             d.kill9(whole_tree=True)
+    finally:
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"[soak] failed: its home and daemon log are kept in {tmp}", file=sys.stderr)
     lost = report["duckdb_lost"] + report["parquet_lost"] + report["updates_lost"] + report["imports_lost"]
     dups = report["duckdb_duplicates"] + report["parquet_duplicates"]
     leaks = report["processes_left"] + report["shm_left"] + report["temp_files"] + report["partial_objects"]

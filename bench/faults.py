@@ -199,7 +199,8 @@ class Daemon:
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
         return _until(lambda: (st := self.plugin(name)["pool"])["state"] == "ready" and len(
-            [w for w in st["workers"] if w.get("alive") and w.get("pid") not in victims]) == want, timeout, started, f"pool {name} back")
+            [w for w in st["workers"] if w.get("alive") and w.get("pid") not in victims]) == want, timeout, started,
+            f"pool {name} back", lambda: self.plugin(name))
 
     def crash_loop_and_reload(self, name: str, timeout: float = 60.0) -> float:
         """SIGKILL a pool's workers until the breaker fails it, then `plugin reload`; seconds
@@ -230,7 +231,7 @@ class Daemon:
         return _until(done, timeout, started, "sinks caught up")
 
 
-def _until(cond: Callable[[], bool], timeout: float, started: float, what: str) -> float:
+def _until(cond: Callable[[], bool], timeout: float, started: float, what: str, show: Callable[[], Any] | None = None) -> float:
     while True:
         try:
             if cond():
@@ -238,7 +239,11 @@ def _until(cond: Callable[[], bool], timeout: float, started: float, what: str) 
         except (OSError, RuntimeError, StopIteration, KeyError):
             pass  # the daemon is busy or still starting: ask again
         if time.monotonic() - started > timeout:
-            raise RuntimeError(f"timed out after {timeout}s waiting for: {what}")
+            try:
+                seen = show() if show is not None else ""
+            except Exception as e:  # noqa: BLE001 - the message says what could be seen
+                seen = repr(e)
+            raise RuntimeError(f"timed out after {timeout}s waiting for: {what} {seen}")
         time.sleep(0.05)
 
 
