@@ -99,3 +99,14 @@ def test_disabled_sink_keeps_its_events_then_past_the_bound_needs_a_rebuild(star
     assert sorted(r["number"] for r in rows if r["miner"] == 4) == list(range(10))
     assert len({r["seq"] for r in rows}) == len(rows)
     assert "problems: none" in d.cli("status").stdout
+
+    # a sink whose plugin goes away: `sinks forget` drops its checkpoint (it holds nothing then)
+    d.cli("plugin", "disable", "parquet")
+    listed = d.cli("sinks", "status").stdout
+    assert "parquet" in listed and "False" in listed, listed
+    refused = d.cli("sinks", "forget", "duckdb", check=False)
+    assert refused.returncode != 0 and "is running" in refused.stderr, refused.stderr
+    d.cli("sinks", "forget", "parquet")
+    assert "parquet" not in d.rpc("sinks.status")["sinks"]
+    d.cli("plugin", "enable", "parquet")  # it starts over on a compacted journal: marked, loudly
+    _wait(lambda: (_sink(d, "parquet").get("needs_rebuild") or "").endswith("before this sink was first attached)"))
