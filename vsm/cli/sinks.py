@@ -39,7 +39,9 @@ def sinks_rebuild(home: Path | None, config_file: Path | None, as_json: bool, na
     then let it go on from the journal. For a sink marked as needing a rebuild (its events left
     the journal: `vsm-pool status` says so); it keeps what it had, and lacks the history of the
     events it missed."""
-    done = daemon_or_fail(home, config_file).call("sinks.rebuild", {"name": name})
+    client = daemon_or_fail(home, config_file)
+    client.timeout = 24 * 3600.0  # ~11k sector states/s here: 5M take ~8 min, past the usual 600 s
+    done = client.call("sinks.rebuild", {"name": name})
     if as_json:
         click.echo(json.dumps(done))
     else:
