@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = ["Metrics"]
@@ -53,7 +54,9 @@ class Metrics:
         from .problems import problems
 
         for p in problems(self.manager, sectors):
-            problem.add_metric([p["part"], p["state"], p["cause"][:300], p["fix"]], 1)
+            # numbers (lag, seqs, pids) out of the cause: a label that changes every scrape would
+            # make a new series each time; `vsm-pool status` has the exact text
+            problem.add_metric([p["part"], p["state"], re.sub(r"\d+", "N", p["cause"])[:300], p["fix"]], 1)
         yield from (calls, errors, latency, restarts, workers, lag, rebuild, broken, problem)
 
     def render(self) -> bytes:
