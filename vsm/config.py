@@ -711,7 +711,7 @@ Path = "{data}/duckdb/sectors.duckdb"    # `vsm-pool query` reads this database;
 # Threads = "1"                   # DuckDB threads while ingesting
 [Common.Plugins.parquet.Meta]
 Path = "{data}/parquet"           # Parquet files partitioned by day
-# FlushInterval = "0.5"           # seconds rows may wait (in the journal) to make bigger files
+# FlushInterval = "10"            # seconds rows may wait (in the journal): at most 60/FlushInterval files a minute
 
 [Common.DB]
 # sqlite (default: embedded, persistent) | memory | plugin

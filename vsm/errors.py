@@ -7,13 +7,16 @@ Tree::
     ├── ManifestError      manifest.toml (or an artifact's manifest) is wrong: file, key, cause
     ├── ArtifactError      an artifact file is missing, truncated or not an artifact
     ├── ConfigError        the config file is wrong: file, key path, cause
-    └── PluginLoadError    a plugin can't be loaded (duplicate name, SPI/Python mismatch,
-                           missing requirement, OnInit failed)
+    ├── PluginLoadError    a plugin can't be loaded (duplicate name, SPI/Python mismatch,
+    │                      missing requirement, OnInit failed)
+    ├── NotFoundError      the caller named a plugin (store, sink) that does not exist
+    │                      (also a LookupError: JSON-RPC -32602, the caller's params)
+    └── StoreBusy          a store's pool runs as many byte streams as it may (HTTP 503)
 """
 
 from __future__ import annotations
 
-__all__ = ["ArtifactError", "ConfigError", "ManifestError", "PluginLoadError", "VsmError"]
+__all__ = ["ArtifactError", "ConfigError", "ManifestError", "NotFoundError", "PluginLoadError", "StoreBusy", "VsmError"]
 
 
 class VsmError(Exception):
@@ -41,4 +44,12 @@ class ConfigError(VsmError):
 
 
 class PluginLoadError(VsmError):
+    pass
+
+
+class NotFoundError(VsmError, LookupError):
+    pass
+
+
+class StoreBusy(VsmError):
     pass

@@ -17,7 +17,7 @@ from loguru import logger
 from executors import PoolState
 
 from .config import Config, StoreConfig
-from .errors import ConfigError, PluginLoadError
+from .errors import ConfigError, NotFoundError, PluginLoadError
 from .plugin.loader import Plugin, PluginState, Registry, discover
 from .plugin.proxies import PooledDB, PooledStore
 from .sdk import Config as StoreCfg
@@ -61,6 +61,8 @@ class Manager:
         self.rpc: dict[str, Any] = {}  # namespace -> (plugin, methods)
         self.sectors: Any = None
         self.reserver: Any = None  # persist-store reservations for sectors (vsm.sectors._reserve)
+        # what start() is doing, for the daemon's 503 `starting` answers: phase, done, total
+        self.progress: dict[str, Any] = {"phase": "reading plugins"}
 
     @property
     def _state_file(self) -> Path:
@@ -90,6 +92,7 @@ class Manager:
                 plugin.state, plugin.error = PluginState.DISABLED, "disabled by `vsm-pool plugin disable`"
         self.registry = registry = Registry(plugins, cfg)
         registry.check_config()
+        self.progress = {"phase": "starting plugin pools"}
         stores = (*cfg.piece_stores, *cfg.persist_stores)
         needed = {cfg.db.plugin_name, *(s.plugin_name for s in stores)}
         try:
@@ -98,6 +101,7 @@ class Manager:
             if kv is None or kv.pool is None:
                 cause = kv.error if kv is not None else "not loaded"
                 raise PluginLoadError(f"the DB plugin '{cfg.db.plugin_name}' is not ready, so the manager cannot start: {cause}")
+            self.progress = {"phase": "opening the DB"}
             self.db = PooledDB(kv.pool, cfg.db.meta)
             try:
                 self.db.run()
@@ -105,9 +109,11 @@ class Manager:
                 self.db = None
                 key = "Common.DB.Plugin.Meta" if cfg.db.driver == "plugin" else "Common.DB"
                 raise ConfigError(cfg.file, key, f"the KVStore plugin '{cfg.db.plugin_name}' failed to open the DB: {type(e).__name__}: {e}") from None
-            for store in stores:
+            self.progress = {"phase": "opening stores", "done": 0, "total": len(stores)}
+            for i, store in enumerate(stores):
                 if store.name not in self.stores:  # a piece store that is a persist store too
                     self._open_store(store)
+                self.progress = {**self.progress, "done": i + 1}
             self._register_rpc()
             self._start_sectors()
         except BaseException:
@@ -200,7 +206,10 @@ class Manager:
             if p.manifest.name == name and p.state is not PluginState.FAILED:
                 return p
         failed = [p for p in self.registry.plugins if p.manifest.name == name]
-        raise PluginLoadError(f"plugin {name!r} failed to load: {failed[0].error}" if failed else f"no plugin named {name!r}")
+        if failed:
+            raise PluginLoadError(f"plugin {name!r} failed to load: {failed[0].error}")
+        known = ", ".join(sorted({p.manifest.name for p in self.registry.plugins})) or "none"
+        raise NotFoundError(f"no plugin named {name!r} (plugins: {known})")
 
     def _users(self, plugin: Plugin) -> list[str]:
         """What in the config needs this plugin running: the DB, or stores by key and name."""
@@ -242,11 +251,14 @@ class Manager:
         elif plugin.pool is None:
             plugin.state = PluginState.LOADED
             self.registry.start(plugin, backend=self.backend)
-            if plugin.manifest.kind is Kind.SyncSectorState and self.sectors is not None:
-                self._attach_sink(plugin)
+            if plugin.manifest.kind is Kind.SyncSectorState and self.sectors is not None and not self._attach_sink(plugin):
+                raise PluginLoadError(f"enable of '{plugin.label}' failed: {plugin.error}")
             self._after_swap(plugin)
             logger.info("enabled plugin '{}'", plugin.label)
-        return plugin.describe()
+        row = plugin.describe()
+        if row["state"] != PluginState.READY.value:  # e.g. its workers crash-looped right away
+            raise PluginLoadError(f"enable of '{plugin.label}' failed: it is {row['state']}: {row.get('error') or 'no cause given'}")
+        return row
 
     def reload(self, name: str, artifact: str | None = None) -> dict[str, Any]:
         """Swap a plugin for a new build while the manager keeps serving (see Registry.reload).

@@ -17,9 +17,9 @@ Each batch: drop rows at or below max_seq, keep the last event per sector (in Ar
 one transaction INSERT ... SELECT the batch into `sector_events`, its latest rows as
 (miner, number, seq) into `sector_heads` (a plain INSERT when every row is an import/init,
 retried as INSERT OR REPLACE if a sector exists; INSERT OR REPLACE otherwise: index lookups,
-no scan), and set max_seq. The batch is read through DuckDB's replacement scan of a local
-variable (registering and unregistering it cost ~1 ms a batch). `query(sql)` returns a
-pyarrow.Table (the host sends it as IPC).
+no scan), and set max_seq. The batch reaches SQL through `con.register` (~1 ms a batch):
+DuckDB's replacement scan of a Python variable was cheaper but counts as external access,
+which client queries must not have.
 
 A file made by an earlier release keeps its tables as they are: if that release's event
 schema had fields this one dropped (`pre.deals`, before fe4bd3b), the columns stay, with their
@@ -27,11 +27,16 @@ values, and new rows are stored with null there (the batch is reshaped to the ta
 name in Arrow, `shaped_like` + `cast_by_name`: DuckDB before 1.2 refuses to insert a struct
 with fewer fields). Nothing is rewritten; the sink says so once per start (`notes`).
 
-Meta `Threads` (default 1): DuckDB threads while ingesting. Per batch DuckDB's fixed cost is
-CPU (~7 ms for a few rows of these ~80 nested columns with one thread, ~10 ms with two), and a
-second thread gained nothing for 100k-row batches on 2 cores where the manager and the other
-sinks want the other core. Queries run with DuckDB's default thread count. `0`: DuckDB's
-default for ingest too.
+`query(sql)` is a client's SQL (issue 20): it runs confined (vsm.sdk.sectorsync.run_query):
+one SELECT in a read-only transaction on its own cursor, the database locked down at open
+(no file access, no extensions, no SET: confine_duckdb), result bytes and time bounded.
+It returns a pyarrow.Table (the host sends it as IPC).
+
+Meta `Threads` (default 1): DuckDB threads, ingest and queries alike (the configuration is
+locked after open). Per batch DuckDB's fixed cost is CPU (~7 ms for a few rows of these ~80
+nested columns with one thread, ~10 ms with two), and a second thread gained nothing for
+100k-row batches on 2 cores where the manager and the other sinks want the other core. `0`:
+DuckDB's default.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA, cast_by_name, fields_beyond, shaped_like
+from vsm.sdk.sectorsync import QUERY_MAX_BYTES, QUERY_TIMEOUT, confine_duckdb, run_query
 
 __all__ = ["DuckDBSink", "open"]
 
@@ -112,6 +118,7 @@ class DuckDBSink:
                 f"duckdb sink {path}: sector_events has no column for {', '.join(lacks)} (made by an earlier release): "
                 "new rows are stored without them; to have them, move the file aside and run `vsm-pool sinks rebuild duckdb`"
             )
+        confine_duckdb(self.con)
 
     def _setup(self) -> None:
         con = self.con
@@ -170,7 +177,17 @@ class DuckDBSink:
     ) -> bool:
         """One transaction: the events, the current states, max_seq. quiet: False instead of
         raising if `sectors` already has one of the rows. The SQL reads the two arguments by
-        their names (DuckDB's replacement scan of this frame's locals)."""
+        their names, registered for the transaction."""
+        con = self.con
+        con.register("_vsm_batch", _vsm_batch)
+        con.register("_vsm_latest", _vsm_latest)
+        try:
+            return self._store_registered(last, into_sectors, gone, quiet)
+        finally:
+            con.unregister("_vsm_batch")
+            con.unregister("_vsm_latest")
+
+    def _store_registered(self, last: int, into_sectors: str, gone: bool, quiet: bool) -> bool:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
@@ -197,16 +214,9 @@ class DuckDBSink:
         if self.threads:
             self.con.execute(f"SET threads = {self.threads}")
 
-    def query(self, sql: str) -> pa.Table:
-        """Run sql on the database (with DuckDB's default thread count); a pyarrow.Table."""
-        with self._lock:
-            if self.threads:
-                self.con.execute("RESET threads")
-            try:
-                rel = self.con.sql(sql)
-                return pa.table({}) if rel is None else _arrow(rel)
-            finally:
-                self._ingest_threads()
+    def query(self, sql: str, max_bytes: int = QUERY_MAX_BYTES, timeout: float = QUERY_TIMEOUT) -> pa.Table:
+        """A client's SELECT, confined and bounded (module doc); a pyarrow.Table."""
+        return run_query(self.con, sql, max_bytes, timeout)
 
     def stored_seqs(self) -> pa.ChunkedArray:
         """The seq of every stored event (`vsm-pool plugin test` checks that each seq it

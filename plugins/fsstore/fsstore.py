@@ -74,6 +74,9 @@ _HOST = socket.gethostname().replace("-", "_") or "host"
 _START_SLACK = 5.0
 
 
+NAME_MAX = 255  # bytes in one file or folder name (Linux file systems)
+
+
 def open(cfg: Config) -> FsStore:  # noqa: A001 - the exported Constructor's name
     """Constructor: a store over the existing folder cfg.path."""
     root = os.path.realpath(cfg.path)
@@ -144,7 +147,7 @@ class FsStore:
         self._check_writable()
         full = self._resolve(path)
         folder = os.path.dirname(full)
-        os.makedirs(folder, exist_ok=True)
+        self._make_folder(path, full, folder)
         fd, tmp = self._temp(folder)
         try:
             written = 0
@@ -191,10 +194,25 @@ class FsStore:
         path = os.path.join(where, f"{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), path
 
+    def _make_folder(self, path: str, full: str, folder: str) -> None:
+        """The new object's folder; InvalidObjectPathError where a folder is the object or an
+        object is a folder on the way (a client's mistake, not a store failure)."""
+        if os.path.isdir(full):
+            raise InvalidObjectPathError(f"invalid object path {path!r}: a folder of that name exists in store {self.instance()!r}")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidObjectPathError(f"invalid object path {path!r}: a part of it is an object, not a folder") from None
+
     def _resolve(self, path: str, follow_links: bool = True) -> str:
         """The absolute file path of an object; InvalidObjectPathError if it leaves the root."""
         if not path or os.path.isabs(path):
             raise InvalidObjectPathError(f"invalid object path {path!r}: must be relative to the store")
+        if "\0" in path:
+            raise InvalidObjectPathError(f"invalid object path {path!r}: holds a NUL character")
+        longest = max(len(part.encode("utf-8", "surrogateescape")) for part in path.split("/"))
+        if longest > NAME_MAX:
+            raise InvalidObjectPathError(f"invalid object path {path[:60]!r}...: a name of {longest} bytes; at most {NAME_MAX} per folder or file name")
         full = os.path.normpath(os.path.join(self._root, path))
         if os.path.relpath(full, self._root).split(os.sep)[0] == TMP_DIR:
             raise InvalidObjectPathError(f"invalid object path {path!r}: {TMP_DIR} holds the store's temp files")
@@ -227,7 +245,7 @@ class FsFileStore(FsStore):
         self._check_writable()
         full = self._resolve(path)
         folder = os.path.dirname(full)
-        os.makedirs(folder, exist_ok=True)
+        self._make_folder(path, full, folder)
         if self._tmpfile:
             try:
                 fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)

@@ -1,8 +1,10 @@
 """parquet: a SyncSectorState sink writing events to Parquet, one directory per UTC day.
 
 Meta: `Path` (root directory), `Compression` (default zstd), `FlushInterval` (seconds, default
-0.5: a delivery waits that long for more rows, so steady updates make a file or two a second
-rather than one per small batch; the rows wait in the manager's journal meanwhile). Files: `<Path>/date=YYYY-MM-DD/part-<firstseq>-<lastseq>.parquet`
+10: a delivery waits that long for more rows, up to the dispatcher's 100k; the rows wait in the
+manager's durable journal meanwhile). It bounds the files: at most 60 / FlushInterval a minute
+per day partition, plus one per 100k rows (issue 20: steady updates at ~70/s made 84 files a
+minute with 0.5 s, 4 with 10 s). Files: `<Path>/date=YYYY-MM-DD/part-<firstseq>-<lastseq>.parquet`
 (hive partitioning; the `date` column lives in the directory name). Each file is written to a
 temp name and renamed, so a reader never sees half a file.
 
@@ -29,9 +31,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA, cast_by_name, fields_beyond, union_schema
+from vsm.sdk.sectorsync import QUERY_MAX_BYTES, QUERY_TIMEOUT, confine_duckdb, run_query
 
 __all__ = ["ParquetSink", "open"]
 
+DEFAULT_FLUSH_INTERVAL = 10.0
 _PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 
 
@@ -41,9 +45,11 @@ def open(meta: dict[str, str]) -> ParquetSink:  # noqa: A001 - the exported Cons
     if not path:
         raise ValueError("parquet sink: meta key 'Path' (the root directory) is required")
     try:
-        linger = float(meta.get("FlushInterval", 0.5))
+        linger = float(meta.get("FlushInterval", DEFAULT_FLUSH_INTERVAL))
+        if not 0 <= linger <= 3600:
+            raise ValueError
     except ValueError:
-        raise ValueError(f"parquet sink: meta key 'FlushInterval' must be seconds, got {meta['FlushInterval']!r}") from None
+        raise ValueError(f"parquet sink: meta key 'FlushInterval' must be seconds from 0 to 3600, got {meta['FlushInterval']!r}") from None
     return ParquetSink(path, compression=meta.get("Compression", "zstd"), batch_linger=linger)
 
 
@@ -125,17 +131,18 @@ class ParquetSink:
         os.replace(tmp, self._ms_path)
         self.max_seq = last_seq
 
-    def query(self, sql: str) -> Any:
-        """sql over the files with DuckDB (if installed); the view `sector_events` is the data."""
+    def query(self, sql: str, max_bytes: int = QUERY_MAX_BYTES, timeout: float = QUERY_TIMEOUT) -> Any:
+        """A client's SELECT over the files with DuckDB (if installed); the view `sector_events`
+        is the data. Confined like the duckdb sink's: no file outside this sink's folder."""
         import duckdb
 
         con = duckdb.connect()
         try:
-            glob = os.path.join(self.root, "date=*", "*.parquet")
+            glob = os.path.join(self.root, "date=*", "*.parquet").replace("'", "''")
             by_name = int(self._mixed())
             con.execute(f"CREATE VIEW sector_events AS SELECT * FROM read_parquet('{glob}', hive_partitioning = 1, union_by_name = {by_name})")
-            rel = con.sql(sql)
-            return pa.table({}) if rel is None else rel.to_arrow_table()
+            confine_duckdb(con, allowed_directories=[self.root])
+            return run_query(con, sql, max_bytes, timeout)
         finally:
             con.close()
 

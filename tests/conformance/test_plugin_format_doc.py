@@ -41,12 +41,15 @@ def test_every_event_kind_has_its_hook_row():
 RAISER = '''\
 import os
 
-from vsm.sdk import KeyNotFoundError, PluginError
+from vsm.sdk import InvalidRequestError, KeyNotFoundError, PluginError
 
 
 class Handler:
     def ok(self, a: int) -> int:
         return a
+
+    def invalid_request(self):
+        raise InvalidRequestError("not for you")
 
     def value_error(self):
         raise ValueError("bad value")
@@ -78,10 +81,10 @@ def handler():
 PROVOKE = {
     "`<namespace>.<method>` unknown": [("no_such_method", []), ("_private", [])],
     "params that do not fit": [("ok", [1, 2]), ("ok", {"b": 1}), ("ok", [])],
-    "raises `ValueError`, `TypeError` or `KeyError`": [("value_error", []), ("type_error", []), ("key_error", [])],
-    "raises a `vsm.sdk.PluginError`": [("plugin_error", []), ("key_not_found", [])],
+    "raises `vsm.sdk.InvalidRequestError`": [("invalid_request", [])],
+    "raises anything else": [("value_error", []), ("type_error", []), ("key_error", []), ("plugin_error", []), ("key_not_found", []),
+                             ("runtime_error", [])],
     "worker crashed": [("crash", [])],
-    "raises anything else": [("runtime_error", [])],
 }
 
 

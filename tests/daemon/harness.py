@@ -32,10 +32,11 @@ def cli_env(home: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(home: Path, *args: str, timeout: float = 120.0, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(home: Path, *args: str, timeout: float = 120.0, check: bool = True, input: bytes | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m vsm ARGS` with VSM_HOME=home (the CLI finds the daemon and its token itself)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "vsm", *args], cwd=ROOT, env=cli_env(home), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "vsm", *args], cwd=ROOT, env={**cli_env(home), **(env or {})}, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"vsm {' '.join(args)} -> exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")

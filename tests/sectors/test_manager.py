@@ -329,10 +329,13 @@ def test_parquet_sink_partitions_and_is_idempotent(dictdb, tmp_path) -> None:  #
     t = ds.dataset(str(tmp_path / "pq"), format="parquet", partitioning="hive").to_table()
     assert sorted(t.column("seq").to_pylist()) == list(range(1, 102))
     # it asks its dispatcher to gather rows for FlushInterval seconds (fewer, larger files)
-    assert host.delivery_hints() == {"linger": 0.5}
+    # issue 20: the default bounds the files at 60 / 10 a minute per day partition
+    assert host.delivery_hints() == {"linger": pqmod.DEFAULT_FLUSH_INTERVAL} and pqmod.DEFAULT_FLUSH_INTERVAL == 10.0
     assert SinkHost.from_module(pqmod, {"Constructor": "open"}, {"Path": str(tmp_path / "pq2"), "FlushInterval": "0"}).delivery_hints() == {"linger": 0.0}
     with pytest.raises(ValueError, match="FlushInterval"):
         pqmod.open({"Path": str(tmp_path / "pq3"), "FlushInterval": "soon"})
+    with pytest.raises(ValueError, match="from 0 to 3600"):
+        pqmod.open({"Path": str(tmp_path / "pq3"), "FlushInterval": "-1"})
 
 
 def test_per_event_hooks_get_go_arguments(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -441,7 +444,7 @@ def test_checkpoint_file_of_an_older_version_is_read_and_rewritten(dictdb, tmp_p
     assert int(ckpt.read_text()) == 3 and os.path.getsize(ckpt) == 20
 
 
-def test_duckdb_sink_ingests_with_its_thread_setting_and_queries_with_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_duckdb_sink_ingests_with_its_thread_setting_and_locks_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
     duck = load_plugin("duckdb_sink", "duckdb_sink")
     with pytest.raises(ValueError, match="Threads"):
         duck.open({"Path": str(tmp_path / "x.duckdb"), "Threads": "two"})
@@ -449,8 +452,9 @@ def test_duckdb_sink_ingests_with_its_thread_setting_and_queries_with_default(tm
     try:
         setting = "SELECT current_setting('threads') AS t"
         assert sink.con.execute(setting).fetchall() == [(1,)]  # ingest
-        assert sink.query(setting).to_pylist()[0]["t"] == duck.duckdb.connect().execute(setting).fetchall()[0][0]
-        assert sink.con.execute(setting).fetchall() == [(1,)]  # back to ingest
+        assert sink.query(setting).num_rows == 1  # queries answer; the configuration is locked:
+        with pytest.raises(duck.duckdb.Error, match="lock"):
+            sink.con.execute("SET threads = 2")
     finally:
         sink.close()
 

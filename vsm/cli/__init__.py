@@ -27,6 +27,7 @@ __all__ = ["main"]
 
 # command name -> (module, attribute); imported when the command runs (or for --help)
 _COMMANDS = {
+    "auth": ("auth", "auth"),
     "bench": ("tools", "bench"),
     "config": ("tools", "config"),
     "pieces": ("pieces", "pieces"),
@@ -40,7 +41,7 @@ _COMMANDS = {
     "util": ("tools", "util"),
 }
 # commands whose daemon path needs no logging: they set it up on their in-process branch
-_CLIENT_COMMANDS = {"pieces", "query", "sectors", "sinks", "status", "stop"}
+_CLIENT_COMMANDS = {"auth", "pieces", "query", "sectors", "sinks", "status", "stop"}
 
 
 class _Cli(click.Group):
@@ -67,7 +68,12 @@ class _Cli(click.Group):
 @click.group(cls=_Cli)
 @click.version_option(__version__, prog_name="vsm-pool")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--no-wait", is_flag=True, help="A daemon still starting is an error instead of a wait.")
 @click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
+def main(ctx: click.Context, verbose: bool, no_wait: bool) -> None:
     """vsm-pool: venus-sector-manager's plugin system, one worker pool per plugin."""
     setup_logging(verbose, now=ctx.invoked_subcommand not in _CLIENT_COMMANDS)
+    if no_wait:
+        from . import client
+
+        client.WAIT_FOR_START = False

@@ -32,7 +32,11 @@ def setup_logging(verbose: bool | None = None, now: bool = True) -> None:
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="DEBUG" if _verbose else "INFO", format="{time:YYYY-MM-DDTHH:mm:ss.SSSZZ} {level: <7} {message}")
+    # diagnose (local variables in traces) only when asked: they may hold tokens or data
+    logger.add(
+        sys.stderr, level="DEBUG" if _verbose else "INFO", format="{time:YYYY-MM-DDTHH:mm:ss.SSSZZ} {level: <7} {message}",
+        backtrace=bool(_verbose), diagnose=bool(_verbose),
+    )
     # vsm.sectors logs through the standard library: its lines go to the same place
     vsm_log = logging.getLogger("vsm")
     if not any(type(h).__name__ == "_ToLoguru" for h in vsm_log.handlers):

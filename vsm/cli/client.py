@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import os
 from pathlib import Path
 from urllib.parse import quote, urlencode
 from typing import Any, BinaryIO, Callable, Iterable
@@ -12,26 +13,41 @@ from typing import Any, BinaryIO, Callable, Iterable
 from ..config import resolve_home
 from ..errors import VsmError
 
-__all__ = ["Client", "DaemonError", "daemon_client", "pid_alive", "piece_url"]
+__all__ = ["Client", "DaemonError", "DaemonStarting", "daemon_client", "pid_alive", "piece_url"]
 
 
 class DaemonError(VsmError):
     """The daemon answered with an error (its message is shown as it is)."""
 
 
-def daemon_client(home: Path | None, config_file: Path | None = None) -> "Client | None":
-    """A client of the daemon serving this home, or None when none runs."""
+class DaemonStarting(DaemonError):
+    """The daemon runs but its manager is not ready yet (HTTP 503 `starting`)."""
+
+
+# `vsm-pool --no-wait ...`: a daemon still starting is an error instead of a wait
+WAIT_FOR_START = True
+
+
+def daemon_client(home: Path | None, config_file: Path | None = None, wait: bool | None = None) -> "Client | None":
+    """A client of the daemon serving this home, or None when none runs. A daemon still
+    starting (recovering its journal, starting plugins) is waited for, with its progress on
+    stderr, unless `--no-wait` (or wait=False: the caller handles DaemonStarting)."""
     from ..home import daemon_info, read_token
 
     home_dir = resolve_home(home)
     info = daemon_info(home_dir)
     if not info or not pid_alive(int(info.get("pid", 0))):
         return None
-    try:
-        token = read_token(home_dir)
-    except FileNotFoundError:
-        return None
-    return Client(info["listen"], token)
+    token = os.environ.get("VSM_TOKEN", "")  # act with another (e.g. a read-only) token
+    if not token:
+        try:
+            token = read_token(home_dir)
+        except FileNotFoundError:
+            return None
+    client = Client(info["listen"], token)
+    if wait is not False:
+        client.wait_ready(give_up=not (WAIT_FOR_START if wait is None else wait))
+    return client
 
 
 def pid_alive(pid: int) -> bool:
@@ -79,6 +95,54 @@ class Client:
             err = err.get("message", err)
         return f"{status}: {err}"
 
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of /healthz: 200 ready, 503 starting (with progress)."""
+        conn = self._conn()
+        try:
+            conn.request("GET", "/healthz")
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise DaemonError(f"cannot reach {self._where()}: {e}") from None
+        finally:
+            conn.close()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {}
+        return resp.status, body if isinstance(body, dict) else {}
+
+    def wait_ready(self, give_up: bool = False, timeout: float = 3600.0) -> None:
+        """Until the daemon is ready, show what it is doing (one updated line on a terminal,
+        a line per step otherwise). give_up: raise DaemonStarting instead of waiting."""
+        import sys
+        import time
+
+        deadline = time.monotonic() + timeout
+        shown = ""
+        while True:
+            status, body = self.health()
+            if status != 503 or body.get("status") not in ("starting", "failed"):  # ready (or not one to wait for)
+                if shown and sys.stderr.isatty():
+                    sys.stderr.write("\n")
+                return
+            progress = body.get("progress") or {}
+            if body.get("status") == "failed":
+                raise DaemonError(f"the daemon failed to start: {progress.get('error', '?')}")
+            step = f" {progress.get('done', 0)}/{progress['total']}" if progress.get("total") else ""
+            line = f"the daemon is starting: {progress.get('phase', '...')}{step} ({progress.get('seconds', 0):.0f} s)"
+            if give_up:
+                raise DaemonStarting(f"{line}; run again when it is ready (without --no-wait to wait for it)")
+            if time.monotonic() > deadline:
+                raise DaemonStarting(f"{line}: not ready after {timeout:.0f} s")
+            if sys.stderr.isatty():
+                sys.stderr.write("\r" + line.ljust(len(shown)))
+                sys.stderr.flush()
+            elif line.split(" (")[0] != shown.split(" (")[0]:
+                sys.stderr.write(line + "\n")
+            shown = line
+            time.sleep(0.2)
+
     def call(self, method: str, params: Any = None) -> Any:
         self._ids += 1
         body = json.dumps({"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params if params is not None else {}})
@@ -96,6 +160,8 @@ class Client:
         except ValueError:
             reply = None
         if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
+            if reply["error"].get("code") == -32004:
+                raise DaemonStarting(f"{method}: the daemon is {reply['error'].get('message', 'starting')}")
             raise DaemonError(f"{method}: {reply['error'].get('message', reply['error'])}")
         if resp.status != 200 or not isinstance(reply, dict) or "result" not in reply:
             raise DaemonError(f"{method}: {self._error_text(resp.status, raw)}")

@@ -18,9 +18,15 @@ __all__ = ["start", "status", "stop"]
 @home_option
 @config_option
 @click.option("--listen", help="host:port to serve on (default: [Common.Api] Listen).")
-def start(home: Path | None, config_file: Path | None, listen: str | None) -> None:
+@click.option("--debug", is_flag=True, help="Debug logging: the full trace of every error a client causes (like -v).")
+def start(home: Path | None, config_file: Path | None, listen: str | None, debug: bool) -> None:
     """Run the daemon: load the plugins, start their pools, serve the API."""
     import dataclasses
+
+    if debug:
+        from ._common import setup_logging
+
+        setup_logging(True)
 
     from ..server.daemon import run_daemon
 
@@ -38,11 +44,17 @@ def stop(home: Path | None, timeout: float) -> None:
     from ..config import resolve_home
     from ..home import daemon_info
 
-    client = daemon_client(home)
+    client = daemon_client(home, wait=False)
     if client is None:
         raise no_daemon(home)
     pid = int((daemon_info(resolve_home(home)) or {}).get("pid", 0))
-    client.call("daemon.stop")
+    if client.health()[0] == 503:  # still starting: it answers no call yet, a signal it takes
+        import os
+        import signal
+
+        os.kill(pid, signal.SIGTERM)
+    else:
+        client.call("daemon.stop")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import itertools
 import os
 import resource
@@ -15,7 +16,7 @@ import stat
 import sys
 from typing import Any, BinaryIO, Callable, Iterator
 
-from ..sdk import Config, Kind, Manifest, MemoryLimitExceeded, PluginError
+from ..sdk import Config, InvalidRequestError, Kind, Manifest, MemoryLimitExceeded, PluginError
 from .blame import describe
 from .isolation import explain_denial, format_size
 
@@ -340,6 +341,10 @@ class RpcHost(_Host):
         if method.startswith("_") or not callable(getattr(self._handler, method, None)):
             raise AttributeError(f"{self.namespace}.{method}: no such method")
         fn = getattr(self._handler, method)
+        try:  # wrong params are the caller's mistake; a TypeError inside the method is the plugin's
+            inspect.signature(fn).bind(**params) if isinstance(params, dict) else inspect.signature(fn).bind(*(params or ()))
+        except TypeError as e:
+            raise InvalidRequestError(f"invalid params for {self.namespace}.{method}: {e}") from None
         return fn(**params) if isinstance(params, dict) else fn(*(params or ()))
 
 

@@ -33,7 +33,7 @@ from .reload import SwappablePool
 from .artifact import ARTIFACT_SUFFIX, code_path, read_artifact_manifest
 from .blame import last_line, plugin_frame
 from ..config import Config, resolve_home
-from ..errors import ArtifactError, ConfigError, ManifestError, PluginLoadError
+from ..errors import ArtifactError, ConfigError, ManifestError, NotFoundError, PluginLoadError
 from .manifest import read_source_manifest
 from ..sdk import SPI_VERSION, Kind, Manifest
 
@@ -394,7 +394,7 @@ class Registry:
         Returns (plugin, previous manifest)."""
         plugin = next((p for p in self.plugins if p.manifest.name == name and p.state is not PluginState.FAILED), None)
         if plugin is None:
-            raise PluginLoadError(f"no loaded plugin {name!r}")
+            raise NotFoundError(f"no loaded plugin {name!r}")
         source = Path(artifact) if artifact else plugin.source
         try:
             manifest, _ = read_artifact_manifest(source)
@@ -439,7 +439,7 @@ class Registry:
         """onFlush in every worker of the plugin's pool (TiDB's FLUSH PLUGINS)."""
         plugin = next((p for p in self.plugins if p.manifest.name == name and p.pool is not None), None)
         if plugin is None:
-            raise PluginLoadError(f"no running plugin {name!r}")
+            raise NotFoundError(f"no running plugin {name!r}")
         return plugin.pool.broadcast("flush")
 
     def start_all(self, *, needed: set[str], backend: str | None = None, strict: bool = False) -> None:

@@ -6,11 +6,15 @@ functions given to view/update/peek run in the worker, shipped by value (cloudpi
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import weakref
 from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 from executors import Pool
 
+from ..errors import StoreBusy
 from ..sdk import Config, InstanceInfo, Stat
 
 __all__ = ["PendingWrite", "PooledDB", "PooledKVStore", "PooledStore"]
@@ -169,7 +173,8 @@ class PooledStore:
         return self._call("full_path", path)
 
     def put(self, path: str, reader: BinaryIO) -> int:
-        return self.pool.stream_put("put", (self.name, path), reader)
+        with _stream_slot(self.pool, self.name):
+            return self.pool.stream_put("put", (self.name, path), reader)
 
     # The FileStore fast path: None when the store (or the pool's backend) has none.
     def open_read(self, path: str) -> tuple[int, int] | None:
@@ -192,7 +197,74 @@ class PooledStore:
         return PendingWrite(pool, getattr(future, "worker", None), got.value, got.fds[0])
 
     def get(self, path: str) -> BinaryIO:
-        return self.pool.stream_get("get", (self.name, path))  # type: ignore[return-value]
+        slot = _stream_slot(self.pool, self.name)
+        slot.__enter__()
+        try:
+            stream = self.pool.stream_get("get", (self.name, path))
+        except BaseException:
+            slot.__exit__(None, None, None)
+            raise
+        return _SlotHeld(stream, slot)  # type: ignore[return-value]
+
+
+# A byte stream holds a worker of the store's pool for as long as its client sends or takes
+# bytes (a stalled one up to the transfer idle timeout). Streams may take all workers but
+# one, so stat, delete and the other small calls always find a worker (issue 20: four stalled
+# uploads blocked every call of a 4-worker store for 120 s). A pool of one worker runs one
+# stream, and its small calls wait behind it.
+_GATES: "weakref.WeakKeyDictionary[Any, threading.BoundedSemaphore]" = weakref.WeakKeyDictionary()
+_GATES_LOCK = threading.Lock()
+
+
+def stream_cap(pool: Pool) -> int:
+    return max(1, int(pool.spec.workers) - 1)
+
+
+@contextlib.contextmanager
+def _stream_slot(pool: Pool, store: str) -> Iterator[None]:
+    with _GATES_LOCK:
+        gate = _GATES.get(pool)
+        if gate is None:
+            gate = _GATES[pool] = threading.BoundedSemaphore(stream_cap(pool))
+    if not gate.acquire(blocking=False):
+        raise StoreBusy(
+            f"store {store!r}: {stream_cap(pool)} byte streams already run on its pool of {pool.spec.workers} workers "
+            "(one is kept for small calls): retry shortly, or raise the plugin's Workers"
+        )
+    try:
+        yield
+    finally:
+        gate.release()
+
+
+class _SlotHeld:
+    """A download's stream that gives its stream slot back when closed (once)."""
+
+    def __init__(self, stream: Any, slot: Any) -> None:
+        self._stream, self._slot = stream, slot
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def read(self, *a: Any) -> Any:
+        return self._stream.read(*a)
+
+    def readinto(self, buf: Any) -> Any:
+        return self._stream.readinto(buf)
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            slot, self._slot = self._slot, None
+            if slot is not None:
+                slot.__exit__(None, None, None)
+
+    def __enter__(self) -> "_SlotHeld":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class PendingWrite:

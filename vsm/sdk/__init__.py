@@ -14,6 +14,7 @@ from ._manifest import SPI_VERSION, Manifest
 from .errors import (
     EmptyKeyError,
     InvalidObjectPathError,
+    InvalidRequestError,
     KeyNotFoundError,
     MemoryLimitExceeded,
     ObjectNotFoundError,
@@ -31,6 +32,7 @@ __all__ = [
     "EmptyKeyError",
     "InstanceInfo",
     "InvalidObjectPathError",
+    "InvalidRequestError",
     "KeyNotFoundError",
     "Kind",
     "Manifest",

@@ -15,7 +15,9 @@ Tree (each is one of Go's sentinel errors; `str(E())` is Go's text)::
     ├── NotOpenedError               objstore: the store is not open (ErrNotOpened)
     ├── InstanceNotFoundError        objstore: no store instance of that name (ErrObjectStoreInstanceNotFound)
     ├── MemoryLimitExceeded          the plugin's worker reached its MemoryLimit (also a MemoryError)
-    └── SandboxDenied                the plugin's sandbox refused a file or a connection (also a PermissionError)
+    ├── SandboxDenied                the plugin's sandbox refused a file or a connection (also a PermissionError)
+    └── InvalidRequestError          the caller's request is wrong (bad SQL, an unknown name):
+                                     JSON-RPC -32602 instead of a plugin error (-32001)
 
 The kvstore and objstore ones are `manager-plugin/kvstore/kv.go` and `objstore/objstore.go`;
 EmptyKeyError and ReadOnlyTransactionError are what damocles' default store (badger) reports.
@@ -30,6 +32,7 @@ __all__ = [
     "EmptyKeyError",
     "InstanceNotFoundError",
     "InvalidObjectPathError",
+    "InvalidRequestError",
     "KeyNotFoundError",
     "MemoryLimitExceeded",
     "NotOpenedError",
@@ -130,3 +133,8 @@ class MemoryLimitExceeded(PluginError, MemoryError):
 class SandboxDenied(PluginError, PermissionError):
     """The plugin's sandbox refused a file or a TCP connection; raised by vsm-pool for the
     plugin, naming it and what was denied."""
+
+
+class InvalidRequestError(PluginError, ValueError):
+    """The caller asked something wrong (bad SQL, params a method refuses): its fault, not the
+    plugin's. Any other exception a plugin raises reaches a JSON-RPC client as a plugin error."""

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol, Sequence
 
 from .sectors import AllocatedSector, SectorID, SectorState
 
-__all__ = ["Sink", "WorkerState"]
+__all__ = ["Sink", "WorkerState", "confine_duckdb", "run_query"]
 
 WorkerState = Literal["online", "offline"]
 
@@ -69,3 +69,74 @@ class Sink(Protocol):
     def close(self) -> None:
         """Release what the sink holds (files, connections): it stops or a reload hands it over."""
         ...
+
+
+# -- queries: what a client's SQL may do in a sink's DuckDB ----------------------------------
+
+QUERY_MAX_BYTES = 64 << 20  # defaults when the manager passes none ([Common.Api] QueryMaxBytes)
+QUERY_TIMEOUT = 30.0  # [Common.Api] QueryTimeout
+
+
+def confine_duckdb(con: Any, allowed_directories: Sequence[str] = ()) -> None:
+    """Lock a DuckDB database down for client SQL, for good (DuckDB cannot undo these while it
+    runs): no file access outside `allowed_directories` (read_text, read_csv, COPY, ATTACH),
+    no extension install or load, no further SET. Python objects reach SQL only through
+    `con.register` from then on (replacement scans of Python variables are external access)."""
+    if allowed_directories:
+        dirs = ", ".join("'" + d.replace("'", "''") + "'" for d in allowed_directories)
+        con.execute(f"SET allowed_directories = [{dirs}]")
+    for setting in ("autoinstall_known_extensions", "autoload_known_extensions", "allow_community_extensions", "enable_external_access"):
+        con.execute(f"SET {setting} = false")
+    con.execute("SET lock_configuration = true")
+
+
+def run_query(con: Any, sql: str, max_bytes: int = QUERY_MAX_BYTES, timeout: float = QUERY_TIMEOUT) -> Any:
+    """One client SELECT on a confined DuckDB (see confine_duckdb), in a read-only transaction of
+    its own cursor: at most `max_bytes` of Arrow result, interrupted after `timeout` seconds.
+    Returns a pyarrow.Table; the caller's mistakes (bad SQL, not a SELECT, a bound hit) raise
+    InvalidRequestError, one line."""
+    import threading
+
+    import duckdb
+    import pyarrow as pa
+
+    from .errors import InvalidRequestError
+
+    def line(e: BaseException) -> str:
+        text = str(e).strip()
+        return " ".join(text.splitlines()[:1]) if text else type(e).__name__
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise InvalidRequestError(f"SQL: {line(e)}") from None
+    kinds = [s.type.name for s in statements]
+    if kinds != ["SELECT"]:
+        raise InvalidRequestError(f"SQL: one SELECT statement only (read-only queries), got {', '.join(kinds) or 'none'}")
+    cur = con.cursor()
+    timer = threading.Timer(timeout, cur.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        cur.execute("BEGIN TRANSACTION READ ONLY")
+        rel = cur.sql(sql)
+        reader = rel.to_arrow_reader(8192) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(8192)
+        batches, size = [], 0
+        for batch in reader:
+            size += batch.nbytes
+            if size > max_bytes:
+                raise InvalidRequestError(f"SQL: the result is over {max_bytes} bytes ([Common.Api] QueryMaxBytes): add a LIMIT or select fewer columns")
+            batches.append(batch)
+        return pa.Table.from_batches(batches, schema=reader.schema)
+    except duckdb.InterruptException:
+        raise InvalidRequestError(f"SQL: interrupted after {timeout:g} s ([Common.Api] QueryTimeout)") from None
+    except (duckdb.InternalException, duckdb.FatalException, duckdb.IOException):
+        raise  # the sink's own trouble, not the caller's
+    except duckdb.Error as e:  # parser, binder, catalog, conversion, permission...
+        raise InvalidRequestError(f"SQL: {line(e)}") from None
+    finally:
+        timer.cancel()
+        try:
+            cur.close()  # ends the read-only transaction
+        except duckdb.Error:
+            pass

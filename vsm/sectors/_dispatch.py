@@ -82,8 +82,14 @@ class PoolSink:
     def delivery_hints(self) -> dict[str, Any]:
         return dict(self.pool.call("delivery_hints", timeout=self.timeout))
 
-    def query(self, sql: str) -> bytes:
-        return bytes(self.pool.call("query", sql, timeout=self.timeout))
+    def query(self, sql: str, max_bytes: int | None = None, timeout: float | None = None) -> bytes:
+        """The sink's answer to sql (Arrow IPC), bounded by max_bytes and timeout when given."""
+        if max_bytes is None and timeout is None:
+            return bytes(self.pool.call("query", sql, timeout=self.timeout))
+        limits = {k: v for k, v in (("max_bytes", max_bytes), ("timeout", timeout)) if v is not None}
+        # the pool's own timeout kills the worker: leave the sink time to interrupt the query
+        call_timeout = max(self.timeout or 0.0, (timeout or 0.0) + 10.0)
+        return bytes(self.pool.call("query", sql, limits, timeout=call_timeout))
 
 
 def as_endpoint(obj: Any) -> Any:

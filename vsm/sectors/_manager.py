@@ -10,12 +10,19 @@ Crash argument (kill -9 anywhere):
 - before the frame is durable: neither journal nor KV has the change; the op never returned.
 - frame durable, KV not committed: the event sits past the durable watermark. At restart
   `_recover` compares every tail event with the KV: per sector, events up to the last one
-  whose state the KV holds are kept, later ones dropped, and the kept tail is renumbered
-  from watermark+1 (crash-safe rewrite, see Journal.replace_tail). Sinks never saw the tail
+  whose state the KV holds are kept, later ones dropped. The frames before the first dropped
+  event stay as they are; from its frame on the kept events are rewritten, renumbered on from
+  the seq before them (crash-safe rewrite, see Journal.replace_tail). Sinks never saw the tail
   (they read only up to the durable watermark), so renumbering loses and duplicates nothing.
+  The comparison is column-wise (each sector's last event first, its earlier ones only if
+  that one does not match) and reads each sector's KV value once. Until the rewrite the KV
+  (but for the idempotent deletes below) and the journal are only read, so a kill -9 during
+  recovery leaves them as they were and the next start reconciles the same tail again; the
+  rewrite itself is redone from its intent file.
 - KV committed, watermark not advanced: same reconciliation keeps the event.
 - A finalize/restore killed between its two KV writes (put in one collection, delete in the
-  other) is completed by `_recover` when the event is kept.
+  other) is completed by `_recover` when the event is kept (an idempotent delete: a kill
+  during it is completed the same way at the next start).
 If a KV commit fails while running (after conflict retries and a few idempotent retries),
 the manager journals a "revert" event carrying what the KV really holds, so sinks converge.
 """
@@ -29,6 +36,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -50,7 +58,7 @@ from vsm.sdk.sectors import (
 from ._backlog import clear_mark, find_gap, gap_cause, read_mark, stored_checkpoints, write_mark
 from ._dispatch import SinkDispatcher
 from ._events import EventWriter, Ticket
-from ._journal import Journal, Watermark
+from ._journal import Journal, Watermark, read_frame
 from ._keys import STATE_PREFIXES, PrefixedKVStore, adopt_bare_keys
 from ._kvpairs import KVPairs
 from ._locks import StripedLocks
@@ -135,6 +143,7 @@ class SectorStateManager:
         max_backlog: the journal keeps at most this many events for a sink that is behind
             (attached, disabled or failing); past it, compaction may go on without the sink,
             which is then marked as needing a rebuild (_backlog.py). None: no bound.
+        recovery_progress: called (done, total) while a journal tail is reconciled at open.
     """
 
     def __init__(
@@ -157,6 +166,7 @@ class SectorStateManager:
         sink_bulk_linger: float = 1.0,
         compact_interval: float = 5.0,
         max_backlog: int | None = None,
+        recovery_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.db = db
         self.journal_dir = journal_dir
@@ -177,7 +187,7 @@ class SectorStateManager:
         self.journal = Journal(journal_dir, segment_bytes=segment_bytes, fsync=fsync)
         self.journal.redo_intent()
         self._wm = Watermark(journal_dir, fsync=fsync)
-        self.recovered = self._recover()
+        self.recovered = self._recover(recovery_progress)
         self._wm_cv = threading.Condition()
         self._sinks: dict[str, SinkDispatcher] = {}
         self._sinks_lock = threading.Lock()
@@ -776,55 +786,49 @@ class SectorStateManager:
         return out
 
     # ---------------------------------------------------------------- recovery
-    def _recover(self) -> dict[str, int]:
-        """Reconcile journal frames past the durable watermark with the KV (see module doc)."""
+    def _recover(self, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+        """Reconcile journal frames past the durable watermark with the KV (see module doc).
+
+        Column-wise, so the cost follows the sectors touched, not the events: every tail row's
+        Go JSON at once (arrow_to_go_json), each distinct sector's two KV values read once in
+        batched transactions (_read_many), the comparisons and "last match per sector" as
+        array operations. (Row by row it was one decode and two KV round trips per event:
+        ~1k events/s, 184 s for a 137k-event tail.)"""
         w = self._wm.value
         frames = self.journal.frames
         idx = next((i for i, f in enumerate(frames) if f.last_seq > w), len(frames))
         tail = frames[idx:]
         if not tail:
             return {"tail": 0, "kept": 0, "dropped": 0}
-        table = pa.Table.from_batches([self.journal.read(f) for f in tail])
-        seqs = table.column("seq").to_pylist()
-        past = [i for i, s in enumerate(seqs) if s > w]
-        meta = table.select(["kind", "worker_state", "miner", "number"]).to_pylist()
-        by_sector: dict[SectorID, list[int]] = {}
-        for i in past:
-            m = meta[i]
-            by_sector.setdefault(SectorID(m["miner"], m["number"]), []).append(i)
-        keep = [True] * table.num_rows
-        for i in past:
-            keep[i] = False
-        fixes: list[tuple[str, bytes]] = []
-        for sid, rows in by_sector.items():
-            actual = self._read_both(sid)
-            last_match = -1
-            for j, i in enumerate(rows):
-                ws = meta[i]["worker_state"]
-                if ws == "none":
-                    match = actual[ONLINE] is None and actual[OFFLINE] is None
-                else:
-                    match = _kv_holds(actual.get(ws), SectorState.from_arrow_row(table.slice(i, 1).to_pylist()[0]))
-                if match:
-                    last_match = j
-            for j in range(last_match + 1):
-                keep[rows[j]] = True
-            if last_match >= 0:
-                last = meta[rows[last_match]]
-                # finish a finalize/restore killed between its put and its delete
-                if last["kind"] == "finalize" and actual[ONLINE] is not None:
-                    fixes.append((ONLINE, sector_key(sid)))
-                elif last["kind"] == "restore" and actual[OFFLINE] is not None:
-                    fixes.append((OFFLINE, sector_key(sid)))
-        for ws, key in fixes:
-            self._update(ws, _apply_writes([(key, None)]))
-        kept = sum(1 for i in past if keep[i])
-        dropped = len(past) - kept
+        maps: dict[str, Any] = {}  # one map per segment, not one per frame
+        batches = [read_frame(self.journal.path(f), f.offset, f.length, maps) for f in tail]
+        # the schema given: checking each frame's against the first cost ~0.5 ms a frame
+        table = pa.Table.from_batches(batches, schema=batches[0].schema).combine_chunks()
+        del batches
+        seq = np.asarray(table.column("seq").to_numpy(zero_copy_only=False))
+        n_before = int(np.count_nonzero(seq <= w))  # seqs ascend: the past is a suffix
+        past = table.slice(n_before)
+        n = past.num_rows
+        keep_past = self._reconcile(past, progress)
+        kept = int(keep_past.sum())
+        dropped = n - kept
         if dropped:
-            kept_table = table.filter(pa.array(keep))
-            n_before = sum(1 for s in seqs if s <= w)  # the first rows; sinks may have them: as they are
-            # the rest from w+1: an empty frame in the tail (reserved seqs, void ones) leaves no hole
-            new_seq = pa.array([*seqs[:n_before], *range(w + 1, w + 1 + kept_table.num_rows - n_before)], pa.uint64())
+            # rewrite from the frame of the first dropped row on: the frames before it keep
+            # their rows and seqs (a kill drops the last events, so this is the end of the tail)
+            first_drop = n_before + int(np.argmin(keep_past))
+            ends = np.cumsum([f.rows for f in tail])
+            k = int(np.searchsorted(ends, first_drop, side="right"))
+            while k > 0 and tail[k - 1].rows == 0:  # an empty frame just before (reserved seqs) goes too
+                k -= 1
+            start_row = int(ends[k - 1]) if k else 0
+            keep = np.concatenate([np.ones(n_before, bool), keep_past])[start_row:]
+            kept_table = table.slice(start_row).filter(pa.array(keep))
+            kept_seq = seq[start_row:][keep]
+            # rows at or below w: sinks may have them, as they are; the rest on from the seq
+            # before them, so an empty frame in the tail (reserved or void seqs) leaves no hole
+            n_le = int(np.count_nonzero(kept_seq <= w))
+            base = w if start_row <= n_before else int(seq[start_row - 1])
+            new_seq = pa.array([*kept_seq[:n_le].tolist(), *range(base + 1, base + 1 + len(kept_seq) - n_le)], pa.uint64())
             kept_table = kept_table.set_column(0, table.schema.field("seq"), new_seq)  # keep not-null
             batches = []
             for off in range(0, kept_table.num_rows, self.flush_rows):
@@ -834,13 +838,121 @@ class SectorStateManager:
                 b = part[0]
                 col = b.column(0)
                 batches.append((b, int(pc.min(col).as_py()), int(pc.max(col).as_py())))
-            self.journal.replace_tail(idx, batches)
-            new_w = w + kept_table.num_rows - n_before
+            self.journal.replace_tail(idx + k, batches)
+            new_w = base + len(kept_seq) - n_le
         else:
             new_w = tail[-1].last_seq
         self._wm.store(max(new_w, w))
-        log.info("sector journal recovery: %d events past watermark %d, %d kept, %d dropped", len(past), w, kept, dropped)
-        return {"tail": len(past), "kept": kept, "dropped": dropped}
+        log.info("sector journal recovery: %d events past watermark %d, %d kept, %d dropped", n, w, kept, dropped)
+        return {"tail": n, "kept": kept, "dropped": dropped}
+
+    def _reconcile(self, past: pa.Table, progress: Callable[[int, int], None] | None) -> Any:
+        """Which rows of the tail past the watermark to keep (a numpy bool array): per sector,
+        every row up to the last one whose state the KV holds. Finishes a finalize/restore
+        killed between its two KV writes when its event is the last one kept.
+
+        Work follows the sectors: each sector's last row is checked first, and only the rows
+        of a sector whose last one does not match (the few caught by the kill) are checked
+        one by one; the offline collection is read only for sectors with an offline, gone or
+        restore row."""
+        n = past.num_rows
+        if n == 0:
+            return np.zeros(0, bool)
+        keys = _sector_keys(past.column("miner"), past.column("number"))
+        uniq = pc.unique(keys)
+        sector = np.asarray(pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False))
+        ws = np.asarray(past.column("worker_state").to_numpy(zero_copy_only=False), object)
+        kind = np.asarray(past.column("kind").to_numpy(zero_copy_only=False), object)
+        rows = np.arange(n)
+        last_row = np.full(len(uniq), -1)
+        np.maximum.at(last_row, sector, rows)
+        with ThreadPoolExecutor(1) as reader:  # the KV reads run in the plugin's worker meanwhile
+            reading = reader.submit(self._read_many, ONLINE, uniq, progress)
+            # a filter, not a take: taking rows of ~80 nested columns cost ~50 ms per 20k rows
+            mask = np.zeros(n, bool)
+            mask[last_row[ws[last_row] != "none"]] = True
+            encoded = {int(r): i for i, r in enumerate(np.flatnonzero(mask))}
+            last_json = arrow_to_go_json(past if mask.all() else past.filter(pa.array(mask)))
+            online = reading.result()
+        need_off = np.zeros(len(uniq), bool)
+        need_off[sector[(ws != ONLINE) | (kind == "restore")]] = True
+        offline = self._read_many(OFFLINE, uniq, progress, only=need_off)
+        on, off = online.take(pa.array(sector)), offline.take(pa.array(sector))  # per row
+
+        def matches(rows: Any) -> Any:
+            """Whether the KV holds the state of each of these rows (numpy bool)."""
+            out = np.zeros(len(rows), bool)
+            none = ws[rows] == "none"  # a revert to a sector gone from both collections
+            if none.any():
+                gone = pc.and_(pc.is_null(on), pc.is_null(off)).take(pa.array(rows[none]))
+                out[none] = np.asarray(gone.to_numpy(zero_copy_only=False), bool)
+            rest = rows[~none]
+            if len(rest):
+                idx = pa.array(rest)
+                kv = pc.if_else(pa.array(ws[rest] == ONLINE), on.take(idx), off.take(idx))
+                at = [encoded.get(int(r), -1) for r in rest]
+                if min(at) >= 0:
+                    mine = last_json.take(pa.array(at))
+                else:  # rows ascend: a mask keeps their order
+                    pick = np.zeros(n, bool)
+                    pick[rest] = True
+                    mine = arrow_to_go_json(past.filter(pa.array(pick)))
+                same = np.asarray(pc.fill_null(pc.equal(mine, kv), False).to_numpy(zero_copy_only=False), bool)
+                # bytes differ but the KV may hold the same state as an earlier release wrote
+                # it (_kv_holds): decoded row by row, only for these (a kill's few, or an old tail)
+                for i in np.flatnonzero(~same & np.asarray(pc.is_valid(kv).to_numpy(zero_copy_only=False), bool)):
+                    row = past.slice(int(rest[i]), 1).to_pylist()[0]
+                    same[i] = _kv_holds(kv[int(i)].as_py(), SectorState.from_arrow_row(row))
+                out[~none] = same
+            return out
+
+        last = np.where(matches(last_row), last_row, -1)  # per sector: its last matching row
+        unsure = rows[(last[sector] < 0) & (rows != last_row[sector])]
+        if len(unsure):
+            np.maximum.at(last, sector[unsure], np.where(matches(unsure), unsure, -1))
+        keep = rows <= last[sector]
+        # finish a finalize/restore killed between its put and its delete
+        has = last >= 0
+        last_kind = np.full(len(uniq), None, object)
+        last_kind[has] = kind[last[has]]
+        for coll_ws, held, k in ((ONLINE, online, "finalize"), (OFFLINE, offline, "restore")):
+            valid = np.asarray(pc.is_valid(held).to_numpy(zero_copy_only=False), bool)
+            for i in np.flatnonzero(has & (last_kind == k) & valid):
+                self._update(coll_ws, _apply_writes([(uniq[int(i)].as_py(), None)]))
+        return keep
+
+    def _read_many(
+        self, ws: str, keys: pa.Array, progress: Callable[[int, int], None] | None, only: Any = None, chunk: int = 20_000
+    ) -> pa.Array:
+        """The collection's value for each key (null where missing, or not in the `only` mask),
+        in read transactions of `chunk` keys: one pool round trip each."""
+        coll = self._colls[ws]
+        wanted = keys if only is None else pc.filter(keys, pa.array(only))
+        found: dict[bytes, bytes] = {}
+        for off in range(0, len(wanted), chunk):
+            found.update(coll.view(_values_of(wanted.slice(off, chunk))))
+            if progress is not None:
+                progress(off + min(chunk, len(wanted) - off), len(wanted))
+        return pa.array([found.get(k) for k in keys.to_pylist()], pa.binary())
+
+
+def _sector_keys(miner: Any, number: Any) -> pa.Array:
+    """KV keys `m-<miner>-n-<number>` (sector_key) of two columns, as a binary array."""
+    key = pc.binary_join_element_wise("m-", pc.cast(miner, pa.string()), "-n-", pc.cast(number, pa.string()), "")
+    return key.cast(pa.binary())
+
+
+def _values_of(key_arr: pa.Array) -> Callable[[Any], dict[bytes, bytes]]:
+    def fn(txn: Any) -> dict[bytes, bytes]:
+        out = {}
+        for k in key_arr.to_pylist():
+            try:
+                out[k] = txn.get(k)
+            except KeyNotFoundError:
+                continue
+        return out
+
+    return fn
 
 
 def _kv_holds(value: bytes | None, st: SectorState) -> bool:

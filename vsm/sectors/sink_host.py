@@ -182,12 +182,15 @@ class SinkHost:
         return hints
 
     # -- queries and lifecycle ---------------------------------------------------------------
-    def query(self, sql: str) -> bytes:
-        """Run sql on the sink (if it has `query`); the result as Arrow IPC stream bytes."""
+    def query(self, sql: str, limits: Mapping[str, Any] | None = None) -> bytes:
+        """Run sql on the sink (if it has `query`); the result as Arrow IPC stream bytes.
+        limits: {"max_bytes", "timeout"} for a sink whose query takes them (the bundled ones)."""
         q = getattr(self.sink, "query", None)
         if q is None:
-            raise NotImplementedError("this sink does not answer queries")
-        res = q(sql)
+            from vsm.sdk import InvalidRequestError
+
+            raise InvalidRequestError("this sink does not answer queries")
+        res = q(sql, **limits) if limits and _takes(q, limits) else q(sql)
         if isinstance(res, (bytes, bytearray, memoryview)):
             return bytes(res)
         table = res if isinstance(res, pa.Table) else pa.table(res)
@@ -210,6 +213,16 @@ class SinkHost:
         if c is not None:
             c()
         self._maps.clear()  # each map is unmapped once the last batch read from it is gone
+
+
+def _takes(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(fn).bind("", **kwargs)
+    except TypeError:
+        return False
+    return True
 
 
 def _after(batches: list[pa.RecordBatch], after_seq: int, table: bool = False) -> pa.RecordBatch | pa.Table | None:

@@ -8,8 +8,8 @@
     GET  /metrics                Prometheus text
     GET  /                       the dashboard (dashboard.py): a login form, then a session cookie
 
-Every endpoint but /healthz needs `Authorization: Bearer <token>`; the token is made on first
-start in <home>/token (mode 0600). Blocking work (pool calls) runs in a thread pool so one slow
+Every endpoint but /healthz needs `Authorization: Bearer <token>` of a level the endpoint needs
+(auth.py); <home>/token (mode 0600, made on first start) is the admin token. Blocking work (pool calls) runs in a thread pool so one slow
 plugin never stalls the event loop or the other requests. A piece transfer whose client stalls
 for $VSM_TRANSFER_IDLE_TIMEOUT seconds (default 120) is failed, which frees its worker.
 """
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from loguru import logger
 
 
@@ -37,8 +38,9 @@ from ..config import Config
 from ..errors import VsmError
 from ..home import daemon_info, read_token, token_path
 from ..manager import Manager
+from .auth import MIN_TOKEN_CHARS, Level, TokenStore, needed_for_http, needed_for_rpc, why_not
 from .dashboard import CSRF_HEADER, OPEN_PATHS, Sessions, add_dashboard_routes, browser_wants_login
-from .jsonrpc import dispatch_rpc
+from .jsonrpc import Scrubber, dispatch_rpc
 from .methods import METHODS
 from .metrics import Metrics
 from .imports import add_import_route
@@ -49,13 +51,13 @@ __all__ = ["DaemonAlreadyRunning", "make_app", "run_daemon"]
 # A stopping daemon lets in-flight requests finish for this long, then fails them: small calls
 # take milliseconds; a piece transfer that needs longer is cut (the client retries it).
 SHUTDOWN_GRACE = 10.0
+READ_BUFSIZE = 1 << 20
 
 
 class DaemonAlreadyRunning(VsmError):
     pass
 
 
-MIN_TOKEN_CHARS = 16
 
 
 def _ensure_token(home: Path) -> str:
@@ -111,75 +113,160 @@ def _bind(listen: str) -> socket.socket:
 
 
 def run_daemon(config: Config, home: Path) -> None:
-    """Start everything, serve until SIGTERM/SIGINT or `vsm-pool stop`, then stop everything."""
+    """Serve at once, start the manager behind it (clients get 503 `starting` with progress
+    meanwhile), serve until SIGTERM/SIGINT or `vsm-pool stop`, then stop everything."""
     with _single_instance(home):
         sock = _bind(config.api.listen)
-        token = _ensure_token(home)
+        _ensure_token(home)
         manager = Manager(config)
         try:
-            manager.start()
-            asyncio.run(_serve(manager, sock, token, home))
+            asyncio.run(_serve(manager, sock, home))
         finally:
             sock.close()
             manager.close()
             logger.info("vsm-pool stopped")
 
 
-async def _serve(manager: Manager, sock: socket.socket, token: str, home: Path) -> None:
+class _Startup:
+    """Whether the manager is ready; what the daemon answers until it is."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.ready = False
+        self.error = ""
+        self.since = time.monotonic()
+
+    def progress(self) -> dict[str, Any]:
+        p = dict(getattr(self.manager, "progress", None) or {})
+        return {**p, "seconds": round(time.monotonic() - self.since, 1), **({"error": self.error} if self.error else {})}
+
+    def line(self) -> str:
+        p = self.progress()
+        step = f" {p.get('done', 0)}/{p['total']}" if p.get("total") else ""
+        return f"starting: {p.get('phase', 'loading')}{step} ({p['seconds']:.0f} s so far); retry shortly"
+
+
+class _GuardedHandler(RequestHandler):  # type: ignore[misc]
+    """aiohttp's connection handler with a deadline for each request's line and headers: a
+    client that sends them slowly (slowloris) is cut off after [Common.Api] HeaderTimeout.
+    aiohttp bounds only the idle time between requests (keep-alive). A body is not a head:
+    its bytes arrive under the handler's own timeouts (BodyTimeout, the transfer idle timeout)."""
+
+    def __init__(self, manager: web.Server, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = header_timeout
+        self._head_since: float | None = None
+        self._last_payload: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        if self._head_since is None and (self._last_payload is None or self._last_payload.is_eof()):
+            since = self._head_since = loop.time()  # the first bytes of a new request's head
+            loop.call_at(since + self._head_timeout, self._head_deadline, since)
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:  # a head was parsed
+            self._head_since = None
+            self._last_payload = self._messages[-1][1] if self._messages else None
+
+    def _head_deadline(self, since: float) -> None:
+        if self._head_since == since and self.transport is not None:
+            logger.info("dropped a connection whose request headers did not arrive within {:g} s ([Common.Api] HeaderTimeout)", self._head_timeout)
+            self.force_close()
+            self.transport.close()
+
+
+async def _serve(manager: Manager, sock: socket.socket, home: Path) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="vsm-api")
     loop.set_default_executor(threads)
-    app = make_app(manager, token, stop.set)
+    startup = _Startup(manager)
+    app = make_app(manager, TokenStore(home), stop.set, startup)
     # read_bufsize: a streamed body (piece, import) is read 1 MiB at a time, not 64 KiB
-    runner = web.AppRunner(app, read_bufsize=1 << 20, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
+    runner = web.AppRunner(app, read_bufsize=READ_BUFSIZE, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
-    site = web.SockSite(runner, sock)
-    await site.start()
+    server, header_timeout = runner.server, manager.config.api.header_timeout
+    listener = await loop.create_server(
+        lambda: _GuardedHandler(server, header_timeout, loop=loop, read_bufsize=READ_BUFSIZE), sock=sock
+    )
     host, port = sock.getsockname()[:2]
     listen = f"{host}:{port}"
     (home / "daemon.json").write_text(json.dumps({"pid": os.getpid(), "listen": listen, "started": time.time()}))
-    logger.info("vsm-pool serving on http://{} (JSON-RPC at /rpc/v0)", listen)
-    await stop.wait()
-    logger.info("vsm-pool stopping: finishing in-flight requests")
-    await runner.cleanup()  # stops accepting, waits for handlers up to shutdown_timeout
+    logger.info("vsm-pool serving on http://{} (JSON-RPC at /rpc/v0); starting the manager", listen)
+    failure: BaseException | None = None
+    starting = loop.run_in_executor(None, manager.start)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        logger.info("vsm-pool asked to stop while starting: stopping once the start-up step running ends")
+    try:
+        await starting
+        startup.ready = True
+        logger.info("vsm-pool ready ({:.1f} s)", time.monotonic() - startup.since)
+    except BaseException as e:  # noqa: BLE001 - reported after the listener is closed
+        failure, startup.error = e, str(e)
+    if failure is None:
+        await stop.wait()
+        logger.info("vsm-pool stopping: finishing in-flight requests")
+    stopping.cancel()
+    listener.close()
+    await runner.cleanup()  # waits for handlers up to shutdown_timeout
     # Pool calls of cancelled handlers may still run in the threads, and an upload's reader
     # needs this loop to get its bytes (or its end): wait for them without blocking the loop.
     threads.shutdown(wait=False, cancel_futures=True)
     await loop.shutdown_default_executor()
+    if failure is not None:
+        raise failure
 
 
-def make_app(manager: Manager, token: str, request_stop: Callable[[], None]) -> web.Application:
-    expected = f"Bearer {token}".encode()
-    sessions = Sessions(lambda given: "admin" if secrets.compare_digest(given.encode(), token.encode()) else None)
+def make_app(manager: Manager, tokens: TokenStore, request_stop: Callable[[], None], startup: _Startup | None = None) -> web.Application:
+    def token_level(given: str) -> str | None:  # what a token is worth, for the dashboard's login
+        level = tokens.level(given)
+        return None if level is None else level.label
+
+    sessions = Sessions(token_level)
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        """A bearer token, or a dashboard session (with its CSRF token on a change); /healthz
-        and the login form are open."""
-        if (request.path == "/healthz" and request.method in ("GET", "HEAD")) or (request.method, request.path) in OPEN_PATHS:
+        """A bearer token, or a dashboard session (with its CSRF token on a change), of the
+        level the endpoint needs (auth.py); /healthz and the login form are open."""
+        if startup is not None and not startup.ready and request.path != "/healthz":
+            return _starting(request, startup)
+        need = needed_for_http(request.method, request.path)
+        if need is None or (request.method, request.path) in OPEN_PATHS:
             return await handler(request)
         given = request.headers.get("Authorization", "")
         if given:
-            if not secrets.compare_digest(given.encode(), expected):
+            level = tokens.level_of_header(given)
+            if level is None:
                 return web.Response(status=401, text="401: missing or wrong bearer token\n")
-            return await handler(request)
-        session = sessions.get(request)
-        if session is None:
-            if browser_wants_login(request):
-                raise web.HTTPFound("/login")
-            return web.Response(status=401, text="401: missing or wrong bearer token\n")
-        if not sessions.csrf_ok(request, session):
-            return web.Response(status=403, text=f"403: a change from the dashboard needs its {CSRF_HEADER} header\n")
-        request["session"] = session
+        else:
+            session = sessions.get(request)
+            if session is None:
+                if browser_wants_login(request):
+                    raise web.HTTPFound("/login")
+                return web.Response(status=401, text="401: missing or wrong bearer token\n")
+            if not sessions.csrf_ok(request, session):
+                return web.Response(status=403, text=f"403: a change from the dashboard needs its {CSRF_HEADER} header\n")
+            request["session"] = session
+            level = Level.parse(session.level)
+        refusal = why_not(level, need, f"{request.method} /{request.path.strip('/').split('/', 1)[0]}")
+        if refusal is not None:
+            logger.info("{} {} -> 403 {}", request.method, request.path, refusal)
+            return web.json_response({"error": refusal}, status=403)
+        request["level"] = level
         return await handler(request)
 
     app = web.Application(middlewares=[auth], client_max_size=manager.config.api.max_body_bytes)
+    app["tokens"] = tokens
+    app["startup"] = startup
     app["manager"] = manager
     app["request_stop"] = request_stop
     app["metrics"] = Metrics(manager)
+    app["scrub"] = Scrubber(manager)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/rpc/v0", _rpc)
@@ -189,7 +276,22 @@ def make_app(manager: Manager, token: str, request_stop: Callable[[], None]) -> 
     return app
 
 
+def _starting(request: web.Request, startup: _Startup) -> web.Response:
+    """503 until the manager is ready: what it is doing and how far, so a client can wait."""
+    progress = startup.progress()
+    if request.path == "/rpc/v0":
+        error = {"code": -32004, "message": startup.line(), "data": progress}
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": None, "error": error}
+    else:
+        body = {"error": startup.line(), "progress": progress}
+    return web.json_response(body, status=503, headers={"Retry-After": "1"})
+
+
 async def _healthz(request: web.Request) -> web.Response:
+    startup = request.app["startup"]
+    if startup is not None and not startup.ready:
+        state = "failed" if startup.error else "starting"
+        return web.json_response({"status": state, "progress": startup.progress()}, status=503, headers={"Retry-After": "1"})
     return web.json_response({"status": "ok"})
 
 
@@ -207,12 +309,26 @@ async def _rpc(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         too_large.force_close()  # answer on the header: never wait for a body we would refuse
         return too_large
+    body_timeout = request.app["manager"].config.api.body_timeout
     try:
-        raw = await request.read()
+        raw = await asyncio.wait_for(request.read(), body_timeout)
     except web.HTTPRequestEntityTooLarge:
         too_large.force_close()
         return too_large
-    reply = await dispatch_rpc(raw, METHODS, request.app["manager"], request.app["request_stop"])
+    except asyncio.TimeoutError:
+        slow = web.json_response(
+            {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": f"the request body did not arrive within {body_timeout:g} s ([Common.Api] BodyTimeout)"}},
+            status=408,
+        )
+        slow.force_close()
+        return slow
+    manager = request.app["manager"]
+    level = request["level"]
+    reply = await dispatch_rpc(
+        raw, METHODS, manager, request.app["request_stop"],
+        allowed=lambda method: why_not(level, needed_for_rpc(method, METHODS), method),
+        scrub=request.app["scrub"], max_response_bytes=manager.config.api.max_response_bytes, log_errors=True,
+    )
     if reply is None:  # only notifications
         return web.Response(status=204)
     return web.json_response(reply, dumps=lambda o: json.dumps(o, default=str))

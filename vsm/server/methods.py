@@ -120,6 +120,9 @@ def sectors_get(manager: Any, miner: int, number: int) -> dict[str, Any]:
 
 @METHODS.method("sectors.list")
 def sectors_list(manager: Any, worker_state: str = "online", miner: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    cap = manager.config.api.max_list_limit
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= cap:
+        raise ValueError(f"limit must be a whole number from 0 to {cap} ([Common.Api] MaxListLimit), got {limit!r}")
     out = []
     for state in _sectors(manager).list(worker_state, miner):
         if len(out) >= limit:
@@ -205,7 +208,8 @@ def query_arrow(manager: Any, sql: str, sink: str = "duckdb") -> str:
     pool = manager.sink_pool(sink)
     if pool is None:
         raise ValueError(f"no ready SyncSectorState sink {sink!r} answers queries")
-    return base64.b64encode(PoolSink(pool).query(sql)).decode()
+    api = manager.config.api
+    return base64.b64encode(PoolSink(pool).query(sql, max_bytes=api.query_max_bytes, timeout=api.query_timeout)).decode()
 
 
 @METHODS.method("query")

@@ -40,6 +40,7 @@ from loguru import logger
 
 from executors import PoolError
 
+from ..errors import StoreBusy
 from ..sdk import InvalidObjectPathError, ObjectNotFoundError, ReadOnlyStoreError
 from ..sdk import errors as sdk_errors
 
@@ -60,6 +61,7 @@ def add_piece_routes(app: web.Application) -> None:
 
 
 _PIECE_STATUS: list[tuple[type[BaseException], int]] = [
+    (StoreBusy, 503),  # too many streams on the store's pool at once: retry
     (ObjectNotFoundError, 404),
     (InvalidObjectPathError, 400),
     (ReadOnlyStoreError, 403),
@@ -68,14 +70,19 @@ _PIECE_STATUS: list[tuple[type[BaseException], int]] = [
 ]
 
 
-def _piece_error(e: BaseException) -> web.Response:
-    for kind, status in _PIECE_STATUS:
-        if isinstance(e, kind):
-            return web.json_response({"error": f"{type(e).__name__}: {e}"}, status=status)
-    raise e
+def _piece_error(request: web.Request, e: BaseException) -> web.Response:
+    """The store's failure as one JSON line (no trace, no server path); 500 only for what is
+    neither the client's mistake nor a pool failure (the log has it, once)."""
+    status = next((s for kind, s in _PIECE_STATUS if isinstance(e, kind)), 500)
+    text = request.app["scrub"](f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    log = logger.warning if status >= 500 else logger.info
+    log("{} {} -> {} {}", request.method, request.path, status, text)
+    return web.json_response({"error": text}, status=status)
 
 
 def _store_or_404(request: web.Request) -> Any:
+    if "\0" in request.match_info["path"]:  # no store can hold it; some would fail oddly
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the piece path holds a NUL character"}), content_type="application/json")
     manager = request.app["manager"]
     name = request.match_info["store"]
     store = manager.stores.get(name)
@@ -190,10 +197,10 @@ class _BodyReader:
         self._body.close()
 
 
-def _upload_failed(store: Any, path: str, e: BaseException) -> web.Response:
+def _upload_failed(request: web.Request, store: Any, path: str, e: BaseException) -> web.Response:
     """The body's own failure (cut off, stalled, cancelled) as 400; a store error as its status."""
     if not isinstance(e, ConnectionError) and not isinstance(e.__cause__, ConnectionError) and not str(e).startswith("upload "):
-        return _piece_error(e)
+        return _piece_error(request, e)
     logger.warning("upload {}/{} failed, nothing stored: {}", store.name, path, e)
     return web.json_response({"error": f"{store.name}/{path}: {e}"}, status=400)
 
@@ -208,7 +215,7 @@ async def _piece_put(request: web.Request) -> web.Response:
         try:
             pending = await loop.run_in_executor(None, opener, path)
         except Exception as e:
-            return _piece_error(e)
+            return _piece_error(request, e)
     if pending is not None:
         return await _put_into_file(request, store, path, pending)
     reader = _BodyReader(request, loop)
@@ -219,7 +226,7 @@ async def _piece_put(request: web.Request) -> web.Response:
         logger.warning("upload {}/{} cancelled after {} bytes, nothing stored: the daemon is stopping", store.name, path, reader.received)
         raise
     except Exception as e:
-        return _upload_failed(store, path, e)
+        return _upload_failed(request, store, path, e)
     finally:
         reader.close()
     return web.json_response({"store": store.name, "path": path, "size": size}, status=201)
@@ -251,7 +258,7 @@ async def _put_into_file(request: web.Request, store: Any, path: str, pending: A
         raise
     except BaseException as e:
         await loop.run_in_executor(None, pending.abort)
-        return _upload_failed(store, path, e)
+        return _upload_failed(request, store, path, e)
     finally:
         body.close()
     return web.json_response({"store": store.name, "path": path, "size": size}, status=201)
@@ -264,14 +271,14 @@ async def _piece_get(request: web.Request) -> web.StreamResponse:
     try:
         opened = await loop.run_in_executor(None, store.open_read, path) if hasattr(store, "open_read") else None
     except Exception as e:
-        return _piece_error(e)
+        return _piece_error(request, e)
     if opened is not None:
         return await _send_file(request, store, path, *opened)
     try:
         size = (await loop.run_in_executor(None, store.stat, path)).size
         reader = await loop.run_in_executor(None, store.get, path)
     except Exception as e:
-        return _piece_error(e)
+        return _piece_error(request, e)
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
     try:
         await response.prepare(request)
@@ -334,7 +341,7 @@ async def _piece_head(request: web.Request) -> web.Response:
     try:
         stat = await asyncio.get_running_loop().run_in_executor(None, store.stat, request.match_info["path"])
     except Exception as e:
-        return web.Response(status=_piece_error(e).status)
+        return web.Response(status=_piece_error(request, e).status)
     return web.Response(headers={"Content-Length": str(stat.size)})
 
 
@@ -343,5 +350,5 @@ async def _piece_delete(request: web.Request) -> web.Response:
     try:
         await asyncio.get_running_loop().run_in_executor(None, store.delete, request.match_info["path"])
     except Exception as e:
-        return _piece_error(e)
+        return _piece_error(request, e)
     return web.Response(status=204)

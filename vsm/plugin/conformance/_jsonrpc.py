@@ -132,15 +132,20 @@ def every_method_is_served(kit: RpcKit) -> None:
 
 
 def every_method_answers(kit: RpcKit) -> None:
-    """Each method, called with arguments made from its signature (str "kit", int 1, float 1.5, bool true, list [], dict {}), answers a JSON value (not bytes or an object the daemon would send as its str()) or a documented error (invalid params -32602, plugin error -32001), never an internal error."""
+    """Each method, called with arguments made from its signature (str "kit", int 1, float 1.5, bool true, list [], dict {}), answers a JSON value (not bytes or an object the daemon would send as its str()) or a documented error (invalid params -32602; a plugin error -32001 of a vsm.sdk error or a ValueError, TypeError, KeyError that refuses the values), never a bug's exception (AttributeError, NameError...)."""
+    from vsm.sdk import errors as sdk_errors
+
     allowed = {kit.codes.invalid_params, kit.codes.plugin_error}
+    refusals = {*sdk_errors.__all__, "ValueError", "TypeError", "KeyError", "LookupError", "IndexError"}
     for method in kit.methods:
         kit.not_json.clear()
         reply = kit.call(method, kit.arguments(method)[1] or [])
         expect(not kit.not_json, f"{kit.namespace}.{method} returned a value that is not JSON (the caller gets its str()): {''.join(kit.not_json)}")
         if "error" in reply:
             err = reply["error"]
-            expect(err["code"] in allowed, f"{kit.namespace}.{method}: error {err['code']}: {err['message']}")
+            kind = (err.get("data") or {}).get("type", "")
+            bug = err["code"] == kit.codes.plugin_error and kind and kind not in refusals
+            expect(err["code"] in allowed and not bug, f"{kit.namespace}.{method}: error {err['code']}: {err['message']}")
 
 
 def positional_and_named_params(kit: RpcKit) -> None:
