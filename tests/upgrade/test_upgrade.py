@@ -144,7 +144,7 @@ def _listed(d: Daemon) -> dict[tuple[int, int], tuple[str, SectorState]]:
     """Every sector as the daemon shows it: (worker state, state read the way this release reads)."""
     out = {}
     for ws in ("online", "offline"):
-        for s in d.rpc("sectors.list", {"worker_state": ws, "limit": 100_000}):
+        for s in d.rpc("sectors.list", {"worker_state": ws, "limit": 10_000}):
             s.pop("WorkerState", None)
             out[_sid(s)] = (ws, decode_state(s))
     return out
