@@ -285,3 +285,19 @@ def test_grafana_board_reads_only_metrics_the_daemon_exports(daemon: Daemon) -> 
     # the families it charts cover pools, calls, errors, latency, restarts and sink lag
     assert {"vsm_plugin_calls_total", "vsm_plugin_errors_total", "vsm_plugin_call_seconds_bucket",
             "vsm_plugin_worker_restarts_total", "vsm_plugin_workers", "vsm_sink_lag_rows"} <= used
+
+
+def test_a_session_keeps_its_tokens_level(daemon: Daemon) -> None:
+    """A browser logged in with a read token sees everything and changes nothing."""
+    d = daemon
+    token = run_cli(d.home, "auth", "create-token", "--perm", "read", "--name", "dashboard-viewer").stdout.strip().splitlines()[-1]
+    session, csrf = _login(d, token)
+    assert _rpc(d, session, csrf, "status")[0] == 200
+    status, reply = _rpc(d, session, csrf, "plugin.disable", {"name": "parquet"})
+    error = reply["error"] if status == 200 else {"message": reply}
+    assert "forbidden" in error["message"] and "admin" in error["message"], reply
+    assert next(p for p in d.rpc("plugin.list") if p["name"] == "parquet")["state"] == "ready"
+    status, _, page = d.request("GET", "/", headers={"Cookie": f"vsm_session={session}"}, token=None)
+    assert b'name="vsm-level" content="read"' in page
+    run_cli(d.home, "auth", "revoke", "dashboard-viewer")
+    assert _rpc(d, session, csrf, "status")[0] == 401  # revoking the token ends its sessions

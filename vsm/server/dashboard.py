@@ -42,8 +42,9 @@ OPEN_PATHS = {("GET", "/login"), ("POST", "/login")}
 class Session:
     id: str
     csrf: str
-    level: str  # the permission level of the token it logged in with
+    level: str  # the permission level of the token it logged in with, as of this request
     expires: float
+    token: str = dataclasses.field(repr=False, default="")  # kept in memory only: re-checked per request
 
 
 class Sessions:
@@ -60,15 +61,21 @@ class Sessions:
             return None
         now = time.time()
         self._by_id = {k: s for k, s in self._by_id.items() if s.expires > now}  # forget expired ones
-        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), level, now + self._ttl)
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), level, now + self._ttl, token)
         self._by_id[session.id] = session
         return session
 
     def get(self, request: web.Request) -> Session | None:
+        """The request's session, with its token's level now: a revoked token ends its
+        sessions at their next request, not when they expire."""
         session = self._by_id.get(request.cookies.get(COOKIE, ""))
         if session is None or session.expires <= time.time():
             return None
-        return session
+        level = self._check_token(session.token)
+        if level is None:
+            self._by_id.pop(session.id, None)
+            return None
+        return session if level == session.level else dataclasses.replace(session, level=level)
 
     def logout(self, request: web.Request) -> None:
         self._by_id.pop(request.cookies.get(COOKIE, ""), None)
