@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from vsm.sdk._gojson import loads as gojson_loads
+from ._jsonlines import read_go_json_lines
 from vsm.sdk.sectors import (
     SECTOR_STATE_SCHEMA,
     GoJSONError,
@@ -70,29 +71,11 @@ def read_import_file(path: str, chunk: int = 10_000, report: ImportReport | None
     Go JSON is decoded as strictly as Go does (decode_state_json): a refused state is left
     out and goes to `report` (or, without one, raises RefusedLine), the others are read.
     """
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if path.endswith((".parquet", ".pq")) or head == b"PAR1":
+    if _file_kind(path) == "parquet":
         for batch in _checked_parquet(path, chunk, report):
             yield arrow_to_states(batch)
         return
-    unknown: list[str] = []
-
-    def decode(value: Any, where: Callable[[], str]) -> SectorState | None:
-        try:
-            st = decode_state(value, unknown) if not isinstance(value, (bytes, str)) else decode_state_json(value, unknown)
-        except GoJSONError as e:
-            refused = RefusedLine(where(), e)
-            if report is None:
-                raise refused from None
-            report.refused.append(refused)
-            unknown.clear()
-            return None
-        if unknown:
-            if report is not None:
-                report.unknown.update(unknown)
-            unknown.clear()
-        return st
+    decode = _Strict(path, report)
 
     name = path
     with open(path, "rb") as f:
@@ -111,10 +94,7 @@ def read_import_file(path: str, chunk: int = 10_000, report: ImportReport | None
             return
         out: list[SectorState] = []
         for lineno, line in enumerate(f, 1):
-            line = line.strip(b" \t\r\n")
-            if not line:
-                continue
-            st = decode(line, lambda: f"{name}:{lineno}")
+            st = decode.line(line, lineno)
             if st is not None:
                 out.append(st)
             if len(out) >= chunk:
@@ -127,16 +107,64 @@ def read_import_file(path: str, chunk: int = 10_000, report: ImportReport | None
 def read_import_batches(path: str, chunk: int = 10_000, report: ImportReport | None = None) -> Iterator[pa.RecordBatch]:
     """read_import_file as Arrow batches of SECTOR_STATE_SCHEMA columns, for the streamed
     import: Parquet batches as they are (no SectorState objects; rows no Go state could hold
-    are left out and reported, see _checked_parquet), Go JSON lines through the
-    same strict decoder (refused lines go to `report`, as read_import_file does)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if path.endswith((".parquet", ".pq")) or head == b"PAR1":
+    are left out and reported, see _checked_parquet); Go JSON lines parsed column-wise, each
+    line that is not byte for byte Go's encoding of what was parsed decided by the same strict
+    decoder (_jsonlines.py; refused lines go to `report`, as read_import_file does); a JSON
+    array through read_import_file."""
+    kind = _file_kind(path)
+    if kind == "parquet":
         yield from _checked_parquet(path, chunk, report)
+        return
+    if kind == "lines":
+        with open(path, "rb") as f:
+            yield from read_go_json_lines(f, chunk, _Strict(path, report).line)
         return
     for states in read_import_file(path, chunk, report):
         if states:
             yield states_to_arrow(states)
+
+
+def _file_kind(path: str) -> str:
+    """"parquet" (by suffix or magic), "array" (a JSON array of states) or "lines"."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if path.endswith((".parquet", ".pq")) or head[:4] == b"PAR1":
+        return "parquet"
+    return "array" if head.lstrip().startswith(b"[") else "lines"
+
+
+class _Strict:
+    """The strict decoder of one file's states (decode_state_json), each refusal named
+    `file:line` (or `file:[i]`) and put in `report` (or raised without one); unknown keys of the
+    states it accepts are counted there."""
+
+    def __init__(self, path: str, report: ImportReport | None) -> None:
+        self.path, self.report = path, report
+        self._unknown: list[str] = []
+
+    def __call__(self, value: Any, where: Callable[[], str]) -> SectorState | None:
+        unknown = self._unknown
+        try:
+            st = decode_state(value, unknown) if not isinstance(value, (bytes, str)) else decode_state_json(value, unknown)
+        except GoJSONError as e:
+            refused = RefusedLine(where(), e)
+            if self.report is None:
+                raise refused from None
+            self.report.refused.append(refused)
+            unknown.clear()
+            return None
+        if unknown:
+            if self.report is not None:
+                self.report.unknown.update(unknown)
+            unknown.clear()
+        return st
+
+    def line(self, line: bytes, lineno: int) -> SectorState | None:
+        """One line of a JSON lines file (None: refused, or blank)."""
+        line = line.strip(b" \t\r\n")
+        if not line:
+            return None
+        return self(line, lambda: f"{self.path}:{lineno}")
 
 
 def _checked_parquet(path: str, chunk: int, report: ImportReport | None) -> Iterator[pa.RecordBatch]:

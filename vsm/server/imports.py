@@ -2,9 +2,10 @@
 
     CLI (vsm-pool sectors import FILE)                    daemon
     -----------------------------------                   ------
-    Parquet: iter_batches  |  Go JSON lines: the     -->  aiohttp body --(thread, 1 MiB reads)-->
-    strict decoder (sdk/sectors), refused lines           pa.ipc stream reader --> batches -->
-    reported file:line and left out                       SectorStateManager.import_arrow
+    Parquet: iter_batches  |  Go JSON lines: parsed  -->  aiohttp body --(thread, 1 MiB reads)-->
+    column-wise, the strict decoder for lines that        pa.ipc stream reader --> batches -->
+    are not Go's bytes (sectors/_jsonlines.py);           SectorStateManager.import_arrow
+    refused lines reported file:line and left out
     -> Arrow IPC stream (schema, batch, ..., EOS)         (journal, KV, sinks: the engine's path)
        over one chunked HTTP request                      <-- {"written", "received"}
 
