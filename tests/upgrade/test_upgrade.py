@@ -297,6 +297,7 @@ def test_a_home_of_the_previous_release_runs_unchanged(old_home: tuple[Path, dic
         d.rpc("sectors.init", {"sectors": [{"miner": 1001, "number": 9100, "proof_type": 8}]})
         d.cli("plugin", "enable", "parquet")
         head = _caught_up(d)
+        assert d.rpc("status")["problems"] == []  # the plain status and the dashboard are green
 
         n_sectors = len(before["sectors"]) + 20 + 1
         out = d.cli("query", "--format", "json", "select count(*) as n from sectors").stdout
