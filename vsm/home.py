@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,8 @@ def bundled_plugin_sources() -> list[Path]:
 
 def ensure_home(home: Path) -> Path:
     """Create the home folder's layout and default config if missing; build any bundled plugin
-    whose artifact is not in the plugins dir yet. Returns the config file."""
+    whose artifact is not in the plugins dir yet, and rebuild one that is an older build of the
+    bundled plugin (_refresh_bundled). Returns the config file."""
     import tomli
     from loguru import logger
 
@@ -66,8 +68,46 @@ def ensure_home(home: Path) -> Path:
         if not (plugins / artifact_name(name)).exists():
             path, _, _ = build(src, plugins)
             logger.info("built bundled plugin {}", path.name)
+        else:
+            _refresh_bundled(home, src, plugins / artifact_name(name))
     os.chmod(home, 0o700)
     return config
+
+
+def _refresh_bundled(home: Path, src: Path, artifact: Path) -> None:
+    """Rebuild `artifact` from the bundled source `src` when it is a build of the same plugin
+    name and version whose content differs (made by an older vsm-pool: e.g. its manifest did not
+    yet say `sandbox = true`), so a home's bundled plugins follow the installed vsm-pool. A
+    build of another version (the operator's own) is left alone; the replaced file is kept as
+    `<artifact>.old` (not loaded). Never while a daemon runs on this home: its workers import
+    from the file."""
+    import fcntl
+
+    from loguru import logger
+
+    from .errors import ArtifactError, ManifestError
+    from .plugin.artifact import artifact_digest, build, read_artifact_manifest, source_digest
+    from .plugin.manifest import read_source_manifest
+
+    try:
+        have, _ = read_artifact_manifest(artifact)
+    except (ArtifactError, ManifestError):
+        return  # not readable: discovery reports it; the operator's to replace
+    bundled, _ = read_source_manifest(src)
+    if (have.name, have.version) != (bundled.name, bundled.version) or artifact_digest(artifact) == source_digest(src):
+        return
+    fd = os.open(home / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the daemon holds it while it runs
+        except BlockingIOError:
+            logger.warning("bundled plugin {} is out of date; it is rebuilt at the next start of vsm-pool on {}", artifact.name, home)
+            return
+        shutil.copy2(artifact, artifact.with_name(artifact.name + ".old"))
+        build(src, artifact.parent)  # replaces the file at once (a rename)
+        logger.info("rebuilt bundled plugin {}: this vsm-pool's build differs (the previous file is kept as {}.old)", artifact.name, artifact.name)
+    finally:
+        os.close(fd)
 
 
 def token_path(home: Path) -> Path:

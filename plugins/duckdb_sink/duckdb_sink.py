@@ -27,6 +27,14 @@ values, and new rows are stored with null there (the batch is reshaped to the ta
 name in Arrow, `shaped_like` + `cast_by_name`: DuckDB before 1.2 refuses to insert a struct
 with fewer fields). Nothing is rewritten; the sink says so once per start (`notes`).
 
+DuckDB's own memory_limit (default: 80% of the machine's RAM) is set to half of what the
+worker's MemoryLimit (RLIMIT_DATA) leaves when the database opens, so a query or an ingest that
+needs more spills to `<Path>.tmp` (beside the file: a sandboxed sink may write there) instead of
+failing with DuckDB's OutOfMemoryException once its allocations hit the limit. Half, because
+DuckDB allocates beyond its buffer pool too (a 150 MB memory_limit peaked at ~300 MB of
+RLIMIT_DATA in a 12M-group aggregation) and Python and Arrow need the rest. With no
+MemoryLimit (0) DuckDB's default stays.
+
 `query(sql)` is a client's SQL (issue 20): it runs confined (vsm.sdk.sectorsync.run_query):
 one SELECT in a read-only transaction on its own cursor, the database locked down at open
 (no file access, no extensions, no SET: confine_duckdb), result bytes and time bounded.
@@ -41,6 +49,8 @@ DuckDB's default.
 
 from __future__ import annotations
 
+import builtins
+import resource
 import threading
 from typing import Any
 
@@ -64,6 +74,21 @@ def open(meta: dict[str, str]) -> DuckDBSink:  # noqa: A001 - the exported Const
     except ValueError:
         raise ValueError(f"duckdb sink: meta key 'Threads' must be an integer, got {meta['Threads']!r}") from None
     return DuckDBSink(path, threads=threads)
+
+
+def _duckdb_memory_limit() -> int:
+    """Bytes for DuckDB's memory_limit under this worker's RLIMIT_DATA (0: none set): half of
+    what is left of it now, at least 64 MiB."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    used = 0
+    try:
+        with builtins.open("/proc/self/status") as f:  # VmData: what RLIMIT_DATA counts
+            used = next((int(line.split()[1]) << 10 for line in f if line.startswith("VmData:")), 0)
+    except OSError:
+        pass
+    return max(64 << 20, (soft - used) // 2)
 
 
 def _arrow(rel: Any) -> pa.Table:
@@ -100,6 +125,9 @@ class DuckDBSink:
         self._lock = threading.Lock()
         self.threads = max(0, threads)
         self._ingest_threads()
+        limit = _duckdb_memory_limit()
+        if limit:
+            self.con.execute(f"SET memory_limit = '{limit >> 20}MiB'")
         self._setup()
         self.max_seq = int(self.con.execute("SELECT value FROM sink_meta WHERE key = 'max_seq'").fetchall()[0][0])
         # sector_events as DuckDB holds it; rows of another shape are reshaped to it (_stored)

@@ -25,7 +25,8 @@ named `<host>-<pid>-<random>.tmp` by the worker writing them; that folder is not
 path (refused like a path outside the store). Opening the store (every worker start, so also
 the replacement of a worker killed mid-put, and every daemon start) deletes the temp files of
 this host whose writer is gone: its pid is not running, or runs a process started after the
-file was last written (a reused pid). One folder listing, not a walk of the store, and never a
+file was last written (a reused pid; sandboxed, where other processes' /proc is refused, a
+reused pid keeps its file until that process exits). One folder listing, not a walk of the store, and never a
 temp file a live worker is writing (issue 13: `.obj.bin.<random>.tmp` stayed for good). Why
 not O_TMPFILE alone: not every filesystem has it (NFS, some FUSE), naming one needs a
 capability or /proc, and a link cannot replace an existing object, so a named step remains;
@@ -364,9 +365,23 @@ def _process_start(pid: int) -> float | None:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])
         with builtins.open("/proc/stat") as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except PermissionError:
+        # sandboxed: other processes' /proc is refused (it would show their environment). Only
+        # whether pid runs can be told (kill 0): a reused pid then keeps its file until it exits
+        return 0.0 if _running(pid) else None
     except (FileNotFoundError, ProcessLookupError, StopIteration, ValueError, IndexError):
         return None
     return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, outside this process's reach (the sandbox's signal scope)
+        return True
+    return True
 
 
 def _unlink_quietly(path: str) -> None:

@@ -105,6 +105,23 @@ def test_memory_limit_fails_the_call_and_the_rest_serves(start_daemon, tmp_path:
     assert {p["name"]: p for p in as_json["plugins"]}["hog"]["limits"]["nice"] == 3
 
 
+def test_duckdb_spills_under_its_memory_limit_instead_of_failing(start_daemon, tmp_path: Path) -> None:
+    """The duckdb sink sets DuckDB's memory_limit below its worker's MemoryLimit, so a query
+    bigger than that spills to disk (beside its file) where it failed (DuckDB's
+    OutOfMemoryException: its allocations hit RLIMIT_DATA while it believed it had 80% of the
+    machine's RAM)."""
+    home = tmp_path / "home"
+    prepare_home(home, append='[Common.Plugins.duckdb]\nMemoryLimit = "400MiB"\n')
+    d: Daemon = start_daemon(home)
+    ((setting,),) = d.rpc("query", {"sql": "select current_setting('memory_limit')", "sink": "duckdb"})["rows"]
+    number, unit = setting.split()
+    limit = float(number) * {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit]
+    assert 64 << 20 <= limit < 200 << 20, setting
+    # ~2M distinct 32-byte groups: a hash table beyond the worker's 400MiB without spilling
+    sql = "select count(*) from (select h from (select md5(i::varchar) h from range(2500000) t(i)) group by h)"
+    assert d.rpc("query", {"sql": sql, "sink": "duckdb"})["rows"] == [[2500000]]
+
+
 # -- the sandbox (Landlock) --------------------------------------------------------------------
 
 SPY = '''
@@ -125,6 +142,16 @@ class Spy:
     def connect(self, port):
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             return True
+
+    def pg(self, port):
+        import psycopg
+
+        psycopg.connect(f"postgresql://spy@127.0.0.1:{port}/spy", connect_timeout=5)
+
+    def mysql(self, port):
+        import pymysql
+
+        pymysql.connect(host="127.0.0.1", port=port, user="spy", connect_timeout=5)
 
     def tmp(self):
         import tempfile
@@ -181,12 +208,19 @@ def test_sandbox_denies_what_the_config_does_not_give(start_daemon, tmp_path: Pa
 
     head = "SandboxDenied: plugin 'RegisterJsonRpc/spy' is sandboxed and was denied"
     # a client reads no path of the server's (issue 13 item 7): the home and the store as placeholders
-    assert _denied(d, "SPY.read", [str(token)]).startswith(f"{head} reading <home>/token: allow it with AllowRead")
-    assert _denied(d, "SPY.read", [str(piece)]).startswith(f"{head} reading <store pieces>/iso/p.bin")
+    nowhere = "(it may neither read nor write there): allow it with AllowRead"
+    assert _denied(d, "SPY.read", [str(token)]).startswith(f"{head} access to <home>/token {nowhere}")
+    assert _denied(d, "SPY.read", [str(piece)]).startswith(f"{head} access to <store pieces>/iso/p.bin {nowhere}")
     outside = tmp_path / "outside.txt"
     assert _denied(d, "SPY.write", [str(outside)]).startswith(f"{head} writing "), "the temp folder reads <tmp>"
     assert not outside.exists()
+    artifact = home / "plugins" / "plugin-spy.vsmp"  # what it may read and not change
+    assert _denied(d, "SPY.write", [str(artifact)]).startswith(f"{head} writing <plugins>/plugin-spy.vsmp: allow it")
+    assert d.rpc("SPY.read", [str(artifact)]) > 0
     assert _denied(d, "SPY.connect", [other]).startswith(f"{head} a TCP connection to 127.0.0.1:{other} (ports allowed: {allowed})")
+    # through client libraries: pymysql's error wraps the PermissionError; libpq's says it in words
+    assert _denied(d, "SPY.mysql", [other]).startswith(f"{head} a TCP connection to 127.0.0.1:{other} (ports allowed: {allowed})")
+    assert _denied(d, "SPY.pg", [other]).startswith(f'{head} an access (connection is bad: connection to server at "127.0.0.1", port {other} failed: Permission denied')
     # what its configuration gives it still works: its Path, its port, its own temporary folder
     assert d.rpc("SPY.write", [str(data / "spy" / "ok.txt")]) is True
     assert d.rpc("SPY.connect", [allowed]) is True
@@ -225,39 +259,98 @@ def test_sandbox_true_is_refused_where_the_kernel_cannot_keep_it(start_daemon, t
     assert "partial (ABI 3: not refused: TCP connect and bind" in d.cli("status").stdout
     assert "cannot refuse TCP connect and bind" in d.log_text()
     assert d.rpc("SPYOPEN.connect", [other]) is True  # what ABI 3 cannot refuse
-    assert "was denied reading" in _denied(d, "SPYOPEN.read", [str(home / "token")])  # what it can
+    assert "was denied access to" in _denied(d, "SPYOPEN.read", [str(home / "token")])  # what it can
 
 
-def test_redis_runs_sandboxed_on_its_port(start_daemon, tmp_path: Path) -> None:
-    """redis (the DB), with Sandbox = true, confined to the port of its Addr, serves the daemon."""
-    import re
-    import uuid
+# -- the bundled plugins, sandboxed by default -------------------------------------------------
 
-    from .harness import ROOT
 
-    prefix = f"iso{uuid.uuid4().hex[:8]}"
-    home = tmp_path / "home"
-    prepare_home(
-        home,
-        append='[Common.Plugins.redis]\nSandbox = true\n',
-    )
-    text = (home / "config.toml").read_text()
-    text = text.replace('Driver = "sqlite"', f'Driver = "plugin"\n[Common.DB.Plugin]\nPluginName = "redis"', 1)
-    text = re.sub(r"\[Common.DB.Plugin.Meta\]\nPath = [^\n]*\n", f'[Common.DB.Plugin.Meta]\nAddr = "127.0.0.1:6379"\nKeyPrefix = "{prefix}"\n', text, count=1)
-    (home / "config.toml").write_text(text)
-    build(ROOT / "plugins" / "redis", home / "plugins")
-    try:
-        d: Daemon = start_daemon(home)
-    except AssertionError as e:
-        if "Connection refused" in str(e) and not os.environ.get("VSM_REQUIRE_SERVERS"):
-            pytest.skip("Redis or PostgreSQL is not running here")
-        raise
-    rows = {r["name"]: r for r in d.rpc("plugin.list")}
-    assert rows["redis"]["sandbox"]["state"] == "on" and rows["redis"]["sandbox"]["connect"] == [6379], rows["redis"]
+def test_bundled_plugins_serve_sandboxed_by_default(start_daemon, tmp_path: Path) -> None:
+    """No Sandbox key anywhere: every plugin of the default home runs confined and does its
+    work: the DB, the piece store and both sinks get every sector event (their workers map the
+    journal's segments, which they may read and not write). concurrent-limiter is not confined
+    by default (it writes its files in the plugins dir, as damocles' example does)."""
     from vsm.sdk.sectors import SectorID, SectorState
     from vsm.sectors import write_import_file
 
+    home = tmp_path / "home"
+    prepare_home(home)
+    assert "\nSandbox" not in (home / "config.toml").read_text()
+    d: Daemon = start_daemon(home)
+    rows = {r["name"]: r for r in d.rpc("plugin.list")}
+    for name in ("memdb", "sqlitekv", "fsstore", "duckdb", "parquet"):
+        assert rows[name]["sandbox"]["state"] == "on", (name, rows[name]["sandbox"])
+        assert rows[name]["sandbox"]["connect"] == [], name
+    assert rows["duckdb"]["sandbox"]["write"] == [str(home / "data" / "duckdb"), str(home / "tmp" / "duckdb")]
+
     states = tmp_path / "states.jsonl"
-    write_import_file(str(states), [SectorState(id=SectorID(77, n), sector_type=8) for n in range(50)])
-    d.cli("sectors", "import", str(states))  # into Redis, through the sandboxed redis pool
-    assert "77" in d.cli("sectors", "get", "77", "7").stdout
+    write_import_file(str(states), [SectorState(id=SectorID(78, n), sector_type=8) for n in range(40)])
+    assert "imported 40 of 40" in d.cli("sectors", "import", str(states)).stdout
+    status, _, _ = d.request("PUT", "/pieces/pieces/iso/p.bin", b"piece", {"Content-Type": "application/octet-stream"})
+    assert status == 201 and (home / "data" / "pieces" / "iso" / "p.bin").read_bytes() == b"piece"
+    assert rows["concurrent-limiter"]["sandbox"]["state"] == "off"
+    assert d.rpc("DAMOCLES_LIMITER.Acquire", {"name": "add_pieces", "id": "iso"})
+    wait_sinks(d, {"duckdb", "parquet"})
+    assert "40" in d.cli("query", "select count(*) from sectors").stdout
+    assert list((home / "data" / "parquet").rglob("*.parquet"))
+
+
+def wait_sinks(d: Daemon, names: set[str], timeout: float = 60.0) -> None:
+    """Until every sink in `names` has the journal's head, none with an error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = d.rpc("sinks.status")
+        sinks = st["sinks"]
+        if set(sinks) == names and all(s["checkpoint"] >= st["journal"]["head"] > 0 for s in sinks.values()):
+            break
+        assert time.monotonic() < deadline, st
+        time.sleep(0.1)
+    assert not any(s["errors"] for s in sinks.values()), sinks
+
+
+def test_a_home_built_by_an_older_vsm_pool_gets_the_bundled_plugins_rebuilt(start_daemon, tmp_path: Path) -> None:
+    """A home whose fsstore and sqlitekv were built before their manifests said `sandbox = true`
+    (same name and version, other content): `vsm-pool start` rebuilds them from this vsm-pool's
+    sources (keeping the old files as .old), so they run confined; the operator's own build of
+    memdb (another version) is left as it is; with a daemon running nothing is replaced."""
+    import fcntl
+    import re
+    import shutil
+
+    from vsm.home import ensure_home
+    from vsm.plugin.artifact import artifact_digest, source_digest
+
+    from .harness import ROOT
+
+    home = tmp_path / "home"
+    prepare_home(home)
+    plugins = home / "plugins"
+    for name, version in (("fsstore", None), ("sqlitekv", None), ("memdb", "7.0.0")):
+        src = tmp_path / "old" / name
+        shutil.copytree(ROOT / "plugins" / name, src)
+        text = re.sub(r"(?m)^sandbox = true.*$", "", (src / "manifest.toml").read_text())
+        if version:
+            text = re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', text)
+        (src / "manifest.toml").write_text(text)
+        build(src, plugins)
+    operator_memdb = (plugins / "plugin-memdb.vsmp").read_bytes()
+
+    # a daemon runs on this home (it holds the lock): nothing is replaced under it
+    fd = os.open(home / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        ensure_home(home)
+    finally:
+        os.close(fd)
+    assert not list(plugins.glob("*.old"))
+
+    d: Daemon = start_daemon(home)
+    rows = {r["name"]: r for r in d.rpc("plugin.list")}
+    assert rows["fsstore"]["sandbox"]["state"] == "on" and rows["sqlitekv"]["sandbox"]["state"] == "on", rows
+    for name, source in (("fsstore", "fsstore"), ("sqlitekv", "sqlitekv")):
+        assert artifact_digest(plugins / f"plugin-{name}.vsmp") == source_digest(ROOT / "plugins" / source)
+        assert (plugins / f"plugin-{name}.vsmp.old").is_file()
+    assert rows["memdb"]["version"] == "7.0.0" and rows["memdb"]["sandbox"]["state"] == "off"
+    assert (plugins / "plugin-memdb.vsmp").read_bytes() == operator_memdb
+    assert "rebuilt bundled plugin plugin-fsstore.vsmp" in d.log_text()
+    assert sorted(p.name for p in plugins.glob("*.old")) == ["plugin-fsstore.vsmp.old", "plugin-sqlitekv.vsmp.old"]

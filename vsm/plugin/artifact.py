@@ -18,6 +18,7 @@ Python (an sdist is built into a wheel here); build on a machine like the target
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import subprocess
@@ -25,13 +26,14 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from . import envs
 from ..errors import ArtifactError, ManifestError
 from .manifest import manifest_from_dict, read_source_manifest
 from ..sdk import SPI_VERSION, Manifest
 
-__all__ = ["ARTIFACT_SUFFIX", "artifact_name", "build", "bundled_wheels", "code_path", "read_artifact_manifest"]
+__all__ = ["ARTIFACT_SUFFIX", "artifact_digest", "artifact_name", "build", "bundled_wheels", "code_path", "read_artifact_manifest", "source_digest"]
 
 ARTIFACT_SUFFIX = ".vsmp"
 MANIFEST_ENTRY = "manifest.json"
@@ -49,14 +51,7 @@ def build(src_dir: Path, out_dir: Path, *, with_deps: bool = False) -> tuple[Pat
     naming the requirement when they cannot be resolved or fetched)."""
     src_dir, out_dir = Path(src_dir).resolve(), Path(out_dir).resolve()
     manifest, warnings = read_source_manifest(src_dir)
-    stamped = Manifest(
-        **{
-            **manifest.__dict__,
-            "build_time": datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds"),
-            "spi_version": SPI_VERSION,
-            "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
-        }
-    )
+    stamped = _stamped(manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / artifact_name(manifest.name)
     # Write beside the target and rename: a reader never sees a half-written artifact.
@@ -77,6 +72,45 @@ def build(src_dir: Path, out_dir: Path, *, with_deps: bool = False) -> tuple[Pat
         os.unlink(tmp)
         raise
     return target, stamped, warnings
+
+
+def _stamped(manifest: Manifest) -> Manifest:
+    return Manifest(
+        **{
+            **manifest.__dict__,
+            "build_time": datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds"),
+            "spi_version": SPI_VERSION,
+            "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        }
+    )
+
+
+# What a build is made of, build time aside: the stamped manifest and the module's files. Equal
+# digests of a source folder and an artifact mean the artifact is a build of that source (by
+# this vsm-pool, for this Python). Used to refresh a home's bundled builds (home.ensure_home).
+def source_digest(src_dir: Path) -> str:
+    src_dir = Path(src_dir).resolve()
+    manifest, _ = read_source_manifest(src_dir)
+    files = {SRC_PREFIX + p.relative_to(src_dir).as_posix(): p.read_bytes() for p in _source_files(src_dir, src_dir)}
+    return _digest(_stamped(manifest).to_toml_dict(), files)
+
+
+def artifact_digest(path: Path) -> str:
+    """source_digest of what `path` was built from ("" when it is not a readable artifact)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            manifest = json.loads(zf.read(MANIFEST_ENTRY))
+            files = {n: zf.read(n) for n in zf.namelist() if n.startswith(SRC_PREFIX) and not n.endswith("/")}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return ""
+    return _digest(manifest, files) if isinstance(manifest, dict) else ""
+
+
+def _digest(manifest: dict[str, Any], files: dict[str, bytes]) -> str:
+    h = hashlib.sha256(json.dumps({k: v for k, v in manifest.items() if k != "buildTime"}, sort_keys=True).encode())
+    for name in sorted(files):
+        h.update(b"\0" + name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return h.hexdigest()
 
 
 def _fetch_deps(manifest: Manifest, file: Path, scratch: Path) -> tuple[list[str], list[Path]]:

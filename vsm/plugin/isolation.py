@@ -13,7 +13,6 @@ reads in status, and what a refused call tells its caller.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import errno
 import os
@@ -23,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import executors
 from executors import WorkerLimits
 from executors import _landlock as landlock
 from executors._landlock import LandlockRules
@@ -157,6 +157,7 @@ class SandboxPlan:
     refusal: str = ""  # Sandbox = true that cannot be kept: why (the plugin is not started)
     note: str = ""  # why it is not confined
     tmpdir: str = ""
+    own_folders: tuple[str, ...] = ()  # folders the rules grant that are made before the pool starts
 
     @property
     def state(self) -> str:
@@ -186,11 +187,13 @@ class SandboxPlan:
         }
 
     def prepare(self) -> None:
-        """Create the folders the rules name, so they can be granted (run in the manager)."""
+        """Create the folders of own_folders (run in the manager): a rule on a path that does not
+        exist yet is skipped, and would stay refused. A store's missing Path is not made: the
+        store fails to open, as unconfined, and `plugin reload` grants it once it exists."""
         if self.rules is None:
             return
-        for path in (*self.rules.write, self.tmpdir):
-            if path and path not in SYSTEM_WRITE and not os.path.exists(path):
+        for path in self.own_folders:
+            if path and not os.path.exists(path):
                 os.makedirs(path, exist_ok=True)
 
     def confinement(self, label: str, name: str) -> "Confinement | None":
@@ -230,37 +233,52 @@ def plan_sandbox(
     if strict and abi < REQUIRED_ABI:
         lacks = ", ".join(landlock.missing_features(abi)[: REQUIRED_ABI - abi])
         return SandboxPlan(mode, None, abi=abi, refusal=f"{section} Sandbox = true, but this kernel's Landlock ABI {abi} cannot refuse {lacks} (ABI {REQUIRED_ABI}, Linux 6.7+, can): set Sandbox = \"best-effort\" or false")
-    read, write, ports = _grants(manifest, settings, config, plugin_files)
+    read, write, ports, folders = _grants(manifest, settings, config, plugin_files)
     tmpdir = str(Path(config.home) / "tmp" / name)
-    rules = LandlockRules(read=read, write=(*write, tmpdir, *SYSTEM_WRITE), connect_tcp=ports, abi=abi)
-    return SandboxPlan(mode, rules, abi=abi, missing=missing, tmpdir=tmpdir)
+    journal: tuple[str, ...] = ()
+    if manifest.kind is Kind.SyncSectorState and config.sector_sync.journal_dir:
+        # a sink's workers map the journal's segments themselves (sink_host.read: the manager
+        # sends frame references, not rows); read-only, and nothing else of the journal
+        journal = (os.path.join(_absolute(config.sector_sync.journal_dir, config.home), "segments"),)
+    rules = LandlockRules(read=(*read, *journal), write=(*write, tmpdir, *SYSTEM_WRITE), connect_tcp=ports, abi=abi)
+    return SandboxPlan(mode, rules, abi=abi, missing=missing, tmpdir=tmpdir, own_folders=(*folders, *journal, tmpdir))
 
 
-def _grants(manifest: Manifest, settings: PluginSettings, config: Config, plugin_files: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
-    """(read, write, ports) from what the config gives the plugin and its manifest declares."""
+def _grants(
+    manifest: Manifest, settings: PluginSettings, config: Config, plugin_files: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
+    """(read, write, ports, folders) from what the config gives the plugin and its manifest
+    declares; folders: its pathMeta folders, which the plugin would make itself unconfined (a
+    store's Path is not one: a missing one is the operator's to make, e.g. a disk to mount)."""
     name, kind = manifest.name, manifest.kind
-    metas: list[dict[str, str]] = [settings.meta]
+    # the Meta of each instance the config makes of the plugin: a store's (the DB's) Meta for a
+    # store plugin, else its own section's; only those get the manifest's default addresses
+    # (an unused s3store is given no port, a used one its Endpoint's, not also AWS's)
+    store_kind = kind in (Kind.KVStore, Kind.ObjStore)
+    metas: list[tuple[dict[str, str], bool]] = [(settings.meta, not store_kind)]
     write: list[str] = list(settings.allow_write)
     read: list[str] = list(settings.allow_read)
+    folders: list[str] = []
     if kind is Kind.KVStore and config.db.plugin_name == name:
-        metas.append(config.db.meta)
+        metas.append((config.db.meta, True))
     if kind is Kind.ObjStore:
         for store in (*config.piece_stores, *config.persist_stores):
             if store.plugin_name == name:
-                metas.append(store.meta)
-                if store.path and "://" not in store.path:
-                    (read if store.read_only else write).append(_absolute(store.path))
+                metas.append((store.meta, True))
+                if store.path and "://" not in store.path and not manifest.path_is_name:
+                    (read if store.read_only else write).append(_absolute(store.path, config.home))
     ports: set[int] = set(settings.allow_connect)
-    for meta in metas:
+    for meta, defaults in metas:
         for key in manifest.path_meta:
-            folder = _owned_folder(meta.get(key, ""))
+            folder = _owned_folder(meta.get(key, ""), config.home)
             if folder:
                 write.append(folder)
+                folders.append(folder)
         for key in manifest.read_path_meta:
             if meta.get(key):
-                read.append(_absolute(meta[key]))
+                read.append(_absolute(meta[key], config.home))
         for key, default in manifest.address_meta.items():
-            address = meta.get(key, "").strip() or default
+            address = meta.get(key, "").strip() or (default if defaults else "")
             if address:
                 try:
                     ports.add(address_port(address))
@@ -272,20 +290,22 @@ def _grants(manifest: Manifest, settings: PluginSettings, config: Config, plugin
     # folder can be one
     python = {p for p in python if not _contains(p, home)}
     read += sorted(python) + [*SYSTEM_READ, *plugin_files, config.plugins_dir]
-    return _unique(read), _unique(write), tuple(sorted(ports))
+    return _unique(read), _unique(write), tuple(sorted(ports)), _unique(folders)
 
 
-def _absolute(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path))
+def _absolute(path: str, home: str) -> str:
+    """A config path as the worker sees it: it runs in the home folder (host.worker_init), so a
+    relative one is relative to the home."""
+    return os.path.normpath(os.path.join(home, os.path.expanduser(path)))
 
 
-def _owned_folder(value: str) -> str:
+def _owned_folder(value: str, home: str) -> str:
     """The folder a pathMeta value lets the plugin write: the folder itself, or a file's folder
     (a database writes its journal beside it). "" for values that are not paths (":memory:")."""
     value = value.strip()
     if not value or value.startswith(":") or "://" in value:
         return ""
-    p = Path(_absolute(value))
+    p = Path(_absolute(value, home))
     if p.is_dir():
         return str(p)
     if p.exists() or p.suffix:
@@ -305,20 +325,16 @@ def _unique(paths: list[str]) -> tuple[str, ...]:
 
 
 # -- inside a confined worker -----------------------------------------------------------------
+#
+# A refusal is named where the error leaves the plugin (host.map_error -> explain_denial), from
+# the error itself and the rules: nothing runs on the worker's hot path. (A Python audit hook
+# recording each open and connect named them first; it cost a call per audited event, ~4 per
+# fsstore put: bench/bench_isolation.py's sandbox+hook rows.)
 
 _active: "Confinement | None" = None
-_recent: "collections.deque[tuple[str, Any, Any]]" = collections.deque(maxlen=16)
-_AUDITED = frozenset({"open", "socket.connect", "os.mkdir", "os.remove", "os.rmdir", "os.rename", "os.truncate", "os.link", "os.symlink"})
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if event in _AUDITED:
-        if event == "open":
-            _recent.append((event, args[0], (args[1], args[2])))
-        elif event == "socket.connect":
-            _recent.append((event, args[1], None))
-        else:
-            _recent.append((event, args[0], None))
+# the engine's and vsm's own code: the frames of a worker serving a call (their locals are call
+# arguments, not what the plugin connected to)
+_HOST_CODE = (str(Path(executors.__file__).resolve().parent) + os.sep, str(Path(__file__).resolve().parents[1]) + os.sep)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,54 +350,96 @@ class Confinement:
         global _active
         os.environ["TMPDIR"] = self.tmpdir
         tempfile.tempdir = None
-        sys.addaudithook(_audit)  # remembers what was opened or connected to, to say what was denied
         self.rules()
         _active = self
 
 
 def explain_denial(exc: BaseException) -> BaseException | None:
     """In a confined worker: a SandboxDenied naming what was refused, when `exc` (or what
-    caused it) is a refusal; None otherwise."""
+    caused it) is the sandbox's refusal; None otherwise (also for a file the rules let it use,
+    which its permissions refused)."""
     c = _active
     if c is None:
         return None
     denied = _permission_error(exc)
     if denied is None:
         return None
+    what = _what(denied, c)
+    if what is None:
+        return None
     return SandboxDenied(
-        f"plugin '{c.label}' is sandboxed and was denied {_what(denied, c)}: allow it with AllowRead, "
+        f"plugin '{c.label}' is sandboxed and was denied {what}: allow it with AllowRead, "
         f"AllowWrite or AllowConnect in [Common.Plugins.{c.name}] (or pathMeta / readPathMeta / addressMeta in its manifest)"
     )
 
 
 def _permission_error(exc: BaseException) -> BaseException | None:
-    seen = 0
-    while exc is not None and seen < 6:
-        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
-            return exc
-        if "Permission denied" in str(exc) or "Errno 13" in str(exc):
-            return exc
+    """The EACCES/EPERM OSError in exc's chain (it says what and where), else the first error
+    whose text says so (a library's own: libpq's "... failed: Permission denied")."""
+    chain: list[BaseException] = []
+    while exc is not None and len(chain) < 6:
+        chain.append(exc)
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-        seen += 1
-    return None
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
+            return e
+    return next((e for e in chain if "Permission denied" in str(e) or "Errno 13" in str(e)), None)
 
 
-def _what(exc: BaseException, c: Confinement) -> str:
+def _what(exc: BaseException, c: Confinement) -> str | None:
     filename = getattr(exc, "filename", None)
-    last = _recent[-1] if _recent else None
-    if filename:
-        for event, target, how in reversed(_recent):
-            if str(target) == str(filename):
-                if event == "open":
-                    mode, flags = how
-                    writes = (mode and any(ch in str(mode) for ch in "wax+")) or (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC))
-                    return f"{'writing' if writes else 'reading'} {filename}"
-                return f"{event.split('.')[-1]} of {filename}"
-        return f"access to {filename}"
-    if last is not None and last[0] == "socket.connect":
-        address = last[1]
-        port = address[1] if isinstance(address, tuple) and len(address) >= 2 else "?"
+    if filename is not None:
+        return _file_denial(os.fsdecode(filename), getattr(exc, "filename2", None), c.rules)
+    address = _address(exc)
+    if address is not None:
         allowed = ", ".join(map(str, c.rules.connect_tcp)) or "none"
-        host = address[0] if isinstance(address, tuple) else address
-        return f"a TCP connection to {host}:{port} (ports allowed: {allowed})"
+        return f"a TCP connection to {address[0]}:{address[1]} (ports allowed: {allowed})"
     return f"an access ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
+
+
+def _file_denial(path: str, path2: Any, rules: LandlockRules) -> str | None:
+    """What the rules refused on `path`: a change where it may only read; anything where it may
+    neither read nor write. None where it may write (its file permissions refused it)."""
+    real = os.path.realpath(path)
+    if _beneath(real, rules.write):
+        return None
+    if path2 is not None:
+        return f"moving {path} to {os.fsdecode(path2)}"
+    if not os.path.lexists(real):
+        return f"writing {path}"  # creating it
+    if _beneath(real, rules.read):
+        try:  # it may read there: a change was refused, unless reading this file is refused too
+            os.close(os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC))
+        except OSError:
+            return None
+        return f"writing {path}"
+    return f"access to {path} (it may neither read nor write there)"
+
+
+def _beneath(path: str, roots: tuple[str, ...]) -> bool:
+    for root in roots:
+        r = os.path.realpath(root)
+        if path == r or path.startswith(r.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def _address(exc: BaseException) -> tuple[str, int] | None:
+    """The (host, port) a refused connect was for: a socket address among the locals of the
+    frames it was raised through, innermost first (socket.create_connection's `sa`, a client
+    library's own), else a `host` and `port` pair."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_HOST_CODE):  # the worker's own frames hold call args
+            frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        values = frame.f_locals
+        for v in values.values():
+            if isinstance(v, tuple) and len(v) in (2, 4) and isinstance(v[0], str) and isinstance(v[1], int) and 0 < v[1] < 65536:
+                return v[0], v[1]
+        host, port = values.get("host"), values.get("port")
+        if isinstance(host, str) and isinstance(port, int):
+            return host, port
+    return None

@@ -47,6 +47,7 @@ _SOURCE_KEYS = {
     "pathMeta": "path_meta",
     "readPathMeta": "read_path_meta",
     "addressMeta": "address_meta",
+    "pathIsName": "path_is_name",
 }
 _BUILD_KEYS = {"buildTime": "build_time", "spiVersion": "spi_version", "pythonVersion": "python_version"}
 # Lifecycle hook -> the parameters its impl must accept (Go: OnInit(ctx, pluginsDir, manifest)).
@@ -125,11 +126,15 @@ def manifest_from_dict(data: Mapping[str, Any], file: object, *, from_artifact: 
     sandbox = data.get("sandbox", False)
     if not isinstance(sandbox, bool):
         raise ManifestError(file, "sandbox", f"must be true or false, got {sandbox!r}")
+    path_is_name = data.get("pathIsName", False)
+    if not isinstance(path_is_name, bool) or (path_is_name and kind is not Kind.ObjStore):
+        raise ManifestError(file, "pathIsName", f"must be true or false, and only an ObjStore has a store Path, got {path_is_name!r} for a {kind.value}")
     fields: dict[str, Any] = dict(
         sandbox=sandbox,
         path_meta=_meta_keys(data, "pathMeta", file),
         read_path_meta=_meta_keys(data, "readPathMeta", file),
         address_meta=_address_meta(data.get("addressMeta", []), file),
+        path_is_name=path_is_name,
         name=name,
         kind=kind,
         description=text("description"),

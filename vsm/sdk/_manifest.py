@@ -40,6 +40,7 @@ class Manifest:
     path_meta: tuple[str, ...] = ()  # Meta keys naming a folder (or a file: its folder) it writes
     read_path_meta: tuple[str, ...] = ()  # Meta keys naming a file or folder it only reads
     address_meta: dict[str, str] = dataclasses.field(default_factory=dict)  # Meta key -> default address: TCP it connects to
+    path_is_name: bool = False  # an ObjStore whose store Path only names the instance (s3store): not a folder it writes
     build_time: str = ""
     spi_version: int = SPI_VERSION
     python_version: str = ""
@@ -65,6 +66,7 @@ class Manifest:
             "pathMeta": list(self.path_meta),
             "readPathMeta": list(self.read_path_meta),
             "addressMeta": dict(self.address_meta),
+            "pathIsName": self.path_is_name,
             "buildTime": self.build_time,
             "spiVersion": self.spi_version,
             "pythonVersion": self.python_version,
