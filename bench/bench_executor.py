@@ -550,89 +550,8 @@ def start_cost(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def isolation_cost(quick: bool) -> list[dict[str, Any]]:
-    """Issue 16: the bundled memdb plugin's pool with its limits and Landlock sandbox (as the
-    manager applies them: vsm/plugin/isolation.py) beside the same pool without: 2-worker
-    start, and put/get calls one at a time and many in flight."""
-    import functools
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from executors._landlock import abi_version
-    from vsm.config import Config, PluginSettings
-    from vsm.plugin import host as _host
-    from vsm.plugin import isolation
-    from vsm.plugin.artifact import build, code_path
-
-    from vsm.plugin.loader import WORKER_PRELOAD
-
-    prestart(WORKER_PRELOAD)  # as the manager does: vsm's modules imported once, in the server
-    wl = "memdb pool: limits+sandbox vs off"
-    rows: list[dict[str, Any]] = []
-    root = Path(tempfile.mkdtemp(prefix="vsm-bench-iso-"))
-    try:
-        src = Path(ROOT) / "plugins" / "memdb"
-        if not src.is_dir():
-            from vsm.home import bundled_plugins_dir
-
-            src = bundled_plugins_dir() / "memdb"
-        artifact, manifest, _ = build(src, root / "plugins")
-        init = functools.partial(_host.worker_init, code_path(artifact), manifest, str(root / "plugins"))
-        config = Config(file=str(root / "config.toml"), home=str(root), plugins_dir=str(root / "plugins"))
-        settings = PluginSettings(sandbox="true" if abi_version() >= isolation.REQUIRED_ABI else "best-effort")
-        plan = isolation.plan_sandbox(manifest, settings, config, (str(artifact),))
-        plan.prepare()
-        variants = {
-            "off": {},
-            "limits+sandbox": {"limits": isolation.worker_limits(settings), "confine": plan.confinement("KVStore/memdb", "memdb")},
-        }
-        n_start = 3 if quick else 7
-        n_seq, n_fut = (2000, 5000) if quick else (10000, 20000)
-        for variant, extra in variants.items():
-            starts = []
-            for _ in range(n_start):
-                pool = ProcessPool(PoolSpec(name="KVStore/memdb", init=init, workers=2, **extra))
-                t = time.perf_counter()
-                pool.start()
-                starts.append(time.perf_counter() - t)
-                pool.close()
-            starts.sort()
-            rows.append(_row(wl, f"{variant}: start (median of {n_start})", starts[n_start // 2] * 1e3, "ms"))
-            pool = ProcessPool(PoolSpec(name="KVStore/memdb", init=init, workers=1, **extra))
-            pool.start()
-            try:
-                pool.broadcast("open_db", {}, replay=True)
-
-                def seq() -> int:
-                    for i in range(n_seq):
-                        pool.call("put", "c", b"k%d" % (i % 100), b"v" * 100)
-                        pool.call("get", "c", b"k%d" % (i % 100))
-                    return 2 * n_seq
-
-                def inflight() -> int:
-                    futs = [pool.submit("get", "c", b"k%d" % (i % 100)) for i in range(n_fut)]
-                    for f in futs:
-                        f.result()
-                    return n_fut
-
-                rows.append(_row(wl, f"{variant}: call one at a time", _best_rate(seq, 3), "calls/s"))
-                rows.append(_row(wl, f"{variant}: submit x{n_fut}, wait", _best_rate(inflight, 3), "calls/s"))
-            finally:
-                pool.close()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    for r in rows:
-        if r["variant"].startswith("limits+sandbox"):
-            peer = next(x for x in rows if x["variant"] == "off" + r["variant"].removeprefix("limits+sandbox"))
-            r["ratio_vs"] = {"vs off": r["value"] / peer["value"]}
-    rows[-1]["sandbox"] = plan.describe()["text"]
-    return rows
-
-
 def run(quick: bool) -> list[dict[str, Any]]:
     rows = []
-    rows += isolation_cost(quick)
     rows += start_cost(quick)
     rows += small_calls(quick)
     rows += bytes_stream(quick)

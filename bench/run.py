@@ -17,6 +17,7 @@ from typing import Any
 
 SUITES = {
     "executor": "bench.bench_executor",
+    "isolation": "bench.bench_isolation",
     "sectors": "bench.bench_sectors",
     "operator": "bench.bench_operator",
     "envs": "bench.bench_envs",

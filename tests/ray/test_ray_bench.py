@@ -13,10 +13,10 @@ from vsm.cli import main
 @pytest.mark.parametrize(
     "args, suites",
     [
-        ([], ["executor", "sectors", "operator", "envs"]),
-        (["--backend", "process"], ["executor", "sectors", "operator", "envs"]),
+        ([], ["executor", "isolation", "sectors", "operator", "envs"]),
+        (["--backend", "process"], ["executor", "isolation", "sectors", "operator", "envs"]),
         (["--backend", "ray"], ["ray"]),
-        (["--backend", "both"], ["executor", "sectors", "operator", "envs", "ray"]),
+        (["--backend", "both"], ["executor", "isolation", "sectors", "operator", "envs", "ray"]),
         (["--suite", "executor", "--backend", "ray"], ["executor", "ray"]),
         (["--suite", "ray"], ["ray"]),
     ],

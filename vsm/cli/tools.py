@@ -37,7 +37,7 @@ def config_init(home: Path | None, force: bool) -> None:
 
 @click.command()
 @click.option("--quick", is_flag=True, help="Smaller sizes, for a smoke run (about a minute).")
-@click.option("--suite", "suites", multiple=True, type=click.Choice(["executor", "sectors", "operator", "envs", "ray", "soak"]),
+@click.option("--suite", "suites", multiple=True, type=click.Choice(["executor", "isolation", "sectors", "operator", "envs", "ray", "soak"]),
               help="Run only these suites (soak: only on request; the daemon under load and faults for --soak-minutes).")
 @click.option("--soak-minutes", type=float, default=None, help="Length of the soak suite (default 10, 1 with --quick).")
 @click.option(
@@ -45,7 +45,7 @@ def config_init(home: Path | None, force: bool) -> None:
     type=click.Choice(["process", "ray", "both"]),
     default="process",
     show_default=True,
-    help="process: the local suites (executor, sectors, operator, envs). ray: the Ray suite, i.e. small calls, "
+    help="process: the local suites (executor, isolation, sectors, operator, envs). ray: the Ray suite, i.e. small calls, "
     "byte streams and the sink fan-out on Ray pools beside local pools in one run "
     "(pip install 'vsm-pool[ray]'). both: all suites. With --suite, ray/both add the Ray suite.",
 )
@@ -67,7 +67,7 @@ def bench(quick: bool, suites: tuple[str, ...], soak_minutes: float | None, back
             import ray  # noqa: F401
         except ImportError as e:
             raise click.ClickException(f"--backend {backend} needs Ray: pip install 'vsm-pool[ray]' (import ray failed: {e})") from None
-    names = list(suites) or {"process": ["executor", "sectors", "operator", "envs"], "ray": ["ray"], "both": ["executor", "sectors", "operator", "envs", "ray"]}[backend]
+    names = list(suites) or {"process": ["executor", "isolation", "sectors", "operator", "envs"], "ray": ["ray"], "both": ["executor", "isolation", "sectors", "operator", "envs", "ray"]}[backend]
     if backend != "process" and "ray" not in names:
         names.append("ray")
     sys.exit(run_bench(names, quick, out))
