@@ -12,9 +12,11 @@ enabled; keep every sink (DuckDB, Parquet) equal to the KV, each event exactly o
 with `vsm-pool query`; keep the pieces (sha256), the token and the config file; log each
 migration step once (a second start migrates nothing) and no traceback.
 
-The daemon runs the home's plugin artifacts, which the previous release built. Its second
-test puts this release's bundled sinks on the same files (what a rebuilt artifact runs): the
-previous schema's columns (Pre.Deals) keep their values, the Parquet dataset one schema.
+The previous release built the home's plugin artifacts; this release's first start rebuilds
+the bundled ones (same name and version, other content: vsm/home.py, the old files kept as
+.vsmp.old), so the daemon runs this release's sinks on the previous release's files. The second
+test puts them on the same files directly: the previous schema's columns (Pre.Deals) keep their
+values, the Parquet dataset one schema.
 """
 
 from __future__ import annotations
