@@ -60,10 +60,13 @@ def test_worker_killed_mid_put_leaves_no_temp_file(start_daemon: Any, tmp_path: 
         _wait(lambda: _leftovers(store))
     else:
         time.sleep(1.0)
-    for pid in _fsstore_workers(d):
+    killed = set(_fsstore_workers(d))
+    for pid in killed:
         psutil.Process(pid).kill()
     sock.close()
-    _wait(lambda: len(_fsstore_workers(d)) == 4 and next(r for r in d.rpc("plugin.list") if r["name"] == "fsstore")["pool"]["state"] == "ready")
+    # replaced: none of the killed (the pool may not have noticed their deaths yet), 4 ready
+    _wait(lambda: not killed & set(_fsstore_workers(d)) and len(_fsstore_workers(d)) == 4
+          and next(r for r in d.rpc("plugin.list") if r["name"] == "fsstore")["pool"]["state"] == "ready")
     _wait(lambda: not _leftovers(store), 10)
     assert not (store / "killed" / "mid-put.bin").exists()
     status, _, body = d.request("PUT", "/pieces/pieces/killed/after.bin", b"ok")
@@ -78,9 +81,13 @@ def test_daemon_killed_mid_put_leaves_no_temp_file_after_restart(tmp_path: Path)
     try:
         sock = _begin_put(d, "killed/daemon.bin", 64 * MiB)
         _wait(lambda: _leftovers(store))
-        for p in [psutil.Process(d.pid), *d.tree()]:  # the whole tree at once (OOM killer, power cut)
+        tree = [psutil.Process(d.pid), *d.tree()]
+        for p in tree:  # the whole tree at once (OOM killer, power cut)
             p.kill()
         d.proc.wait(30)
+        # until init has reaped them (it polls here: ~1-2 s): a writer still a zombie counts as
+        # running, so a restart within that time would rightly keep its temp file
+        psutil.wait_procs(tree, timeout=30)
         sock.close()
         assert _leftovers(store)  # the dead worker's temp file: there until the store is opened
     finally:
