@@ -55,7 +55,8 @@ def load_config(plugins_dir: str) -> dict[str, Any]:
     matches them, case-insensitively); a missing file is written, commented out."""
     path = Path(plugins_dir) / CONFIG_FILE
     config = _default_config(plugins_dir)
-    if not path.exists():
+    # empty: made by vsm-pool so its sandbox can grant it (a rule needs an existing file)
+    if not path.exists() or path.stat().st_size == 0:
         path.write_text(_commented_default(config), encoding="utf-8")
         return config
     try:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(60)
 PLUGINS = pathlib.Path(__file__).resolve().parents[2] / "plugins"
 BUNDLED = ["memdb", "sqlitekv", "fsstore"]
 KNOWN_KEYS = {"name", "description", "kind", "module", "version", "onInit", "onShutdown", "export",
-              "maxWorkers", "requirements", "requiresPython", "testMeta", "sandbox", "pathMeta", "readPathMeta", "addressMeta", "pathIsName"}
+              "maxWorkers", "requirements", "requiresPython", "testMeta", "sandbox", "pathMeta", "readPathMeta", "addressMeta", "pathIsName", "pluginsDirFiles"}
 
 
 def read_manifest(name: str) -> dict[str, Any]:

@@ -25,12 +25,13 @@ def _plan(tmp_path, name: str, extra: str = ""):
     return plan_sandbox(manifest, cfg.settings(name), cfg, (), abi=7), cfg
 
 
-@pytest.mark.parametrize("name", ["memdb", "sqlitekv", "fsstore", "duckdb", "parquet", "redis", "s3store", "sqlsink"])
+@pytest.mark.parametrize("name", ["memdb", "sqlitekv", "fsstore", "duckdb", "parquet", "concurrent-limiter", "redis", "s3store", "sqlsink"])
 def test_every_bundled_plugin_is_sandboxed_by_default(tmp_path, name):
     plan, cfg = _plan(tmp_path, name)
     assert plan.mode == "best-effort" and plan.state == "on", plan.describe()
     writes = plan.describe()["write"]
-    assert str(tmp_path) not in writes and all(w.startswith(str(tmp_path / "data")) or w == str(tmp_path / "tmp" / name) for w in writes), writes
+    own = {str(tmp_path / "tmp" / name), str(tmp_path / "plugins" / f"{name}.toml"), str(tmp_path / "plugins" / f".{name}")}
+    assert str(tmp_path) not in writes and all(w.startswith(str(tmp_path / "data")) or w in own for w in writes), writes
     assert str(tmp_path / "token") not in plan.rules.read and str(tmp_path) not in plan.rules.read
 
 
@@ -42,6 +43,7 @@ def test_what_the_default_home_gives_each(tmp_path):
         "duckdb": [str(data / "duckdb")],
         "parquet": [str(data / "parquet")],
         "memdb": [],
+        "concurrent-limiter": [str(tmp_path / "plugins" / "concurrent-limiter.toml"), str(tmp_path / "plugins" / ".concurrent-limiter")],
     }
     for name, writes in expect.items():
         plan, _ = _plan(tmp_path, name)
@@ -49,11 +51,18 @@ def test_what_the_default_home_gives_each(tmp_path):
         assert plan.describe()["connect"] == [], name
 
 
-def test_concurrent_limiter_is_not_confined_by_default(tmp_path):
-    """It writes its config file and DataDir in the plugins dir (damocles' example does): the
-    plugins dir holds the other plugins' artifacts, so it is never granted; AllowWrite can."""
-    plan, _ = _plan(tmp_path, "concurrent-limiter")
-    assert plan.state == "off" and "sandbox = true" in plan.note
+def test_concurrent_limiter_writes_its_two_files_of_the_plugins_dir(tmp_path):
+    """Its config file and DataDir, as damocles' example keeps them (pluginsDirFiles): nothing
+    else of the plugins dir, which holds the other plugins' artifacts."""
+    plan, cfg = _plan(tmp_path, "concurrent-limiter")
+    plugins = tmp_path / "plugins"
+    mine = [str(plugins / "concurrent-limiter.toml"), str(plugins / ".concurrent-limiter")]
+    assert plan.state == "on" and plan.describe()["write"] == [*mine, str(tmp_path / "tmp" / "concurrent-limiter")]
+    plugins.mkdir()
+    plan.prepare()  # made before it starts (a rule needs an existing path); the file empty
+    assert (plugins / "concurrent-limiter.toml").read_bytes() == b"" and (plugins / ".concurrent-limiter").is_dir()
+    plan, _ = _plan(tmp_path, "fsstore")
+    assert not any(w.startswith(str(plugins)) for w in plan.rules.write)
 
 
 def test_a_sink_reads_the_journal_segments_and_writes_none(tmp_path):

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def test_limits_from_its_config_and_slots_survive_a_restart(tmp_path: Path, start_daemon: Any) -> None:
-    home = prepare_home(tmp_path / "home", append="[Common.Plugins.concurrent-limiter]\nWorkers = 2\n")
+    # a DataDir of its own choice: the sandbox grants only <plugins dir>/.concurrent-limiter
+    home = prepare_home(tmp_path / "home", append=f'[Common.Plugins.concurrent-limiter]\nWorkers = 2\nAllowWrite = ["{tmp_path / "slots"}"]\n')
+    (tmp_path / "slots").mkdir()
     (home / "plugins" / "concurrent-limiter.toml").write_text(
         f'datadir = "{tmp_path / "slots"}"\n[Concurrent]\nadd_pieces = 1\npc1 = 2\n'
     )

@@ -267,9 +267,9 @@ def test_sandbox_true_is_refused_where_the_kernel_cannot_keep_it(start_daemon, t
 
 def test_bundled_plugins_serve_sandboxed_by_default(start_daemon, tmp_path: Path) -> None:
     """No Sandbox key anywhere: every plugin of the default home runs confined and does its
-    work: the DB, the piece store and both sinks get every sector event (their workers map the
-    journal's segments, which they may read and not write). concurrent-limiter is not confined
-    by default (it writes its files in the plugins dir, as damocles' example does)."""
+    work: the DB, the piece store, the limiter (its config file and slots in the plugins dir, as
+    damocles' example keeps them), and both sinks get every sector event (their workers map the
+    journal's segments, which they may read and not write)."""
     from vsm.sdk.sectors import SectorID, SectorState
     from vsm.sectors import write_import_file
 
@@ -278,7 +278,7 @@ def test_bundled_plugins_serve_sandboxed_by_default(start_daemon, tmp_path: Path
     assert "\nSandbox" not in (home / "config.toml").read_text()
     d: Daemon = start_daemon(home)
     rows = {r["name"]: r for r in d.rpc("plugin.list")}
-    for name in ("memdb", "sqlitekv", "fsstore", "duckdb", "parquet"):
+    for name in ("memdb", "sqlitekv", "fsstore", "duckdb", "parquet", "concurrent-limiter"):
         assert rows[name]["sandbox"]["state"] == "on", (name, rows[name]["sandbox"])
         assert rows[name]["sandbox"]["connect"] == [], name
     assert rows["duckdb"]["sandbox"]["write"] == [str(home / "data" / "duckdb"), str(home / "tmp" / "duckdb")]
@@ -288,8 +288,9 @@ def test_bundled_plugins_serve_sandboxed_by_default(start_daemon, tmp_path: Path
     assert "imported 40 of 40" in d.cli("sectors", "import", str(states)).stdout
     status, _, _ = d.request("PUT", "/pieces/pieces/iso/p.bin", b"piece", {"Content-Type": "application/octet-stream"})
     assert status == 201 and (home / "data" / "pieces" / "iso" / "p.bin").read_bytes() == b"piece"
-    assert rows["concurrent-limiter"]["sandbox"]["state"] == "off"
-    assert d.rpc("DAMOCLES_LIMITER.Acquire", {"name": "add_pieces", "id": "iso"})
+    assert d.rpc("DAMOCLES_LIMITER.Acquire", {"name": "add_pieces", "id": "iso"}) == "0-add_pieces"
+    assert (home / "plugins" / "concurrent-limiter.toml").read_text().startswith("# Default config:")
+    assert (home / "plugins" / ".concurrent-limiter" / "slots.sqlite").is_file()
     wait_sinks(d, {"duckdb", "parquet"})
     assert "40" in d.cli("query", "select count(*) from sectors").stdout
     assert list((home / "data" / "parquet").rglob("*.parquet"))

@@ -158,6 +158,7 @@ class SandboxPlan:
     note: str = ""  # why it is not confined
     tmpdir: str = ""
     own_folders: tuple[str, ...] = ()  # folders the rules grant that are made before the pool starts
+    own_files: tuple[str, ...] = ()  # files the rules grant that are made (empty) before it starts
 
     @property
     def state(self) -> str:
@@ -195,6 +196,9 @@ class SandboxPlan:
         for path in self.own_folders:
             if path and not os.path.exists(path):
                 os.makedirs(path, exist_ok=True)
+        for path in self.own_files:
+            if not os.path.lexists(path):
+                open(path, "ab").close()
 
     def confinement(self, label: str, name: str) -> "Confinement | None":
         return Confinement(label, name, self.rules, self.tmpdir) if self.rules is not None else None
@@ -240,8 +244,11 @@ def plan_sandbox(
         # a sink's workers map the journal's segments themselves (sink_host.read: the manager
         # sends frame references, not rows); read-only, and nothing else of the journal
         journal = (os.path.join(_absolute(config.sector_sync.journal_dir, config.home), "segments"),)
-    rules = LandlockRules(read=(*read, *journal), write=(*write, tmpdir, *SYSTEM_WRITE), connect_tcp=ports, abi=abi)
-    return SandboxPlan(mode, rules, abi=abi, missing=missing, tmpdir=tmpdir, own_folders=(*folders, *journal, tmpdir))
+    own: tuple[str, ...] = ()
+    if manifest.plugins_dir_files:  # its config file and data folder in the plugins dir, by its name
+        own = (os.path.join(config.plugins_dir, f"{name}.toml"), os.path.join(config.plugins_dir, f".{name}"))
+    rules = LandlockRules(read=(*read, *journal), write=(*write, *own, tmpdir, *SYSTEM_WRITE), connect_tcp=ports, abi=abi)
+    return SandboxPlan(mode, rules, abi=abi, missing=missing, tmpdir=tmpdir, own_folders=(*folders, *own[1:], *journal, tmpdir), own_files=own[:1])
 
 
 def _grants(

@@ -48,6 +48,7 @@ _SOURCE_KEYS = {
     "readPathMeta": "read_path_meta",
     "addressMeta": "address_meta",
     "pathIsName": "path_is_name",
+    "pluginsDirFiles": "plugins_dir_files",
 }
 _BUILD_KEYS = {"buildTime": "build_time", "spiVersion": "spi_version", "pythonVersion": "python_version"}
 # Lifecycle hook -> the parameters its impl must accept (Go: OnInit(ctx, pluginsDir, manifest)).
@@ -126,6 +127,9 @@ def manifest_from_dict(data: Mapping[str, Any], file: object, *, from_artifact: 
     sandbox = data.get("sandbox", False)
     if not isinstance(sandbox, bool):
         raise ManifestError(file, "sandbox", f"must be true or false, got {sandbox!r}")
+    plugins_dir_files = data.get("pluginsDirFiles", False)
+    if not isinstance(plugins_dir_files, bool):
+        raise ManifestError(file, "pluginsDirFiles", f"must be true or false, got {plugins_dir_files!r}")
     path_is_name = data.get("pathIsName", False)
     if not isinstance(path_is_name, bool) or (path_is_name and kind is not Kind.ObjStore):
         raise ManifestError(file, "pathIsName", f"must be true or false, and only an ObjStore has a store Path, got {path_is_name!r} for a {kind.value}")
@@ -135,6 +139,7 @@ def manifest_from_dict(data: Mapping[str, Any], file: object, *, from_artifact: 
         read_path_meta=_meta_keys(data, "readPathMeta", file),
         address_meta=_address_meta(data.get("addressMeta", []), file),
         path_is_name=path_is_name,
+        plugins_dir_files=plugins_dir_files,
         name=name,
         kind=kind,
         description=text("description"),

@@ -41,6 +41,9 @@ class Manifest:
     read_path_meta: tuple[str, ...] = ()  # Meta keys naming a file or folder it only reads
     address_meta: dict[str, str] = dataclasses.field(default_factory=dict)  # Meta key -> default address: TCP it connects to
     path_is_name: bool = False  # an ObjStore whose store Path only names the instance (s3store): not a folder it writes
+    # it keeps `<name>.toml` and `.<name>/` in the plugins dir, as damocles' examples do: the two
+    # things of the plugins dir it may write (never another plugin's artifact)
+    plugins_dir_files: bool = False
     build_time: str = ""
     spi_version: int = SPI_VERSION
     python_version: str = ""
@@ -67,6 +70,7 @@ class Manifest:
             "readPathMeta": list(self.read_path_meta),
             "addressMeta": dict(self.address_meta),
             "pathIsName": self.path_is_name,
+            "pluginsDirFiles": self.plugins_dir_files,
             "buildTime": self.build_time,
             "spiVersion": self.spi_version,
             "pythonVersion": self.python_version,
