@@ -359,10 +359,15 @@ def _clean_stale(tmp_dir: str) -> None:
 
 
 def _process_start(pid: int) -> float | None:
-    """When process pid started (seconds since the epoch), or None if it is not running."""
+    """When process pid started (seconds since the epoch), or None if it is not running. A
+    zombie is not running: a writer killed -9 with its parent (the daemon's whole tree) stays
+    one until init reaps it, which can be after the next daemon opened the store."""
     try:
         with builtins.open(f"/proc/{pid}/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+            fields = f.read().rsplit(")", 1)[1].split()  # "pid (comm) S ...": comm may hold ')'
+        if fields[0] in ("Z", "X"):
+            return None
+        ticks = int(fields[19])
         with builtins.open("/proc/stat") as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
     except PermissionError:

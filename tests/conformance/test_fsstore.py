@@ -219,3 +219,30 @@ def test_strict_store_reads_only_regular_files(root: pathlib.Path, constructor: 
             strict.get(path)
     with strict.get("link.bin") as f:
         assert f.read() == b"data"
+
+
+def test_opening_the_store_deletes_temp_files_of_dead_and_zombie_writers_only(
+    root: pathlib.Path, load_plugin: Callable[[str], Any], constructor: Callable[[str], Any]
+) -> None:
+    """A writer killed -9 with its whole tree stays a zombie until init reaps it (here up to
+    ~1.5 s), and the next daemon may open the store before that: its temp file is stale all
+    the same (the flaky test_daemon_killed_mid_put_leaves_no_temp_file_after_restart)."""
+    import subprocess
+    import time
+
+    host = load_plugin("fsstore")._HOST
+    zombie = subprocess.Popen(["true"])  # exits at once; not reaped until wait()
+    try:
+        deadline = time.monotonic() + 10
+        while pathlib.Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.01)
+        tmp = root / ".vsm-tmp"
+        tmp.mkdir()
+        names = {who: f"{host}-{pid}-0123abcd.tmp" for who, pid in (("live", os.getpid()), ("zombie", zombie.pid))}
+        for name in names.values():
+            (tmp / name).write_bytes(b"partial")
+        constructor("fsstore")(Config(name="", path=str(root)))
+        assert sorted(os.listdir(tmp)) == [names["live"]]  # the live writer's file stays
+    finally:
+        zombie.wait()

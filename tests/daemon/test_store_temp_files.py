@@ -26,6 +26,19 @@ def _leftovers(store: Path) -> list[str]:
     return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file() and (p.name.endswith(".tmp") or ".vsm-tmp" in p.parts))
 
 
+def _writers(names: list[str]) -> dict[int, str]:
+    """The state of each temp file's writer pid (<host>-<pid>-<random>.tmp): gone, or its
+    /proc state letter (Z: a zombie init has not reaped yet)."""
+    out = {}
+    for name in names:
+        pid = int(Path(name).name.split("-")[1])
+        try:
+            out[pid] = psutil.Process(pid).status()
+        except psutil.Error:
+            out[pid] = "gone"
+    return out
+
+
 def _begin_put(d: Daemon, path: str, total: int) -> socket.socket:
     """A PUT that sends its headers and 2 MiB of `total` bytes, then stalls."""
     sock = socket.create_connection(("127.0.0.1", d.port))
@@ -96,7 +109,8 @@ def test_daemon_killed_mid_put_leaves_no_temp_file_after_restart(tmp_path: Path)
     (home / "daemon.json").unlink(missing_ok=True)
     d2 = start(home)
     try:
-        assert _leftovers(store) == []
+        left = _leftovers(store)
+        assert left == [], f"{left}: their writers are {_writers(left)}"
         assert not (store / "killed" / "daemon.bin").exists()
     finally:
         assert d2.stop() == 0
