@@ -283,6 +283,8 @@ def test_a_home_of_the_previous_release_runs_unchanged(old_home: tuple[Path, dic
         assert f"moved {moved_online} bare keys m-<miner>-n-<number> in 'meta'" in log, log[-3000:]
         assert "bare keys m-<miner>-n-<number> in 'offline_meta'" in log
         assert f"sector journal recovery: 1 events past watermark {before['killed_at'] - 1}, 1 kept, 0 dropped" in log, log[-3000:]
+        for name in ("duckdb", "parquet", "fsstore", "sqlitekv"):  # this release's code, the previous build kept
+            assert f"rebuilt bundled plugin plugin-{name}.vsmp" in log and (home / "plugins" / f"plugin-{name}.vsmp.old").is_file(), name
 
         # every sector as it was (the one updated under the kill included), the old token works
         assert _listed(d) == before["sectors"]
@@ -308,12 +310,14 @@ def test_a_home_of_the_previous_release_runs_unchanged(old_home: tuple[Path, dic
         assert json.loads(out)[0] == {"n": head, "d": head, "m": head}, out
         # what the previous schema had beyond this one (Pre.Deals of pre-2024 states) is still there
         pre_deals = "select count(distinct (miner, number)) as n from sector_events where pre.deals is not null"
-        kept = [json.loads(d.cli("query", "--sink", sink, "--format", "json", pre_deals).stdout)[0]["n"] for sink in ("duckdb", "parquet")]
+        kept = [d.rpc("query", {"sql": pre_deals, "sink": sink})["rows"][0][0] for sink in ("duckdb", "parquet")]
         assert kept[0] == kept[1] == sum(1 for s in _realistic_states(N_STATES) if "Deals" in s["Pre"]), kept
 
         for path, sha in before["pieces"].items():
             status, _, body = d.request("GET", f"/pieces/pieces/{path}")
             assert status == 200 and hashlib.sha256(body).hexdigest() == sha, path
+        for sink in ("duckdb", "parquet"):  # each says what it keeps
+            assert f"sink '{sink}': {sink} sink {home}" in d.log_text(), sink
     finally:
         stop_checked(d)
     log = d.log_text()
@@ -334,12 +338,16 @@ def test_a_home_of_the_previous_release_runs_unchanged(old_home: tuple[Path, dic
         con.close()
     _assert_sink_equals_kv("duckdb", events, kv, head)
     _assert_sink_equals_kv("parquet", _parquet_events(home / "data" / "parquet"), kv, head)
+    import pyarrow.parquet as pq
+
+    schemas = {pq.read_schema(f).to_string(show_schema_metadata=False) for f in (home / "data" / "parquet").glob("date=*/*.parquet")}
+    assert len(schemas) == 1, f"the parquet dataset holds files of {len(schemas)} schemas"
 
     # a second start has nothing left to migrate
     d = start(home)
     try:
         tail = d.log_text()[len(log):]
-        assert "bare keys" not in tail and "sector journal recovery" not in tail, tail
+        assert "bare keys" not in tail and "sector journal recovery" not in tail and "rebuilt bundled" not in tail, tail
         assert d.rpc("sectors.get", {"miner": 1002, "number": 20})["AbortReason"] == "after-upgrade"
     finally:
         stop_checked(d)
