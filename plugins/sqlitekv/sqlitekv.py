@@ -12,6 +12,17 @@ or at commit: bulk imports run in one statement loop inside SQLite. A scan is a 
 badger's (damocles' default store): outside a transaction it reads its pages in a read
 transaction of its own connection, held until the scan ends or is closed; txn.scan reads the
 transaction's. The empty key is refused and a write inside view fails as badger reports them.
+
+The bulk import's two calls (vsm/sectors/_manager.py), 10k states of ~1.5 KB a chunk, measured
+in-process on a 1M-state file (2 vCPU, shared): which keys exist, as one `k IN (...)` query
+(`existing`): ~9 ms, against ~32 ms for 10k gets; the puts (`put_many`, one executemany in one
+transaction): ~75 ms with 16 KiB pages, against ~117-137 ms with SQLite's default 4 KiB (a
+state is ~1.5 KB: 2 rows a 4 KiB page, 10 a 16 KiB one; the file is 20% smaller). The page size
+is set when the file is made; an existing file keeps its own.
+
+Durability: WAL with Synchronous = NORMAL makes a commit durable against a crash of the
+process (kill -9; what the manager's crash argument covers), not against a power loss, which
+may roll back the last commits; FULL also fsyncs the WAL at every commit.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from vsm.sdk import EmptyKeyError, KeyNotFoundError, ReadOnlyTransactionError
 
@@ -29,6 +40,8 @@ T = TypeVar("T")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _PAGE = 1024  # rows fetched per scan query: bounded memory whatever the collection's size
 _FLUSH_EVERY = 10_000  # buffered puts per executemany: as fast as one call, bounded memory
+_PAGE_SIZE = 16384  # for a new file (see the docstring: 1.6-1.8x faster bulk puts than 4 KiB)
+_IN_LIST = 30_000  # keys per `k IN (...)` query: below SQLite's 32766 host parameters
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -124,6 +137,11 @@ class SqliteTxn:
     def peek(self, key: bytes, fn: Callable[[bytes], T]) -> T:
         return fn(self.get(key))
 
+    def existing(self, keys: list[bytes]) -> set[bytes]:
+        """Which of keys the collection holds (the import's check): one query, not a get each."""
+        self.flush()
+        return self._coll._existing(keys)
+
     def put(self, key: bytes, val: bytes) -> None:
         self._check_writable()
         self._puts.append((self._coll.name, _key(key), bytes(val)))
@@ -187,6 +205,26 @@ class Collection:
     def need_retry_transactions(self) -> bool:
         return False
 
+    def existing(self, keys: list[bytes]) -> set[bytes]:
+        """Which of keys the collection holds, read in one transaction."""
+        return self.view(lambda txn: txn.existing(keys))
+
+    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Puts in one transaction, one executemany (the bulk import's and migrate's write)."""
+        n = 0
+
+        def rows() -> Iterator[tuple[str, bytes, bytes]]:
+            nonlocal n
+            for k, v in items:
+                n += 1
+                yield self.name, _key(k), bytes(v)
+
+        def write(txn: SqliteTxn) -> None:
+            self._conn.executemany("INSERT OR REPLACE INTO kv (coll, k, v) VALUES (?, ?, ?)", rows())
+
+        self.update(write)
+        return n
+
     def get(self, key: bytes) -> bytes:
         with self._db._lock:
             return self._get(key)
@@ -211,6 +249,14 @@ class Collection:
         conn.execute("BEGIN")
         conn.execute("SELECT 1 FROM kv LIMIT 1").fetchall()  # the first read fixes the snapshot
         return SqliteIter(self._page_fn(bytes(prefix), None, conn), conn.close)
+
+    def _existing(self, keys: list[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        for off in range(0, len(keys), _IN_LIST):
+            part = [_key(k) for k in keys[off : off + _IN_LIST]]
+            sql = f"SELECT k FROM kv WHERE coll = ? AND k IN ({','.join('?' * len(part))})"
+            found.update(row[0] for row in self._conn.execute(sql, (self.name, *part)))
+        return found
 
     def _get(self, key: bytes) -> bytes:
         row = self._conn.execute("SELECT v FROM kv WHERE coll = ? AND k = ?", (self.name, _key(key))).fetchone()
@@ -256,6 +302,7 @@ class SqliteDB:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # a new file only: before WAL and the table
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute(_SCHEMA)

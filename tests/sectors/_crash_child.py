@@ -32,17 +32,26 @@ if mode == "after_journal":
 
     m._commit_puts = commit  # type: ignore[method-assign]
 elif mode == "mid_finalize":
-    orig_update = m._update
+    # the offline put lands (put_many where the store has it, else an update), then the
+    # process dies: the online delete never will
+    orig_update, orig_puts = m._update, m._commit_puts
 
     def upd(ws, fn):  # type: ignore[no-untyped-def]
         out = orig_update(ws, fn)
-        if ws == "offline":  # the offline put landed; the online delete never will
+        if ws == "offline":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    def puts(ws, pairs):  # type: ignore[no-untyped-def]
+        out = orig_puts(ws, pairs)
+        if ws == "offline":
             os.kill(os.getpid(), signal.SIGKILL)
         return out
 
 m.import_states([make_state(20, n) for n in range(1000)])
 if mode == "mid_finalize":
     m._update = upd  # type: ignore[method-assign]
+    m._commit_puts = puts  # type: ignore[method-assign]
     m.finalize(SectorID(20, 5))
 
 

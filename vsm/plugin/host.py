@@ -14,9 +14,9 @@ import os
 import resource
 import stat
 import sys
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
-from ..sdk import Config, InvalidRequestError, Kind, Manifest, MemoryLimitExceeded, PluginError
+from ..sdk import Config, InvalidRequestError, KeyNotFoundError, Kind, Manifest, MemoryLimitExceeded, PluginError
 from .blame import describe
 from .isolation import explain_denial, format_size
 
@@ -164,14 +164,40 @@ class KVHost(_Host):
         self._coll(coll).put(key, val)
 
     def put_many(self, coll: str, items: list[tuple[bytes, bytes]]) -> int:
-        """Bulk write in one transaction (the manager's import and migrate path)."""
+        """Bulk write in one transaction (the manager's import and migrate path): the
+        collection's own put_many if it has one (sqlitekv: one executemany), else puts in update."""
+        c = self._coll(coll)
+        own = getattr(c, "put_many", None)
+        if own is not None:
+            return int(own(items))
 
         def write(txn: Any) -> int:
             for k, v in items:
                 txn.put(k, v)
             return len(items)
 
-        return self._coll(coll).update(write)
+        return c.update(write)
+
+    def existing(self, coll: str, keys: Sequence[bytes]) -> list[bytes]:
+        """Which of keys the collection holds, in one read transaction: the collection's own
+        `existing` if it has one (sqlitekv: one query), else a get each (the bulk import's
+        check; keys come as KVKeys, an Arrow array that pickles as its buffers)."""
+        c = self._coll(coll)
+        own = getattr(c, "existing", None)
+        if own is not None:
+            return list(own(keys))
+
+        def present(txn: Any) -> list[bytes]:
+            out = []
+            for k in keys:
+                try:
+                    txn.get(k)
+                except KeyNotFoundError:
+                    continue
+                out.append(k)
+            return out
+
+        return c.view(present)
 
     def delete(self, coll: str, key: bytes) -> None:
         self._coll(coll).delete(key)

@@ -10,7 +10,7 @@ import contextlib
 import os
 import threading
 import weakref
-from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
 
 from executors import Pool
 
@@ -75,6 +75,10 @@ class PooledKVStore:
 
     def put_many(self, items: list[tuple[bytes, bytes]]) -> int:
         return self.pool.call("put_many", self.collection, items)
+
+    def existing(self, keys: Sequence[bytes]) -> list[bytes]:
+        """Which of keys the collection holds, in one call (KVKeys pickle as Arrow buffers)."""
+        return self.pool.call("existing", self.collection, keys)
 
     def delete(self, key: bytes) -> None:
         self.pool.call("delete", self.collection, key)

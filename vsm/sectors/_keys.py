@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from vsm.sdk.errors import KeyNotFoundError
 
-from ._kvpairs import KVPairs
+from ._kvpairs import KVKeys, KVPairs
 
 __all__ = ["PrefixedKVStore", "STATE_PREFIXES", "adopt_bare_keys"]
 
@@ -55,6 +55,8 @@ class PrefixedKVStore:
         self.prefix = prefix if prefix.endswith(b"/") else prefix + b"/"
         if getattr(inner, "put_many", None) is None:
             self.put_many = None  # type: ignore[assignment]  # as the collection: callers use update()
+        if getattr(inner, "existing", None) is None:
+            self.existing = None  # type: ignore[assignment]  # callers use view()
 
     def __repr__(self) -> str:
         return f"PrefixedKVStore({self.inner!r}, {self.prefix!r})"
@@ -78,6 +80,13 @@ class PrefixedKVStore:
             keys = pc.binary_join_element_wise(p, pairs.keys.cast(pa.binary()), pa.scalar(b"", pa.binary()))
             return int(self.inner.put_many(KVPairs(keys, pairs.values)))
         return int(self.inner.put_many([(self.prefix + k, v) for k, v in pairs]))
+
+    def existing(self, keys: pa.Array) -> list[bytes]:
+        """Which of keys (binary) the collection holds, in one call (the store's `existing`)."""
+        p = pa.scalar(self.prefix, pa.binary())
+        full = pc.binary_join_element_wise(p, keys.cast(pa.binary()), pa.scalar(b"", pa.binary()))
+        cut = len(self.prefix)
+        return [bytes(k)[cut:] for k in self.inner.existing(KVKeys(full))]
 
     def view(self, fn: Callable[[Any], T]) -> T:
         return self.inner.view(_InTxn(fn, self.prefix))

@@ -1009,10 +1009,12 @@ def _kv_holds(value: bytes | None, st: SectorState) -> bool:
 
 
 def _existing(coll: Any, keys: pa.Array, override: bool) -> pa.Array | None:
-    """Which keys the collection holds, as a boolean mask (None under override: no check)."""
+    """Which keys the collection holds, as a boolean mask (None under override: no check).
+    A pooled KVStore answers in one call (its plugin may answer in one query: sqlitekv)."""
     if override or not len(keys):
         return None
-    found = coll.view(_existing_keys(keys))
+    many = getattr(coll, "existing", None)
+    found = many(keys) if many is not None else coll.view(_existing_keys(keys))
     return pc.is_in(keys, value_set=pa.array(list(found), pa.binary()))
 
 
