@@ -414,6 +414,23 @@ def test_sink_linger_batches_deliveries_and_wait_delivered_hurries(dictdb, tmp_p
         assert slow_files.batches == 1 and slow_files.seqs == list(range(1, 21))
 
 
+def test_end_of_an_import_is_delivered_without_the_sinks_linger(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # `sectors import` through the daemon returns when the KV has it all; the import's last
+    # rows then reach a lingering sink (parquet: 10 s) at once, not a linger later
+    slow = _LingeringSink()
+    with _mgr(dictdb, tmp_path, {"files": SinkHost(sink_obj=slow)}, import_chunk=50) as m:
+        assert m.import_states([make_state(15, n) for n in range(120)]) == 120
+        deadline = time.monotonic() + 20  # (the linger is 30 s)
+        while slow.seqs[-1:] != [120] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert slow.seqs[-1:] == [120]
+        for i in range(3):  # and afterwards the sink lingers again
+            m.init([AllocatedSector(SectorID(15, 200 + i), 8)])
+        time.sleep(0.3)
+        assert slow.seqs[-1:] == [120] and m.status()["sinks"]["files"]["lag"] == 3
+    assert_no_gaps(slow.seqs)
+
+
 def test_import_delivers_big_batches_to_sinks(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
     rec = RecordingSink()
     with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}, import_chunk=50, sink_bulk_linger=30.0) as m:

@@ -272,6 +272,7 @@ class SinkDispatcher:
         self.linger: float | None = None  # the sink's own (delivery_hints), asked before delivering
         self._backlog_since: float | None = None
         self.hurry = threading.Event()  # set: deliver what there is now (wait_delivered, close)
+        self.deliver_upto = 0  # deliver without lingering until the checkpoint reaches it
         self._ckpt_fd = -1
         self.state = SinkState.RUNNING
         self.last_error: str | None = None
@@ -369,10 +370,12 @@ class SinkDispatcher:
     def _wait_more(self, backlog: int, wm: int) -> bool:
         """True (after waiting a while) if this delivery should wait for more rows: during a
         bulk import (bigger batches cost a sink far less per row) or while the sink's linger
-        runs, until max_rows are ready, the wait is over or someone hurries it."""
+        runs, until max_rows are ready, the wait is over or someone hurries it. The end of a
+        bulk import (deliver_upto) goes at once: its last rows would otherwise wait out the
+        sink's own linger (parquet: 10 s) after the import returned."""
         bulk = self._bulk is not None and self._bulk()
         linger = max(self._ask_linger(), self.bulk_linger if bulk else 0.0)
-        if linger <= 0 or backlog >= self.max_rows or self.hurry.is_set():
+        if linger <= 0 or backlog >= self.max_rows or self.hurry.is_set() or self.checkpoint < self.deliver_upto:
             return False
         now = time.monotonic()
         if self._backlog_since is None:

@@ -279,7 +279,11 @@ class SectorStateManager:
         finally:
             with self._sinks_lock:
                 self._bulk -= 1
-            self._notify_wm(0)  # lingering sinks deliver the rest now
+                if not self._bulk:  # the import's last rows go to every sink now, lingering or not
+                    upto = self.writer.next_seq - 1
+                    for d in self._sinks.values():
+                        d.deliver_upto = max(d.deliver_upto, upto)
+            self._notify_wm(0)
 
     def _import_pipelined(self, chunks: Iterator[tuple[str, Any]], override: bool, progress: Callable[[int], None] | None) -> int:
         """Chunks move through three stages at once, each chunk in write-ahead order:
