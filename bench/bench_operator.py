@@ -16,14 +16,17 @@ duckdb and parquet sinks, fsync on), made fresh in a temp folder: the real daemo
 subprocess, the real CLI as subprocesses, real curl. A second store on the same folder
 with OpenFiles = false measures the shared-memory ring path beside the file path.
 $VSM_BENCH_IMPORT_STATES sets the import size (default 1M, --quick 50k; 5M for the memory
-check of issue 14 item 5). RSS: peak of the CLI process, and of the daemon (its own process;
-its pools' workers are separate processes, summed in `daemon_tree_peak_rss`).
+check of issue 14 item 5), $VSM_BENCH_IMPORT_ROUNDS the rounds (default 3, --quick 1): each
+import variant runs on a fresh home of its own, in alternating order. RSS: peak of the CLI
+process, and of the daemon (its own process; its pools' workers are separate processes, summed
+in `daemon_and_workers_peak_rss_mib`). CPU per state: the CLI's, the daemon's with its workers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -121,6 +124,14 @@ class Home:
             time.sleep(0.1)
         self.token = (self.home / "token").read_text().strip()
         self.store_dir = store
+        while True:  # serving: its pools are up (before, the API answers "starting")
+            try:
+                _rpc(self, "sinks.status")
+                break
+            except RuntimeError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -252,6 +263,14 @@ def bench_pieces(h: Home, root: Path, quick: bool) -> list[dict[str, Any]]:
 
 
 # -- 3. bulk import -------------------------------------------------------------------------
+# Each variant imports the same states into a fresh default home of its own (the engine
+# in-process; the daemon + `vsm-pool sectors import` from Parquet, then from Go JSON lines),
+# after a `sync`: the dirty pages one leaves (GBs of journal, DuckDB, Parquet, SQLite) would
+# otherwise slow the next one's fsyncs (measured: the second of two imports ran 0.5-0.7 of the
+# first; with a sync between, 0.96-1.04 either way round). Rounds alternate the order; a row
+# gives the best round and every round's ratio to the engine of that round, the load average
+# at each, and CPU time per state (the client's and the daemon's with its workers), which a
+# busy machine inflates far less than the rate.
 
 
 def _inputs(root: Path, n: int) -> Path:
@@ -263,54 +282,66 @@ def _inputs(root: Path, n: int) -> Path:
     return pq_path
 
 
-def _renumbered(src: Path, dst: Path, miner: int) -> Path:
-    """The same states under another miner (a second import into one home finds no duplicates)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _tree_cpu(pid: int, skip: int | None = None) -> float:
+    """CPU seconds (user + system) of a process and its live descendants, but for `skip`'s
+    (this suite's own daemon, a child of this process when the engine runs in it)."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+        if skip is not None:
+            gone = {skip} | {c.pid for c in psutil.Process(skip).children(recursive=True)}
+            procs = [p for p in procs if p.pid not in gone]
+    except psutil.Error:
+        return 0.0
+    for p in procs:
+        try:
+            c = p.cpu_times()
+            total += c.user + c.system
+        except psutil.Error:
+            pass
+    return total
 
-    pf = pq.ParquetFile(src)
-    with pq.ParquetWriter(dst, pf.schema_arrow) as w:
-        for b in pf.iter_batches(batch_size=10_000):
-            i = b.schema.get_field_index("miner")
-            w.write_batch(b.set_column(i, b.schema.field(i), pa.array([miner] * b.num_rows, b.schema.field(i).type)))
-    return dst
 
-
-def _in_process_import(root: Path, pq_path: Path) -> tuple[float, float]:
+def _in_process_import(home: Path, pq_path: Path, skip: int) -> dict[str, float]:
     """The engine on a fresh default home, in this process: import_arrow of the file's batches
-    until every sink has them (what `sectors import` does without a daemon). (rate, peak MiB)"""
+    until every sink has them (what `sectors import` does without a daemon)."""
     import pyarrow.parquet as pq
 
     from vsm.config import load_config
     from vsm.home import ensure_home
     from vsm.manager import Manager
 
-    home = root / "inproc"
     ensure_home(home)
     cfg, _ = load_config(None, home)
     m = Manager(cfg).start()
     try:
         peak = _Peak(os.getpid())
+        cpu0 = _tree_cpu(os.getpid(), skip)
         t = time.perf_counter()
         n = m.sectors.import_arrow(pq.ParquetFile(pq_path).iter_batches(batch_size=10_000))
         assert m.sectors.wait_delivered(3600)
         rate = n / (time.perf_counter() - t)
-        return rate, peak.stop()
+        return {"rate": rate, "manager_peak_rss_mib": peak.stop(), "cpu_us_per_state": (_tree_cpu(os.getpid(), skip) - cpu0) / n * 1e6}
     finally:
         m.close()
 
 
-def _cli_import(h: Home, path: Path, expect: int) -> tuple[float, float, float, float]:
-    """`vsm-pool sectors import FILE` as a subprocess, until the daemon's sinks have it all.
-    (rate, CLI peak MiB, daemon process peak MiB, daemon + workers peak MiB)"""
+def _cli_import(h: Home, path: Path, expect: int) -> dict[str, float]:
+    """`vsm-pool sectors import FILE` as a subprocess, until the daemon's sinks have it all."""
     head0 = _rpc(h, "sinks.status")["journal"]["head"]
     daemon_peak = _Peak(h.proc.pid)
     tree_peak = _Peak(h.proc.pid, tree=True)
+    daemon_cpu0 = _tree_cpu(h.proc.pid)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CLI is the one child reaped
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "vsm", "sectors", "import", str(path)], env=_env(h.home),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cli_peak = _Peak(proc.pid)
     out, err = proc.communicate(timeout=7200)
+    t_cli = time.perf_counter() - t
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cli_cpu = children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime
     if proc.returncode != 0 or f"imported {expect} of {expect}" not in out:
         raise RuntimeError(f"sectors import {path.name}: exit {proc.returncode}: {out.strip()} {err.strip()[-500:]}")
     while True:  # every sink delivered
@@ -319,7 +350,9 @@ def _cli_import(h: Home, path: Path, expect: int) -> tuple[float, float, float, 
             break
         time.sleep(0.05)
     rate = expect / (time.perf_counter() - t)
-    return rate, cli_peak.stop(), daemon_peak.stop(), tree_peak.stop()
+    return {"rate": rate, "cli_exit_s": t_cli, "all_delivered_s": time.perf_counter() - t, "cli_peak_rss_mib": cli_peak.stop(), "daemon_peak_rss_mib": daemon_peak.stop(),
+            "daemon_and_workers_peak_rss_mib": tree_peak.stop(), "cli_cpu_us_per_state": cli_cpu / expect * 1e6,
+            "daemon_cpu_us_per_state": (_tree_cpu(h.proc.pid) - daemon_cpu0) / expect * 1e6}
 
 
 def _rpc(h: Home, method: str) -> Any:
@@ -329,48 +362,66 @@ def _rpc(h: Home, method: str) -> Any:
     try:
         conn.request("POST", "/rpc/v0", json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": {}}),
                      {"Authorization": f"Bearer {h.token}", "Content-Type": "application/json"})
-        return json.loads(conn.getresponse().read())["result"]
+        reply = json.loads(conn.getresponse().read())
+        if "result" not in reply:
+            raise RuntimeError(f"{method}: {reply.get('error')}")
+        return reply["result"]
     finally:
         conn.close()
 
 
+_IMPORT_VARIANTS = {
+    "engine": "engine in-process, import_arrow (Parquet)",
+    "parquet": "vsm-pool sectors import x.parquet (daemon)",
+    "jsonl": "vsm-pool sectors import x.jsonl (daemon)",
+}
+
+
 def bench_import(h: Home, root: Path, quick: bool) -> list[dict[str, Any]]:
     n = int(os.environ.get("VSM_BENCH_IMPORT_STATES", 50_000 if quick else 1_000_000))
+    rounds = int(os.environ.get("VSM_BENCH_IMPORT_ROUNDS", 1 if quick else 3))
     # $VSM_BENCH_IMPORT_ONLY: some of engine,parquet,jsonl (a 5M memory run needs no jsonl)
-    only = set(os.environ.get("VSM_BENCH_IMPORT_ONLY", "engine,parquet,jsonl").split(","))
+    only = [k for k in _IMPORT_VARIANTS if k in os.environ.get("VSM_BENCH_IMPORT_ONLY", "engine,parquet,jsonl").split(",")]
     pq_path = _inputs(root, n)
+    files = {"parquet": pq_path}
+    if "jsonl" in only:
+        files["jsonl"] = root / "states.jsonl"
+        _inputs_json(pq_path, files["jsonl"])
     wl = f"sectors import {n} states, default home (sqlitekv + duckdb + parquet, fsync)"
-    # Every variant starts after a sync: the dirty pages one leaves (GBs of journal, DuckDB,
-    # Parquet, SQLite) would otherwise slow the next one's fsyncs (measured: the second of two
-    # imports ran 0.5-0.7 of the first; with a sync between, 0.96-1.04 either way round).
-    rows, engine = [], 0.0
-    cli_rows = []
-    variants = [("parquet", "vsm-pool sectors import x.parquet (daemon)", lambda: pq_path),
-                ("engine", "", None),
-                ("jsonl", "vsm-pool sectors import x.jsonl (daemon)", lambda: _jsonl(root, pq_path))]
-    for key, label, path in variants:
-        if key not in only:
-            continue
-        os.sync()
-        if path is None:
-            engine, engine_rss = _in_process_import(root, pq_path)
-            rows.append(_row(wl, "engine in-process, import_arrow (Parquet)", round(engine), "sectors/s", manager_peak_rss_mib=engine_rss))
-            continue
-        rate, cli, daemon, tree = _cli_import(h, path(), n)
-        cli_rows.append((label, rate, dict(cli_peak_rss_mib=cli, daemon_peak_rss_mib=daemon, daemon_and_workers_peak_rss_mib=tree, target=0.9)))
-    for label, rate, extra in cli_rows:
-        rows.append(_row(wl, label, round(rate), "sectors/s", {"engine in-process": rate / engine} if engine else {}, **extra))
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in only}
+    for r in range(rounds):
+        for key in (only if r % 2 == 0 else only[::-1]):
+            os.sync()
+            load = os.getloadavg()[0]
+            if key == "engine":
+                got = _in_process_import(root / f"engine-{r}", pq_path, h.proc.pid)
+            else:
+                home = Home(root, f"{key}-{r}")
+                try:
+                    got = _cli_import(home, files[key], n)
+                finally:
+                    home.stop()
+            shutil.rmtree(root / f"{key}-{r}", ignore_errors=True)
+            got["load"] = load
+            runs[key].append(got)
+    rows = []
+    for key, got in runs.items():
+        best = max(got, key=lambda g: g["rate"])
+        extra = {k: round(v, 1) for k, v in best.items() if k not in ("rate", "load")}
+        extra["rates_per_round"] = [round(g["rate"]) for g in got]
+        extra["load_per_round"] = [round(g["load"], 1) for g in got]
+        ratio = {}
+        if key != "engine" and "engine" in runs:
+            engine = runs["engine"]
+            ratio = {"engine in-process": best["rate"] / max(e["rate"] for e in engine)}
+            extra["ratio_per_round"] = [round(g["rate"] / e["rate"], 3) for g, e in zip(got, engine)]
+            extra["target"] = 0.9
+        rows.append(_row(wl, _IMPORT_VARIANTS[key], round(best["rate"]), "sectors/s", ratio, **extra))
     return rows
 
 
-def _jsonl(root: Path, pq_path: Path) -> Path:
-    """The same states as Go JSON lines, under another miner (so that they are new to the home)."""
-    js_path = root / "states2.jsonl"
-    _inputs_json(_renumbered(pq_path, root / "states2.parquet", 2001), js_path)
-    return js_path
-
-
 def _inputs_json(pq_path: Path, js_path: Path) -> None:
+    """The same states as Go JSON lines (what damocles' export-json writes)."""
     import pyarrow.parquet as pq
 
     from vsm.sdk.sectors import arrow_to_go_json
