@@ -94,6 +94,8 @@ def test_canonical_lines_are_taken_without_the_strict_decoder(go_json: GoJSON, t
     path = tmp_path / "states.jsonl"
     assert _strict_calls(path) == 0  # every line is what json.Marshal writes: none needs it
     assert _strict_calls(path, chunk=7) == 0
+    _same(tmp_path, lines[:50] + [line + b"\r" for line in lines[50:]])  # CRLF line ends, some
+    assert _strict_calls(path, chunk=20) == 0
 
 
 def test_odd_inputs_decided_as_the_strict_decoder(go_json: GoJSON, tmp_path: Path) -> None:

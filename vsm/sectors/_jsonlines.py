@@ -1,8 +1,8 @@
 """Go JSON lines -> Arrow batches of sector states, vectorised, with the strict decoder as referee.
 
     file --(blocks of `chunk` lines: bounded memory)--> lines
-      | candidates: lines that start with `{"ID":{"Miner":`, end with `}` and are valid UTF-8,
-      | as json.Marshal writes every state; the others (blank, CRLF...) go to the strict decoder
+      | candidates: lines that start with `{"ID":{"Miner":`, end with `}` (then \\n or \\r\\n) and
+      | are valid UTF-8, as json.Marshal writes every state; the others go to the strict decoder
       v
     pyarrow.json against Go's shape of a state (GO_JSON_SCHEMA; C++)      a part of the block that
       -> SECTOR_STATE_SCHEMA columns (_from_go: renames, `{"/": cid}`,     pyarrow refuses is halved
@@ -329,17 +329,19 @@ def read_go_json_lines(f: BinaryIO, chunk: int, decode: Callable[[bytes, int], S
             yield batch
 
 
-def _block_states(block: bytes, ends: np.ndarray, first: int, decode: Callable[[bytes, int], SectorState | None]) -> pa.RecordBatch:
-    """The states of one block's lines (ends: the position of each line's \\n), in line order."""
+def _candidates(block: bytes, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate, ends in \\r\\n) for each line: a candidate starts with `{"ID":{"Miner":`, ends
+    with `}` before its line end and is valid UTF-8 (pyarrow.json passes invalid UTF-8 through)."""
     buf = np.frombuffer(block, np.uint8)
-    starts = np.zeros(len(ends), np.int64)
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts
-    cand = lengths > len(_PREFIX)
-    cand[cand] = buf[ends[cand] - 1] == ord("}")
+    crlf = np.zeros(len(ends), bool)
+    some = ends > starts
+    crlf[some] = buf[ends[some] - 1] == 13
+    body_end = ends - crlf
+    cand = body_end - starts > len(_PREFIX)
+    cand[cand] = buf[body_end[cand] - 1] == ord("}")
     for k, ch in enumerate(_PREFIX):
         cand[cand] = buf[starts[cand] + k] == ch
-    if not block.isascii():  # pyarrow.json passes invalid UTF-8 through: such lines go strict
+    if not block.isascii():
         for i in np.flatnonzero(cand):
             line = block[int(starts[i]) : int(ends[i])]
             if not line.isascii():
@@ -347,13 +349,23 @@ def _block_states(block: bytes, ends: np.ndarray, first: int, decode: Callable[[
                     line.decode()
                 except UnicodeDecodeError:
                     cand[i] = False
+    return cand, crlf
+
+
+def _block_states(block: bytes, ends: np.ndarray, first: int, decode: Callable[[bytes, int], SectorState | None]) -> pa.RecordBatch:
+    """The states of one block's lines (ends: the position of each line's \\n), in line order."""
+    starts = np.zeros(len(ends), np.int64)
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts
+    cand, crlf = _candidates(block, starts, ends)
     idx = np.flatnonzero(cand)
     if len(idx) == len(ends):
         data = block
-    else:  # only the candidates, each with its \n
-        data = buf[np.repeat(cand, lengths + 1)].tobytes()
+    else:  # only the candidates, each with its line end
+        data = np.frombuffer(block, np.uint8)[np.repeat(cand, lengths + 1)].tobytes()
     offsets = np.zeros(len(idx) + 1, np.int64)
     np.cumsum(lengths[idx] + 1, out=offsets[1:])
+    line_end = pa.array(np.where(crlf[idx], b"\r\n", b"\n").tolist(), pa.binary()) if crlf[idx].any() else None
 
     accepted = np.zeros(len(idx), bool)
     parts = []
@@ -362,7 +374,7 @@ def _block_states(block: bytes, ends: np.ndarray, first: int, decode: Callable[[
             continue
         ident_null = pc.is_null(table.column("ID").combine_chunks().flatten()[0]).to_numpy(zero_copy_only=False) if table.num_rows else np.zeros(0, bool)
         rows = _from_go(table)
-        enc = pc.binary_join_element_wise(arrow_to_go_json(rows), b"\n", b"")
+        enc = pc.binary_join_element_wise(arrow_to_go_json(rows), b"\n" if line_end is None else line_end[a:b], b"")
         lines = pa.BinaryArray.from_buffers(pa.binary(), b - a, [None, pa.py_buffer((offsets[a : b + 1] - offsets[a]).astype(np.int32)),
                                                                  pa.py_buffer(data)[int(offsets[a]) : int(offsets[b])]])
         ok = pc.equal(enc, lines).to_numpy(zero_copy_only=False) & ~_not_go_shaped(rows, ident_null)
