@@ -200,7 +200,19 @@ class Daemon:
                 psutil.Process(pid).kill()
         return _until(lambda: (st := self.plugin(name)["pool"])["state"] == "ready" and len(
             [w for w in st["workers"] if w.get("alive") and w.get("pid") not in victims]) == want, timeout, started,
-            f"pool {name} back", lambda: self.plugin(name))
+            f"pool {name} back", lambda: self.dump_stacks(name))
+
+    def dump_stacks(self, name: str) -> dict[str, Any]:
+        """The plugin's status, after asking the daemon and each of the pool's workers (the one
+        starting too) to write every thread's stack into the daemon's log (SIGUSR1)."""
+        seen = self.plugin(name)
+        ours = {p.pid for p in self.tree()}  # never signal a pid reused by another process
+        pids = [w["pid"] for w in (seen.get("pool") or {}).get("workers", []) if w.get("pid") in ours]
+        for pid in [self.proc.pid, *pids] if self.proc is not None and ours else []:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGUSR1)
+        time.sleep(1.0)
+        return {**seen, "stacks": f"in {self.log}"}
 
     def crash_loop_and_reload(self, name: str, timeout: float = 60.0) -> float:
         """SIGKILL a pool's workers until the breaker fails it, then `plugin reload`; seconds

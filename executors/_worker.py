@@ -74,6 +74,7 @@ def main(sock: socket.socket, expected_ppid: int) -> None:
     _drop_forkserver_alive_fd()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C goes to the manager, which closes us
     faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks on demand (a hung init)
     code = 0
     try:
         _Worker(sock).run()

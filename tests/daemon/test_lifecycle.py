@@ -88,6 +88,22 @@ def test_sigint_leaves_nothing(start_daemon: Any) -> None:
     assert "vsm-pool stopped" in d.log_text()
 
 
+def test_sigusr1_writes_every_threads_stack_to_the_log(start_daemon: Any) -> None:
+    """Where a daemon or a worker hangs: SIGUSR1 writes their threads' stacks into the log
+    (faulthandler), and both go on serving."""
+    d: Daemon = start_daemon()
+    worker = next(w["pid"] for r in d.rpc("plugin.list") if r["name"] == "fsstore" for w in r["pool"]["workers"])
+    for pid, where in ((d.pid, "vsm/server/daemon.py"), (worker, "executors/_worker.py")):
+        os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while where not in d.log_text():
+            assert time.monotonic() < deadline, d.log_text()[-3000:]
+            time.sleep(0.05)
+    assert "Thread 0x" in d.log_text()
+    assert d.rpc("pieces.stores") and worker in [w["pid"] for r in d.rpc("plugin.list") if r["name"] == "fsstore" for w in r["pool"]["workers"]]
+    assert d.stop() == 0
+
+
 def test_sigterm_during_upload_stops(start_daemon: Any) -> None:
     """An upload in flight when SIGTERM comes: the daemon fails or finishes it and exits; the
     half-sent piece is not visible."""

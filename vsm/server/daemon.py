@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import faulthandler
 import fcntl
 import json
 import os
@@ -115,6 +116,8 @@ def _bind(listen: str) -> socket.socket:
 def run_daemon(config: Config, home: Path) -> None:
     """Serve at once, start the manager behind it (clients get 503 `starting` with progress
     meanwhile), serve until SIGTERM/SIGINT or `vsm-pool stop`, then stop everything."""
+    # `kill -USR1 <pid>`: every thread's stack into the log, to see where a daemon hangs
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     with _single_instance(home):
         sock = _bind(config.api.listen)
         _ensure_token(home)
