@@ -108,6 +108,19 @@ class Daemon:
         except OSError:
             return False
 
+    def wait_delivered(self, timeout: float = 60.0) -> int:
+        """Wait until every attached sink has every event journaled so far; the head seq.
+        Not `lag == 0`: an acknowledged update's event passes the durable watermark a moment
+        after the reply, and lag counts up to the watermark only."""
+        deadline = time.monotonic() + timeout
+        head = self.rpc("sinks.status")["journal"]["head"]
+        while True:
+            st = self.rpc("sinks.status")
+            if st["journal"]["watermark"] >= head and all(s["checkpoint"] >= head for s in st["sinks"].values() if s["attached"]):
+                return int(head)
+            assert time.monotonic() < deadline, f"sinks did not catch up with seq {head} within {timeout}s: {st}"
+            time.sleep(0.05)
+
     def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return run_cli(self.home, *args, **kw)
 

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
@@ -103,7 +102,7 @@ def test_sector_analytics_answers_every_chart(daemon: Daemon, tmp_path: Path) ->
     states = _states_file(tmp_path, 1200, 40)
     run_cli(d.home, "sectors", "import", str(states))
     d.rpc("sectors.update", {"miner": 1200, "number": 3, "fields": {"AbortReason": "no ticket"}})
-    _wait_delivered(d)
+    d.wait_delivered()
     a = d.rpc("sectors.analytics")
     assert set(a) == {"by_state", "by_miner", "events_per_hour", "time_in_state", "slowest"}
     assert not any(v.get("error") for v in a.values()), a
@@ -127,16 +126,6 @@ def _states_file(tmp_path: Path, miner: int, n: int) -> Path:
             data = make_state(miner, i).to_go_json()
             f.write((data if isinstance(data, bytes) else data.encode()) + b"\n")
     return path
-
-
-def _wait_delivered(d: Daemon, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        sinks = d.rpc("sinks.status")["sinks"]
-        if all(s["lag"] == 0 for s in sinks.values()):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"sinks still behind: {d.rpc('sinks.status')}")
 
 
 # -- in a real browser ------------------------------------------------------------------------
@@ -210,7 +199,7 @@ def test_dashboard_in_a_real_browser(daemon: Daemon, browser: Any, tmp_path: Pat
         page.wait_for_selector("[data-chart=by_state]")
         before = int(page.get_attribute("[data-chart=by_state]", "data-total") or 0)
         run_cli(d.home, "sectors", "import", str(_states_file(tmp_path, 1300, 25)))
-        _wait_delivered(d)
+        d.wait_delivered()
         page.wait_for_function(
             f"Number(document.querySelector('[data-chart=by_state]').dataset.total) === {before + 25}", timeout=30_000
         )

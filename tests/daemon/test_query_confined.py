@@ -3,7 +3,6 @@ could try through the real daemon, on both bundled sinks that answer queries."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,23 +22,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         states = [{"ID": {"Miner": 1, "Number": n}, "SectorType": 8} for n in range(ROWS)]
         d.rpc("sectors.import", {"states": states})
-        _wait_delivered(d)
+        d.wait_delivered()
         yield d
     finally:
         if not d.stopped:
             stop_checked(d)
         if d.proc.poll() is None:
             kill_tree(d.proc)
-
-
-def _wait_delivered(d: Daemon) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        st = d.rpc("sinks.status")
-        if all(s["checkpoint"] >= st["journal"]["head"] for s in st["sinks"].values()):
-            return
-        time.sleep(0.05)
-    raise AssertionError(st)
 
 
 def _count(d: Daemon, sink: str = "duckdb") -> int:
@@ -92,7 +81,7 @@ def test_reads_still_work_and_the_sink_still_ingests(daemon: Daemon) -> None:
     assert res == {"columns": ["number"], "rows": [[0], [1], [2]]}
     assert _count(daemon, "parquet") >= ROWS
     daemon.rpc("sectors.update", {"miner": 1, "number": 0, "fields": {"Finalized": True}})
-    _wait_delivered(daemon)
+    daemon.wait_delivered()
     rows = daemon.rpc("query", {"sql": "SELECT kind FROM sector_events WHERE miner = 1 AND number = 0 ORDER BY seq"})["rows"]
     assert rows[-1] == ["update"]
     assert daemon.healthy()
