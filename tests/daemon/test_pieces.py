@@ -268,12 +268,11 @@ def _stall_then_ask(d: Daemon) -> None:
         sock.sendall(f"GET /pieces/pieces/dl/stall.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d.token}\r\n\r\n".encode())
         sock.recv(65536)  # started; now stop reading
         time.sleep(0.5)
-        t0 = time.monotonic()
         assert d.rpc("pieces.stores")[0]["name"] == "pieces"
         assert d.healthy()
+        # a HEAD that had to wait for the held worker would get 503 after the CallTimeout (3 s)
         status = d.request("HEAD", "/pieces/pieces/dl/stall.bin")[0]
-        took = time.monotonic() - t0
-        assert status == 200 and took < 3, f"HEAD on the store during a held download: {status} after {took:.1f}s"
+        assert status == 200, f"HEAD on the store during a held download: {status}"
         assert _fsstore(d)["restarts"] == 0
     finally:
         sock.close()
@@ -301,9 +300,8 @@ def test_one_worker_busy_streaming_times_out_small_calls_but_keeps_the_stream(st
         sock.sendall(f"GET /pieces/pieces/dl/held.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d.token}\r\n\r\n".encode())
         got = sock.recv(65536)
         assert got.startswith(b"HTTP/1.1 200")
-        t0 = time.monotonic()
+        # 200 on the file path: a HEAD that waited for the one worker would get 503 (CallTimeout)
         assert d.request("HEAD", "/pieces/pieces/dl/held.bin")[0] == (503 if open_files == "false" else 200)
-        assert open_files == "false" or time.monotonic() - t0 < 1.5
         assert _fsstore(d)["restarts"] == 0
         sock.settimeout(60)
         total = len(got.split(b"\r\n\r\n", 1)[1])

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -28,13 +28,15 @@ def load_plugin(name: str, module: str) -> ModuleType:
 
 
 class RecordingSink:
-    """on_batch sink: keeps every row's seq; optional failures and delay."""
+    """on_batch sink: keeps every row's seq; optional failures, delay, and a gate (each batch
+    waits until it is set, 60 s at most)."""
 
-    def __init__(self, fail_first: int = 0, delay: float = 0.0) -> None:
+    def __init__(self, fail_first: int = 0, delay: float = 0.0, gate: threading.Event | None = None) -> None:
         self.seqs: list[int] = []
         self.batches = 0
         self.fail_left = fail_first
         self.delay = delay
+        self.gate = gate
         self.lock = threading.Lock()
         self.tables: list[pa.Table] = []
 
@@ -44,10 +46,20 @@ class RecordingSink:
             raise RuntimeError("sink down (injected)")
         if self.delay:
             time.sleep(self.delay)
+        if self.gate is not None:
+            self.gate.wait(60)
         with self.lock:
             self.seqs.extend(batch.column("seq").to_pylist())
             self.batches += 1
             self.tables.append(pa.Table.from_batches([batch]))
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll cond until it holds; AssertionError after timeout (a bound for a hang, not a speed)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"not within {timeout}s"
+        time.sleep(0.01)
 
 
 def assert_no_gaps(seqs: list[int]) -> None:
