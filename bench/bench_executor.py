@@ -550,9 +550,50 @@ def start_cost(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+class SlowInit(BenchKV):
+    """A service whose construction waits 0.2 s, as an onInit that connects to a server."""
+
+    def __init__(self) -> None:
+        time.sleep(0.2)
+        super().__init__()
+
+
+def concurrent_start(quick: bool) -> list[dict[str, Any]]:
+    """The manager starts its plugins' pools at once, one thread each, through one forkserver
+    (vsm/plugin/loader.py, issue 20): 4 pools of 2 workers one after another vs at once, with
+    an instant init and with one that waits 0.2 s; best of n rounds, alternating."""
+    prestart()
+    rows: list[dict[str, Any]] = []
+    n = 2 if quick else 5
+    for label, init in (("instant init", BenchKV), ("init waits 0.2 s", SlowInit)):
+        wl = f"4 pools x 2 workers start, {label}"
+        best = {"one after another": float("inf"), "at once (4 threads)": float("inf")}
+        for _ in range(n):
+            for variant in best:
+                pools = [ProcessPool(PoolSpec(name=f"bench/cstart-{i}", init=init, workers=2)) for i in range(4)]
+                t = time.perf_counter()
+                if variant.startswith("at once"):
+                    threads = [threading.Thread(target=pool.start) for pool in pools]
+                    for th in threads:
+                        th.start()
+                    for th in threads:
+                        th.join()
+                else:
+                    for pool in pools:
+                        pool.start()
+                best[variant] = min(best[variant], time.perf_counter() - t)
+                assert all(pool.call("get", "key-000001") == VALUE for pool in pools)
+                for pool in pools:
+                    pool.close()
+        rows += [_row(wl, v, ms * 1e3, "ms") for v, ms in best.items()]
+        rows[-1]["ratio_vs"] = {"one after another": round(best["one after another"] / best["at once (4 threads)"], 2)}
+    return rows
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     rows = []
     rows += start_cost(quick)
+    rows += concurrent_start(quick)
     rows += small_calls(quick)
     rows += bytes_stream(quick)
     rows += bytes_get(quick)

@@ -573,6 +573,12 @@ class _PoolCore(Generic[_W]):
         with self._lock:
             already = self._closing
             self._closing = True
+            # start() runs in another thread (a manager stopping while a plugin's onInit hangs):
+            # it sees _closing within a poll, stops its workers and raises; tearing down under
+            # it would race its own clean-up, so wait for it to give up (or to finish)
+            limit = time.monotonic() + self.spec.start_timeout + 5.0
+            while not already and self._started and self._state is PoolState.STARTING and time.monotonic() < limit:
+                self._cond.wait(0.1)
         if already:
             self._closed_evt.wait(timeout + 5.0)
             return

@@ -8,7 +8,9 @@ Tree::
     ├── ArtifactError      an artifact file is missing, truncated or not an artifact
     ├── ConfigError        the config file is wrong: file, key path, cause
     ├── PluginLoadError    a plugin can't be loaded (duplicate name, SPI/Python mismatch,
-    │                      missing requirement, OnInit failed)
+    │   │                  missing requirement, OnInit failed)
+    │   └── PluginStarting a plugin (or its store, sink, RPC namespace) is still starting:
+    │                      JSON-RPC -32004, HTTP 503 with Retry-After; try again shortly
     ├── NotFoundError      the caller named a plugin (store, sink) that does not exist
     │                      (also a LookupError: JSON-RPC -32602, the caller's params)
     └── StoreBusy          a store's pool runs as many byte streams as it may (HTTP 503)
@@ -16,7 +18,7 @@ Tree::
 
 from __future__ import annotations
 
-__all__ = ["ArtifactError", "ConfigError", "ManifestError", "NotFoundError", "PluginLoadError", "StoreBusy", "VsmError"]
+__all__ = ["ArtifactError", "ConfigError", "ManifestError", "NotFoundError", "PluginLoadError", "PluginStarting", "StoreBusy", "VsmError"]
 
 
 class VsmError(Exception):
@@ -44,6 +46,10 @@ class ConfigError(VsmError):
 
 
 class PluginLoadError(VsmError):
+    pass
+
+
+class PluginStarting(PluginLoadError):
     pass
 
 

@@ -3,12 +3,29 @@
 One object owns the wiring, so the daemon, the CLI's offline commands and the tests start and
 stop the same thing in the same order (stop is the reverse: sinks flushed, DB closed, pools
 stopped with OnShutdown).
+
+Start (issue 20: a hung onInit must not hold the others)::
+
+    every pool starts at once, one thread each (Registry.start_all)
+      KVStore of the DB ready -> open the DB -> reconcile the sector journal (_recover)
+                              -> the sector state manager runs: start() returns (wait=False)
+      ObjStore ready  -> its stores open (a piece route answers 503 `starting` until then)
+      RPC plugin ready -> its namespace registers (its calls: -32004 `starting` until then)
+      sink ready       -> attached once the sector state manager runs (it catches up from
+                          its checkpoint: the journal kept its events)
+
+What must be ordered is: the DB before the journal's recovery (it reads and fixes the KV), the
+recovery before any sink (sinks read the journal up to the watermark it sets), a store's pool
+before the store. A plugin still starting is STARTING in status and problems until it is ready
+or its StartTimeout passes (then DISABLED with the cause; under Strict the daemon stops).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +34,7 @@ from loguru import logger
 from executors import PoolState
 
 from .config import Config, StoreConfig
-from .errors import ConfigError, NotFoundError, PluginLoadError
+from .errors import ConfigError, NotFoundError, PluginLoadError, PluginStarting
 from .plugin.loader import Plugin, PluginState, Registry, discover
 from .plugin.proxies import PooledDB, PooledStore
 from .sdk import Config as StoreCfg
@@ -63,6 +80,10 @@ class Manager:
         self.reserver: Any = None  # persist-store reservations for sectors (vsm.sectors._reserve)
         # what start() is doing, for the daemon's 503 `starting` answers: phase, done, total
         self.progress: dict[str, Any] = {"phase": "reading plugins"}
+        self.starts: dict[str, concurrent.futures.Future[Plugin]] = {}  # plugin name -> its start (Registry.start_all)
+        self._wiring = threading.Lock()  # self.sectors, .stores, .rpc, .reserver as start threads fill them
+        self._attached: set[str] = set()  # sinks attached by the start (once: by _wire or _start_sectors)
+        self._closing = False
 
     @property
     def _state_file(self) -> Path:
@@ -82,7 +103,12 @@ class Manager:
         tmp.write_text(json.dumps({"disabled": sorted(names)}))
         os.replace(tmp, self._state_file)
 
-    def start(self) -> "Manager":
+    def start(self, wait: bool = True) -> "Manager":
+        """Start the plugins' pools (all at once), open the DB, reconcile the sector journal,
+        attach the sinks (the order: module docstring). wait=True: return once every plugin is
+        ready or disabled (Strict: raise the first failure). wait=False (the daemon): return
+        once the sector state manager runs; plugins still starting join when ready
+        (`settled()` waits for them)."""
         cfg = self.config
         plugins, warnings = discover(cfg.plugins_dir)
         for w in warnings:
@@ -96,64 +122,132 @@ class Manager:
         stores = (*cfg.piece_stores, *cfg.persist_stores)
         needed = {cfg.db.plugin_name, *(s.plugin_name for s in stores)}
         try:
-            registry.start_all(needed=needed, backend=self.backend, strict=cfg.strict)
-            kv = registry.get(Kind.KVStore, cfg.db.plugin_name)
-            if kv is None or kv.pool is None:
-                cause = kv.error if kv is not None else "not loaded"
-                raise PluginLoadError(f"the DB plugin '{cfg.db.plugin_name}' is not ready, so the manager cannot start: {cause}")
-            self.progress = {"phase": "opening the DB"}
-            self.db = PooledDB(kv.pool, cfg.db.meta)
-            try:
-                self.db.run()
-            except Exception as e:  # the plugin's Constructor raised (bad Meta, server down): one line
-                self.db = None
-                key = "Common.DB.Plugin.Meta" if cfg.db.driver == "plugin" else "Common.DB"
-                raise ConfigError(cfg.file, key, f"the KVStore plugin '{cfg.db.plugin_name}' failed to open the DB: {type(e).__name__}: {e}") from None
-            self.progress = {"phase": "opening stores", "done": 0, "total": len(stores)}
-            for i, store in enumerate(stores):
-                if store.name not in self.stores:  # a piece store that is a persist store too
-                    self._open_store(store)
-                self.progress = {**self.progress, "done": i + 1}
-            self._register_rpc()
+            self.starts = registry.start_all(needed=needed, backend=self.backend, strict=cfg.strict, then=self._wire, wait=False)
+            for name in {s.plugin_name for s in stores}:
+                if name in self.starts:
+                    self.starts[name].add_done_callback(lambda start, name=name: self._stores_of_failed_starts(name, start))
+                else:  # disabled: its stores say so
+                    self._stores_of_failed_starts(name, None)
+            self._open_db()
             self._start_sectors()
+            if wait:
+                self.settled()
         except BaseException:
             self.close()
             raise
         return self
 
-    def _open_store(self, store: StoreConfig) -> None:
+    def settled(self, timeout: float | None = None) -> bool:
+        """Wait until every plugin start() began is ready (and wired) or disabled; False if
+        some are still starting after `timeout`. Under Strict, raise the first failure."""
+        done, pending = concurrent.futures.wait(list(self.starts.values()), timeout)
+        if self.config.strict:
+            for start in self.starts.values():
+                if start in done and start.exception() is not None:
+                    raise start.exception()  # type: ignore[misc]
+        return not pending
+
+    def starting(self) -> list[Plugin]:
+        """The plugins starting now: their pools, or what waits for them (its stores opening,
+        its namespace registering: until its start's future is done)."""
+        return [p for p in self.registry.plugins if self._still_starting(p)] if self.registry is not None else []
+
+    def _still_starting(self, plugin: Plugin) -> bool:
+        start = self.starts.get(plugin.manifest.name)
+        return plugin.state is PluginState.STARTING or (start is not None and not start.done() and plugin.state is PluginState.READY)
+
+    def _open_db(self) -> None:
+        """Wait for the DB's KVStore plugin (its start runs beside the others), then open the DB."""
         assert self.registry is not None
-        self.store_errors.pop(store.name, None)
+        cfg = self.config
+        start = self.starts.get(cfg.db.plugin_name)
+        if start is not None:
+            self.progress = {"phase": f"starting the DB's plugin '{cfg.db.plugin_name}'"}
+            concurrent.futures.wait([start])  # bounded by its StartTimeout; a failure is its plugin's error
+        kv = self.registry.get(Kind.KVStore, cfg.db.plugin_name)
+        if kv is None or kv.pool is None:
+            cause = kv.error if kv is not None else "not loaded"
+            raise PluginLoadError(f"the DB plugin '{cfg.db.plugin_name}' is not ready, so the manager cannot start: {cause}")
+        self.progress = {"phase": "opening the DB"}
+        self.db = PooledDB(kv.pool, cfg.db.meta)
+        try:
+            self.db.run()
+        except Exception as e:  # the plugin's Constructor raised (bad Meta, server down): one line
+            self.db = None
+            key = "Common.DB.Plugin.Meta" if cfg.db.driver == "plugin" else "Common.DB"
+            raise ConfigError(cfg.file, key, f"the KVStore plugin '{cfg.db.plugin_name}' failed to open the DB: {type(e).__name__}: {e}") from None
+
+    def _wire(self, plugin: Plugin) -> None:
+        """A plugin started by start() is ready (this runs in its start thread): its stores
+        open, its RPC namespace registers, a sink attaches if the sector state manager runs
+        (else _start_sectors attaches it)."""
+        kind = plugin.manifest.kind
+        if kind is Kind.ObjStore:
+            for store in (*self.config.piece_stores, *self.config.persist_stores):
+                if store.plugin_name == plugin.manifest.name and store.name not in self.stores and not self._closing:
+                    self._open_store(store)
+        elif kind is Kind.RegisterJsonRpc and not self._closing:
+            self._register_rpc_of(plugin)
+        elif kind is Kind.SyncSectorState:
+            with self._wiring:
+                if self.sectors is not None and not self._closing:
+                    self._attach_once(plugin)
+
+    def _attach_once(self, plugin: Plugin) -> None:
+        """Under _wiring: attach a sink the start has not attached yet."""
+        if plugin.manifest.name not in self._attached and plugin.pool is not None:
+            self._attached.add(plugin.manifest.name)
+            self._attach_sink(plugin)
+
+    def _open_store(self, store: StoreConfig) -> None:
+        """Open one configured store in its plugin's pool, or note why not (store_errors).
+        Both dicts are replaced, not changed, so status can read them while a start fills them."""
+        assert self.registry is not None
         plugin = self.registry.get(Kind.ObjStore, store.plugin_name)
         if plugin is None or plugin.pool is None:
-            self.store_errors[store.name] = f"{store.key}: plugin '{store.plugin_name}' is not ready: {plugin.error if plugin else ''}"
-            logger.warning(self.store_errors[store.name])
+            self._store_failed(store, f"{store.key}: plugin '{store.plugin_name}' is not ready: {plugin.error if plugin else ''}")
             return
         cfg = StoreCfg(
             name=store.name, path=store.path, meta=dict(store.meta), strict=store.strict, read_only=store.read_only, weight=store.weight
         )
         try:
-            self.stores[store.name] = PooledStore(plugin.pool, cfg)
+            opened = PooledStore(plugin.pool, cfg)
         except Exception as e:  # the store's constructor failed in the worker: this store only
-            self.store_errors[store.name] = f"{store.key}: store {store.name!r} ({store.plugin_name}) failed to open: {e}"
-            logger.warning(self.store_errors[store.name])
+            self._store_failed(store, f"{store.key}: store {store.name!r} ({store.plugin_name}) failed to open: {e}")
+            return
+        with self._wiring:
+            self.stores = {**self.stores, store.name: opened}
+            self.store_errors = {k: v for k, v in self.store_errors.items() if k != store.name}
+            if self.reserver is not None:  # a persist store that opened after the sector manager started
+                self.reserver.set_stores(self._persist_stores())
 
-    def _register_rpc(self) -> None:
-        assert self.registry is not None
-        for plugin in self.registry.of_kind(Kind.RegisterJsonRpc):
-            if plugin.pool is not None and not any(entry[0] is plugin for entry in self.rpc.values()):
-                self._register_rpc_of(plugin)
+    def _store_failed(self, store: StoreConfig, why: str) -> None:
+        with self._wiring:
+            self.store_errors = {**self.store_errors, store.name: why}
+        logger.warning(why)
+
+    def _stores_of_failed_starts(self, name: str, start: concurrent.futures.Future[Plugin] | None) -> None:
+        """A start that failed (or never began: disabled) leaves its stores failed, with why."""
+        if not self._closing and (start is None or start.exception() is not None):
+            for store in (*self.config.piece_stores, *self.config.persist_stores):
+                if store.plugin_name == name and store.name not in self.stores:
+                    self._open_store(store)
+
+    def _persist_stores(self) -> list[tuple[StoreConfig, PooledStore]]:
+        return [(s, self.stores[s.name]) for s in self.config.persist_stores if s.name in self.stores]
 
     def _register_rpc_of(self, plugin: Plugin) -> None:
         """(Re)register the namespace and methods a RegisterJsonRpc plugin's build describes
         (after a reload, its new build's: issue 13, item 9)."""
         assert plugin.pool is not None
         namespace, methods = plugin.pool.call("describe")
-        self.rpc = {ns: entry for ns, entry in self.rpc.items() if entry[0] is not plugin}
-        if namespace in self.rpc:
-            logger.warning("plugin {} registers json rpc namespace '{}' again; ignored", plugin.manifest.name, namespace)
-            return
-        self.rpc[namespace] = (plugin, set(methods))
+        with self._wiring:  # RPC plugins that start together register one at a time
+            rpc = {ns: entry for ns, entry in self.rpc.items() if entry[0] is not plugin}
+            if namespace in rpc:
+                self.rpc = rpc
+                logger.warning("plugin {} registers json rpc namespace '{}' again; ignored", plugin.manifest.name, namespace)
+                return
+            self.rpc = {**rpc, namespace: (plugin, set(methods))}
         logger.info("register json rpc handler by plugin({}). namespace: '{}'", plugin.manifest.name, namespace)
 
     def _after_swap(self, plugin: Plugin) -> None:
@@ -169,22 +263,28 @@ class Manager:
                     self._open_store(store)
 
     def _start_sectors(self) -> None:
-        """The sector state manager over the DB, with every ready sink attached."""
+        """The sector state manager over the DB (its journal reconciled with the KV first),
+        with every ready sink attached; sinks still starting attach when ready (_wire)."""
         assert self.registry is not None and self.db is not None
         from .sectors import SectorStateManager
 
         from .sectors._reserve import StoreReserver
 
-        persist = [(s, self.stores[s.name]) for s in self.config.persist_stores if s.name in self.stores]
-        self.reserver = StoreReserver(self.db.open_collection("common"), persist)
         sync = self.config.sector_sync
-        self.sectors = SectorStateManager(
+        self.progress = {"phase": "reconciling the sector journal"}
+        sectors = SectorStateManager(
             self.db, Path(sync.journal_dir), flush_rows=sync.batch_rows, flush_age=sync.batch_age, max_backlog=sync.max_backlog,
-            segment_bytes=sync.segment_bytes,
+            segment_bytes=sync.segment_bytes, recovery_progress=self._recovery_progress,
         )
-        for plugin in self.registry.of_kind(Kind.SyncSectorState):
-            if plugin.pool is not None:
-                self._attach_sink(plugin)
+        with self._wiring:
+            self.reserver = StoreReserver(self.db.open_collection("common"), self._persist_stores())
+            self.sectors = sectors
+            for plugin in self.registry.of_kind(Kind.SyncSectorState):
+                if plugin.state is PluginState.READY:
+                    self._attach_once(plugin)
+
+    def _recovery_progress(self, done: int, total: int) -> None:
+        self.progress = {"phase": "reconciling the sector journal (reading the KV)", "done": done, "total": total}
 
     def _attach_sink(self, plugin: Plugin) -> bool:
         """Open the sink in its workers and let it consume from its checkpoint."""
@@ -203,6 +303,8 @@ class Manager:
     def _plugin(self, name: str) -> Plugin:
         assert self.registry is not None
         for p in self.registry.plugins:
+            if p.manifest.name == name and self._still_starting(p):
+                raise PluginStarting(f"{p.starting_line()}: try again once it is ready")
             if p.manifest.name == name and p.state is not PluginState.FAILED:
                 return p
         failed = [p for p in self.registry.plugins if p.manifest.name == name]
@@ -301,6 +403,9 @@ class Manager:
 
     def flush(self, name: str) -> list[bool]:
         assert self.registry is not None
+        for p in self.registry.plugins:
+            if p.manifest.name == name and self._still_starting(p):
+                raise PluginStarting(f"{p.starting_line()}: try again once it is ready")
         return self.registry.flush(name)
 
     def rescan(self) -> list[dict[str, Any]]:
@@ -359,18 +464,40 @@ class Manager:
         except KeyError:
             if name in self.store_errors:
                 raise ConfigError(self.config.file, "", self.store_errors[name]) from None
+            starting = self.stores_starting().get(name)
+            if starting:
+                raise PluginStarting(starting) from None
             # damocles' StoreManager.GetInstance: ErrObjectStoreInstanceNotFound
             raise InstanceNotFoundError(f"instance not found: no store named {name!r} (stores: {', '.join(sorted(self.stores)) or 'none'})") from None
+
+    def stores_starting(self) -> dict[str, str]:
+        """Store name -> why it is not open yet, for each store whose plugin is starting."""
+        out = {}
+        for store in (*self.config.piece_stores, *self.config.persist_stores):
+            plugin = self.registry.get(Kind.ObjStore, store.plugin_name) if self.registry is not None else None
+            if store.name not in self.stores and plugin is not None and self._still_starting(plugin):
+                out[store.name] = f"store {store.name!r} opens once its {plugin.starting_line()}"
+        return out
+
+    def rpc_starting(self) -> str:
+        """Why a method no RPC namespace serves may yet be served: RPC plugins still starting."""
+        lines = [p.starting_line() for p in self.starting() if p.manifest.kind is Kind.RegisterJsonRpc]
+        return "; ".join(lines)
 
     def sink_pool(self, name: str) -> Any:
         assert self.registry is not None
         plugin = self.registry.get(Kind.SyncSectorState, name)
+        if plugin is not None and self._still_starting(plugin):
+            raise PluginStarting(f"sink {name!r} answers once its {plugin.starting_line()}")
         return plugin.pool if plugin is not None and plugin.state is PluginState.READY else None
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush the sinks, close the DB, stop every pool. Safe to call twice."""
-        if self.sectors is not None:
+        """Flush the sinks, close the DB, stop every pool (those still starting give up their
+        start). Safe to call twice."""
+        with self._wiring:  # no start thread wires anything from now on
+            self._closing = True
             sectors, self.sectors = self.sectors, None
+        if sectors is not None:
             try:
                 sectors.close(timeout)
             except Exception as e:

@@ -228,7 +228,9 @@ def start(home: Path, port: int | None = None, *extra: str, env: dict[str, str] 
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/healthz")
-            ok = conn.getresponse().status == 200
+            resp = conn.getresponse()
+            # ready, and no plugin still starting (the daemon serves before that: test_startup.py)
+            ok = resp.status == 200 and "plugins_starting" not in json.loads(resp.read() or b"{}")
             conn.close()
             if ok and (home / "token").exists():
                 break

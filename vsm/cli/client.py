@@ -46,7 +46,9 @@ def daemon_client(home: Path | None, config_file: Path | None = None, wait: bool
             return None
     client = Client(info["listen"], token)
     if wait is not False:
-        client.wait_ready(give_up=not (WAIT_FOR_START if wait is None else wait))
+        give_up = not (WAIT_FOR_START if wait is None else wait)
+        client.wait_ready(give_up=give_up)
+        client.wait_for_plugins = not give_up
     return client
 
 
@@ -71,6 +73,9 @@ class Client:
         host, _, port = listen.rpartition(":")
         self.host, self.port, self.token, self.timeout = host.strip("[]"), int(port), token, timeout
         self._ids = 0
+        # a call whose plugin (its store, sink, namespace) is still starting (-32004, nothing
+        # ran) is sent again until it is ready, with the reason on stderr; False: DaemonStarting
+        self.wait_for_plugins = False
 
     def _conn(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
@@ -143,7 +148,25 @@ class Client:
             shown = line
             time.sleep(0.2)
 
-    def call(self, method: str, params: Any = None) -> Any:
+    def call(self, method: str, params: Any = None, *, wait_timeout: float = 3600.0) -> Any:
+        """One JSON-RPC call; while its plugin is starting and wait_for_plugins, sent again."""
+        import sys
+        import time
+
+        deadline, shown = time.monotonic() + wait_timeout, ""
+        while True:
+            try:
+                return self._call_once(method, params)
+            except DaemonStarting as e:
+                if not self.wait_for_plugins or time.monotonic() > deadline:
+                    raise
+                line = str(e).split(" (")[0]
+                if line != shown:
+                    sys.stderr.write(f"waiting: {e}\n")
+                    shown = line
+                time.sleep(0.5)
+
+    def _call_once(self, method: str, params: Any = None) -> Any:
         self._ids += 1
         body = json.dumps({"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params if params is not None else {}})
         conn = self._conn()

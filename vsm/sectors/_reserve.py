@@ -48,6 +48,10 @@ class StoreReserver:
         self._lock = threading.Lock()
         self._rand = random.Random()
 
+    def set_stores(self, stores: Sequence[tuple[Any, Any]]) -> None:
+        """The persist stores open now (one whose plugin was still starting joins later)."""
+        self._stores = list(stores)
+
     def reserve(self, miner: int, number: int, size: int, candidates: Sequence[str] = ()) -> dict[str, Any] | None:
         """The chosen store's basic info (Go StoreBasicInfo), or None when none fits."""
         by = _sector_name(miner, number)

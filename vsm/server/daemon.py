@@ -21,6 +21,7 @@ import concurrent.futures
 import contextlib
 import faulthandler
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -141,12 +142,19 @@ class _Startup:
 
     def progress(self) -> dict[str, Any]:
         p = dict(getattr(self.manager, "progress", None) or {})
-        return {**p, "seconds": round(time.monotonic() - self.since, 1), **({"error": self.error} if self.error else {})}
+        starting = [pl.label for pl in self.manager.starting()] if hasattr(self.manager, "starting") else []
+        return {
+            **p,
+            "seconds": round(time.monotonic() - self.since, 1),
+            **({"plugins_starting": starting} if starting else {}),
+            **({"error": self.error} if self.error else {}),
+        }
 
     def line(self) -> str:
         p = self.progress()
         step = f" {p.get('done', 0)}/{p['total']}" if p.get("total") else ""
-        return f"starting: {p.get('phase', 'loading')}{step} ({p['seconds']:.0f} s so far); retry shortly"
+        waiting = f" (still starting: {', '.join(p['plugins_starting'])})" if p.get("plugins_starting") else ""
+        return f"starting: {p.get('phase', 'loading')}{step}{waiting} ({p['seconds']:.0f} s so far); retry shortly"
 
 
 class _GuardedHandler(RequestHandler):  # type: ignore[misc]
@@ -200,7 +208,8 @@ async def _serve(manager: Manager, sock: socket.socket, home: Path) -> None:
     (home / "daemon.json").write_text(json.dumps({"pid": os.getpid(), "listen": listen, "started": time.time()}))
     logger.info("vsm-pool serving on http://{} (JSON-RPC at /rpc/v0); starting the manager", listen)
     failure: BaseException | None = None
-    starting = loop.run_in_executor(None, manager.start)
+    # ready once the sector state manager runs; plugins still starting join when ready
+    starting = loop.run_in_executor(None, functools.partial(manager.start, wait=False))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if not starting.done():
@@ -208,12 +217,20 @@ async def _serve(manager: Manager, sock: socket.socket, home: Path) -> None:
     try:
         await starting
         startup.ready = True
-        logger.info("vsm-pool ready ({:.1f} s)", time.monotonic() - startup.since)
+        still = [p.label for p in manager.starting()]
+        logger.info("vsm-pool ready ({:.1f} s){}", time.monotonic() - startup.since, f"; still starting: {', '.join(still)}" if still else "")
     except BaseException as e:  # noqa: BLE001 - reported after the listener is closed
         failure, startup.error = e, str(e)
     if failure is None:
-        await stop.wait()
-        logger.info("vsm-pool stopping: finishing in-flight requests")
+        settling = asyncio.ensure_future(_settle(manager, startup))
+        await asyncio.wait({settling, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if settling.done() and settling.exception() is not None:  # Strict: a plugin failed to start
+            failure = settling.exception()
+            logger.error("vsm-pool stopping: {} ([Common.Plugins] Strict = true)", failure)
+        else:
+            await stop.wait()
+            logger.info("vsm-pool stopping: finishing in-flight requests")
+        settling.cancel()
     stopping.cancel()
     listener.close()
     await runner.cleanup()  # waits for handlers up to shutdown_timeout
@@ -223,6 +240,17 @@ async def _serve(manager: Manager, sock: socket.socket, home: Path) -> None:
     await loop.shutdown_default_executor()
     if failure is not None:
         raise failure
+
+
+async def _settle(manager: Manager, startup: _Startup) -> None:
+    """Until every plugin the start began is ready or disabled; raises a failure under Strict."""
+    starts = list(manager.starts.values())
+    if not starts or all(s.done() for s in starts):
+        manager.settled(0)
+        return
+    await asyncio.gather(*(asyncio.wrap_future(s) for s in starts), return_exceptions=True)
+    manager.settled(0)
+    logger.info("vsm-pool: every plugin started or disabled ({:.1f} s)", time.monotonic() - startup.since)
 
 
 def make_app(manager: Manager, tokens: TokenStore, request_stop: Callable[[], None], startup: _Startup | None = None) -> web.Application:
@@ -295,7 +323,8 @@ async def _healthz(request: web.Request) -> web.Response:
     if startup is not None and not startup.ready:
         state = "failed" if startup.error else "starting"
         return web.json_response({"status": state, "progress": startup.progress()}, status=503, headers={"Retry-After": "1"})
-    return web.json_response({"status": "ok"})
+    starting = [p.label for p in request.app["manager"].starting()]  # ready; what needs these answers 503
+    return web.json_response({"status": "ok", **({"plugins_starting": starting} if starting else {})})
 
 
 async def _metrics(request: web.Request) -> web.Response:

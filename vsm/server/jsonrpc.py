@@ -22,7 +22,8 @@ Error codes (README "JSON-RPC errors" is this table):
     -32001  plugin error       the plugin raised: its exception's type and message
     -32002  pool error         the plugin's worker crashed, timed out, or its pool is broken
     -32003  forbidden          the token's level is below what the method needs
-    -32004  starting           the manager is not ready yet (HTTP 503, with progress)
+    -32004  starting           the manager is not ready yet (HTTP 503, with progress), or the
+                               plugin a call needs is still starting (its store, sink, namespace)
     -32005  limit              a bound of [Common.Api] was hit (reply size, query time/size)
 
 No message carries a traceback or a path of the server's (home, install, store folders: they
@@ -44,7 +45,7 @@ from loguru import logger
 
 from executors import PoolError, RemoteError, RemoteTraceback
 
-from ..errors import VsmError
+from ..errors import PluginStarting, VsmError
 from ..sdk import InvalidObjectPathError, InvalidRequestError, PluginError
 from ..sdk.errors import InstanceNotFoundError
 
@@ -264,6 +265,9 @@ async def _call(
             plugin, plugin_methods = rpc[namespace]
             if leaf in plugin_methods:
                 return await loop.run_in_executor(None, _translate, lambda: plugin.pool.call("invoke", leaf, params), name, scrub)
+        starting = manager.rpc_starting() if hasattr(manager, "rpc_starting") else ""
+        if starting and namespace not in rpc:  # a namespace is known once its plugin is ready
+            raise RpcError(STARTING, f"method {name!r} is not known yet: {starting}")
         raise RpcError(METHOD_NOT_FOUND, f"method not found: {name!r}")
     try:
         sig = inspect.signature(fn)
@@ -308,6 +312,8 @@ def _classify(e: Exception) -> tuple[int, str]:
         return PLUGIN_ERROR, parts[2] if head.startswith("pool ") and len(parts) == 3 else head
     if isinstance(e, PoolError):
         return POOL_ERROR, f"{type(e).__name__}: {_first_line(str(e))}"
+    if isinstance(e, PluginStarting):  # what the call needs is not ready yet: try again shortly
+        return STARTING, f"starting: {_first_line(str(e))}"
     if isinstance(e, InvalidRequestError):  # the plugin says: the caller's mistake, in its words
         return INVALID_PARAMS, _first_line(str(e))
     if isinstance(e, (InvalidObjectPathError, InstanceNotFoundError)):  # the caller's path or store name

@@ -34,7 +34,8 @@ def status(manager: Any) -> dict[str, Any]:
         "daemon": {"pid": os.getpid(), "home": manager.config.home, "listen": manager.config.api.listen},
         "plugins": plugins,
         "stores": {**{n: {"plugin": s.pool.spec.name, "state": "ready"} for n, s in manager.stores.items()},
-                   **{n: {"state": "failed", "error": e} for n, e in manager.store_errors.items()}},
+                   **{n: {"state": "failed", "error": e} for n, e in manager.store_errors.items()},
+                   **{n: {"state": "starting", "error": why} for n, why in manager.stores_starting().items()}},
         "sectors": sectors,
         "problems": problems(manager, sectors, plugins),  # what is broken, why, and the command that fixes it
     }

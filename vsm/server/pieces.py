@@ -86,6 +86,9 @@ def _store_or_404(request: web.Request) -> Any:
     manager = request.app["manager"]
     name = request.match_info["store"]
     store = manager.stores.get(name)
+    starting = manager.stores_starting().get(name) if store is None else None
+    if starting:  # its plugin's pool is starting: the client retries
+        raise web.HTTPServiceUnavailable(text=json.dumps({"error": f"starting: {starting}"}), content_type="application/json", headers={"Retry-After": "1"})
     if store is None:
         cause = manager.store_errors.get(name) or f"no store named {name!r} (stores: {', '.join(sorted(manager.stores)) or 'none'})"
         raise web.HTTPNotFound(text=json.dumps({"error": cause}), content_type="application/json")

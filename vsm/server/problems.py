@@ -3,6 +3,7 @@ fixes it: what `vsm-pool status` prints under its tables and /metrics exports as
 
     journal   broken (a write failed; it retries by itself)  |  held (a KV commit's outcome unknown)
     plugin    failed pool (crash loop)  |  degraded (a worker being replaced)  |  did not start
+              |  starting (its pool is starting, e.g. a slow onInit: what needs it answers 503)
     store     failed to open
     sink      needs a rebuild (its events left the journal)  |  backoff (deliveries failing)
               |  disabled (its backlog waits in the journal)  |  no plugin (a checkpoint only)
@@ -44,6 +45,10 @@ def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[
             add(f"plugin/{name}", "failed", p.get("error") or pool.get("last_error") or "", f"`vsm-pool plugin reload {name}` (or enable)")
         elif state == "failed":
             add(f"plugin/{name}", "failed", p.get("error") or "", "rebuild or replace its artifact, then `vsm-pool plugin rescan`")
+        elif state == "starting":
+            since = p.get("starting") or {}
+            add(f"plugin/{name}", "starting", f"its workers are starting (importing it, onInit) for {since.get('seconds', 0):.0f} s",
+                f"none: it serves once ready; past StartTimeout ({since.get('start_timeout', 60):g} s) it is disabled with the cause")
         elif pool.get("state") == "degraded":
             add(f"plugin/{name}", "degraded", pool.get("last_error") or "", "none: its worker is being replaced")
         elif state == "disabled" and p.get("error") and not str(p["error"]).startswith("disabled "):

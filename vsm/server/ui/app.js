@@ -68,7 +68,7 @@ function duration(seconds) {
 const SINK_OK = new Set(["running"]);
 // the daemon's states of a problem (vsm/server/problems.py) that a part comes back from alone,
 // or that an operator chose; the rest are broken
-const WARN_STATES = new Set(["degraded", "backoff", "held", "disabled"]);
+const WARN_STATES = new Set(["degraded", "backoff", "held", "disabled", "starting"]);
 
 function problems(st) {
   return (st.problems || []).map((p) => [
@@ -129,7 +129,7 @@ async function overview(main) {
     ${j.broken ? badge("broken: " + j.broken, "bad") : badge("ok", "ok")}</p></section>`;
   h += `<section id="stores"><h2>Stores</h2><table><thead><tr><th>store</th><th>plugin</th><th>state</th><th>error</th></tr></thead><tbody>`;
   for (const [name, s] of Object.entries(st.stores || {})) {
-    h += `<tr data-store="${esc(name)}"><td>${esc(name)}</td><td>${esc(s.plugin || "")}</td><td>${badge(s.state, s.state === "ready" ? "ok" : "bad")}</td><td class="error">${esc(s.error || "")}</td></tr>`;
+    h += `<tr data-store="${esc(name)}"><td>${esc(name)}</td><td>${esc(s.plugin || "")}</td><td>${badge(s.state, s.state === "ready" ? "ok" : s.state === "starting" ? "warn" : "bad")}</td><td class="error">${esc(s.error || "")}</td></tr>`;
   }
   main.innerHTML = h + `</tbody></table></section>`;
   previous = { st, t: now };
@@ -212,7 +212,7 @@ function query(main) {
 
 const ACTIONS = [["enable", "Enable"], ["disable", "Disable"], ["reload", "Reload"], ["flush", "Flush"]];
 // what each state offers: a running plugin can be disabled, reloaded or flushed; a stopped one enabled
-const OFFERED = { ready: ["disable", "reload", "flush"], disabled: ["enable"], failed: ["enable", "reload"], loaded: ["enable"] };
+const OFFERED = { ready: ["disable", "reload", "flush"], disabled: ["enable"], failed: ["enable", "reload"], loaded: ["enable"], starting: [] };
 
 async function plugins(main) {
   const list = await rpc("plugin.list");
