@@ -776,7 +776,7 @@ class ProcessPool(_PoolCore[_Worker]):
             what = f"was {w.kill_reason} ({reason})"
         else:
             what = f"died with {reason}"
-        self._close_worker_fds(w)
+        self._close_worker_fds(w, keep_streamed_ring=True)
         self._worker_died(w, what, items)
 
     # -- restarts: _PoolCore._crashed / _restart ---------------------------------------------
@@ -828,7 +828,11 @@ class ProcessPool(_PoolCore[_Worker]):
         _sigkill(proc.pid)
         proc.join(2.0)
 
-    def _close_worker_fds(self, w: _Worker) -> None:
+    def _close_worker_fds(self, w: _Worker, keep_streamed_ring: bool = False) -> None:
+        """Close what the manager holds of w. keep_streamed_ring (a death): a byte stream's
+        caller may be reading or filling a slot right now, so its ring stays mapped until the
+        stream lets go of w (_unreserve); unmapped under it, the caller got a ValueError, not
+        the WorkerCrashed its call fails with."""
         while w.rd is not None and w.rd.fds:  # fds of replies nobody read
             try:
                 os.close(w.rd.fds.popleft())
@@ -846,9 +850,17 @@ class ProcessPool(_PoolCore[_Worker]):
                 w.sock.close()
             except OSError:
                 pass
-        if w.ring is not None:
-            w.ring.close()
-            w.ring = None
+        with self._lock:  # one closer only, with _unreserve
+            ring, w.ring = (None, w.ring) if keep_streamed_ring and w.reserved else (w.ring, None)
+        if ring is not None:
+            ring.close()
+
+    def _unreserve(self, w: _Worker) -> None:
+        super()._unreserve(w)
+        with self._lock:  # a dead worker's ring, kept for the stream that just ended
+            ring, w.ring = (w.ring, None) if w.dead else (None, w.ring)
+        if ring is not None:
+            ring.close()
 
     # -- streams --------------------------------------------------------------------------
     def _open_stream(self, w: _Worker, op: int, method: str, args: tuple[Any, ...], tmo: float | None) -> tuple[CallFuture, SlotFlow]:

@@ -150,3 +150,35 @@ def test_memory_stays_flat_for_2gib(direction):
         assert _hwm(wpid) - w_before < limit, f"worker RSS grew by {(_hwm(wpid) - w_before) >> 20} MiB"
     finally:
         p.close()
+
+
+def test_a_get_whose_worker_dies_mid_slot_fails_with_worker_crashed():
+    """A reader holding a slot when its worker is killed: the rest of that slot still reads
+    (it was published whole), then the stream fails with WorkerCrashed (was: ValueError, the
+    ring unmapped under the reader by the manager thread)."""
+    import signal
+    import time
+
+    from executors import WorkerCrashed
+
+    p = _pool(workers=1)
+    try:
+        r = p.stream_get("produce", (20 * SLOT,))
+        try:
+            first = r.read(10)
+            pid = p.status()["workers"][0]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while p._workers[0].pid == pid or p.status()["state"] != "ready":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            with pytest.raises(WorkerCrashed, match="SIGKILL"):
+                rest = r.read(SLOT - 10)
+                assert first + rest == _pattern(SLOT)  # the slot published before the kill
+                while r.read(SLOT):
+                    pass
+        finally:
+            r.close()
+        assert p.call("echo", 1) == (1,)
+    finally:
+        p.close()
