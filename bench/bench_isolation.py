@@ -76,7 +76,6 @@ def run(quick: bool) -> list[dict[str, Any]]:
     from vsm.plugin.loader import WORKER_PRELOAD
     from vsm.sdk import Config as StoreCfg
 
-    isolation.prepare_worker_environment()
     prestart(WORKER_PRELOAD)  # as the manager does: vsm's modules imported once, in the server
     root = Path(tempfile.mkdtemp(prefix="vsm-bench-iso-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     size = (64 << 20) if quick else (512 << 20)

@@ -88,13 +88,15 @@ def test_bench_runs_from_a_wheel_in_a_fresh_venv(tmp_path, wheel):
     py = venv / "bin" / "python"
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
+    # the wheel first: with the dependencies' path in place, pip would find this project's
+    # own installed copy there (CI installs it non-editable) and install nothing
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-compile", "-q", str(wheel)],
+                   check=True, capture_output=True)
     # the dependencies come from this interpreter's site-packages, as one plain path entry
     # (its .pth files, e.g. an editable checkout, are not processed from there)
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (tmp_path / "venv-deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     os.replace(tmp_path / "venv-deps.pth", os.path.join(site, "venv-deps.pth"))
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-compile", "-q", str(wheel)],
-                   check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["VSM_HOME"] = str(tmp_path / "home")
     proc = subprocess.run([str(py), "-c", _CHECK_BENCH_IMPORTS], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -268,6 +268,9 @@ class Probe:
     def small(self) -> int:
         return 42
 
+    def allocate(self, size: int) -> int:
+        return len(bytearray(size))
+
 
 def make_probe() -> Probe:
     return Probe()

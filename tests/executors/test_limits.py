@@ -88,3 +88,34 @@ def test_inline_pool_applies_nothing_to_the_caller():
     pool.start()
     pool.close()
     assert resource.getrlimit(resource.RLIMIT_DATA) == before
+
+
+_FRESH_MANAGER = """
+import sys
+from executors import PoolSpec, ProcessPool, WorkerLimits
+import exec_services as S
+if __name__ == "__main__":
+    pool = ProcessPool(PoolSpec(name="test/arrow-limit", init=S.make_probe, preload=("pyarrow.dataset",),
+                                limits=WorkerLimits(memory_bytes=512 << 20)))
+    pool.start()
+    try:
+        print(pool.call("allocate", 64 << 20))
+    finally:
+        pool.close()
+"""
+
+
+def test_a_worker_forked_from_a_server_that_imported_pyarrow_runs_under_a_limit_below_1_gib(tmp_path):
+    """pyarrow's allocator maps a 1 GiB writable arena at its first allocation unless told to
+    commit on demand; the fork server is where that must be told, since its workers inherit
+    its mappings. A fresh manager, so this test's forkserver is the one that imports pyarrow."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "manager.py"
+    script.write_text(_FRESH_MANAGER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIMALLOC_")}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(S.__file__), os.path.dirname(os.path.dirname(os.path.dirname(S.__file__)))])
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == str(64 << 20)

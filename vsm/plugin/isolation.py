@@ -38,23 +38,12 @@ __all__ = [
     "format_size",
     "kernel_abi",
     "plan_sandbox",
-    "prepare_worker_environment",
     "worker_limits",
 ]
 
 # When the machine runs out of memory anyway, the kernel's OOM killer should take a worker
 # (replaced as a crash) before the manager: this much is added to the manager's own score.
 WORKER_OOM_SCORE_BONUS = 500
-
-
-def prepare_worker_environment() -> None:
-    """Call before the first pool starts (the fork server inherits the environment).
-
-    pyarrow's allocator (mimalloc) otherwise maps a 1 GiB arena as writable at its first
-    allocation: a worker forked from a server that imported vsm.sdk starts at ~1.17 GiB of
-    RLIMIT_DATA while ~37 MiB is resident. Committing on demand keeps the limit's count close
-    to what the worker uses (~125 MiB at start, measured)."""
-    os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
 
 
 def worker_limits(settings: PluginSettings) -> WorkerLimits:

@@ -282,7 +282,6 @@ class Registry:
         self._closing = False
         self._starting_pools: set[Pool] = set()  # pools whose start() runs: close() stops them
         if config is not None:
-            isolation.prepare_worker_environment()
             for p in self.plugins:
                 if not p.unreadable:
                     settings = config.settings(p.manifest.name)
