@@ -76,7 +76,7 @@ from ._core import TICK as _TICK
 from ._core import StreamCall, _PoolCore, _WorkerCore, remote_exc, undecodable
 from ._future import CallFuture
 from ._ring import Ring, SlotFlow, SlotReader
-from .errors import CallTimeout, PoolError, PoolStartError, StreamAborted
+from .errors import PoolError, PoolStartError, StreamAborted
 
 __all__ = ["ProcessPool", "prestart"]
 

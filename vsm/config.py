@@ -521,7 +521,7 @@ def _db_config(common: _Reader, path: Path, home: Path, local_path: Callable[[st
         held = [where / c for c in _BADGER_COLLECTIONS if (where / c / "MANIFEST").is_file()]
         if held or base_dir:
             raise ConfigError(
-                path, db_t.key("Driver"), f'not set, so damocles-manager\'s default "badger" applies'
+                path, db_t.key("Driver"), 'not set, so damocles-manager\'s default "badger" applies'
                 + (f" and its data is in {held[0].parent}" if held else f" (BaseDir {base_dir!r})")
                 + f': vsm-pool cannot open Badger; set Driver = "sqlite" or "plugin" and {_SECTOR_IMPORT}'
             )

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from vsm.plugin.artifact import build
-from vsm.config import default_config_text, load_config
+from vsm.config import load_config
 from vsm.errors import PluginLoadError
 from vsm.home import ensure_home
 from vsm.manager import Manager

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 

@@ -4,7 +4,7 @@ could try through the real daemon, on both bundled sinks that answer queries."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from types import ModuleType
-from typing import Any, Callable
+from typing import Callable
 
 import pyarrow as pa
 
