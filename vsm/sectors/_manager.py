@@ -893,9 +893,8 @@ class SectorStateManager:
         offline = self._read_many(OFFLINE, uniq, progress, only=need_off)
         on, off = online.take(pa.array(sector)), offline.take(pa.array(sector))  # per row
 
-        def matches(rows: Any, decode: bool) -> Any:
-            """Whether the KV holds the state of each of these rows (numpy bool): its bytes
-            (digests), and with `decode` also the same state in other bytes (_kv_holds)."""
+        def same_bytes(rows: Any) -> Any:
+            """Whether the KV holds each of these rows' bytes (numpy bool), by digest."""
             out = np.zeros(len(rows), bool)
             none = ws[rows] == "none"  # a revert to a sector gone from both collections
             if none.any():
@@ -914,29 +913,37 @@ class SectorStateManager:
                     pick = np.zeros(n, bool)
                     pick[rest] = True
                     mine = _digests(arrow_to_go_json(past.filter(pa.array(pick))))
-                same = np.asarray(pc.fill_null(pc.equal(mine, kv), False).to_numpy(zero_copy_only=False), bool)
-                # bytes differ but the KV may hold the same state as an earlier release wrote
-                # it (_kv_holds): its value read and decoded, only for these (a kill's few, or an old tail)
-                differ = np.flatnonzero(~same & np.asarray(pc.is_valid(kv).to_numpy(zero_copy_only=False), bool))
-                if decode and len(differ):
-                    states = arrow_to_states(past.take(pa.array(rest[differ])))
-                    values = self._values_at(uniq, sector[rest[differ]], ws[rest[differ]])
-                    for i, st, value in zip(differ, states, values):
-                        same[i] = value is not None and _same_state(value, st)
-                out[~none] = same
+                out[~none] = np.asarray(pc.fill_null(pc.equal(mine, kv), False).to_numpy(zero_copy_only=False), bool)
             return out
 
-        last = np.where(matches(last_row, False), last_row, -1)  # per sector: its last matching row
+        def same_state(rows: Any) -> Any:
+            """Whether the KV holds each of these rows' state in other bytes, as an earlier
+            release wrote it (_kv_holds): the value read and decoded. For rows whose bytes
+            it does not hold."""
+            out = np.zeros(len(rows), bool)
+            wss = ws[rows]
+            idx = pa.array(rows)
+            kv = pc.if_else(pa.array(wss == ONLINE), on.take(idx), off.take(idx))
+            held = np.asarray(pc.is_valid(kv).to_numpy(zero_copy_only=False), bool)
+            check = np.flatnonzero((wss != "none") & held)
+            if len(check):
+                states = arrow_to_states(past.take(pa.array(rows[check])))
+                values = self._values_at(uniq, sector[rows[check]], wss[check])
+                for i, st, value in zip(check, states, values):
+                    out[i] = value is not None and _same_state(value, st)
+            return out
+
+        last = np.where(same_bytes(last_row), last_row, -1)  # per sector: its last matching row
         unsure = rows[(last[sector] < 0) & (rows != last_row[sector])]
         if len(unsure):
-            np.maximum.at(last, sector[unsure], np.where(matches(unsure, False), unsure, -1))
+            np.maximum.at(last, sector[unsure], np.where(same_bytes(unsure), unsure, -1))
         # Decoding only for sectors none of whose rows has the KV's bytes (an earlier release
         # wrote them, or the KV holds a state from before the tail). Where a row has them, the
         # KV holds exactly its state, and a later row in other bytes is another state: the
         # 6.85k updates a kill left uncommitted in the bench decoded for nothing (1.5 s of 5.9).
         undecided = rows[last[sector] < 0]
         if len(undecided):
-            np.maximum.at(last, sector[undecided], np.where(matches(undecided, True), undecided, -1))
+            np.maximum.at(last, sector[undecided], np.where(same_state(undecided), undecided, -1))
         keep = rows <= last[sector]
         # finish a finalize/restore killed between its put and its delete
         has = last >= 0
