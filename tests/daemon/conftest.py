@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from .harness import Daemon, kill_tree, start, stop_checked
+from .harness import Daemon, finish, kill_tree, start, stop_checked
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Any]:
     errors = []
     for d in started:
         try:
-            if not d.stopped:
-                stop_checked(d)
+            finish(d)
         except AssertionError as e:
             errors.append(str(e))
-        finally:
-            if d.proc.poll() is None:
-                kill_tree(d.proc)
     assert not errors, "\n".join(errors)

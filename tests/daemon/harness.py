@@ -247,3 +247,14 @@ def stop_checked(d: Daemon) -> None:
     if d.proc.poll() is None or not d.stopped:
         rc = d.stop()
         assert rc == 0, f"the daemon exited with {rc} on SIGTERM; log:\n{d.log_text()[-3000:]}"
+
+
+def finish(d: Daemon) -> None:
+    """The end of a daemon a test started: stopped with SIGTERM and checked, unless the test
+    stopped it; killed with its whole tree if it still runs (also when the check fails)."""
+    try:
+        if not d.stopped:
+            stop_checked(d)
+    finally:
+        if d.proc.poll() is None:
+            kill_tree(d.proc)

@@ -13,7 +13,7 @@ import pytest
 from vsm.server.auth import HTTP_LEVELS, RPC_LEVELS, Level
 from vsm.server.methods import METHODS
 
-from .harness import Daemon, kill_tree, prepare_home, start, stop_checked
+from .harness import Daemon, finish, prepare_home, start
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -24,10 +24,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         yield d
     finally:
-        if not d.stopped:
-            stop_checked(d)
-        if d.proc.poll() is None:
-            kill_tree(d.proc)
+        finish(d)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from .harness import Daemon, kill_tree, prepare_home, start, stop_checked
+from .harness import Daemon, finish, prepare_home, start
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -30,10 +30,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         d.rpc("sectors.import", {"states": [{"ID": {"Miner": 9, "Number": n}, "SectorType": 8} for n in range(600)]})
         yield d
     finally:
-        if not d.stopped:
-            stop_checked(d)
-        if d.proc.poll() is None:
-            kill_tree(d.proc)
+        finish(d)
 
 
 def call(method: str, params: Any, id_: int = 1) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 
 from vsm.plugin.artifact import build
 
-from .harness import ROOT, Daemon, kill_tree, prepare_home, start, stop_checked
+from .harness import ROOT, Daemon, finish, prepare_home, start
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,10 +69,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         yield d
     finally:
-        if not d.stopped:
-            stop_checked(d)
-        if d.proc.poll() is None:
-            kill_tree(d.proc)
+        finish(d)
 
 
 def _clean(d: Daemon, text: str) -> None:

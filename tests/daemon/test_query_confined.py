@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from .harness import Daemon, kill_tree, prepare_home, start, stop_checked
+from .harness import Daemon, finish, prepare_home, start
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -25,10 +25,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         d.wait_delivered()
         yield d
     finally:
-        if not d.stopped:
-            stop_checked(d)
-        if d.proc.poll() is None:
-            kill_tree(d.proc)
+        finish(d)
 
 
 def _count(d: Daemon, sink: str = "duckdb") -> int:

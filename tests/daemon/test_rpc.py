@@ -9,8 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from .conftest import stop_checked
-from .harness import Daemon, kill_tree, prepare_home, start
+from .harness import Daemon, finish, prepare_home, start
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,10 +24,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         yield d
     finally:
-        if not d.stopped:
-            stop_checked(d)
-        if d.proc.poll() is None:
-            kill_tree(d.proc)
+        finish(d)
 
 
 def call(method: str, params: Any = None, id_: Any = 1) -> dict[str, Any]:
