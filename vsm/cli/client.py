@@ -86,6 +86,19 @@ class Client:
     def _where(self) -> str:
         return f"the daemon at {self.host}:{self.port}"
 
+    def _exchange(self, verb: str, path: str, what: str, body: str | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """One request on its own connection: (HTTP status, body). `what` prefixes the error
+        when the daemon cannot be reached."""
+        conn = self._conn()
+        try:
+            conn.request(verb, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise DaemonError(f"{what}cannot reach {self._where()}: {e}") from None
+        finally:
+            conn.close()
+
     @staticmethod
     def _error_text(status: int, raw: bytes) -> str:
         """The daemon's own message out of an error body (JSON {"error": ...} or text)."""
@@ -102,20 +115,12 @@ class Client:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of /healthz: 200 ready, 503 starting (with progress)."""
-        conn = self._conn()
-        try:
-            conn.request("GET", "/healthz")
-            resp = conn.getresponse()
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise DaemonError(f"cannot reach {self._where()}: {e}") from None
-        finally:
-            conn.close()
+        status, raw = self._exchange("GET", "/healthz", "")
         try:
             body = json.loads(raw)
         except ValueError:
             body = {}
-        return resp.status, body if isinstance(body, dict) else {}
+        return status, body if isinstance(body, dict) else {}
 
     def wait_ready(self, give_up: bool = False, timeout: float = 3600.0) -> None:
         """Until the daemon is ready, show what it is doing (one updated line on a terminal,
@@ -169,15 +174,7 @@ class Client:
     def _call_once(self, method: str, params: Any = None) -> Any:
         self._ids += 1
         body = json.dumps({"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params if params is not None else {}})
-        conn = self._conn()
-        try:
-            conn.request("POST", "/rpc/v0", body=body, headers=self._headers({"Content-Type": "application/json"}))
-            resp = conn.getresponse()
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise DaemonError(f"{method}: cannot reach {self._where()}: {e}") from None
-        finally:
-            conn.close()
+        status, raw = self._exchange("POST", "/rpc/v0", f"{method}: ", body, self._headers({"Content-Type": "application/json"}))
         try:
             reply = json.loads(raw)
         except ValueError:
@@ -186,8 +183,8 @@ class Client:
             if reply["error"].get("code") == -32004:
                 raise DaemonStarting(f"{method}: the daemon is {reply['error'].get('message', 'starting')}")
             raise DaemonError(f"{method}: {reply['error'].get('message', reply['error'])}")
-        if resp.status != 200 or not isinstance(reply, dict) or "result" not in reply:
-            raise DaemonError(f"{method}: {self._error_text(resp.status, raw)}")
+        if status != 200 or not isinstance(reply, dict) or "result" not in reply:
+            raise DaemonError(f"{method}: {self._error_text(status, raw)}")
         return reply["result"]
 
     def _upload(self, verb: str, url: str, headers: dict[str, str], what: str, send_body: Callable[[http.client.HTTPConnection], None]) -> Any:
