@@ -105,3 +105,15 @@ def test_missing_sector_reads_the_same_for_get_and_update(daemon: Daemon) -> Non
     update = _one_line_error(daemon.cli("sectors", "update", "88", "424242", "Removed=true", check=False))
     assert "no sector m-88-n-424242 (online or offline)" in get and "no sector m-88-n-424242 (online or offline)" in update
     assert get.split("no sector")[0].replace("sectors.get", "") == update.split("no sector")[0].replace("sectors.update", "")
+
+
+def test_a_caller_mistake_without_a_daemon_reads_as_with_one(daemon: Daemon, tmp_path: Path) -> None:
+    """With no daemon running, the CLI runs the call on an in-process manager: the same
+    mistake gets the same one line and exit code there (it printed the manager's traceback)."""
+    with_daemon = daemon.cli("sectors", "get", "88", "424242", check=False)
+    alone = run_cli(tmp_path / "home", "sectors", "get", "88", "424242", check=False)
+    assert _one_line_error(alone) == _one_line_error(with_daemon)
+    assert alone.returncode == with_daemon.returncode
+    for args in (("pieces", "get", "nostore/x", "-"), ("pieces", "get", "pieces/nothere", "-")):
+        line = _one_line_error(run_cli(tmp_path / "home", *args, check=False))
+        assert line.startswith(f"vsm-pool: error: get {args[2]}: ") and ("no store named 'nostore'" in line or "'nothere'" in line), line

@@ -174,7 +174,18 @@ class LocalClient:
         if fn is None:
             raise DaemonError(f"{method}: needs a running daemon (vsm-pool start)")
         params = params or {}
-        return fn(self.manager, *params) if isinstance(params, list) else fn(self.manager, **params)
+        return self._translated(method, lambda: fn(self.manager, *params) if isinstance(params, list) else fn(self.manager, **params))
+
+    @staticmethod
+    def _translated(what: str, run: Any) -> Any:
+        """run(), its errors translated as the daemon translates them: the same mistake gets
+        the same one line (DaemonError) with a daemon or without, not a traceback."""
+        from ..server.jsonrpc import RpcError, translate_errors
+
+        try:
+            return translate_errors(run, what, str)
+        except RpcError as e:
+            raise DaemonError(f"{what}: {e.message}") from None
 
     def import_batches(self, batches: Any, override: bool, worker_state: str | None) -> dict[str, int]:
         received = [0]
@@ -187,16 +198,16 @@ class LocalClient:
         sectors = self.manager.sectors
         if sectors is None:
             raise DaemonError("the sector state manager is not running")
-        written = sectors.import_arrow(counted(), override=override, worker_state=worker_state)
+        written = self._translated("sectors import", lambda: sectors.import_arrow(counted(), override=override, worker_state=worker_state))
         return {"written": written, "received": received[0]}
 
     def put_piece(self, store: str, path: str, source: Any, size: int, progress: Any = None) -> Any:
         reader = _Progress(source, progress)
-        n = self.manager.store(store).put(path, reader)
+        n = self._translated(f"put {store}/{path}", lambda: self.manager.store(store).put(path, reader))
         return {"store": store, "path": path, "size": n}
 
     def get_piece(self, store: str, path: str, sink: Any, progress: Any = None) -> int:
-        reader = self.manager.store(store).get(path)
+        reader = self._translated(f"get {store}/{path}", lambda: self.manager.store(store).get(path))
         total = 0
         try:
             while chunk := reader.read(1 << 20):

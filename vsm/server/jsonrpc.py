@@ -2,7 +2,7 @@
 
     body -> parse (duplicate keys and nesting refused) -> one call, or a batch of calls
          -> per call: permission (auth.py) -> bind params to the signature -> run in a thread
-         -> result, or an error translated once here (`_translate`) -> one log line
+         -> result, or an error translated once here (`translate_errors`) -> one log line
 
 Methods are plain functions `fn(manager, **params)` in a MethodTable (methods.py, admin.py); params
 are bound against the signature before the call, so wrong params are -32602 and never reach
@@ -49,7 +49,7 @@ from ..errors import PluginStarting, VsmError
 from ..sdk import InvalidObjectPathError, InvalidRequestError, PluginError
 from ..sdk.errors import InstanceNotFoundError
 
-__all__ = ["MethodTable", "RpcError", "dispatch_rpc", "parse_json", "Scrubber"]
+__all__ = ["MethodTable", "RpcError", "dispatch_rpc", "parse_json", "Scrubber", "translate_errors"]
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, SERVER_ERROR = -32700, -32600, -32601, -32602, -32000
 PLUGIN_ERROR, POOL_ERROR, FORBIDDEN, STARTING, LIMIT = -32001, -32002, -32003, -32004, -32005
@@ -264,7 +264,7 @@ async def _call(
         if namespace in rpc:
             plugin, plugin_methods = rpc[namespace]
             if leaf in plugin_methods:
-                return await loop.run_in_executor(None, _translate, lambda: plugin.pool.call("invoke", leaf, params), name, scrub)
+                return await loop.run_in_executor(None, translate_errors, lambda: plugin.pool.call("invoke", leaf, params), name, scrub)
         starting = manager.rpc_starting() if hasattr(manager, "rpc_starting") else ""
         if starting and namespace not in rpc:  # a namespace is known once its plugin is ready
             raise RpcError(STARTING, f"method {name!r} is not known yet: {starting}")
@@ -274,7 +274,7 @@ async def _call(
         bound = sig.bind(manager, *params) if isinstance(params, list) else sig.bind(manager, **params)
     except TypeError as e:
         raise RpcError(INVALID_PARAMS, f"invalid params for {name}: {e}") from None
-    return await loop.run_in_executor(None, _translate, lambda: fn(*bound.args, **bound.kwargs), name, scrub)
+    return await loop.run_in_executor(None, translate_errors, lambda: fn(*bound.args, **bound.kwargs), name, scrub)
 
 
 def _remote(e: BaseException) -> bool:
@@ -282,7 +282,7 @@ def _remote(e: BaseException) -> bool:
     return isinstance(e.__cause__, RemoteTraceback) or isinstance(e, RemoteError)
 
 
-def _translate(call: Callable[[], Any], name: str, scrub: Callable[[str], str]) -> Any:
+def translate_errors(call: Callable[[], Any], name: str, scrub: Callable[[str], str]) -> Any:
     """Errors -> JSON-RPC codes (the module's table). Decided by where the error comes from:
     a plugin's own exception is the plugin's (-32001), whatever its type; the manager's
     ValueError/KeyError/TypeError are the caller's params (-32602)."""
