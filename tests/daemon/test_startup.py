@@ -46,6 +46,15 @@ def _health_until(port: int, proc: subprocess.Popen[bytes], log: Path, ok: Any, 
         time.sleep(0.05)
 
 
+def _home_with_slow_kv(tmp_path: Path, gate: Path) -> Path:
+    """A home whose DB is _slow_kv's plugin."""
+    home = prepare_home(tmp_path / "home")
+    config = home / "config.toml"
+    config.write_text(config.read_text().replace('Driver = "sqlite"', 'Driver = "plugin"\n[Common.DB.Plugin]\nPluginName = "slowdb"', 1))
+    _slow_kv(tmp_path, home, gate)
+    return home
+
+
 def _slow_kv(tmp_path: Path, home: Path, gate: Path) -> None:
     """A KVStore (memdb's code) whose onInit waits until `gate` exists: the DB blocks start-up."""
     src = tmp_path / "slowdb"
@@ -69,10 +78,7 @@ def on_init(plugins_dir, manifest):  # noqa: F811
 
 def test_starting_daemon_answers_503_and_the_cli_waits(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    home = prepare_home(tmp_path / "home")
-    config = home / "config.toml"
-    config.write_text(config.read_text().replace('Driver = "sqlite"', 'Driver = "plugin"\n[Common.DB.Plugin]\nPluginName = "slowdb"', 1))
-    _slow_kv(tmp_path, home, gate)
+    home = _home_with_slow_kv(tmp_path, gate)
     shm_before = shm_entries()
     proc, log, port = launch(home)
     try:
@@ -117,10 +123,7 @@ def test_starting_daemon_answers_503_and_the_cli_waits(tmp_path: Path) -> None:
 
 def test_stop_while_starting(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    home = prepare_home(tmp_path / "home")
-    config = home / "config.toml"
-    config.write_text(config.read_text().replace('Driver = "sqlite"', 'Driver = "plugin"\n[Common.DB.Plugin]\nPluginName = "slowdb"', 1))
-    _slow_kv(tmp_path, home, gate)
+    home = _home_with_slow_kv(tmp_path, gate)
     proc, log, port = launch(home)
     try:
         deadline = time.monotonic() + 60
