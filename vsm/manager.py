@@ -183,9 +183,7 @@ class Manager:
         (else _start_sectors attaches it)."""
         kind = plugin.manifest.kind
         if kind is Kind.ObjStore:
-            for store in (*self.config.piece_stores, *self.config.persist_stores):
-                if store.plugin_name == plugin.manifest.name and store.name not in self.stores and not self._closing:
-                    self._open_store(store)
+            self._open_stores_of(plugin.manifest.name)
         elif kind is Kind.RegisterJsonRpc and not self._closing:
             self._register_rpc_of(plugin)
         elif kind is Kind.SyncSectorState:
@@ -221,6 +219,13 @@ class Manager:
             if self.reserver is not None:  # a persist store that opened after the sector manager started
                 self.reserver.set_stores(self._persist_stores())
 
+    def _open_stores_of(self, name: str) -> None:
+        """Open the configured stores of one ObjStore plugin that are not open yet (a piece
+        store that is a persist store too opens once)."""
+        for store in (*self.config.piece_stores, *self.config.persist_stores):
+            if store.plugin_name == name and store.name not in self.stores and not self._closing:
+                self._open_store(store)
+
     def _store_failed(self, store: StoreConfig, why: str) -> None:
         with self._wiring:
             self.store_errors = {**self.store_errors, store.name: why}
@@ -228,10 +233,8 @@ class Manager:
 
     def _stores_of_failed_starts(self, name: str, start: concurrent.futures.Future[Plugin] | None) -> None:
         """A start that failed (or never began: disabled) leaves its stores failed, with why."""
-        if not self._closing and (start is None or start.exception() is not None):
-            for store in (*self.config.piece_stores, *self.config.persist_stores):
-                if store.plugin_name == name and store.name not in self.stores:
-                    self._open_store(store)
+        if start is None or start.exception() is not None:
+            self._open_stores_of(name)
 
     def _persist_stores(self) -> list[tuple[StoreConfig, PooledStore]]:
         return [(s, self.stores[s.name]) for s in self.config.persist_stores if s.name in self.stores]
