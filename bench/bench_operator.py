@@ -325,13 +325,30 @@ def _in_process_import(home: Path, pq_path: Path, skip: int, memdb: bool = False
     try:
         peak = _Peak(os.getpid())
         cpu0 = _tree_cpu(os.getpid(), skip)
+        by0 = _cpu_by_process(m)
         t = time.perf_counter()
         n = m.sectors.import_arrow(pq.ParquetFile(pq_path).iter_batches(batch_size=10_000))
         assert m.sectors.wait_delivered(3600)
         rate = n / (time.perf_counter() - t)
-        return {"rate": rate, "manager_peak_rss_mib": peak.stop(), "cpu_us_per_state": (_tree_cpu(os.getpid(), skip) - cpu0) / n * 1e6}
+        by = {k: round((v - by0.get(k, 0.0)) / n * 1e6, 1) for k, v in _cpu_by_process(m).items()}
+        return {"rate": rate, "manager_peak_rss_mib": peak.stop(), "cpu_us_per_state": (_tree_cpu(os.getpid(), skip) - cpu0) / n * 1e6,
+                "cpu_us_per_state_by_process": {k: v for k, v in by.items() if v >= 0.1}}
     finally:
         m.close()
+
+
+def _cpu_by_process(m: Any) -> dict[str, float]:
+    """CPU seconds of the manager's own process and of each plugin's workers, by plugin: where
+    a state's CPU goes, which bounds the rate on 2 cores (their sum a state / 2 cores)."""
+    out = {"manager": sum(psutil.Process().cpu_times()[:2])}
+    for plugin in m.registry.plugins:
+        d = plugin.describe()
+        for w in d.get("pool", {}).get("workers", []):
+            try:
+                out[f"{d['kind']}/{d['name']}"] = out.get(f"{d['kind']}/{d['name']}", 0.0) + sum(psutil.Process(w["pid"]).cpu_times()[:2])
+            except (psutil.Error, KeyError, TypeError):
+                pass
+    return out
 
 
 def _cli_import(h: Home, path: Path, expect: int) -> dict[str, float]:
@@ -412,11 +429,12 @@ def bench_import(h: Home, root: Path, quick: bool) -> list[dict[str, Any]]:
             shutil.rmtree(root / f"{key}-{r}", ignore_errors=True)
             got["load"] = load
             runs[key].append(got)
-            print(f"[import] round {r} {key}: {got['rate']:.0f} sectors/s (load {load:.1f})", file=sys.stderr, flush=True)
+            by = got.get("cpu_us_per_state_by_process")
+            print(f"[import] round {r} {key}: {got['rate']:.0f} sectors/s (load {load:.1f})" + (f"; CPU us a state: {by}" if by else ""), file=sys.stderr, flush=True)
     rows = []
     for key, got in runs.items():
         best = max(got, key=lambda g: g["rate"])
-        extra = {k: round(v, 1) for k, v in best.items() if k not in ("rate", "load")}
+        extra = {k: round(v, 1) if isinstance(v, float) else v for k, v in best.items() if k not in ("rate", "load")}
         extra["rates_per_round"] = [round(g["rate"]) for g in got]
         extra["load_per_round"] = [round(g["load"], 1) for g in got]
         ratio = {}
