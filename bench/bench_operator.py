@@ -343,12 +343,13 @@ def _cpu_by_process(m: Any) -> dict[str, float]:
     out = {"manager": sum(psutil.Process().cpu_times()[:2])}
     for plugin in m.registry.plugins:
         d = plugin.describe()
+        label = f"{d['kind']}/{d['name']}"
         for w in d.get("pool", {}).get("workers", []):
             if not w.get("pid"):  # an inline pool runs in the manager (pid 0 in its status)
                 continue
             try:
-                out[f"{d['kind']}/{d['name']}"] = out.get(f"{d['kind']}/{d['name']}", 0.0) + sum(psutil.Process(w["pid"]).cpu_times()[:2])
-            except (psutil.Error, KeyError, TypeError):
+                out[label] = out.get(label, 0.0) + sum(psutil.Process(w["pid"]).cpu_times()[:2])
+            except psutil.Error:  # a worker gone meanwhile
                 pass
     return out
 
