@@ -27,7 +27,7 @@ from ._api import Pool, PoolSpec, PoolState, WithFds
 from ._inline import InlinePool
 from ._latency import LATENCY_BOUNDS, quantile
 from ._limits import WorkerLimits
-from ._pool import ProcessPool, prestart
+from ._pool import ProcessPool, manager_sys_path, prestart
 from .errors import (
     CallTimeout,
     PoolBroken,
@@ -60,6 +60,7 @@ __all__ = [
     "WorkerLimits",
     "cleanup_stale_segments",
     "make_pool",
+    "manager_sys_path",
     "prestart",
     "quantile",
 ]

@@ -52,17 +52,19 @@ from __future__ import annotations
 import atexit
 import concurrent.futures as cf
 import array
+import contextlib
 import logging
 import os
 import pickle
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import multiprocess
 import multiprocess.forkserver
@@ -78,7 +80,7 @@ from ._future import CallFuture
 from ._ring import Ring, SlotFlow, SlotReader
 from .errors import PoolError, PoolStartError, StreamAborted
 
-__all__ = ["ProcessPool", "prestart"]
+__all__ = ["ProcessPool", "manager_sys_path", "prestart"]
 
 log = logging.getLogger("executors")
 
@@ -111,7 +113,34 @@ def prestart(preload: Iterable[str] = ()) -> None:
                 _fs_preload.append(mod)
         ctx = multiprocess.get_context("forkserver")
         ctx.set_forkserver_preload(list(_fs_preload))
-        multiprocess.forkserver.ensure_running()
+        with _manager_sys_path():
+            multiprocess.forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _manager_sys_path() -> Iterator[None]:
+    """The forkserver imports exactly what the manager imports: it runs `python -c`, which puts
+    the current folder first on sys.path, and multiprocess's forkserver ignores the sys_path it
+    is handed. A daemon started in a checkout then ran its workers on the checkout's vsm/ while
+    itself ran the installed one (and the sandbox, rightly, refused to read it). -P drops the
+    current folder (PYTHONSAFEPATH); PYTHONPATH gives the manager's own entries, an editable
+    install's included. Workers get the manager's environment at init, so neither leaks."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    os.environ["PYTHONSAFEPATH"] = "1"
+    os.environ["PYTHONPATH"] = os.pathsep.join(manager_sys_path())
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def manager_sys_path() -> list[str]:
+    """The manager's sys.path as absolute folders ('' is the folder it started in)."""
+    return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
 
 
 def _sigkill(pid: int) -> None:

@@ -82,7 +82,11 @@ _CHECK_BENCH_IMPORTS = textwrap.dedent(
 )
 
 
-def test_bench_runs_from_a_wheel_in_a_fresh_venv(tmp_path, wheel):
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory, wheel):
+    """A fresh venv holding the wheel (as `pip install .` leaves it), the dependencies borrowed
+    from this interpreter: (python, console script, environment without PYTHONPATH)."""
+    tmp_path = tmp_path_factory.mktemp("wheel-venv")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
@@ -98,10 +102,52 @@ def test_bench_runs_from_a_wheel_in_a_fresh_venv(tmp_path, wheel):
     (tmp_path / "venv-deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     os.replace(tmp_path / "venv-deps.pth", os.path.join(site, "venv-deps.pth"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["VSM_HOME"] = str(tmp_path / "home")
+    return py, venv / "bin" / "vsm-pool", env
+
+
+def test_bench_runs_from_a_wheel_in_a_fresh_venv(tmp_path, wheel_venv):
+    py, script, env = wheel_venv
+    env = dict(env, VSM_HOME=str(tmp_path / "home"))
     proc = subprocess.run([str(py), "-c", _CHECK_BENCH_IMPORTS], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK", proc.stdout
     # the console script itself, end to end: a suite that starts no pool
-    proc = subprocess.run([str(venv / "bin" / "vsm-pool"), "bench", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    proc = subprocess.run([str(script), "bench", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0 and "--suite" in proc.stdout, proc.stderr
+
+
+def test_daemon_started_in_the_checkout_runs_the_installed_code(tmp_path, wheel_venv):
+    """The README's `pip install . && vsm-pool start`, typed in the checkout: the workers import
+    the installed vsm, as the manager does, not the checkout's vsm/ from the current folder
+    (which the sandbox refuses, so both sinks were disabled: issue 24 item 2)."""
+    import json
+    import socket
+    import time
+
+    py, script, env = wheel_venv
+    env = dict(env, VSM_HOME=str(tmp_path / "home"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = subprocess.Popen([str(script), "start", "--listen", f"127.0.0.1:{port}"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        status: dict = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            proc = subprocess.run([str(script), "status", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+            if proc.returncode == 0:
+                status = json.loads(proc.stdout)
+                if not any(p["state"] == "starting" for p in status["plugins"]):
+                    break
+            time.sleep(0.5)
+        states = {p["name"]: p["state"] for p in status["plugins"]}
+        assert states and all(s in ("ready", "loaded") for s in states.values()), (states, status.get("problems"))
+        assert not status.get("problems"), status["problems"]
+    finally:
+        subprocess.run([str(script), "stop"], cwd=REPO, env=env, capture_output=True, timeout=60)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, 9)
+            daemon.wait()

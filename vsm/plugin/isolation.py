@@ -281,7 +281,7 @@ def _grants(
                 except ValueError:
                     pass  # not a TCP address (a unix socket path): nothing to allow
     home = Path(config.home).resolve()
-    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sysconfig.get_paths().values(), *(p for p in sys.path if p)}
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sysconfig.get_paths().values(), *executors.manager_sys_path()}
     # never a folder that holds the home (its token): a sys.path entry such as the current
     # folder can be one
     python = {p for p in python if not _contains(p, home)}
