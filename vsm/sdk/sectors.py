@@ -1211,7 +1211,6 @@ def arrow_to_go_json(batch: pa.RecordBatch | pa.Table) -> pa.Array:
 _CID_SHAPE = r"^b[a-z2-7]{8,}$"
 _ID_ADDRESS = r"^f0(0|[1-9][0-9]{0,17})$"  # below 10^18 < 2^63: valid without a parse
 _BIGINT = r"^(0|-?[1-9][0-9]*)$"  # big.Int.String()
-_B32_SPARE_FREE = {spare: "".join(c for i, c in enumerate(_gj._B32_STD) if i & ((1 << spare) - 1) == 0) for spare in range(5)}
 
 
 def check_arrow_states(batch: pa.RecordBatch | pa.Table) -> list[tuple[int, GoJSONError]]:
@@ -1265,41 +1264,86 @@ def _bad_values(arr: pa.Array, enc: Any) -> tuple[np.ndarray, Callable[[Any], st
             return None
         return ~ok.to_numpy(zero_copy_only=False), lambda v: f"not a big integer in Go's form: {v!r}"
     if enc == "cid":
-        suspect = pc.invert(pc.match_substring_regex(arr, _CID_SHAPE).fill_null(True))
-        shaped = pc.fill_null(pc.invert(suspect), False)
-        if pc.any(pc.and_(shaped, pc.is_valid(arr))).as_py():  # one parse per (header, length)
-            length = pc.utf8_length(arr)
-            key = pc.binary_join_element_wise(pc.utf8_slice_codeunits(arr, 0, 16), pc.cast(length, pa.string()), "|")
-            for k in pc.unique(key.filter(pc.and_(shaped, pc.is_valid(arr)))).to_pylist():
-                n = int(k.rpartition("|")[2])
-                group = pc.and_(pc.equal(key, k), shaped)
-                spare = (n - 1) * 5 % 8
-                last_ok = pc.match_substring_regex(pc.utf8_slice_codeunits(arr, n - 1, n), f"^[{_B32_SPARE_FREE[spare]}]$")
-                first = arr.filter(group)[0].as_py()
-                if _cid_group_ok(first):
-                    suspect = pc.or_(suspect, pc.and_(group, pc.invert(last_ok)))
-                else:
-                    suspect = pc.or_(suspect, group)
-        return _exact(arr, suspect, lambda v: _gj.parse_cid(v) == v, "not a CID in Go's form")
+        return _exact(arr, _cid_suspects(arr), lambda v: _gj.parse_cid(v) == v, "not a CID in Go's form")
     if enc == "addr":
         suspect = pc.invert(pc.or_(pc.equal(arr, ""), pc.match_substring_regex(arr, _ID_ADDRESS)).fill_null(True))
         return _exact(arr, suspect, lambda v: _gj.parse_address(v) == v, "not an address in Go's form")
     return None
 
 
-def _cid_group_ok(cid: str) -> bool:
-    """A CID whose header (version, codec, multihash code and length) fits in its first 16
-    characters and is valid: then every same-length CID with those 16 characters and a last
-    character without spare bits is valid too."""
+def _cid_suspects(arr: pa.Array) -> pa.Array:
+    """The values of a CID column that need go-cid's parse one by one: every value not shaped
+    like a base32 CIDv1, and every one whose header is not a valid header's or whose last
+    character has spare bits set. A CIDv1 is valid when its header (version, codec, multihash
+    code and length: four uvarints) is, its length fits that header and its spare bits are
+    zero; its digest is any bytes. So the headers are decoded for the whole column at once
+    (numpy, from the first 15 base32 characters: 9 bytes, room for any real header), and
+    one value per distinct (header, length) is parsed: a column of N distinct CIDs costs a
+    few passes, not one pass per CID (grouping by the first 16 characters, as before, made
+    every real CID a group of its own: quadratic, issue 24)."""
+    shaped = pc.fill_null(pc.match_substring_regex(arr, _CID_SHAPE), False).to_numpy(zero_copy_only=False)
+    suspect = ~shaped
+    rows = np.flatnonzero(shaped)
+    if rows.size:
+        cids = arr.take(pa.array(rows)).cast(pa.string())
+        ok = _valid_header_groups(cids) & _spare_bits_clear(cids)
+        suspect[rows[~ok]] = True
+    return pa.array(suspect)
+
+
+_HEAD_CHARS = 15  # base32 characters after the 'b': 75 bits, the header's first 9 bytes
+_B32_LUT = np.zeros(256, np.uint8)
+_B32_LUT[np.frombuffer(_gj._B32_STD.encode(), np.uint8)] = np.arange(32, dtype=np.uint8)
+
+
+def _fixed_width(strings: pa.Array, width: int) -> np.ndarray:
+    """(n, width) uint8 of an array of ASCII strings each exactly `width` bytes long."""
+    n = len(strings)
+    offsets = np.frombuffer(strings.buffers()[1], np.int32)[strings.offset : strings.offset + n + 1]
+    return np.frombuffer(strings.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].reshape(n, width)
+
+
+def _valid_header_groups(cids: pa.Array) -> np.ndarray:
+    """True where the CID's (header, length) is one a parsed representative proved valid."""
+    n = len(cids)
+    head = pc.utf8_rpad(pc.utf8_slice_codeunits(cids, 1, 1 + _HEAD_CHARS), _HEAD_CHARS, "a")
+    values = _B32_LUT[_fixed_width(head, _HEAD_CHARS)]
+    bits = (values[:, :, None] >> np.arange(4, -1, -1, dtype=np.uint8)) & 1
+    head_bytes = np.packbits(bits.reshape(n, 5 * _HEAD_CHARS)[:, :72], axis=1)  # (n, 9)
+    width = head_bytes.shape[1]
+    # next_end[:, j]: one past the first byte at or after j that ends a uvarint (9: none does)
+    next_end = np.full((n, width + 1), width + 1, np.int64)
+    for j in range(width - 1, -1, -1):
+        next_end[:, j] = np.where(head_bytes[:, j] < 0x80, j + 1, next_end[:, j + 1])
+    at = np.zeros(n, np.int64)
+    for _ in range(4):  # version, codec, multihash code, digest length
+        at = next_end[np.arange(n), np.minimum(at, width)]
+    fits = at <= width
+    header = np.where(np.arange(width) < at[:, None], head_bytes, 0)  # the digest's bytes zeroed
+    lengths = pc.utf8_length(cids).to_numpy(zero_copy_only=False).astype("<u4")
+    key = np.ascontiguousarray(np.column_stack([header, at.astype(np.uint8)[:, None], lengths.view(np.uint8).reshape(n, 4)]))
+    keys = pa.FixedSizeBinaryArray.from_buffers(pa.binary(key.shape[1]), n, [None, pa.py_buffer(key)])
+    encoded = pc.dictionary_encode(keys)  # hashing: linear, where a sort of the keys was not cheap
+    group = encoded.indices.to_numpy(zero_copy_only=False)
+    first = np.empty(len(encoded.dictionary), np.int64)
+    first[group[::-1]] = np.arange(n - 1, -1, -1)  # each group's first row (the last write wins)
+    group_ok = np.array([_parses_to_itself(cids[int(i)].as_py()) for i in first], bool)
+    return fits & group_ok[group]
+
+
+def _spare_bits_clear(cids: pa.Array) -> np.ndarray:
+    """True where the last base32 character sets none of the bits past the last whole byte
+    (go's base32 ignores them, so a CID with them set is not in its canonical form)."""
+    spare = (pc.utf8_length(cids).to_numpy(zero_copy_only=False).astype(np.int64) - 1) * 5 % 8
+    last = _B32_LUT[_fixed_width(pc.utf8_slice_codeunits(cids, -1), 1)[:, 0]]
+    return (last & ((1 << spare) - 1)) == 0
+
+
+def _parses_to_itself(cid: str) -> bool:
     try:
-        if _gj.parse_cid(cid) != cid:
-            return False
+        return _gj.parse_cid(cid) == cid
     except ValueError:
         return False
-    data = _gj._b32(cid[1:], _gj._B32_STD, False)
-    p = _gj._uvarint(data, _gj._uvarint(data, 0)[1])[1]
-    p = _gj._uvarint(data, _gj._uvarint(data, p)[1])[1]
-    return p * 8 <= 15 * 5
 
 
 def _exact(arr: pa.Array, suspect: pa.Array, good: Callable[[str], bool], what: str) -> tuple[np.ndarray, Callable[[Any], str]] | None:
