@@ -31,6 +31,12 @@ __all__ = [
 BUILTIN_DB_DRIVERS = {"sqlite": "sqlitekv", "memory": "memdb"}
 BUILTIN_STORE_PLUGIN = "fsstore"
 POOL_BACKENDS = ("process", "ray")  # [Common.Plugins] Backend / [Common.Plugins.<name>] Backend
+# Meta of the bundled plugins that keep files, for the keys a config leaves out (relative to the
+# home folder): a damocles config names none of them (issue 26); the default config writes them.
+BUNDLED_META_DEFAULTS: dict[str, dict[str, str]] = {
+    "duckdb": {"Path": "data/duckdb/sectors.duckdb"},
+    "parquet": {"Path": "data/parquet"},
+}
 
 
 DEFAULT_MEMORY_LIMIT = 4 << 30
@@ -439,6 +445,12 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
             **_sandbox_allowances(t, local_path),
         )
         t.warn_unknown()
+    for name, meta in BUNDLED_META_DEFAULTS.items():
+        given = settings.get(name, defaults)
+        have = {k.casefold() for k in given.meta}
+        missing = {k: local_path(v) for k, v in meta.items() if k.casefold() not in have}
+        if missing:
+            settings[name] = dataclasses.replace(given, meta={**given.meta, **missing})
 
     db = _db_config(common, path, home, local_path, warnings)
     stores = {section: _stores(common, section, path, local_path, warnings) for section in ("PieceStores", "PersistStores")}
@@ -666,6 +678,7 @@ def _scanned_persist_stores(common: _Reader, path: Path, local_path: Callable[[s
 def default_config_text(home: Path) -> str:
     """The commented config `vsm-pool config init` writes for a home folder."""
     data = home / "data"
+    duckdb, parquet = (home / BUNDLED_META_DEFAULTS[name]["Path"] for name in ("duckdb", "parquet"))
     return f'''\
 # vsm-pool config. Relative paths are relative to the home folder holding this file.
 
@@ -706,11 +719,11 @@ Strict = false
 
 # Meta for SyncSectorState and RegisterJsonRpc plugins (passed to their Constructor):
 [Common.Plugins.duckdb.Meta]
-Path = "{data}/duckdb/sectors.duckdb"    # `vsm-pool query` reads this database; its own folder:
+Path = "{duckdb}"    # `vsm-pool query` reads this database; its own folder:
                                          # a sandboxed sink may write the whole folder of its file
 # Threads = "1"                   # DuckDB threads while ingesting
 [Common.Plugins.parquet.Meta]
-Path = "{data}/parquet"           # Parquet files partitioned by day
+Path = "{parquet}"           # Parquet files partitioned by day
 # FlushInterval = "10"            # seconds rows may wait (in the journal): at most 60/FlushInterval files a minute
 
 [Common.DB]

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_PLUGINS", "bundled_plugin_sources", "bundled_plugins_dir", "bundled_root", "daemon_info", "ensure_home", "read_token", "token_path"]
+__all__ = ["DEFAULT_PLUGINS", "bundled_plugin_sources", "bundled_plugins_dir", "bundled_sources_by_name", "bundled_root", "daemon_info", "ensure_home", "read_token", "token_path"]
 
 # Bundled plugins built into a new home: the embedded default needs no server. The plugins for
 # real backends (redis, s3store, sqlsink) are built on request: `vsm-pool plugin build --bundled`.
@@ -42,11 +42,20 @@ def bundled_plugin_sources() -> list[Path]:
     return sorted(p for p in bundled_plugins_dir().iterdir() if (p / "manifest.toml").is_file())
 
 
-def ensure_home(home: Path) -> Path:
+def bundled_sources_by_name() -> dict[str, Path]:
+    """Each bundled plugin's source folder by its manifest name (duckdb: .../duckdb_sink), the
+    name a config and `plugin build --bundled` use."""
+    import tomli
+
+    return {tomli.loads((src / "manifest.toml").read_text(encoding="utf-8"))["name"]: src for src in bundled_plugin_sources()}
+
+
+def ensure_home(home: Path, own_config: bool = True, bundled_plugins: bool = True) -> Path:
     """Create the home folder's layout and default config if missing; build any bundled plugin
     whose artifact is not in the plugins dir yet, and rebuild one that is an older build of the
-    bundled plugin (_refresh_bundled). Returns the config file."""
-    import tomli
+    bundled plugin (_refresh_bundled). Returns the config file. A home started with `--config
+    FILE` (`own_config=False`) gets no config.toml of its own, and its plugins/ only when that
+    config loads them from there (`bundled_plugins`: issue 26)."""
     from loguru import logger
 
     from .config import default_config_text
@@ -58,13 +67,12 @@ def ensure_home(home: Path) -> Path:
     plugins = home / "plugins"
     plugins.mkdir(exist_ok=True)
     config = home / "config.toml"
-    if not config.exists():
+    if own_config and not config.exists():
         config.write_text(default_config_text(home), encoding="utf-8")
         logger.info("wrote default config {}", config)
-    for src in bundled_plugin_sources():
+    for name, src in bundled_sources_by_name().items() if bundled_plugins else ():
         if src.name not in DEFAULT_PLUGINS:
             continue
-        name = tomli.loads((src / "manifest.toml").read_text(encoding="utf-8"))["name"]
         if not (plugins / artifact_name(name)).exists():
             path, _, _ = build(src, plugins)
             logger.info("built bundled plugin {}", path.name)

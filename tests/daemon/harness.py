@@ -208,7 +208,7 @@ def prepare_home(home: Path, api: str = "", append: str = "") -> Path:
 
 def launch(home: Path, port: int | None = None, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path, int]:
     port = port or free_port()
-    home.mkdir(parents=True, exist_ok=True)
+    home.parent.mkdir(parents=True, exist_ok=True)  # the home itself is the daemon's to make (issue 26)
     log = home.parent / f"{home.name}-daemon.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(

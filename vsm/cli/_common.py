@@ -148,7 +148,12 @@ def load_and_prepare(home: Path | None, config_file: Path | None) -> tuple[Any, 
     home_dir = resolve_home(home)
     if config_file is None:
         ensure_home(home_dir)
-    return _logged(load_config(config_file, home_dir)), home_dir
+        return _logged(load_config(None, home_dir)), home_dir
+    # --config FILE (e.g. damocles' sector-manager.cfg) on a new home: the home is made all the
+    # same (token, data/), its plugins/ built when that config loads plugins from there
+    cfg = _logged(load_config(config_file, home_dir))
+    ensure_home(home_dir, own_config=False, bundled_plugins=Path(cfg.plugins_dir) == home_dir / "plugins")
+    return cfg, home_dir
 
 
 def _logged(loaded: tuple[Any, list[str]]) -> Any:

@@ -23,21 +23,35 @@ def plugin() -> None:
 
 @plugin.command("build")
 @click.option("--src-dir", type=click.Path(path_type=Path), help="Plugin source folder (holds manifest.toml).")
-@click.option("--bundled", "bundled", help="Build a plugin bundled with vsm-pool, by folder name (e.g. redis).")
+@click.option("--bundled", "bundled", help="Build a plugin bundled with vsm-pool, by its name (e.g. duckdb, redis; its folder name works too).")
+@click.option("--all", "build_all", is_flag=True, help="Build every bundled plugin a new home gets (those that need no server; "
+              "redis, s3store and sqlsink by --bundled NAME).")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True)
 @click.option("--with-deps", is_flag=True, help="Bundle the wheels of its requirements for this platform: loads with no index access.")
-def plugin_build(src_dir: Path | None, bundled: str | None, out_dir: Path, with_deps: bool) -> None:
+def plugin_build(src_dir: Path | None, bundled: str | None, build_all: bool, out_dir: Path, with_deps: bool) -> None:
     """Validate a plugin source folder and write plugin-<name>.vsmp into --out-dir."""
-    from ..plugin.artifact import build
-    from ..home import bundled_plugin_sources
+    from ..home import DEFAULT_PLUGINS, bundled_sources_by_name
 
+    if sum(map(bool, (src_dir, bundled, build_all))) != 1:
+        raise click.UsageError("give one of --src-dir DIR, --bundled NAME or --all")
+    if build_all:
+        for src in (src for src in bundled_sources_by_name().values() if src.name in DEFAULT_PLUGINS):
+            _build_one(src, out_dir, with_deps, quiet=True)
+        return
     if bundled:
-        sources = {p.name: p for p in bundled_plugin_sources()}
-        if bundled not in sources:
-            raise click.BadParameter(f"no bundled plugin {bundled!r}; bundled: {', '.join(sources)}", param_hint="--bundled")
-        src_dir = sources[bundled]
-    if src_dir is None:
-        raise click.UsageError("give --src-dir DIR or --bundled NAME")
+        sources = bundled_sources_by_name()
+        by_folder = {p.name: p for p in sources.values()}
+        src_dir = sources.get(bundled) or by_folder.get(bundled)
+        if src_dir is None:
+            raise click.BadParameter(f"no bundled plugin {bundled!r}; bundled: {', '.join(sources)} (or --all)", param_hint="--bundled")
+    assert src_dir is not None
+    _build_one(src_dir, out_dir, with_deps, quiet=False)
+
+
+def _build_one(src_dir: Path, out_dir: Path, with_deps: bool, quiet: bool) -> None:
+    """Build one artifact; `quiet` (--all): its line only, not its manifest."""
+    from ..plugin.artifact import build
+
     path, manifest, warnings = build(src_dir, out_dir, with_deps=with_deps)
     for w in warnings:
         logger.warning(w)
@@ -47,7 +61,8 @@ def plugin_build(src_dir: Path | None, bundled: str | None, out_dir: Path, with_
 
         wheels = bundled_wheels(path)
         click.echo(f"bundled {len(wheels)} wheel(s) for this platform: {', '.join(wheels) or '(none needed)'}", err=True)
-    click.echo(json.dumps(manifest.to_toml_dict(), indent=2))
+    if not quiet:
+        click.echo(json.dumps(manifest.to_toml_dict(), indent=2))
 
 
 @plugin.command("new")

@@ -42,6 +42,7 @@ from .artifact import ARTIFACT_SUFFIX, code_path, read_artifact_manifest
 from .blame import last_line, plugin_frame
 from ..config import Config, resolve_home
 from ..errors import ArtifactError, ConfigError, ManifestError, NotFoundError, PluginLoadError
+from ..home import bundled_sources_by_name
 from .manifest import read_source_manifest
 from ..sdk import SPI_VERSION, Kind, Manifest
 
@@ -328,7 +329,7 @@ class Registry:
                 raise ConfigError(
                     cfg.file,
                     key,
-                    f"no loaded {kind.value} plugin {name!r}" + (f" ({cause})" if cause else f" (loaded: {loaded})"),
+                    f"no loaded {kind.value} plugin {name!r}" + (f" ({cause})" if cause else f" (loaded: {loaded})") + _build_hint(name, failed, cfg.plugins_dir),
                 )
 
     def pool_spec(self, plugin: Plugin, backend_workers: int | None = None, site_dirs: tuple[str, ...] = (), backend: str = "process") -> PoolSpec:
@@ -565,3 +566,14 @@ class Registry:
                     logger.warning("call OnShutdown for failure '{}': {}", plugin.label, e)
                 if plugin.state is PluginState.READY:
                     plugin.state = PluginState.LOADED
+
+
+def _build_hint(name: str, found: list[Plugin], plugins_dir: str) -> str:
+    """The command that builds a bundled plugin missing from the plugins dir (a damocles
+    config's Dir is often the operator's own folder, without vsm-pool's plugins: issue 26)."""
+    if found or name not in bundled_sources_by_name():
+        return ""
+    return (
+        f": it is bundled with vsm-pool; build it into {plugins_dir} with `vsm-pool plugin build --bundled {name} "
+        f"--out-dir {plugins_dir}` (or `--all`: every bundled plugin that needs no server)"
+    )

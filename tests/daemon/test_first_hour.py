@@ -1,0 +1,82 @@
+"""Issue 26: a damocles operator's first hour, as the README tells it: `start --config` on a new
+home, a plugins `Dir` of their own answered with the command that builds what it lacks, the
+bundled sinks' Meta defaulting under the home."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .harness import finish, run_cli, start
+
+pytestmark = pytest.mark.timeout(300)
+
+DAMOCLES_CFG = Path(__file__).parents[1] / "core" / "damocles" / "sector-manager.cfg"
+
+
+def _damocles_config(where: Path, append: str = "") -> Path:
+    """damocles' own sector-manager.cfg, as `daemon init` writes it, plus `append`."""
+    where.mkdir(parents=True, exist_ok=True)
+    cfg = where / "sector-manager.cfg"
+    shutil.copy(DAMOCLES_CFG, cfg)
+    if append:
+        cfg.write_text(cfg.read_text() + "\n" + append.strip() + "\n")
+    return cfg
+
+
+def test_start_with_a_damocles_config_makes_a_new_home(tmp_path: Path) -> None:
+    """Item 1: the home does not exist yet; `start --config` makes it (token, data, the bundled
+    plugins where the config loads them from: its Dir is unset, so <home>/plugins), writes no
+    config.toml of its own, and the bundled sinks store under the home without any Meta."""
+    cfg = _damocles_config(tmp_path / "damocles")
+    home = tmp_path / "new-home"
+    d = start(home, None, "--config", str(cfg))
+    try:
+        assert (home / "token").is_file() and (home / "plugins" / "plugin-sqlitekv.vsmp").is_file()
+        assert not (home / "config.toml").exists()
+        assert "meta key 'Path'" not in d.log_text()
+        d.rpc("sectors.init", {"sectors": [{"miner": 5, "number": 1, "proof_type": 8}]})
+        d.wait_delivered()
+        status = d.rpc("sinks.status")["sinks"]
+        assert status["duckdb"]["attached"] and status["parquet"]["attached"], status
+        rows = json.loads(d.cli("query", "--format", "json", "select count(*) as n from sectors").stdout)
+        assert rows == [{"n": 1}]
+        assert (home / "data" / "duckdb" / "sectors.duckdb").is_file() and any((home / "data" / "parquet").rglob("*.parquet"))
+    finally:
+        finish(d)
+
+
+def test_a_plugins_dir_without_the_bundled_plugins_names_the_command_that_builds_them(tmp_path: Path) -> None:
+    """Item 2: the config's Dir is the operator's own, empty folder: the start fails in one line
+    that names the command; that command (by the plugins' names, and --all) makes it start."""
+    plugins = tmp_path / "my-plugins"
+    plugins.mkdir()
+    cfg = _damocles_config(tmp_path / "damocles", f'[Common.Plugins]\nDir = "{plugins}"')
+    home = tmp_path / "home"
+    failed = run_cli(home, "start", "--config", str(cfg), "--listen", "127.0.0.1:0", check=False)
+    assert failed.returncode != 0
+    assert "Traceback" not in failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert f"Common.DB.Driver: no loaded KVStore plugin 'sqlitekv' (loaded: none): it is bundled with vsm-pool; build it into {plugins} with " \
+        f"`vsm-pool plugin build --bundled sqlitekv --out-dir {plugins}`" in line, failed.stderr
+
+    # a plugin's name, as the config and the log spell it; its folder name works too
+    assert "plugin-duckdb.vsmp" in run_cli(home, "plugin", "build", "--bundled", "duckdb", "--out-dir", str(tmp_path / "one")).stdout
+    assert "plugin-parquet.vsmp" in run_cli(home, "plugin", "build", "--bundled", "parquet_sink", "--out-dir", str(tmp_path / "one")).stdout
+    wrong = run_cli(home, "plugin", "build", "--bundled", "duckdbb", check=False)
+    assert wrong.returncode == 2 and "no bundled plugin 'duckdbb'; bundled: concurrent-limiter, duckdb, fsstore" in wrong.stderr
+
+    run_cli(home, "plugin", "build", "--all", "--out-dir", str(plugins))
+    built = sorted(p.name for p in plugins.glob("*.vsmp"))
+    assert built == [f"plugin-{n}.vsmp" for n in ("concurrent-limiter", "duckdb", "fsstore", "memdb", "parquet", "sqlitekv")]
+    d = start(home, None, "--config", str(cfg))
+    try:
+        st = d.rpc("status")
+        states = {p["name"]: p["state"] for p in st["plugins"]}
+        assert states == {**dict.fromkeys(("concurrent-limiter", "duckdb", "parquet", "sqlitekv"), "ready"), "fsstore": "loaded", "memdb": "loaded"}
+        assert st["problems"] == []
+    finally:
+        finish(d)
