@@ -80,3 +80,52 @@ def test_a_plugins_dir_without_the_bundled_plugins_names_the_command_that_builds
         assert st["problems"] == []
     finally:
         finish(d)
+
+
+ON_INIT_MAKEDIRS = '''
+import os
+
+
+def on_init(plugins_dir, manifest):
+    os.makedirs(os.path.join(os.getcwd(), "data", "blobs-index"), exist_ok=True)
+'''
+
+
+def test_a_sandboxed_plugin_making_its_folders_is_told_why_and_what_to_do(tmp_path: Path) -> None:
+    """Item 3: a plugin made by `plugin new` makes its store's folder itself (os.makedirs); under
+    the sandbox a folder that did not exist when its workers started cannot be allowed, and an
+    onInit writing outside its paths is refused: each is one SandboxDenied line with the fix,
+    not a bare `[Errno 13] Permission denied`."""
+    home = tmp_path / "home"
+    blobs = home / "data" / "blobs"
+    from .harness import prepare_home
+
+    prepare_home(
+        home,
+        append=f'[Common.Plugins.blobstore]\nSandbox = true\n[Common.Plugins.blobindex]\nSandbox = true\n'
+        f'[[Common.PieceStores]]\nName = "blobs"\nPath = "{blobs}"\nPluginName = "blobstore"\n',
+    )
+    for name, kind in (("blobstore", "ObjStore"), ("blobindex", "RegisterJsonRpc")):
+        run_cli(home, "plugin", "new", "--kind", kind, name, "--dir", str(tmp_path / "src"))
+    manifest = tmp_path / "src" / "blobindex" / "manifest.toml"
+    manifest.write_text(manifest.read_text().replace('# onInit = "on_init"', 'onInit = "on_init"'))
+    module = tmp_path / "src" / "blobindex" / "blobindex.py"
+    module.write_text(module.read_text() + ON_INIT_MAKEDIRS)
+    for name in ("blobstore", "blobindex"):
+        run_cli(home, "plugin", "build", "--src-dir", str(tmp_path / "src" / name), "--out-dir", str(home / "plugins"))
+    d = start(home)
+    try:
+        problems = {p["part"]: p["cause"] for p in d.rpc("status")["problems"]}
+        assert "Errno 13" not in json.dumps(problems), problems
+        assert f"store 'blobs' (blobstore) failed to open: plugin 'ObjStore/blobstore' is sandboxed and was denied creating {blobs}: " \
+            f"{blobs} is its to write, but did not exist when its workers started, and the sandbox can allow only a folder that exists: " \
+            f"create it (mkdir -p {blobs}), then `vsm-pool plugin reload blobstore`" in problems["store/blobs"], problems
+        assert "SandboxDenied: plugin 'RegisterJsonRpc/blobindex' is sandboxed and was denied writing " \
+            f"{home / 'data' / 'blobs-index'}: allow it with AllowRead, AllowWrite" in problems["plugin/blobindex"], problems
+
+        blobs.mkdir()  # the fix it names
+        d.cli("plugin", "reload", "blobstore")
+        assert d.request("PUT", "/pieces/blobs/a.car", b"piece")[0] == 201
+        assert (blobs / "a.car").read_bytes() == b"piece"
+    finally:
+        finish(d)

@@ -61,10 +61,11 @@ def last_line(report: str) -> str:
     return lines[-1] if lines else ""
 
 
-def describe(exc: BaseException, code_path: str) -> str:
-    """`Type: message (at file.py:line in fn)`: one line, the plugin's own frame if any."""
-    text = str(exc).strip().splitlines()
-    message = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+def describe(exc: BaseException, code_path: str, shown: BaseException | None = None) -> str:
+    """`Type: message (at file.py:line in fn)`: one line, the plugin's own frame if any.
+    `shown`: what exc is translated to (a SandboxDenied), named at exc's frame."""
+    text = str(shown or exc).strip().splitlines()
+    message = f"{type(shown or exc).__name__}: {text[0] if text else ''}".rstrip(": ")
     where = plugin_frame(exc, code_path)
     return f"{message} (at {where})" if where else message
 

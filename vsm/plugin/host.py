@@ -73,7 +73,8 @@ def _stage(stage: str, code_path: str) -> Iterator[None]:
     try:
         yield
     except BaseException as e:  # SystemExit at import time is the plugin's failure too
-        raise StartFailed(f"{stage}: {describe(e, code_path)}") from e
+        # the sandbox's refusal named as a call's is (issue 26: onInit's makedirs was a bare Errno 13)
+        raise StartFailed(f"{stage}: {describe(e, code_path, explain_denial(e))}") from e
 
 
 class _Host:

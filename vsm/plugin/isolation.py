@@ -360,6 +360,13 @@ def explain_denial(exc: BaseException) -> BaseException | None:
     denied = _permission_error(exc)
     if denied is None:
         return None
+    missing = _missing_own_folder(denied, c.rules)
+    if missing is not None:  # issue 26: a scaffold's makedirs of its store Path was a bare Errno 13
+        return SandboxDenied(
+            f"plugin '{c.label}' is sandboxed and was denied creating {os.fsdecode(denied.filename)}: "  # type: ignore[attr-defined]
+            f"{missing} is its to write, but did not exist when its workers started, and the sandbox can allow "
+            f"only a folder that exists: create it (mkdir -p {missing}), then `vsm-pool plugin reload {c.name}`"
+        )
     what = _what(denied, c)
     if what is None:
         return None
@@ -380,6 +387,16 @@ def _permission_error(exc: BaseException) -> BaseException | None:
         if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
             return e
     return next((e for e in chain if "Permission denied" in str(e) or "Errno 13" in str(e)), None)
+
+
+def _missing_own_folder(exc: BaseException, rules: LandlockRules) -> str | None:
+    """The folder the rules let it write that `exc`'s file is in, when that folder does not
+    exist: its rule was skipped (Landlock needs an open folder), so creating it was refused."""
+    filename = getattr(exc, "filename", None)
+    if filename is None:
+        return None
+    real = os.path.realpath(os.fsdecode(filename))
+    return next((root for root in rules.write if _beneath(real, (root,)) and not os.path.exists(root)), None)
 
 
 def _what(exc: BaseException, c: Confinement) -> str | None:
