@@ -7,6 +7,7 @@
                             each: a sandboxed plugin may write its own folder only)
       token                 API bearer token, mode 0600
       daemon.json           pid and listen address of the running daemon
+      daemon.starting       pid of a `vsm-pool start` that does not serve yet
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_PLUGINS", "bundled_plugin_sources", "bundled_plugins_dir", "bundled_sources_by_name", "bundled_root", "daemon_info", "ensure_home", "read_token", "token_path"]
+__all__ = ["DEFAULT_PLUGINS", "bundled_plugin_sources", "bundled_plugins_dir", "bundled_sources_by_name", "bundled_root", "daemon_info", "ensure_home", "mark_starting", "starting_pid", "read_token", "token_path"]
 
 # Bundled plugins built into a new home: the embedded default needs no server. The plugins for
 # real backends (redis, s3store, sqlsink) are built on request: `vsm-pool plugin build --bundled`.
@@ -124,6 +125,24 @@ def token_path(home: Path) -> Path:
 
 def read_token(home: Path) -> str:
     return token_path(home).read_text().strip()
+
+
+def mark_starting(home: Path) -> Path:
+    """<home>/daemon.starting: this process's pid, from the first moment of `vsm-pool start` until
+    it ends; a command run before the daemon serves (daemon.json) waits for it instead of saying
+    that no daemon runs (issue 26). The caller deletes it."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "daemon.starting"
+    path.write_text(f"{os.getpid()}\n")
+    return path
+
+
+def starting_pid(home: Path) -> int:
+    """The pid in <home>/daemon.starting, 0 if none (whether it still runs is the caller's check)."""
+    try:
+        return int((Path(home) / "daemon.starting").read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 def daemon_info(home: Path) -> dict[str, Any] | None:

@@ -129,3 +129,75 @@ def test_a_sandboxed_plugin_making_its_folders_is_told_why_and_what_to_do(tmp_pa
         assert (blobs / "a.car").read_bytes() == b"piece"
     finally:
         finish(d)
+
+
+def test_status_right_after_start_waits_and_a_wrong_token_is_named(tmp_path: Path) -> None:
+    """Item 6: `vsm-pool start &` then at once `vsm-pool status`, while the start is still
+    reading its config (a FIFO here: it reads it once we write it, after `status` has looked),
+    waits for the daemon instead of saying none runs; a wrong $VSM_TOKEN is named as that
+    variable, not as <home>/token."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from vsm.config import default_config_text
+
+    from .harness import ROOT, Daemon, cli_env, free_port, kill_tree, launch, shm_entries
+
+    home = tmp_path / "home"
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    shm_before = shm_entries()
+    port = free_port()
+    proc, log, _ = launch(home, port, "--config", str(fifo))
+    status = None
+    try:
+        writer = -1
+        while writer < 0:  # until the start opens its config (O_NONBLOCK: ENXIO while no reader has)
+            assert proc.poll() is None, log.read_text()
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.05)
+        status = subprocess.Popen([sys.executable, "-m", "vsm", "status"], cwd=ROOT, env=cli_env(home), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        assert status.stderr is not None
+        first = status.stderr.readline()  # the old code's answer: "no vsm-pool daemon is running ..."
+        assert first.startswith("waiting: the daemon (pid ") and "is starting" in first, first
+        os.set_blocking(writer, True)
+        with open(writer, "w") as f:  # the start goes on
+            f.write(default_config_text(home))
+        out, err = status.communicate(timeout=120)
+        assert status.returncode == 0 and out.startswith("daemon: pid "), (out, err)
+        d = Daemon(home, port, proc, log, shm_before)
+    except BaseException:
+        if status is not None and status.poll() is None:
+            status.kill()
+        kill_tree(proc)
+        raise
+    try:
+        wrong = run_cli(home, "status", env={"VSM_TOKEN": "not-a-token-of-this-daemon"}, check=False)
+        assert wrong.returncode != 0
+        assert f"the daemon at 127.0.0.1:{port} refused the token in $VSM_TOKEN (401): it is none of this daemon's tokens" in wrong.stderr, wrong.stderr
+        assert "<home>/token the one" not in wrong.stderr
+    finally:
+        finish(d)
+
+
+def test_a_pretty_printed_states_file_gets_the_one_line_hint(tmp_path: Path) -> None:
+    """Item 6: states printed with indents are refused line by line (`not JSON`); the import
+    ends with the hint that states go one a line, and the command that makes them so."""
+    from vsm.sdk.sectors import SectorID, SectorState
+
+    from .harness import prepare_home
+
+    home = prepare_home(tmp_path / "home")
+    pretty = tmp_path / "states.json"
+    pretty.write_text("".join(json.dumps(json.loads(SectorState(SectorID(7, n), 8).to_go_json()), indent=2) + "\n" for n in range(2)))
+    out = run_cli(home, "sectors", "import", str(pretty), check=False)
+    assert out.returncode == 1 and "not JSON" in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"{pretty} holds pretty-printed JSON (a state over several lines); the import reads one state a line, as damocles' "
+        f"export-json writes them: `jq -c . {pretty} > states.jsonl`, then import states.jsonl"
+    )

@@ -32,24 +32,54 @@ def daemon_client(home: Path | None, config_file: Path | None = None, wait: bool
     """A client of the daemon serving this home, or None when none runs. A daemon still
     starting (recovering its journal, starting plugins) is waited for, with its progress on
     stderr, unless `--no-wait` (or wait=False: the caller handles DaemonStarting)."""
-    from ..home import daemon_info, read_token
+    from ..home import daemon_info, read_token, token_path
 
     home_dir = resolve_home(home)
     info = daemon_info(home_dir)
     if not info or not pid_alive(int(info.get("pid", 0))):
-        return None
+        info = _wait_for_start(home_dir, WAIT_FOR_START if wait is None else wait)
+        if info is None:
+            return None
     token = os.environ.get("VSM_TOKEN", "")  # act with another (e.g. a read-only) token
+    token_from = "$VSM_TOKEN"
     if not token:
+        token_from = str(token_path(home_dir))
         try:
             token = read_token(home_dir)
         except FileNotFoundError:
             return None
-    client = Client(info["listen"], token)
+    client = Client(info["listen"], token, token_from=token_from)
     if wait is not False:
         give_up = not (WAIT_FOR_START if wait is None else wait)
         client.wait_ready(give_up=give_up)
         client.wait_for_plugins = not give_up
     return client
+
+
+def _wait_for_start(home: Path, wait: bool, timeout: float = 300.0) -> dict[str, Any] | None:
+    """A `vsm-pool start` that does not serve yet (it loads its config, builds the bundled
+    plugins, binds): its daemon.json once it serves, None when none is starting."""
+    import sys
+    import time
+
+    from ..home import daemon_info, starting_pid
+
+    pid = starting_pid(home)
+    if not pid_alive(pid):
+        return None
+    line = f"the daemon (pid {pid}) is starting: loading its config and plugins"
+    if not wait:
+        raise DaemonStarting(f"{line}; run again when it is ready (without --no-wait to wait for it)")
+    sys.stderr.write(f"waiting: {line}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = daemon_info(home)
+        if info and info.get("listen") and pid_alive(int(info.get("pid", 0))):
+            return info
+        if not pid_alive(pid):
+            raise DaemonError(f"the daemon (pid {pid}) exited while starting: its own output says why")
+        time.sleep(0.1)
+    raise DaemonStarting(f"{line}: not serving after {timeout:.0f} s")
 
 
 def pid_alive(pid: int) -> bool:
@@ -69,9 +99,10 @@ def pid_alive(pid: int) -> bool:
 
 
 class Client:
-    def __init__(self, listen: str, token: str, timeout: float = 600.0) -> None:
+    def __init__(self, listen: str, token: str, timeout: float = 600.0, token_from: str = "") -> None:
         host, _, port = listen.rpartition(":")
         self.host, self.port, self.token, self.timeout = host.strip("[]"), int(port), token, timeout
+        self.token_from = token_from  # "$VSM_TOKEN" or the token file: named when it is refused
         self._ids = 0
         # a call whose plugin (its store, sink, namespace) is still starting (-32004, nothing
         # ran) is sent again until it is ready, with the reason on stderr; False: DaemonStarting
@@ -99,11 +130,15 @@ class Client:
         finally:
             conn.close()
 
-    @staticmethod
-    def _error_text(status: int, raw: bytes) -> str:
+    def _error_text(self, status: int, raw: bytes) -> str:
         """The daemon's own message out of an error body (JSON {"error": ...} or text)."""
         if status == 401:
-            return "the daemon refused the token (401): is <home>/token the one of this daemon?"
+            if self.token_from == "$VSM_TOKEN":
+                return (
+                    f"{self._where()} refused the token in $VSM_TOKEN (401): it is none of this daemon's tokens "
+                    "(revoked, mistyped, or another home's); see `vsm-pool auth list`, or unset VSM_TOKEN to use <home>/token"
+                )
+            return f"{self._where()} refused the token in {self.token_from or '<home>/token'} (401): is it this daemon's home?"
         try:
             body = json.loads(raw)
         except ValueError:

@@ -23,17 +23,24 @@ def start(home: Path | None, config_file: Path | None, listen: str | None, debug
     """Run the daemon: load the plugins, start their pools, serve the API."""
     import dataclasses
 
-    if debug:
-        from ._common import setup_logging
+    from ..config import resolve_home
+    from ..home import mark_starting
 
-        setup_logging(True)
+    marker = mark_starting(resolve_home(home))  # first: `vsm-pool status` right after waits for us
+    try:
+        if debug:
+            from ._common import setup_logging
 
-    from ..server.daemon import run_daemon
+            setup_logging(True)
 
-    cfg, home_dir = load_and_prepare(home, config_file)
-    if listen:
-        cfg = dataclasses.replace(cfg, api=dataclasses.replace(cfg.api, listen=listen))
-    run_daemon(cfg, home_dir)
+        from ..server.daemon import run_daemon
+
+        cfg, home_dir = load_and_prepare(home, config_file)
+        if listen:
+            cfg = dataclasses.replace(cfg, api=dataclasses.replace(cfg.api, listen=listen))
+        run_daemon(cfg, home_dir)
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 @click.command()

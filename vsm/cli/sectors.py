@@ -77,7 +77,17 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
         + (f"; {report.summary()}" if report.summary() else "")
     )
     if report.refused:
+        if _pretty_printed(file):
+            click.echo(f"{file} holds pretty-printed JSON (a state over several lines); the import reads one state a line, as "
+                       f"damocles' export-json writes them: `jq -c . {file} > states.jsonl`, then import states.jsonl", err=True)
         sys.exit(1)
+
+
+def _pretty_printed(file: Path) -> bool:
+    """Whether FILE's first line is only an opening brace or bracket: JSON printed with indents
+    (`jq .`), refused line by line as `not JSON` (issue 26)."""
+    with open(file, "rb") as f:
+        return f.readline(64).strip() in (b"{", b"[")
 
 
 @sectors.command("get")
