@@ -172,6 +172,25 @@ def test_a_correct_rpc_plugin_passes(tmp_path):
     assert all(r.status == "pass" for r in results.values()), results
 
 
+def test_a_method_raising_its_own_error_answers_and_a_bug_does_not(tmp_path):
+    """Issue 26 item 8: echo.Fail raising the plugin's EchoFailed is an answer (-32001, as
+    go-jsonrpc sends a returned error); a NameError in a method's code is a bug."""
+    own = GOOD_RPC.replace("class Handler:", "class EchoFailed(Exception):\n    pass\n\n\nclass Handler:") + textwrap.dedent(
+        """
+        def _fail(self, text: str) -> str:
+            raise EchoFailed(f"echo refused {text!r}")
+
+
+        Handler.Fail = _fail
+        """
+    )
+    results = _run(tmp_path, RPC, own, "echofail")
+    assert results["every_method_answers"].status == "pass", results["every_method_answers"]
+    bug = own.replace('raise EchoFailed(f"echo refused {text!r}")', "return undefined_name")
+    error = _run(tmp_path, RPC, bug, "echobug")["every_method_answers"].error
+    assert error.startswith("KIT_ECHO.Fail: error -32001: NameError: "), error
+
+
 def test_rpc_mutants_fail_their_rule(tmp_path):
     shadow = GOOD_RPC.replace('"KIT_ECHO"', '"sectors"')
     assert "namespace 'sectors' is the daemon's own" in _run(tmp_path, RPC, shadow, "shadow")["handler_names_a_namespace"].error
