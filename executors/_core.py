@@ -450,6 +450,10 @@ class _PoolCore(Generic[_W]):
             ct.append(now)
             while ct and ct[0] < now - spec.restart_window:
                 ct.popleft()
+            nowhere = self._nowhere_to_place()
+            if nowhere:
+                self._fail_pool(f"pool {spec.name!r} is broken: {nowhere}; last error: {err}")
+                return False
             if len(ct) > spec.max_restarts:
                 self._fail_pool(
                     f"pool {spec.name!r} is broken: {len(ct)} worker crashes within "
@@ -472,6 +476,12 @@ class _PoolCore(Generic[_W]):
         log.warning("%s; restarting it in %.1fs", err, delay)
         t.start()
         return True
+
+    def _nowhere_to_place(self) -> str:
+        """Why no replacement can start anywhere ("" when one may): a backend whose workers
+        are pinned to a machine that is gone fails the pool at once, not after max_restarts
+        doomed attempts."""
+        return ""
 
     def _restart(self, w: _W, delay: float, replays: list[tuple[str, tuple[Any, ...]]]) -> None:
         if self._stop_evt.wait(delay) or self._closing:

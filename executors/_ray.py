@@ -578,6 +578,17 @@ class RayPool(_PoolCore[_Worker]):
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self._node_id(self.node), soft=False)
         return opts
 
+    def _nowhere_to_place(self) -> str:
+        if not self.node:
+            return ""  # Ray places the replacement on any node that can take it
+        try:
+            self._node_id(self.node)
+        except PoolStartError:
+            return f"its Ray node {self.node!r} is gone and the pool is pinned there (RayNode): no other node may run it"
+        except Exception:  # the cluster itself cannot be asked: let the restart find out
+            return ""
+        return ""
+
     def _node_id(self, node: str) -> str:
         alive = [n for n in ray.nodes() if n.get("Alive")]
         for n in alive:
