@@ -76,6 +76,12 @@ _START_SLACK = 5.0
 
 
 NAME_MAX = 255  # bytes in one file or folder name (Linux file systems)
+PATH_MAX = 4096  # bytes in a whole path, its NUL included (Linux)
+
+
+def _short(path: str) -> str:
+    """A path for an error line: a hostile one may be thousands of bytes long."""
+    return repr(path) if len(path) <= 80 else f"{path[:60]!r}... ({len(path)} characters)"
 
 
 def open(cfg: Config) -> FsStore:  # noqa: A001 - the exported Constructor's name
@@ -183,7 +189,7 @@ class FsStore:
             raise ObjectNotFoundError(f"object not found: {path!r} in store {self.instance()!r}") from None
         if not stat_mode.S_ISREG(st.st_mode):
             raise ObjectNotFoundError(f"not an object (a folder?): {path!r} in store {self.instance()!r}")
-        return Stat(size=st.st_size)
+        return Stat.of_file(st)  # with the file's ETag and mtime: the same the daemon's sendfile path gives
 
     def full_path(self, path: str) -> str:
         return self._resolve(path, follow_links=False)
@@ -199,28 +205,41 @@ class FsStore:
         """The new object's folder; InvalidObjectPathError where a folder is the object or an
         object is a folder on the way (a client's mistake, not a store failure)."""
         if os.path.isdir(full):
-            raise InvalidObjectPathError(f"invalid object path {path!r}: a folder of that name exists in store {self.instance()!r}")
+            raise InvalidObjectPathError(f"invalid object path {_short(path)}: a folder of that name exists in store {self.instance()!r}")
+        missing = []  # os.makedirs recurses once per level: a hostile path of ~2000 levels
+        while not os.path.isdir(folder) and folder != self._root:  # raised RecursionError (issue 25)
+            missing.append(folder)
+            folder = os.path.dirname(folder)
         try:
-            os.makedirs(folder, exist_ok=True)
+            for part in reversed(missing):
+                try:
+                    os.mkdir(part)
+                except FileExistsError:
+                    if not os.path.isdir(part):  # an object, or a concurrent put's folder
+                        raise
         except (FileExistsError, NotADirectoryError):
-            raise InvalidObjectPathError(f"invalid object path {path!r}: a part of it is an object, not a folder") from None
+            raise InvalidObjectPathError(f"invalid object path {_short(path)}: a part of it is an object, not a folder") from None
 
     def _resolve(self, path: str, follow_links: bool = True) -> str:
         """The absolute file path of an object; InvalidObjectPathError if it leaves the root."""
         if not path or os.path.isabs(path):
-            raise InvalidObjectPathError(f"invalid object path {path!r}: must be relative to the store")
+            raise InvalidObjectPathError(f"invalid object path {_short(path)}: must be relative to the store")
         if "\0" in path:
-            raise InvalidObjectPathError(f"invalid object path {path!r}: holds a NUL character")
+            raise InvalidObjectPathError(f"invalid object path {_short(path)}: holds a NUL character")
+        if path.endswith("/"):
+            raise InvalidObjectPathError(f"invalid object path {_short(path)}: ends in '/', which names a folder, not an object")
         longest = max(len(part.encode("utf-8", "surrogateescape")) for part in path.split("/"))
         if longest > NAME_MAX:
-            raise InvalidObjectPathError(f"invalid object path {path[:60]!r}...: a name of {longest} bytes; at most {NAME_MAX} per folder or file name")
+            raise InvalidObjectPathError(f"invalid object path {_short(path)}: a name of {longest} bytes; at most {NAME_MAX} per folder or file name")
         full = os.path.normpath(os.path.join(self._root, path))
+        if len(os.fsencode(full)) >= PATH_MAX:  # the kernel would refuse it (ENAMETOOLONG)
+            raise InvalidObjectPathError(f"invalid object path {_short(path)}: {len(path.encode('utf-8', 'surrogateescape'))} bytes; the store's folder and the path together must stay under {PATH_MAX} bytes")
         if os.path.relpath(full, self._root).split(os.sep)[0] == TMP_DIR:
-            raise InvalidObjectPathError(f"invalid object path {path!r}: {TMP_DIR} holds the store's temp files")
+            raise InvalidObjectPathError(f"invalid object path {_short(path)}: {TMP_DIR} holds the store's temp files")
         # realpath follows symlinks in every existing component, so a link can't lead out either.
         checked = os.path.realpath(full) if follow_links else full
         if os.path.commonpath([self._root, checked]) != self._root or checked == self._root:
-            raise InvalidObjectPathError(f"invalid object path {path!r}: outside of store {self._root!r}")
+            raise InvalidObjectPathError(f"invalid object path {_short(path)}: outside of store {self._root!r}")
         return full
 
     def _check_writable(self) -> None:

@@ -66,6 +66,7 @@ VERSION = "0.1.0"
 MIN_PART_SIZE = 5 << 20  # S3's floor for every part but the last
 MAX_PART_SIZE = 5 << 30  # S3's ceiling for one part
 MAX_PARTS = 10_000
+MAX_KEY_BYTES = 1024  # S3's longest object key (UTF-8)
 DEFAULT_PART_SIZE = 64 << 20
 
 _KNOWN = {
@@ -356,12 +357,19 @@ class S3Store:
         """The object key of path; InvalidObjectPathError if it is absolute or leaves the store."""
         if not isinstance(path, str) or not path or path.startswith("/") or "\x00" in path:
             raise InvalidObjectPathError(f"invalid object path {path!r}: must be relative to the store")
+        if path.endswith("/"):  # normpath would drop it: the object would land under another name
+            raise InvalidObjectPathError(f"invalid object path {path[:60]!r}: ends in '/', which names a folder, not an object")
         norm = posixpath.normpath(path)
         if norm in (".", "..") or norm.startswith("../"):
             raise InvalidObjectPathError(
                 f"invalid object path {path!r}: outside of store {self._cfg.name!r}"
             )
-        return f"{self.prefix}/{norm}" if self.prefix else norm
+        key = f"{self.prefix}/{norm}" if self.prefix else norm
+        if len(key.encode("utf-8")) > MAX_KEY_BYTES:  # S3 answers KeyTooLongError: the caller's mistake
+            raise InvalidObjectPathError(
+                f"invalid object path {path[:60]!r}...: its key is {len(key.encode('utf-8'))} bytes; S3 keys hold at most {MAX_KEY_BYTES}"
+            )
+        return key
 
     def full_path(self, path: str) -> str:
         return f"s3://{self.bucket}/{self.key(path)}"
@@ -394,15 +402,33 @@ class S3Store:
             raise self.error(e, "stat", path) from None
         except bexc.BotoCoreError as e:
             raise self.error(e, "stat", path) from None
-        return Stat(size=int(head["ContentLength"]))
+        modified = head.get("LastModified")
+        return Stat(
+            size=int(head["ContentLength"]),
+            etag=str(head.get("ETag") or "").strip('"') or None,
+            modified=modified.timestamp() if modified is not None else None,
+        )
 
     def get(self, path: str) -> BinaryIO:
+        return self._get(path, {})
+
+    def get_range(self, path: str, offset: int, length: int) -> BinaryIO:
+        """[offset, offset + length) of the object: S3 sends only those bytes (a Range GET)."""
+        if length <= 0:
+            self.stat(path)  # still ObjectNotFoundError for a missing object
+            return io.BufferedReader(io.BytesIO(b""))  # type: ignore[return-value]
+        return self._get(path, {"Range": f"bytes={offset}-{offset + length - 1}"})
+
+    def _get(self, path: str, extra: dict[str, str]) -> BinaryIO:
         key = self.key(path)
         try:
-            resp = self._s3.get_object(Bucket=self.bucket, Key=key)
+            resp = self._s3.get_object(Bucket=self.bucket, Key=key, **extra)
         except bexc.ClientError as e:
-            if str(e.response.get("Error", {}).get("Code", "")) in _NOT_FOUND_CODES:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND_CODES:
                 raise self._not_found(path) from None
+            if code == "InvalidRange" and extra:  # the range starts past the end: no bytes
+                return io.BufferedReader(io.BytesIO(b""))  # type: ignore[return-value]
             raise self.error(e, "get", path) from None
         except bexc.BotoCoreError as e:
             raise self.error(e, "get", path) from None

@@ -288,3 +288,25 @@ def test_part_size_units() -> None:
     meta = {"Bucket": "b", "Endpoint": "http://127.0.0.1:1", **KEYS, "CheckBucket": "false"}
     assert open_s3(Config(name="m", path="", meta={**meta, "PartSize": "16MiB"})).part_size == 16 * MiB
     assert open_s3(Config(name="m", path="", meta=meta)).part_size == 64 * MiB
+
+
+def test_hostile_paths_are_invalid_paths(meta: dict[str, str]) -> None:
+    """A folder path and a key past S3's 1024 bytes are the caller's mistake (HTTP 400 through
+    the daemon), not a plugin failure (S3's KeyTooLongError was a 500; issue 25)."""
+    store = open_s3(Config(name="s3", path="/unused", meta=meta))
+    for bad in ("a/", "d/" * 600 + "x"):
+        for call in (lambda p: store.put(p, io.BytesIO(b"x")), store.get, store.stat, store.delete):
+            with pytest.raises(InvalidObjectPathError):
+                call(bad)
+    with pytest.raises(ObjectNotFoundError):
+        store.stat("a")  # not stored under another name
+
+
+def test_ranged_get_asks_s3_for_the_range_only(meta: dict[str, str]) -> None:
+    store = open_s3(Config(name="s3", path="/unused", meta=meta))
+    data = bytes(range(256)) * 1000
+    store.put("r/obj", io.BytesIO(data))
+    with store.get_range("r/obj", 1000, 10) as r:
+        assert r.read() == data[1000:1010]
+    stat = store.stat("r/obj")
+    assert stat.etag and "\"" not in stat.etag and stat.modified and stat.modified > 1e9

@@ -246,3 +246,18 @@ def test_opening_the_store_deletes_temp_files_of_dead_and_zombie_writers_only(
         assert sorted(os.listdir(tmp)) == [names["live"]]  # the live writer's file stays
     finally:
         zombie.wait()
+
+
+def test_hostile_paths_raise_invalid_path_not_recursion(store: Any, root: pathlib.Path) -> None:
+    """Issue 25: a path of thousands of folders made os.makedirs raise RecursionError, and one
+    past PATH_MAX ENAMETOOLONG; both reached clients as 500. fsstore used directly (a persist
+    store, `plugin test`) refuses them itself, and nests as deep as the kernel allows."""
+    deep = "d/" * 1900 + "x"  # ~3.8 KB: within PATH_MAX here, 1,900 levels of folders
+    if len(str(root)) + len(deep) < 4000:
+        store.put(deep, io.BytesIO(b"deep"))
+        assert store.get(deep).read() == b"deep"
+    for bad in ("d/" * 3000, "d/" * 3000 + "x", "a/"):
+        for call in (lambda p: store.put(p, io.BytesIO(b"x")), store.get, store.stat, store.delete):
+            with pytest.raises(InvalidObjectPathError):
+                call(bad)
+    assert not (root / "a").exists()

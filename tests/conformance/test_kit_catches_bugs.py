@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 from typing import Any, Callable
 
@@ -138,12 +140,32 @@ class IgnoresReadOnly(_Wrapped):
         self._writable.delete(path)
 
 
+class RangeFromStart(_Wrapped):
+    def get_range(self, path: str, offset: int, length: int) -> Any:
+        return io.BytesIO(self._inner.get(path).read(length))  # forgets the offset
+
+
+class EtagNeverChanges(_Wrapped):
+    def stat(self, path: str) -> Any:
+        return dataclasses.replace(self._inner.stat(path), etag="v1")
+
+
+class RecursiveFolders(_Wrapped):
+    def put(self, path: str, reader: Any) -> int:
+        if path.count("/") > 200:  # as os.makedirs did past Python's recursion limit
+            raise RecursionError("maximum recursion depth exceeded")
+        return self._inner.put(path, reader)
+
+
 @pytest.mark.parametrize(
     ("mutant", "failing"),
     [
         (NonAtomicPut, "failed_put_leaves_nothing"),
         (NoPathCheck, "escaping_paths_rejected"),
         (IgnoresReadOnly, "read_only_refuses_writes"),
+        (RangeFromStart, "ranged_reads"),
+        (EtagNeverChanges, "stat_validators_follow_the_object"),
+        (RecursiveFolders, "deep_paths_work_or_are_refused"),
     ],
 )
 def test_objstore_kit_fails_a_broken_store(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import io
 import itertools
 import os
 import resource
@@ -16,7 +17,7 @@ import stat
 import sys
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
-from ..sdk import Config, InvalidRequestError, KeyNotFoundError, Kind, Manifest, MemoryLimitExceeded, PluginError
+from ..sdk import Config, InvalidRequestError, KeyNotFoundError, Kind, Manifest, MemoryLimitExceeded, PluginError, Stat
 from .blame import describe
 from .isolation import explain_denial, format_size
 
@@ -281,8 +282,15 @@ class ObjHost(_Host):
     def put(self, instance: str, path: str, reader: BinaryIO) -> int:
         return int(self._store(instance).put(path, reader))
 
-    def get(self, instance: str, path: str) -> BinaryIO:
-        return self._store(instance).get(path)
+    def get(self, instance: str, path: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """The object's bytes, or [offset, offset + length) of them (vsm.sdk.objstore: ranges)."""
+        store = self._store(instance)
+        if length is None:
+            return store.get(path)
+        ranged = getattr(store, "get_range", None)
+        if ranged is not None:
+            return ranged(path, offset, length)
+        return _Window(store.get(path), offset, length)
 
     # -- the FileStore fast path (vsm.sdk.objstore): the daemon gets fds, moves the bytes --
     def open_read(self, instance: str, path: str) -> Any:
@@ -300,7 +308,7 @@ class ObjHost(_Host):
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise TypeError(f"{self.manifest.name}: open_for_read({path!r}) did not give a regular file")
-        return WithFds(st.st_size, (fd,))
+        return WithFds(Stat.of_file(st), (fd,))
 
     def open_write(self, instance: str, path: str) -> Any:
         """WithFds(token, (fd,)) of a new object's file (commit_write/abort_write on this same
@@ -329,6 +337,52 @@ class ObjHost(_Host):
         if method not in _OBJ_SMALL_CALLS:
             raise AttributeError(f"ObjStore has no method {method!r}")
         return getattr(self._store(instance), method)(*args)
+
+
+class _Window(io.RawIOBase):
+    """[offset, offset + length) of a store's reader, for a store without get_range: a seek
+    where the reader can, else the bytes before offset read and dropped here, in the worker."""
+
+    def __init__(self, reader: Any, offset: int, length: int) -> None:
+        super().__init__()
+        self._reader, self._left = reader, length
+        try:
+            seekable = bool(reader.seekable())
+        except (AttributeError, OSError, ValueError):
+            seekable = False
+        if seekable:
+            reader.seek(offset)
+            return
+        skip = bytearray(min(offset, 1 << 20))
+        while offset > 0:
+            n = self._read_into(memoryview(skip)[: min(offset, len(skip))])
+            if not n:  # the object ends before offset: an empty window
+                break
+            offset -= n
+
+    def _read_into(self, view: memoryview) -> int:
+        readinto = getattr(self._reader, "readinto", None)
+        if readinto is not None:
+            return readinto(view) or 0
+        data = self._reader.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buf).cast("B")
+        n = self._read_into(view[: min(len(view), self._left)])
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+        super().close()
 
 
 _OBJ_SMALL_CALLS = frozenset(

@@ -15,9 +15,9 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
 from executors import Pool
 
 from ..errors import StoreBusy
-from ..sdk import Config, InstanceInfo, Stat
+from ..sdk import Config, InstanceInfo, InvalidObjectPathError, Stat
 
-__all__ = ["PendingWrite", "PooledDB", "PooledKVStore", "PooledStore"]
+__all__ = ["PendingWrite", "PooledDB", "PooledKVStore", "PooledStore", "object_path_refusal"]
 
 T = TypeVar("T")
 
@@ -136,6 +136,35 @@ class PooledIter:
         self.close()
 
 
+MAX_OBJECT_PATH = 4096  # bytes: Linux's PATH_MAX (S3 keys: 1024); damocles' paths are under 200
+MAX_OBJECT_DEPTH = 256  # folders: damocles nests 3; a store's os.makedirs recurses once a level
+
+
+def object_path_refusal(path: str) -> str | None:
+    """Why no store is asked about `path`, or None: the manager's rules before any store's
+    own (confinement, name lengths). A hostile path of a few thousand folders made fsstore's
+    os.makedirs raise RecursionError, answered 500 (issue 25)."""
+    if "\0" in path:  # some stores would fail oddly
+        return "the piece path holds a NUL character"
+    shown = f"{path[:60]!r}{'...' if len(path) > 60 else ''}"
+    if path.endswith("/"):  # a store that drops the '/' would store the piece under another name
+        return f"the piece path {shown} ends in '/': that names a folder, not a piece"
+    size = len(path.encode("utf-8", "surrogateescape"))
+    if size > MAX_OBJECT_PATH:
+        return f"the piece path {shown} is {size} bytes long; at most {MAX_OBJECT_PATH}"
+    depth = path.count("/")
+    if depth > MAX_OBJECT_DEPTH:
+        return f"the piece path {shown} is {depth} folders deep; at most {MAX_OBJECT_DEPTH}"
+    return None
+
+
+def _checked(path: str) -> str:
+    refused = object_path_refusal(path)
+    if refused:
+        raise InvalidObjectPathError(refused)
+    return path
+
+
 class PooledStore:
     """objstore.Store over an ObjStore plugin's pool: one configured store instance.
     Bytes move through the pool's shared-memory ring in both directions."""
@@ -168,25 +197,25 @@ class PooledStore:
         return self._call("instance_info")
 
     def stat(self, path: str) -> Stat:
-        return self._call("stat", path)
+        return self._call("stat", _checked(path))
 
     def delete(self, path: str) -> None:
-        self._call("delete", path)
+        self._call("delete", _checked(path))
 
     def full_path(self, path: str) -> str:
         return self._call("full_path", path)
 
     def put(self, path: str, reader: BinaryIO) -> int:
         with _stream_slot(self.pool, self.name):
-            return self.pool.stream_put("put", (self.name, path), reader)
+            return self.pool.stream_put("put", (self.name, _checked(path)), reader)
 
     # The FileStore fast path: None when the store (or the pool's backend) has none.
-    def open_read(self, path: str) -> tuple[int, int] | None:
-        """(size, fd) of the object's file, opened by the store's worker under its rules; the
-        caller closes fd."""
+    def open_read(self, path: str) -> tuple[Stat, int] | None:
+        """(Stat.of_file, fd) of the object's file, opened by the store's worker under its
+        rules; the caller closes fd."""
         if not getattr(self.pool, "passes_fds", False):
             return None
-        got = self.pool.call("open_read", self.name, path)
+        got = self.pool.call("open_read", self.name, _checked(path))
         return None if got is None else (got.value, got.fds[0])
 
     def open_write(self, path: str) -> "PendingWrite | None":
@@ -194,17 +223,25 @@ class PooledStore:
         if not getattr(self.pool, "passes_fds", False):
             return None
         pool = getattr(self.pool, "pinned", lambda: self.pool)()  # commit on the same worker
-        future = pool.submit("open_write", self.name, path)
+        future = pool.submit("open_write", self.name, _checked(path))
         got = future.result()
         if got is None:
             return None
         return PendingWrite(pool, getattr(future, "worker", None), got.value, got.fds[0])
 
     def get(self, path: str) -> BinaryIO:
+        return self._stream_get((self.name, _checked(path)))
+
+    def get_range(self, path: str, offset: int, length: int) -> BinaryIO:
+        """The bytes [offset, offset + length): the store's get_range, or its get seeked or
+        skipped in the worker (vsm.sdk.objstore: ranges); only the range crosses the ring."""
+        return self._stream_get((self.name, _checked(path), offset, length))
+
+    def _stream_get(self, args: tuple[Any, ...]) -> BinaryIO:
         slot = _stream_slot(self.pool, self.name)
         slot.__enter__()
         try:
-            stream = self.pool.stream_get("get", (self.name, path))
+            stream = self.pool.stream_get("get", args)
         except BaseException:
             slot.__exit__(None, None, None)
             raise

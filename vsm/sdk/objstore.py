@@ -14,15 +14,34 @@ store's worker only opens, checks and commits:
                                                  checks as put (ReadOnlyStoreError, paths)
 
 Whoever calls them applies no rule of its own: confinement, ReadOnly and atomicity are the
-store's, as for get and put. A store without them keeps the shared-memory ring.
+store's, as for get and put. A store without them keeps the shared-memory ring. On that path
+the validators of a piece (ETag, Last-Modified) are the file's own, `Stat.of_file(fstat)`:
+a FileStore's stat should return the same.
+
+Ranged reads (HTTP `Range` on a piece GET, issue 26). A store may offer
+
+    get_range(path, offset, length) -> reader    the object's bytes [offset, offset + length),
+                                                 fewer where the object ends first; raises
+                                                 as get does (`RangeStore`)
+
+A store without it still serves ranges: the worker opens get(path), seeks to offset when the
+reader is seekable, else reads and drops the bytes before it (in the worker: they never
+cross the ring), and stops after length. So ranges always work; get_range only makes them
+cheap where get cannot seek (s3store asks S3 for the range itself).
+
+Object paths: no store is asked about a path ending in '/' (a folder) or longer than 4096
+bytes; the daemon refuses them (HTTP 400) before any store sees them. A store refuses what
+it cannot hold with InvalidObjectPathError, never another error (RecursionError and
+ENAMETOOLONG answered 500: issue 25).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import BinaryIO, Iterator, Protocol, runtime_checkable
 
-__all__ = ["Config", "FileStore", "InstanceInfo", "ObjectWriter", "Stat", "Store", "iter_chunks"]
+__all__ = ["Config", "FileStore", "InstanceInfo", "ObjectWriter", "RangeStore", "Stat", "Store", "iter_chunks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +58,18 @@ class Config:
 
 @dataclasses.dataclass(frozen=True)
 class Stat:
-    """What stat() returns."""
+    """What stat() returns. etag and modified are optional: the daemon sends them as a
+    piece's ETag and Last-Modified (and checks If-Range against them) where they are set."""
 
     size: int  # bytes
+    etag: str | None = None  # changes whenever the object's bytes may have (no quotes)
+    modified: float | None = None  # last change, seconds since the epoch
+
+    @classmethod
+    def of_file(cls, st: os.stat_result) -> "Stat":
+        """A file's Stat: inode, size and mtime in the etag, as nginx and Apache make theirs
+        (a replaced object is a new inode, so a same-size rewrite in the same second differs)."""
+        return cls(size=st.st_size, etag=f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}", modified=st.st_mtime)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +157,15 @@ class FileStore(Protocol):
 
     def open_for_write(self, path: str) -> ObjectWriter:
         """A new object to be written through a file, invisible until ObjectWriter.commit(); checks as put does (ReadOnlyStoreError, InvalidObjectPathError)."""
+        ...
+
+
+@runtime_checkable
+class RangeStore(Protocol):
+    """The optional ranged read of a Store (see the module docstring)."""
+
+    def get_range(self, path: str, offset: int, length: int) -> BinaryIO:
+        """A binary reader of the object's bytes [offset, offset + length), fewer where the object ends first (none past its end); raises as get does."""
         ...
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 from vsm.sdk import Config, InstanceInfo, InvalidObjectPathError, ObjectNotFoundError, ReadOnlyStoreError
 from vsm.sdk.objstore import Store
 
-from ._result import CheckFailed, CheckResult, expect, expect_raises, run_checks
+from ._result import CheckFailed, CheckResult, SkipCheck, expect, expect_raises, run_checks
 
 __all__ = ["OBJSTORE_CHECKS", "MakeStore", "run_objstore_kit"]
 
@@ -142,6 +142,57 @@ def escaping_paths_rejected(make_store: MakeStore) -> None:
         expect_raises(InvalidObjectPathError, store.delete, bad)
 
 
+def deep_paths_work_or_are_refused(make_store: MakeStore) -> None:
+    """A path of 250 nested folders (the manager passes up to 256) is stored and read back, or
+    raises InvalidObjectPathError on put; never another error (issue 25: a RecursionError and
+    ENAMETOOLONG reached clients as HTTP 500)."""
+    store, base = make_store(False), _prefix(deep_paths_work_or_are_refused)
+    deep = base + "d/" * 250 + "obj"
+    try:
+        store.put(deep, io.BytesIO(b"deep"))
+    except InvalidObjectPathError:
+        return  # refused as the caller's mistake: fine
+    except Exception as e:
+        raise CheckFailed(f"put under 250 nested folders raised {type(e).__name__}: {str(e)[:200]}; expected success or InvalidObjectPathError") from None
+    expect(_read_all(store, deep) == b"deep", "an object under 250 nested folders came back changed")
+    expect(store.stat(deep).size == 4, "stat of an object under 250 nested folders is wrong")
+    store.delete(deep)
+
+
+def ranged_reads(make_store: MakeStore) -> None:
+    """get_range(path, offset, length) (vsm.sdk.objstore RangeStore), where the store has it,
+    returns the object's bytes [offset, offset + length): across 8 MiB, clipped at the end,
+    empty from the end on or for length 0; a missing object is ObjectNotFoundError."""
+    store, base = make_store(False), _prefix(ranged_reads)
+    if not hasattr(store, "get_range"):
+        raise SkipCheck("the store has no get_range: the daemon seeks its get, or skips in the worker")
+    n = 9 * _MiB + 5
+    data, path = _data(n, seed=7), base + "obj"
+    store.put(path, io.BytesIO(data))
+    for offset, length in ((0, 10), (8 * _MiB - 3, 7), (n - 5, 100), (1, n - 2), (n, 10), (n + 100, 10), (3, 0)):
+        with contextlib.closing(store.get_range(path, offset, length)) as r:
+            got = b"".join(iter(lambda: bytes(r.read(_MiB)), b""))
+        want = data[offset : offset + length]
+        expect(got == want, f"get_range({offset}, {length}) of a {n}-byte object returned {len(got)} bytes, not its {len(want)} bytes there")
+    expect_raises(ObjectNotFoundError, store.get_range, base + "missing", 0, 10)
+
+
+def stat_validators_follow_the_object(make_store: MakeStore) -> None:
+    """Where stat() gives an etag, it is the same while the object is and differs once it is
+    replaced (a client's If-Range relies on it); modified, if given, is seconds since the epoch."""
+    store, path = make_store(False), _prefix(stat_validators_follow_the_object) + "obj"
+    store.put(path, io.BytesIO(b"first version"))
+    first = store.stat(path)
+    if getattr(first, "etag", None) is None and getattr(first, "modified", None) is None:
+        raise SkipCheck("stat() gives no etag and no modified time: pieces go without ETag and Last-Modified")
+    if first.modified is not None:
+        expect(isinstance(first.modified, (int, float)) and first.modified > 1e9, f"stat().modified = {first.modified!r}: not seconds since the epoch")
+    if first.etag is not None:
+        expect(store.stat(path).etag == first.etag, "stat().etag changed though the object did not")
+        store.put(path, io.BytesIO(b"other version"))  # same size, other bytes
+        expect(store.stat(path).etag != first.etag, "stat().etag stayed the same after the object was replaced")
+
+
 def read_only_refuses_writes(make_store: MakeStore) -> None:
     """A read-only store raises ReadOnlyStoreError on put and delete, and still serves reads."""
     path = _prefix(read_only_refuses_writes) + "obj"
@@ -220,12 +271,15 @@ OBJSTORE_CHECKS: tuple[Callable[[MakeStore], None], ...] = (
     delete_removes,
     overwrite_replaces,
     escaping_paths_rejected,
+    deep_paths_work_or_are_refused,
     read_only_refuses_writes,
     failed_put_leaves_nothing,
     failed_put_keeps_old_object,
     full_path_names_the_object,
     instance_matches_config,
     type_and_version_are_strings,
+    ranged_reads,
+    stat_validators_follow_the_object,
 )
 
 
