@@ -5,6 +5,7 @@ bundled sinks' Meta defaulting under the home."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -136,7 +137,6 @@ def test_status_right_after_start_waits_and_a_wrong_token_is_named(tmp_path: Pat
     reading its config (a FIFO here: it reads it once we write it, after `status` has looked),
     waits for the daemon instead of saying none runs; a wrong $VSM_TOKEN is named as that
     variable, not as <home>/token."""
-    import os
     import subprocess
     import sys
     import time
@@ -201,3 +201,38 @@ def test_a_pretty_printed_states_file_gets_the_one_line_hint(tmp_path: Path) -> 
         f"{pretty} holds pretty-printed JSON (a state over several lines); the import reads one state a line, as damocles' "
         f"export-json writes them: `jq -c . {pretty} > states.jsonl`, then import states.jsonl"
     )
+
+
+def test_selftest_checks_this_install_and_leaves_nothing(tmp_path: Path) -> None:
+    """The quick check (README "Set up"): `vsm-pool selftest` starts a real daemon on a
+    temporary home, checks status, a state, a piece and the DuckDB sink, stops it, removes
+    the home. A $VSM_TOKEN of the user's does not get in its way."""
+    from .harness import shm_entries
+
+    shm_before = shm_entries()
+    out = run_cli(tmp_path / "unused-home", "selftest", env={"TMPDIR": str(tmp_path), "VSM_TOKEN": "someone-elses"})
+    steps = [line.split(":")[0].strip() for line in out.stdout.splitlines() if line.startswith("  ok  ")]
+    assert steps == ["ok  start", "ok  status", "ok  sector state", "ok  piece", "ok  sinks", "ok  stop"], out.stdout
+    assert out.stdout.splitlines()[-1].startswith("selftest passed in ")
+    assert not list(tmp_path.glob("vsm-selftest-*")), "the temporary home is left"
+    assert shm_entries() <= shm_before
+
+
+def test_selftest_fails_on_a_broken_install_naming_the_part(tmp_path: Path) -> None:
+    """A selftest that can fail: duckdb broken in this install (an importable package that
+    raises) is one line naming the plugin and the cause; exit status 1; the daemon is gone
+    and its home kept for a look."""
+    from .harness import ROOT, shm_entries
+
+    fake = tmp_path / "fake"
+    (fake / "duckdb").mkdir(parents=True)
+    (fake / "duckdb" / "__init__.py").write_text('raise ImportError("duckdb is broken in this install")\n')
+    shm_before = shm_entries()
+    out = run_cli(tmp_path / "unused-home", "selftest", check=False, env={"TMPDIR": str(tmp_path), "PYTHONPATH": f"{fake}{os.pathsep}{ROOT}"})
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: selftest failed at 'status': SyncSectorState/duckdb: disabled") and "ImportError: duckdb is broken in this install" in last, last
+    kept = list(tmp_path.glob("vsm-selftest-*"))
+    assert len(kept) == 1 and f"the temporary home is kept in {kept[0]}" in last
+    assert not (kept[0] / "daemon.json").exists(), "the daemon still runs"
+    assert shm_entries() <= shm_before

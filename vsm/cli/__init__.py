@@ -28,12 +28,16 @@ __all__ = ["main"]
 # command name -> (module, attribute); imported when the command runs (or for --help)
 _COMMANDS = {
     "auth": ("auth", "auth"),
+    "backup": ("backup", "backup"),
+    "doctor": ("doctor", "doctor"),
+    "restore": ("backup", "restore"),
     "bench": ("tools", "bench"),
     "config": ("tools", "config"),
     "pieces": ("pieces", "pieces"),
     "plugin": ("plugin", "plugin"),
     "query": ("query", "query"),
     "sectors": ("sectors", "sectors"),
+    "selftest": ("selftest", "selftest"),
     "sinks": ("sinks", "sinks"),
     "start": ("daemon", "start"),
     "status": ("daemon", "status"),
