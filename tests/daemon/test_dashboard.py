@@ -16,6 +16,8 @@ from urllib.parse import quote
 import pytest
 
 from .harness import Daemon, run_cli
+from bench.states import make_state
+
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -101,25 +103,24 @@ def test_sector_analytics_answers_every_chart(daemon: Daemon, tmp_path: Path) ->
     d = daemon
     states = _states_file(tmp_path, 1200, 40)
     run_cli(d.home, "sectors", "import", str(states))
-    d.rpc("sectors.update", {"miner": 1200, "number": 3, "fields": {"AbortReason": "no ticket"}})
+    # realistic states: some finalized (offline), removed or aborted already; abort one still sealing
+    generated = [make_state(1200, i) for i in range(40)]
+    aborted = [s.id.number for s in generated if not s.removed and not s.finalized and s.abort_reason]
+    n = next(s.id.number for s in generated if not (s.removed or s.finalized or s.abort_reason))
+    d.rpc("sectors.update", {"miner": 1200, "number": n, "fields": {"AbortReason": "no ticket"}})
     d.wait_delivered()
     a = d.rpc("sectors.analytics")
     assert set(a) == {"by_state", "by_miner", "events_per_hour", "time_in_state", "slowest"}
     assert not any(v.get("error") for v in a.values()), a
     by_state = dict(a["by_state"]["rows"])
-    assert by_state.get("Aborted") == 1 and sum(by_state.values()) >= 40
-    assert [1200, 40, 0] in a["by_miner"]["rows"]
+    assert by_state.get("Aborted") == len(aborted) + 1 and sum(by_state.values()) >= 40
+    assert [1200, 40, sum(s.finalized for s in generated)] in a["by_miner"]["rows"]
     slowest = a["slowest"]
     first = dict(zip(slowest["columns"], slowest["rows"][0]))
-    assert (first["miner"], first["number"], first["state"], first["events"]) == (1200, 3, "Aborted", 2)
+    assert (first["miner"], first["number"], first["state"], first["events"]) == (1200, n, "Aborted", 2)
 
 
 def _states_file(tmp_path: Path, miner: int, n: int) -> Path:
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    from states import make_state
-
     path = tmp_path / f"states-{miner}.jsonl"
     with open(path, "wb") as f:
         for i in range(n):

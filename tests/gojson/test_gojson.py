@@ -476,11 +476,11 @@ def test_check_arrow_states_parses_one_cid_per_header_not_per_cid(monkeypatch) -
     def cid(header: bytes) -> str:
         return "b" + base64.b32encode(header + rnd.randbytes(32)).decode().rstrip("=").lower()
 
-    states = [make_state(3, n, with_piece=True) for n in range(3000)]
+    states = [s for s in (make_state(3, n, with_piece=True) for n in range(6000)) if s.pre is not None][:3000]
     for st in states:
         st.pre.comm_r, st.pre.comm_d = cid(sealed), cid(piece)  # type: ignore[union-attr]
         st.message_info.pre_commit_cid = cid(message)  # type: ignore[union-attr]
-        st.pieces[0].piece.cid = st.pieces[0].deal_info.piece_cid = cid(piece)  # type: ignore[index,union-attr]
+        st.pieces[0].piece.piece_cid = st.pieces[0].deal_info.piece_cid = cid(piece)  # type: ignore[index,union-attr]
     states[1234].pre.comm_d = states[1234].pre.comm_d[:-1] + "b"  # type: ignore[union-attr]  # spare bits set
     parsed: list[str] = []
     real_parse = _gojson.parse_cid

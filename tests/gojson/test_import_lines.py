@@ -24,7 +24,7 @@ from vsm.sdk.sectors import SECTOR_STATE_SCHEMA, GoJSONError, SectorState, decod
 from vsm.sectors import ImportReport, read_import_batches
 from vsm.sectors import _jsonlines
 
-from ..sectors.helpers import make_state
+from ..sectors.helpers import constant_state, make_state
 from .conftest import GoJSON
 from .test_gojson import ACCEPTED, REFUSED, REFUSED_BY_VSM_ONLY, _dump, _mutate, _pairs, _vsm_states
 
@@ -108,7 +108,7 @@ def test_odd_inputs_decided_as_the_strict_decoder(go_json: GoJSON, tmp_path: Pat
     assert _strict_calls(tmp_path / "states.jsonl") < len(odd) * 8
 
 
-CANONICAL = make_state(5, 1, with_piece=True).to_go_json()
+CANONICAL = constant_state(5, 1).to_go_json()  # the variants below edit its known bytes
 
 
 def _variant(old: bytes, new: bytes) -> bytes:

@@ -12,7 +12,48 @@ from typing import Callable
 
 import pyarrow as pa
 
-from bench.states import make_state  # noqa: F401  (one generator for tests and benchmarks)
+from bench.states import make_state  # one generator for tests and benchmarks
+from vsm.sdk.sectors import (
+    DealInfoV2,
+    MessageInfo,
+    PieceInfoV2,
+    PreCommitInfo,
+    ProofInfo,
+    ReportStateReq,
+    SectorID,
+    SectorPieceV2,
+    SectorState,
+    SectorStateChange,
+    Seed,
+    Ticket,
+    WorkerIdentifier,
+)
+
+
+def constant_state(miner: int, number: int) -> SectorState:
+    """A sealed state of fixed, known values and one DDO piece: for the tests that edit its
+    exact bytes (the JSON lines reader's odd variants). Everything else takes make_state's
+    realistic states; no benchmark runs on this one (issue 24)."""
+    st = SectorState(SectorID(miner, number), 8)
+    st.ticket = Ticket(number.to_bytes(8, "big") * 4, 2_500_000 + number)
+    st.seed = Seed(b"\x01" * 32, 2_500_150 + number)
+    st.pre = PreCommitInfo("bagboea4b5abcamxkzmzcciabkdxzu4vqkpmpvwgyiyldaogf7ssr4c7yl5u7ftxb", "baga6ea4seaqhfd5zcatqebd4jrulvrqcz6rqg4nlfmkvqalqk6ykdhbvfptevli", Ticket(b"\x02" * 32, 2_500_000))
+    st.proof = ProofInfo(b"\x03" * 192)
+    st.message_info = MessageInfo("bafy2bzacedxkkpqwmuf4dnnz4h5djmvjc7zu2bhzbhbkoqqm6npg3zpd5lewu", None, True)
+    st.latest_state = ReportStateReq(WorkerIdentifier("worker-01", "10.0.0.7"), SectorStateChange("C2Done", "Persisted", "Evt"), None)
+    cid = "baga6ea4seaqhfd5zcatqebd4jrulvrqcz6rqg4nlfmkvqalqk6ykdhbvfptevli"
+    st.pieces = [SectorPieceV2(PieceInfoV2(34359738368, cid), DealInfoV2(0, None, 1000 + number, cid, 34359738368, "f03344", "f0%d" % miner, 0, 34359738368, 3 << 30, 2_510_000, 5_000_000, False, False))]
+    return st
+
+
+def sealing_state(miner: int, number: int, with_piece: bool | None = None) -> SectorState:
+    """make_state's realistic state of a sector still sealing: online (not Finalized) and not
+    Removed. For the tests of the online collection's mechanics (update, finalize, revert,
+    counts of what they changed), which import into `meta` and then act on every sector."""
+    st = make_state(miner, number, with_piece)
+    st.finalized = st.removed = False
+    return st
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -11,7 +11,7 @@ import pytest
 from vsm.sdk.sectors import SectorID
 from vsm.sectors import SectorStateManager, SinkHost
 
-from .helpers import RecordingSink, assert_no_gaps, load_plugin, make_state
+from .helpers import RecordingSink, assert_no_gaps, load_plugin, make_state, sealing_state
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,7 +25,7 @@ def _mgr(db, tmp_path, **kw):  # type: ignore[no-untyped-def]
 
 
 def _import(m: SectorStateManager, miner: int, n: int) -> None:
-    m.import_states([make_state(miner, i, with_piece=False) for i in range(n)])
+    m.import_states([sealing_state(miner, i, with_piece=False) for i in range(n)])  # all online: updated after
 
 
 def test_detached_sink_keeps_its_events_and_catches_up(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from vsm.sdk import EmptyKeyError
 from vsm.sdk.sectors import SectorID
 from vsm.sectors import SectorStateManager
 
-from .helpers import load_plugin, make_state
+from .helpers import load_plugin, sealing_state
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,7 +48,7 @@ def test_import_skips_existing_states_through_one_query(tmp_path) -> None:  # ty
     db = load_plugin("sqlitekv", "sqlitekv").open({"Path": str(tmp_path / "kv.db")})
     try:
         with SectorStateManager(db, str(tmp_path / "journal"), fsync=False, import_chunk=7) as m:
-            assert m.import_states([make_state(30, n) for n in range(0, 40, 2)]) == 20
+            assert m.import_states([sealing_state(30, n) for n in range(0, 40, 2)]) == 20  # all online
             calls = []
             coll = m._colls["online"]
             orig = coll.existing
@@ -58,9 +58,9 @@ def test_import_skips_existing_states_through_one_query(tmp_path) -> None:  # ty
                 return orig(keys)
 
             coll.existing = counted
-            assert m.import_states([make_state(30, n) for n in range(40)]) == 20  # the odd ones
+            assert m.import_states([sealing_state(30, n) for n in range(40)]) == 20  # the odd ones
             assert calls and sum(calls) == 40 and max(calls) <= 7  # one call a chunk
             assert m.get(SectorID(30, 3)).id == SectorID(30, 3)
-            assert m.import_states([make_state(30, n) for n in range(40)], override=True) == 40
+            assert m.import_states([sealing_state(30, n) for n in range(40)], override=True) == 40
     finally:
         db.close()

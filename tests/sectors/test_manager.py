@@ -13,7 +13,7 @@ import pyarrow as pa
 from vsm.sdk.sectors import AllocatedSector, PreCommitInfo, SectorID, SectorState, Ticket, arrow_to_states, sector_key
 from vsm.sectors import SectorNotFoundError, SectorStateManager, SinkHost
 
-from .helpers import RecordingSink, assert_no_gaps, load_plugin, make_state, wait_until
+from .helpers import RecordingSink, assert_no_gaps, load_plugin, make_state, sealing_state, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,13 +99,15 @@ def test_import_arrow_writes_what_import_states_writes(tmp_path) -> None:  # typ
         assert m.import_arrow(table.select(list(reversed(table.column_names)))) == 150
         assert m.import_arrow(states_to_arrow(states[:10]), override=True) == 10
         assert m.wait_delivered(10)
-    want = {k: v for k, v in a.open_collection("meta").data.items()}
-    assert b.open_collection("meta").data == want
+    for coll in ("meta", "offline_meta"):  # finalized states go offline, the others online
+        assert b.open_collection(coll).data == a.open_collection(coll).data
+    assert len(a.open_collection("meta").data) + len(a.open_collection("offline_meta").data) == 250
     assert_no_gaps(rec.seqs)
     assert len(rec.seqs) == 260
     rows = pa.concat_tables(rec.tables)
     assert set(rows.column("kind").to_pylist()) == {"import"}
-    assert arrow_to_states(rows.slice(0, 1))[0] == states[0]
+    first = rows.filter(pa.compute.equal(rows.column("number"), states[0].id.number)).slice(0, 1)
+    assert arrow_to_states(first)[0] == states[0]
 
 
 def test_conflicts_are_retried(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -240,7 +242,7 @@ def test_import_kv_failure_mid_pipeline_reverts_what_was_journaled(dictdb, tmp_p
     meta.update = failing_update  # type: ignore[method-assign]
     with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}, commit_retries=1, import_chunk=10, import_window=4) as m:
         with pytest.raises(OSError, match="disk gone"):
-            m.import_states(make_state(5, n) for n in range(80))
+            m.import_states(sealing_state(5, n) for n in range(80))
         assert len(meta.data) == 10 * (fail_at - 1)
         assert m.wait_delivered(10)
         rows = pa.concat_tables(rec.tables).to_pylist()
@@ -278,7 +280,7 @@ def test_duckdb_tables_match_kv(dictdb, tmp_path) -> None:  # type: ignore[no-un
     duck = load_plugin("duckdb_sink", "duckdb_sink")
     host = SinkHost.from_module(duck, {"Constructor": "open"}, {"Path": str(tmp_path / "s.duckdb")})
     with _mgr(dictdb, tmp_path, {"duckdb": host}) as m:
-        m.import_states([make_state(10, n) for n in range(300)])
+        m.import_states([sealing_state(10, n) for n in range(300)])
         for n in range(0, 300, 7):
             m.update(SectorID(10, n), {"Removed": True})
         for n in range(0, 300, 11):
@@ -346,8 +348,8 @@ def test_per_event_hooks_get_go_arguments(dictdb, tmp_path) -> None:  # type: ig
         "OnRestore": lambda sid: calls.append(("restore", sid)),
     }
     with _mgr(dictdb, tmp_path) as m:
-        m.import_states([make_state(12, 100)])
-        m.import_states([make_state(12, 100), make_state(12, 101)], override=True)
+        m.import_states([sealing_state(12, 100)])
+        m.import_states([sealing_state(12, 100), sealing_state(12, 101)], override=True)
         m.init([AllocatedSector(SectorID(12, n), 8) for n in range(3)])
         m.init([AllocatedSector(SectorID(12, n), 8) for n in (3, 4)])  # a second operation
         m.update(SectorID(12, 0), {"Finalized": True})
@@ -383,7 +385,7 @@ def test_duckdb_sink_keeps_a_legacy_sectors_table(dictdb, tmp_path) -> None:  # 
     duck = load_plugin("duckdb_sink", "duckdb_sink")
     host = SinkHost.from_module(duck, {"Constructor": "open"}, {"Path": path})
     with _mgr(dictdb, tmp_path, {"duckdb": host}) as m:
-        m.import_states([make_state(14, n) for n in range(20)])
+        m.import_states([sealing_state(14, n) for n in range(20)])
         m.update(SectorID(14, 3), {"Removed": True})
         assert m.wait_delivered(10)
     assert host.sink.legacy
@@ -476,8 +478,8 @@ def test_duckdb_sink_ingests_with_its_thread_setting_and_locks_it(tmp_path) -> N
 
 def test_import_skips_keys_of_the_chunk_still_being_written(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # chunks overlap: the second repeats half of the first, whose KV write may still run
-    first = [make_state(16, n) for n in range(10)]
-    again = [make_state(16, n, with_piece=True) for n in range(5, 15)]
+    first = [sealing_state(16, n) for n in range(10)]
+    again = [sealing_state(16, n, with_piece=True) for n in range(5, 15)]
     with _mgr(dictdb, tmp_path, import_chunk=10) as m:
         assert m.import_states(first + again) == 15
         online = dictdb.open_collection("meta")
@@ -499,7 +501,7 @@ def test_kv_failure_mid_import_leaves_no_event_unresolved(dictdb, tmp_path) -> N
     meta.update = update  # type: ignore[method-assign]
     with _mgr(dictdb, tmp_path, {"rec": SinkHost(sink_obj=rec)}, import_chunk=10, commit_retries=1) as m:
         with pytest.raises(OSError, match="disk gone"):
-            m.import_states([make_state(17, n) for n in range(60)])
+            m.import_states([sealing_state(17, n) for n in range(60)])
         assert m.wait_delivered(10)  # every journaled event resolved: the watermark is past them
         assert len(meta.data) == 20
         # the rows a sink got end, per sector, in what the KV holds
@@ -509,7 +511,7 @@ def test_kv_failure_mid_import_leaves_no_event_unresolved(dictdb, tmp_path) -> N
         for number, r in last.items():
             held = meta.data.get(on_key(SectorID(17, number)))
             assert (r["worker_state"] == "online") == (held is not None), (number, r["kind"])
-        assert m.import_states([make_state(17, n) for n in range(60)]) == 40  # the rest, later
+        assert m.import_states([sealing_state(17, n) for n in range(60)]) == 40  # the rest, later
         assert m.wait_delivered(10)
     assert_no_gaps(rec.seqs)
 
