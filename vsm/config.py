@@ -40,6 +40,9 @@ BUNDLED_META_DEFAULTS: dict[str, dict[str, str]] = {
 
 
 DEFAULT_MEMORY_LIMIT = 4 << 30
+# [[Common.PieceStores]] MinFreeSpace: above [Common] MinFreeSpace (256 MiB), so on a disk the
+# home shares, piece PUTs stop while the journal and the KV still have room for sector changes
+DEFAULT_PIECE_MIN_FREE_SPACE = 1 << 30
 DEFAULT_MAX_OPEN_FILES = 4096
 # Below this a worker cannot even import vsm's SDK and pyarrow (~125 MiB of it, ~210 MiB with duckdb).
 MIN_MEMORY_LIMIT = 128 << 20
@@ -106,6 +109,8 @@ class StoreConfig:
     # damocles' StoreSelectPolicy (persist stores): which miners' sectors may be placed here
     allow_miners: tuple[int, ...] = ()
     deny_miners: tuple[int, ...] = ()
+    # MinFreeSpace: a piece PUT that would leave less free on the store's disk is refused (507)
+    min_free_space: int = DEFAULT_PIECE_MIN_FREE_SPACE
 
     def allows(self, miner: int) -> bool:
         """Go StoreSelectPolicy.Allowed: a denied miner never; with an allow list, only those."""
@@ -608,7 +613,19 @@ def _store(t: _Reader, key: str, persist: bool, local_path: Callable[[str], str]
         weight=t.get("Weight", int, 1, lambda v: None if v >= 0 else "must be >= 0") or 1,  # 0 means 1, as damocles
         allow_miners=_miners(t, "AllowMiners") if persist else (),
         deny_miners=_miners(t, "DenyMiners") if persist else (),
+        min_free_space=_store_min_free(t),
     )
+
+
+def _store_min_free(t: _Reader) -> int:
+    """A store's MinFreeSpace: a size ("1GiB", bytes as an integer); 0 or "0": only a full disk refuses."""
+    value = t.get("MinFreeSpace", (str, int), DEFAULT_PIECE_MIN_FREE_SPACE)
+    try:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(value)
+        return parse_size(value) or 0
+    except ValueError:
+        raise ConfigError(t.file, t.key("MinFreeSpace"), f'must be a size such as "1GiB" or "512MiB" (0: only a full disk refuses), got {value!r}') from None
 
 
 def _stores(common: _Reader, section: str, path: Path, local_path: Callable[[str], str], warnings: list[str]) -> tuple[StoreConfig, ...]:
@@ -742,6 +759,7 @@ Name = "pieces"
 Path = "{data}/pieces"
 # PluginName = "s3store"         # empty: the bundled fsstore
 # ReadOnly = false
+# MinFreeSpace = "1GiB"          # a PUT that would leave less free on its disk: 507; 0: only a full disk
 # [Common.PieceStores.Meta]
 # Bucket = "mybucket"
 

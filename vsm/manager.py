@@ -278,6 +278,7 @@ class Manager:
         sectors = SectorStateManager(
             self.db, Path(sync.journal_dir), flush_rows=sync.batch_rows, flush_age=sync.batch_age, max_backlog=sync.max_backlog,
             segment_bytes=sync.segment_bytes, recovery_progress=self._recovery_progress,
+            min_free_space=self.config.min_free_space, space_paths=self._space_paths(),
         )
         with self._wiring:
             self.reserver = StoreReserver(self.db.open_collection("common"), self._persist_stores())
@@ -285,6 +286,27 @@ class Manager:
             for plugin in self.registry.of_kind(Kind.SyncSectorState):
                 if plugin.state is PluginState.READY:
                     self._attach_once(plugin)
+
+    def _space_paths(self) -> dict[str, str]:
+        """The files the sector data lives in besides the journal, for MinFreeSpace: the KV's and
+        each sink's `Path` Meta key (what the bundled sqlitekv, duckdb and parquet take; a plugin
+        whose Meta names no local path is not watched: a server's disk is the server's)."""
+        assert self.registry is not None
+
+        def local(meta: dict[str, str]) -> str | None:
+            path = next((v for k, v in meta.items() if k.casefold() == "path"), "")
+            if not path or path == ":memory:" or "://" in path:
+                return None
+            return os.path.join(self.config.home, os.path.expanduser(path))
+
+        out = {}
+        if (kv := local(self.config.db.meta)) is not None:
+            out["kv"] = kv
+        for plugin in self.registry.of_kind(Kind.SyncSectorState):
+            name = plugin.manifest.name
+            if (path := local(self.config.settings(name).meta)) is not None:
+                out[f"sink/{name}"] = path
+        return out
 
     def _recovery_progress(self, done: int, total: int) -> None:
         self.progress = {"phase": "reconciling the sector journal (reading the KV)", "done": done, "total": total}

@@ -30,6 +30,8 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Protocol
 
+from vsm.sdk.diskspace import is_disk_full
+
 from ._backlog import find_gap, gap_cause, read_mark, write_mark
 from ._journal import FrameRef, Journal, _fsync_dir
 
@@ -286,6 +288,10 @@ class SinkDispatcher:
         self.checkpoint = self._load_ckpt(start_seq)
         self.ckpt_dir = ckpt_dir
         self.max_backlog: int | None = None  # for the cause of a gap (set by the manager)
+        # raises DiskFullError while the sink's files' filesystem is under MinFreeSpace (set by
+        # the manager): the sink waits, backing off, instead of filling the disk (issue 25)
+        self.check_space: Callable[[], None] | None = None
+        self.disk_full: str | None = None  # the last delivery's "disk full: PATH ..." if so
         self.rebuild: dict[str, Any] | None = read_mark(ckpt_dir, name)  # set: deliver nothing
         if self.rebuild is not None:
             self.state = SinkState.NEEDS_REBUILD
@@ -423,10 +429,13 @@ class SinkDispatcher:
                 self._wait_wm(wm, 0.5)
                 continue
             try:
+                if self.check_space is not None:
+                    self.check_space()
                 self._deliver(frames)
             except Exception as e:  # noqa: BLE001 - any sink failure: record, back off, retry
                 self.errors += 1
                 self.last_error = f"{type(e).__name__}: {e}"
+                self.disk_full = str(e) if is_disk_full(e) else None
                 self.state = SinkState.BACKOFF
                 self.linger = None  # ask again: the sink may have been reloaded
                 if self._stop.wait(delay):
@@ -434,6 +443,7 @@ class SinkDispatcher:
                 delay = min(delay * 2, self.backoff[1])
                 continue
             self._backlog_since = None
+            self.disk_full = None
             self._store_ckpt(frames[-1].last_seq)
             self.delivered_rows += sum(f.rows for f in frames)
             self.deliveries += 1
@@ -457,6 +467,7 @@ class SinkDispatcher:
             "lag_seconds": round(time.time() - self._caught_up_at, 3) if lag else 0.0,
             "needs_rebuild": None if self.rebuild is None else self.rebuild.get("cause"),
             "last_error": self.last_error,
+            "disk_full": self.disk_full,
             "errors": self.errors,
             "delivered_rows": self.delivered_rows,
             "deliveries": self.deliveries,

@@ -23,9 +23,10 @@ space stays without holes and a sink's gap check (a missing seq = lost events) s
   seqs become an empty frame; the frame's other ops go on (issue 13: one bad update wedged
   every write until a restart);
 - a journal write that fails (disk full, I/O error) fails every op waiting for it (none of
-  them reaches the KV), refuses new ones with JournalBroken, and retries writing their seqs as
-  an empty frame every `retry_interval` seconds: once the disk takes it again, the writer
-  serves again, without a restart;
+  them reaches the KV), refuses new ones with JournalBroken (DiskFullError naming the journal
+  folder and its free space when the disk is full: issue 25 answered "cannot rollback" and then
+  an internal error), and retries writing their seqs as an empty frame every `retry_interval`
+  seconds: once the disk takes it again, the writer serves again, without a restart;
 - `reserve(n)`: a block of n seqs written as an empty frame of its own, which a sink rebuilt
   from the KV state fills with its rows (vsm/sectors/_rebuild.py).
 """
@@ -38,11 +39,14 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from vsm.sdk.diskspace import DiskFullError, free_bytes, is_disk_full
 from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA
 
 from ._journal import Journal, Watermark
 
 __all__ = ["EventRejected", "EventWriter", "JournalBroken", "Ticket"]
+
+_ROOM_TO_RETRY = 1 << 20  # free bytes on a full journal's disk that make its writer retry at once
 
 
 class JournalBroken(RuntimeError):
@@ -152,6 +156,8 @@ class EventWriter:
     def _check_open(self) -> None:
         """(holding _cv) Refuse new seqs while a write failure is being retried, or once closed."""
         if self._broken is not None:
+            if is_disk_full(self._broken):
+                raise self._broken_error(self._broken) from self._broken
             raise JournalBroken(
                 f"sector event journal cannot be written: {self._broken!r} (retrying every {self.retry_interval:g} s; "
                 "free the disk under the journal folder)"
@@ -165,7 +171,13 @@ class EventWriter:
             raise t.error
         if self.durable_seq < t.last:
             broken = self._broken
-            raise JournalBroken(f"sector event journal is broken: {broken!r}") from broken
+            raise self._broken_error(broken) from broken
+
+    def _broken_error(self, err: BaseException | None) -> Exception:
+        """What a refused op is told: the disk is full (path, free space), or the journal broke."""
+        if is_disk_full(err):
+            return DiskFullError(self.journal.dir, free_bytes(self.journal.dir), None, "sector event journal")
+        return JournalBroken(f"sector event journal is broken: {err!r}")
 
     def resolve(self, t: Ticket) -> None:
         """The ticket's KV change is committed (or compensated): let the watermark pass it."""
@@ -264,17 +276,13 @@ class EventWriter:
             waiting, self._pending = unwritten + self._pending, []
             self._cv.notify_all()
         for t in waiting:
-            t.error = JournalBroken(f"sector event journal is broken: {err!r}")
+            t.error = self._broken_error(err)
             t.error.__cause__ = err
             t.rows, t.batch = [], None
             t.done.set()
         while True:
-            with self._cv:
-                if self._closing:
-                    return False
-                self._cv.wait(self.retry_interval)
-                if self._closing:
-                    return False
+            if not self._wait_retry():
+                return False
             try:
                 if waiting:
                     self.journal.append(_empty_batch(), waiting[0].first, waiting[-1].last)
@@ -295,6 +303,22 @@ class EventWriter:
                 self._broken, self.broken_since = None, None
                 self._cv.notify_all()
             return True
+
+    def _wait_retry(self) -> bool:
+        """Until the next retry of a refused write: retry_interval, or as soon as the journal's
+        disk has room again when a full disk refused it (polled twice a second: writes resume
+        within a second of space coming back, not up to retry_interval). False once closed."""
+        deadline = time.monotonic() + self.retry_interval
+        full = is_disk_full(self._broken)
+        with self._cv:
+            while not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                self._cv.wait(min(left, 0.5) if full else left)
+                if full and (free_bytes(self.journal.dir) or 0) >= _ROOM_TO_RETRY:
+                    return True
+            return False
 
     def close(self, timeout: float = 10.0) -> None:
         with self._cv:

@@ -24,7 +24,14 @@ Crash argument (kill -9 anywhere):
   other) is completed by `_recover` when the event is kept (an idempotent delete: a kill
   during it is completed the same way at the next start).
 If a KV commit fails while running (after conflict retries and a few idempotent retries),
-the manager journals a "revert" event carrying what the KV really holds, so sinks converge.
+the manager journals a "revert" event carrying what the KV really holds, so sinks converge;
+if the KV holds the change after all, the op answers success (an answer is never an error
+over a stored change).
+
+A full disk (issue 25): an op is refused before it takes a seq while the journal's or the KV's
+filesystem is under MinFreeSpace (DiskFullError, nothing journaled, nothing stored), so the
+frames, commits, rollbacks and reverts already under way always find room; a sink waits the
+same way while its files' filesystem is under it. All resume as soon as space is back.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vsm.sdk.diskspace import DiskFullError, FreeSpaceFloor
 from vsm.sdk.errors import KeyNotFoundError, TransactionConflictError
 from vsm.sdk.sectors import (
     SECTOR_EVENT_SCHEMA,
@@ -145,6 +153,10 @@ class SectorStateManager:
             (attached, disabled or failing); past it, compaction may go on without the sink,
             which is then marked as needing a rebuild (_backlog.py). None: no bound.
         recovery_progress: called (done, total) while a journal tail is reconciled at open.
+        min_free_space: the free-space floor (bytes) of the journal's, the KV's and each sink's
+            filesystem: under it new ops are refused and the sink waits (None/0: no floor).
+        space_paths: what else writes files, as {"kv": path, "sink/<name>": path}: the floor
+            is checked there too (the journal folder always).
     """
 
     def __init__(
@@ -168,8 +180,12 @@ class SectorStateManager:
         compact_interval: float = 5.0,
         max_backlog: int | None = None,
         recovery_progress: Callable[[int, int], None] | None = None,
+        min_free_space: int | None = None,
+        space_paths: Mapping[str, str] | None = None,
     ) -> None:
         self.db = db
+        self.floor = FreeSpaceFloor(min_free_space)
+        self.space_paths = dict(space_paths or {})
         self.journal_dir = journal_dir
         os.makedirs(journal_dir, exist_ok=True)
         self.ckpt_dir = os.path.join(journal_dir, "sinks")
@@ -228,6 +244,7 @@ class SectorStateManager:
         "offline": all of them there. Returns how many were written."""
         if worker_state is not None:
             self._coll(worker_state)
+        self._check_space()
 
         def chunks() -> Iterator[list[SectorState]]:
             chunk: list[SectorState] = []
@@ -253,6 +270,7 @@ class SectorStateManager:
         objects are built. Returns how many were written."""
         if worker_state is not None:
             self._coll(worker_state)
+        self._check_space()
         if isinstance(data, pa.RecordBatch):
             data = [data]
         step = self.import_chunk
@@ -299,10 +317,14 @@ class SectorStateManager:
         holds all of them, for windows of import_window chunks (no check is carried over a
         window's end): other operations get in between windows. The steps are _ImportPipeline's."""
         with _ImportPipeline(self, chunks, override, progress) as pipeline:
-            while pipeline.current is not None:
-                with self._locks.hold_all():
-                    pipeline.run_window(self.import_window)
-                time.sleep(0)  # let waiting operations take their stripes
+            try:
+                while pipeline.current is not None:
+                    with self._locks.hold_all():
+                        pipeline.run_window(self.import_window)
+                    time.sleep(0)  # let waiting operations take their stripes
+            except DiskFullError as e:
+                e.written = pipeline.written  # type: ignore[attr-defined] # stored before the refusal
+                raise
             return pipeline.written
 
     def _import_journal(
@@ -320,6 +342,7 @@ class SectorStateManager:
                 state = state.filter(keep)
         if not len(pairs):
             return None
+        self._check_space()  # each chunk: an import that fills the disk stops at the floor
         ticket = self.writer.submit(_event_batch(state, "import", ws, override=override))
         self.writer.wait_durable(ticket)
         return _InFlight(ws, pairs, state, ticket, p.n)
@@ -330,9 +353,10 @@ class SectorStateManager:
         try:
             f.future.result()
         except BaseException as e:
-            self._compensate(f.changes(), f.ticket, e)
-            raise
-        self.writer.resolve(f.ticket)
+            if not self._compensate(f.changes(), f.ticket, e):
+                raise
+        else:
+            self.writer.resolve(f.ticket)
         if progress:
             progress(f.n)
         return len(f.pairs)
@@ -427,6 +451,9 @@ class SectorStateManager:
                 bulk_linger=self.sink_bulk_linger,
             )
             d.max_backlog = self.max_backlog
+            path = self.space_paths.get(f"sink/{name}")
+            if path is not None and self.floor.min_free:
+                d.check_space = lambda: self.floor.check(path, f"sink {name}")
             if self._hurry:
                 d.hurry.set()
             self._sinks[name] = d
@@ -484,6 +511,7 @@ class SectorStateManager:
                 "rejected": self.writer.rejected,
                 "max_backlog": self.max_backlog,
                 "held": self._held_status(),
+                "disk_full": self.disk_full(),
             },
             "sinks": sinks,
         }
@@ -629,15 +657,41 @@ class SectorStateManager:
         """Write-ahead: journal (durable) -> KV -> resolve. Caller holds the stripes."""
         if not changes:
             return
+        self._check_space()
         t = _op_time()  # one operation: its rows share a time
         ticket = self.writer.submit([self._row(c, t) for c in changes])
         self.writer.wait_durable(ticket)
         try:
             self._commit(changes)
         except BaseException as e:
-            self._compensate(changes, ticket, e)
-            raise
+            if not self._compensate(changes, ticket, e):
+                raise
+            return
         self.writer.resolve(ticket)
+
+    def _check_space(self) -> None:
+        """Refuse a new op (DiskFullError) while the journal's or the KV's filesystem is under
+        MinFreeSpace: before it takes a seq, so nothing of it is journaled or stored."""
+        self.floor.check(self.journal_dir, "sector event journal")
+        if "kv" in self.space_paths:
+            self.floor.check(self.space_paths["kv"], "sector KV")
+
+    def disk_full(self) -> list[dict[str, str]]:
+        """{"part", "path", "message": "disk full: PATH ..."} for each path of the manager
+        (part "journal", "kv", "sink/<name>") under the floor now, and for the journal while a
+        write of it is refused by a full disk."""
+        out = []
+        for part, path in (("journal", self.journal_dir), *sorted(self.space_paths.items())):
+            free = self.floor.short(path)
+            if free is not None:
+                what = {"journal": "sector event journal", "kv": "sector KV"}.get(part, part)
+                out.append({"part": part, "path": path, "message": str(DiskFullError(path, free, self.floor.min_free, what))})
+        broken = self.writer.broken
+        if broken is not None and not any(d["part"] == "journal" for d in out):
+            err = self.writer._broken_error(broken)
+            if isinstance(err, DiskFullError):
+                out.append({"part": "journal", "path": err.path, "message": str(err)})
+        return out
 
     def _commit(self, changes: list[_Change]) -> None:
         # One transaction per collection, in first-use order: finalize puts offline, then
@@ -707,19 +761,23 @@ class SectorStateManager:
                     raise
                 time.sleep(min(0.001 * (2**n), 0.1))
 
-    def _compensate(self, changes: list[_Change], ticket: Ticket, err: BaseException) -> None:
-        """The KV commit failed after the events were journaled: journal what the KV holds. If
-        the KV cannot say (its pool is down), the ticket stays unresolved and a thread asks
-        again every second (issue 13: it stayed so until a restart, and every sink waited)."""
+    def _compensate(self, changes: list[_Change], ticket: Ticket, err: BaseException) -> bool:
+        """The KV commit failed after the events were journaled: journal what the KV holds;
+        True if the KV holds every change after all (the op then answers success: issue 25, a
+        commit that landed despite its error was stored under an error). If the KV cannot say
+        (its pool is down), the ticket stays unresolved and a thread asks again every second
+        (issue 13: it stayed so until a restart, and every sink waited)."""
         log.error("sector KV commit failed after journaling seq %d-%d: %r", ticket.first, ticket.last, err)
         try:
-            self._journal_reverts(changes, ticket)
+            return self._journal_reverts(changes, ticket) == 0
         except Exception as e:  # noqa: BLE001 - the KV (or the journal) cannot answer now
             self._hold(changes, ticket, e)
+            return False
 
-    def _journal_reverts(self, changes: list[_Change], ticket: Ticket) -> None:
+    def _journal_reverts(self, changes: list[_Change], ticket: Ticket) -> int:
         """Journal a "revert" row with the KV's state for each change that did not commit,
-        then resolve the ticket. Raises if the KV cannot be read or the journal written."""
+        then resolve the ticket; returns how many. Raises if the KV cannot be read or the
+        journal written."""
         reverts: list[_Change] = []
         for c in changes:
             actual = self._read_both(c.sid)
@@ -739,6 +797,7 @@ class SectorStateManager:
             self.writer.wait_durable(rt)
             self.writer.resolve(rt)
         self.writer.resolve(ticket)
+        return len(reverts)
 
     def _hold(self, changes: list[_Change], ticket: Ticket, err: BaseException) -> None:
         """Keep the ticket unresolved (the watermark, so every sink, waits at it) and ask the KV

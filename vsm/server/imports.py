@@ -8,6 +8,8 @@
     refused lines reported file:line and left out
     -> Arrow IPC stream (schema, batch, ..., EOS)         (journal, KV, sinks: the engine's path)
        over one chunked HTTP request                      <-- {"written", "received"}
+                                                          <-- 507 {"error": "disk full: PATH ...",
+                                                              "written"}: what landed before it
 
 Query: override=1 replaces existing sectors; worker_state=online|offline puts every state
 there (default: offline if Finalized, as damocles' import-json). Columns are those of
@@ -25,6 +27,7 @@ from typing import Any, Iterator
 from aiohttp import web
 from loguru import logger
 
+from ..sdk import DiskFullError
 from ..sectors import read_ahead
 from .pieces import TRANSFER_IDLE_TIMEOUT
 
@@ -116,6 +119,9 @@ async def _import(request: web.Request) -> web.Response:
     body = _BlockingBody(request, loop)
     try:
         result = await loop.run_in_executor(None, _run_import, request.app["manager"], body, override, worker_state)
+    except DiskFullError as e:  # one line, the path and its free space; what landed before it
+        logger.warning("sectors import refused after {} bytes: {}", body.received, e)
+        return web.json_response({"error": str(e), "written": getattr(e, "written", 0), "received": getattr(e, "received", 0)}, status=507)
     except Exception as e:
         logger.warning("sectors import failed after {} bytes: {}: {}", body.received, type(e).__name__, e)
         return web.json_response({"error": f"{type(e).__name__}: {e}"}, status=400 if isinstance(e, (ValueError, TypeError, ConnectionError)) else 500)

@@ -25,6 +25,9 @@ Error codes (README "JSON-RPC errors" is this table):
     -32004  starting           the manager is not ready yet (HTTP 503, with progress), or the
                                plugin a call needs is still starting (its store, sink, namespace)
     -32005  limit              a bound of [Common.Api] was hit (reply size, query time/size)
+    -32006  disk full          a write was refused for want of space (by the disk, or before it
+                               by [Common] MinFreeSpace): the path and its free space; nothing of
+                               the call was stored; it resumes by itself once space is back
 
 No message carries a traceback or a path of the server's (home, install, store folders: they
 read `<home>`, `<install>`...). Every error is one log line; `vsm-pool start --debug` (or -v)
@@ -46,13 +49,14 @@ from loguru import logger
 from executors import PoolError, RemoteError, RemoteTraceback
 
 from ..errors import PluginStarting, VsmError
-from ..sdk import InvalidObjectPathError, InvalidRequestError, PluginError
+from ..sdk import DiskFullError, InvalidObjectPathError, InvalidRequestError, PluginError
 from ..sdk.errors import InstanceNotFoundError
+from ..sectors import JournalBroken
 
 __all__ = ["MethodTable", "RpcError", "dispatch_rpc", "parse_json", "Scrubber", "translate_errors"]
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, SERVER_ERROR = -32700, -32600, -32601, -32602, -32000
-PLUGIN_ERROR, POOL_ERROR, FORBIDDEN, STARTING, LIMIT = -32001, -32002, -32003, -32004, -32005
+PLUGIN_ERROR, POOL_ERROR, FORBIDDEN, STARTING, LIMIT, DISK_FULL = -32001, -32002, -32003, -32004, -32005, -32006
 MAX_BATCH = 1000
 BATCH_CONCURRENCY = 8  # calls of one batch running at once: a batch cannot take every API thread
 
@@ -294,7 +298,10 @@ def translate_errors(call: Callable[[], Any], name: str, scrub: Callable[[str], 
         raise RpcError(INVALID_PARAMS, f"invalid params for {name}: cannot be passed on ({type(e).__name__}: nested too deep?)") from None
     except Exception as e:
         code, text = _classify(e)
-        raise RpcError(code, scrub(text), {"type": _type_name(e)}) from e
+        data = {"type": _type_name(e)}
+        if isinstance(getattr(e, "written", None), int):  # an import refused part-way: what it stored
+            data["written"] = e.written  # type: ignore[attr-defined]
+        raise RpcError(code, scrub(text), data) from e
 
 
 def _type_name(e: BaseException) -> str:
@@ -306,6 +313,12 @@ def _type_name(e: BaseException) -> str:
 
 
 def _classify(e: Exception) -> tuple[int, str]:
+    if isinstance(e, DiskFullError):  # the manager's floor, the journal, or a plugin's disk
+        written = getattr(e, "written", 0)  # an import's chunks stored before the refusal
+        more = f" ({written} of the import's states were written before it; the same import again skips them)" if written else ""
+        return DISK_FULL, _first_line(str(e)) + more
+    if isinstance(e, JournalBroken):  # a journal write failed for another cause: it retries by itself
+        return SERVER_ERROR, _first_line(str(e))
     if isinstance(e, RemoteError):  # a plugin's exception that would not unpickle
         head = _first_line(str(e))  # "pool '<plugin>': <pool method>: <message> (<type>)"
         parts = head.split(": ", 2)

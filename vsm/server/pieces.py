@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import email.utils
+import errno
 import json
 import os
 import re
@@ -100,6 +101,9 @@ def _store_or_404(request: web.Request) -> Any:
         raise web.HTTPServiceUnavailable(text=json.dumps({"error": f"starting: {starting}"}), content_type="application/json", headers={"Retry-After": "1"})
     if store is None:
         cause = manager.store_errors.get(name) or f"no store named {name!r} (stores: {', '.join(sorted(manager.stores)) or 'none'})"
+        on_disk = manager.config_on_disk()[0]  # issue 26: a store added to the file since the start
+        if name not in manager.store_errors and on_disk is not None and any(s.name == name for s in (*on_disk.piece_stores, *on_disk.persist_stores)):
+            cause += f"; {on_disk.file} names it since the daemon started: `vsm-pool config reload` opens it"
         raise web.HTTPNotFound(text=json.dumps({"error": cause}), content_type="application/json")
     return store
 
@@ -217,10 +221,76 @@ def _upload_failed(request: web.Request, store: Any, path: str, e: BaseException
     return web.json_response({"error": f"{store.name}/{path}: {e}"}, status=400)
 
 
+def piece_space_refusal(store: str, path: str, where: str, free: int, floor: int, incoming: int | None) -> str | None:
+    """Why a PUT of `incoming` bytes (None: not said, a chunked body) into a store whose disk
+    at `where` has `free` bytes must be refused (HTTP 507), or None: it would leave less than
+    the store's MinFreeSpace (`floor`). The one free-space rule of piece stores (issue 25)."""
+    if free >= floor + (incoming or 0):
+        return None
+    why = (f"this piece's {_size(incoming)} would leave less than" if incoming and free >= floor else "under")
+    return (f"disk full: PUT {store}/{path} refused: {where} has {_size(free)} free, {why} the store's "
+            f"MinFreeSpace {_size(floor)}: free space there, or lower MinFreeSpace in its "
+            "[[Common.PieceStores]] entry; PUTs resume by themselves")
+
+
+def _size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _disk_full(e: BaseException | None) -> OSError | None:
+    """The filesystem's "full" (ENOSPC, EDQUOT) in e or what it was raised from, or None."""
+    for _ in range(8):
+        if e is None:
+            return None
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _store_floor(request: web.Request, store: Any) -> int:
+    config = request.app["manager"].config
+    entry = next((s for s in (*config.piece_stores, *config.persist_stores) if s.name == store.name), None)
+    return getattr(entry, "min_free_space", 0)
+
+
+async def _space_refused(request: web.Request, store: Any, path: str, incoming: int | None, failed: OSError | None = None) -> web.Response | None:
+    """507 before a PUT that would go under the store's MinFreeSpace, or after one the
+    filesystem refused (`failed`: ENOSPC, EDQUOT); None otherwise. Stores that know no disk
+    (instance_info total 0: s3store) are never refused here."""
+    loop = asyncio.get_running_loop()
+    try:
+        info = await loop.run_in_executor(None, store.instance_info)
+    except Exception as e:  # the PUT itself will say what is wrong with the store
+        logger.debug("{}: instance_info failed, no free-space check: {}", store.name, e)
+        info = None
+    if failed is not None:  # the size was not known up front, or another writer took the space
+        where = info.config.path if info is not None else f"store {store.name!r}"
+        free = f"; {_size(info.free)} free once it was dropped" if info is not None else ""
+        text = (f"disk full: PUT {store.name}/{path} failed, nothing stored: the disk of {where} filled "
+                f"during the upload ({failed.strerror}){free}: free space there (a PUT that sends its "
+                "Content-Length is refused before a byte is written); PUTs resume by themselves")
+    elif info is None or not info.total:
+        return None
+    else:
+        text = piece_space_refusal(store.name, path, info.config.path, info.free, _store_floor(request, store), incoming)
+        if text is None:
+            return None
+    logger.warning("{} -> 507 {}", request.method, text)
+    return web.json_response({"error": request.app["scrub"](text)}, status=507)
+
+
 async def _piece_put(request: web.Request) -> web.Response:
     store = _store_or_404(request)
     path = request.match_info["path"]
     loop = asyncio.get_running_loop()
+    if not store.cfg.read_only:  # a read-only store answers 403 whatever its disk
+        refused = await _space_refused(request, store, path, request.content_length)
+        if refused is not None:
+            return refused
     pending = None
     opener = getattr(store, "open_write", None)
     if opener is not None:
@@ -238,6 +308,8 @@ async def _piece_put(request: web.Request) -> web.Response:
         logger.warning("upload {}/{} cancelled after {} bytes, nothing stored: the daemon is stopping", store.name, path, reader.received)
         raise
     except Exception as e:
+        if full := _disk_full(e):
+            return await _space_refused(request, store, path, None, failed=full)  # type: ignore[return-value]
         return _upload_failed(request, store, path, e)
     finally:
         reader.close()
@@ -270,6 +342,8 @@ async def _put_into_file(request: web.Request, store: Any, path: str, pending: A
         raise
     except BaseException as e:
         await loop.run_in_executor(None, pending.abort)
+        if full := _disk_full(e):
+            return await _space_refused(request, store, path, None, failed=full)  # type: ignore[return-value]
         return _upload_failed(request, store, path, e)
     finally:
         body.close()

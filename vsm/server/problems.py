@@ -1,6 +1,8 @@
 """Every broken or degraded part of the running manager, with its cause and the command that
 fixes it: what `vsm-pool status` prints under its tables and /metrics exports as `vsm_problem`.
 
+    disk      disk-full: a path the daemon writes (journal, KV, a sink's files) is under
+              [Common] MinFreeSpace, or its disk refused a write: `disk full: PATH ...`
     journal   broken (a write failed; it retries by itself)  |  held (a KV commit's outcome unknown)
     plugin    failed pool (crash loop)  |  degraded (a worker being replaced)  |  did not start
               |  starting (its pool is starting, e.g. a slow onInit: what needs it answers 503)
@@ -31,7 +33,14 @@ def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[
     if plugins is None:
         plugins = [p.describe() for p in manager.registry.plugins] if manager.registry is not None else []
     journal = (sectors or {}).get("journal") or {}
-    if journal.get("broken"):
+    full = {d["part"]: d["message"] for d in journal.get("disk_full") or ()}
+    for name, s in ((sectors or {}).get("sinks") or {}).items():
+        if s.get("disk_full") and f"sink/{name}" not in full:  # its own disk refused a write
+            full[f"sink/{name}"] = s["disk_full"]
+    for part, message in full.items():
+        add(part, "disk-full", message, "free space on that filesystem (or lower [Common] MinFreeSpace): writes and "
+            "sinks resume by themselves within seconds; sector changes are refused meanwhile, reads and queries go on")
+    if journal.get("broken") and "journal" not in full:
         add("journal", "broken", journal["broken"],
             f"free space or fix the disk under {manager.config.sector_sync.journal_dir}: the journal retries by itself; "
             "sector changes are refused meanwhile")
@@ -57,6 +66,8 @@ def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[
         plugin = next((s.plugin_name for s in (*manager.config.piece_stores, *manager.config.persist_stores) if s.name == store), "?")
         add(f"store/{store}", "failed", cause, f"fix the store (or its config.toml entry), then `vsm-pool plugin reload {plugin}`")
     for name, s in ((sectors or {}).get("sinks") or {}).items():
+        if f"sink/{name}" in full and not s.get("needs_rebuild"):
+            continue
         if s.get("needs_rebuild"):
             fix = f"`vsm-pool sinks rebuild {name}`" if s.get("attached") else f"`vsm-pool plugin enable {name}`, then `vsm-pool sinks rebuild {name}`"
             add(f"sink/{name}", "needs-rebuild", s["needs_rebuild"], fix)
