@@ -58,6 +58,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vsm.sdk.diskspace import disk_full_as_error
 from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA, cast_by_name, fields_beyond, shaped_like
 from vsm.sdk.sectorsync import QUERY_MAX_BYTES, QUERY_TIMEOUT, confine_duckdb, run_query
 
@@ -121,18 +122,9 @@ class DuckDBSink:
 
     def __init__(self, path: str, threads: int = 1) -> None:
         self.path = path
-        self.con = duckdb.connect(path)
         self._lock = threading.Lock()
         self.threads = max(0, threads)
-        self._ingest_threads()
-        limit = _duckdb_memory_limit()
-        if limit:
-            self.con.execute(f"SET memory_limit = '{limit >> 20}MiB'")
-        self._setup()
-        self.max_seq = int(self.con.execute("SELECT value FROM sink_meta WHERE key = 'max_seq'").fetchall()[0][0])
-        # sector_events as DuckDB holds it; rows of another shape are reshaped to it (_stored)
-        self.table_schema = _arrow(self.con.sql("SELECT * FROM sector_events LIMIT 0")).schema
-        self._shape: tuple[pa.Schema, pa.Schema | None] | None = None  # (a batch's schema, its reshape)
+        self._connect()
         beyond = fields_beyond(self.table_schema, SECTOR_EVENT_SCHEMA)
         lacks = fields_beyond(SECTOR_EVENT_SCHEMA, self.table_schema)
         self.notes = []  # read once by the manager, which logs them (SinkHost.delivery_hints)
@@ -146,7 +138,42 @@ class DuckDBSink:
                 f"duckdb sink {path}: sector_events has no column for {', '.join(lacks)} (made by an earlier release): "
                 "new rows are stored without them; to have them, move the file aside and run `vsm-pool sinks rebuild duckdb`"
             )
+
+    def _connect(self) -> None:
+        """Open the file (again, after DuckDB invalidated it: _recover), set it up, lock it down."""
+        self.con = duckdb.connect(self.path)
+        self._ingest_threads()
+        limit = _duckdb_memory_limit()
+        if limit:
+            self.con.execute(f"SET memory_limit = '{limit >> 20}MiB'")
+        self._setup()
+        self.max_seq = int(self.con.execute("SELECT value FROM sink_meta WHERE key = 'max_seq'").fetchall()[0][0])
+        # sector_events as DuckDB holds it; rows of another shape are reshaped to it (_stored)
+        self.table_schema = _arrow(self.con.sql("SELECT * FROM sector_events LIMIT 0")).schema
+        self._shape: tuple[pa.Schema, pa.Schema | None] | None = None  # (a batch's schema, its reshape)
         confine_duckdb(self.con)
+
+    def _recover(self) -> None:
+        """(lock held) After a failed write: if DuckDB invalidated the database (a commit that met
+        a full disk is FATAL for it: every later statement fails until it is opened again;
+        issue 25's sink stayed behind until a restart), open it again, so the next delivery
+        (the same rows: at least once) can go through once space is back. An open that fails
+        leaves `con` None: the next delivery tries again."""
+        if self.con is not None:
+            try:
+                self.con.execute("SELECT 1").fetchall()
+                return
+            except duckdb.Error:
+                try:
+                    self.con.close()
+                except duckdb.Error:
+                    pass
+                self.con = None  # type: ignore[assignment]
+        try:
+            self._connect()
+        except duckdb.Error:
+            self.con = None  # type: ignore[assignment]
+            raise
 
     def _setup(self) -> None:
         con = self.con
@@ -182,6 +209,9 @@ class DuckDBSink:
 
     def on_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Store a batch of events (SECTOR_EVENT_SCHEMA); rows already stored are skipped."""
+        if self.con is None:  # invalidated by a failed write, not opened again yet (_recover)
+            with self._lock, disk_full_as_error(self.path, "duckdb sink"):
+                self._recover()
         seq = batch.column("seq")
         if batch.num_rows and pc.min(seq).as_py() <= self.max_seq:
             batch = batch.filter(pc.greater(seq, pa.scalar(self.max_seq, pa.uint64())))
@@ -194,10 +224,17 @@ class DuckDBSink:
         # New sectors only (a bulk import, allocations): a plain INSERT, which the primary key
         # checks anyway. Anything else, or an INSERT that meets an existing row: upsert.
         fresh = not gone and pc.all(pc.is_in(latest.column("kind"), pa.array(["import", "init"]))).as_py()
-        with self._lock:
-            table, cols = ("sectors", "*") if self.legacy else ("sector_heads", "miner, number, seq")
-            if not (fresh and self._store(batch, latest, last, f"INSERT INTO {table} SELECT {cols} FROM _vsm_latest", quiet=True)):
-                self._store(batch, latest, last, f"INSERT OR REPLACE INTO {table} SELECT {cols} FROM _vsm_latest WHERE worker_state <> 'none'", gone)
+        with self._lock, disk_full_as_error(self.path, "duckdb sink"):
+            try:
+                table, cols = ("sectors", "*") if self.legacy else ("sector_heads", "miner, number, seq")
+                if not (fresh and self._store(batch, latest, last, f"INSERT INTO {table} SELECT {cols} FROM _vsm_latest", quiet=True)):
+                    self._store(batch, latest, last, f"INSERT OR REPLACE INTO {table} SELECT {cols} FROM _vsm_latest WHERE worker_state <> 'none'", gone)
+            except Exception:
+                try:
+                    self._recover()
+                except duckdb.Error:  # still cannot open: the next delivery tries again
+                    pass
+                raise
             self.max_seq = last
 
     def _store(
@@ -235,7 +272,10 @@ class DuckDBSink:
                 return False
             raise
         except BaseException:
-            con.execute("ROLLBACK")
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:  # already ended, or the database invalidated: keep the cause
+                pass
             raise
 
     def _ingest_threads(self) -> None:
@@ -244,6 +284,8 @@ class DuckDBSink:
 
     def query(self, sql: str, max_bytes: int = QUERY_MAX_BYTES, timeout: float = QUERY_TIMEOUT) -> pa.Table:
         """A client's SELECT, confined and bounded (module doc); a pyarrow.Table."""
+        if self.con is None:
+            raise OSError(f"duckdb sink {self.path}: the database is being opened again after a failed write; ask again shortly")
         return run_query(self.con, sql, max_bytes, timeout)
 
     def stored_seqs(self) -> pa.ChunkedArray:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vsm.sdk.diskspace import disk_full_as_error
 from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA, cast_by_name, fields_beyond, union_schema
 from vsm.sdk.sectorsync import QUERY_MAX_BYTES, QUERY_TIMEOUT, confine_duckdb, run_query
 
@@ -102,7 +103,21 @@ class ParquetSink:
         return cast_by_name(table, self.schema)
 
     def on_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
-        """Write the rows with seq > max_seq, one file per day they fall on."""
+        """Write the rows with seq > max_seq, one file per day they fall on. A write that fails
+        (a full disk: DiskFullError naming the folder) leaves nothing of the batch: its temp
+        file and the files of its other days go, and it comes again whole (issue 25)."""
+        try:
+            with disk_full_as_error(self.root, "parquet sink"):
+                self._write_batch(batch)
+        except BaseException:
+            try:
+                self._drop_partial()
+                os.unlink(self._ms_path + ".tmp")
+            except OSError:
+                pass
+            raise
+
+    def _write_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
         seq = batch.column("seq")
         if batch.num_rows and pc.min(seq).as_py() <= self.max_seq:
             batch = batch.filter(pc.greater(seq, pa.scalar(self.max_seq, pa.uint64())))

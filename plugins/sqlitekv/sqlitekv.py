@@ -20,6 +20,10 @@ transaction): ~75 ms with 16 KiB pages, against ~117-137 ms with SQLite's defaul
 state is ~1.5 KB: 2 rows a 4 KiB page, 10 a 16 KiB one; the file is 20% smaller). The page size
 is set when the file is made; an existing file keeps its own.
 
+A full disk (issue 25): SQLite may roll a transaction back itself on SQLITE_FULL, so ROLLBACK
+is sent only while one is open (a second error, "cannot rollback - no transaction is active",
+hid the first), and the error is DiskFullError naming the file and its free space.
+
 Durability: WAL with Synchronous = NORMAL makes a commit durable against a crash of the
 process (kill -9; what the manager's crash argument covers), not against a power loss, which
 may roll back the last commits; FULL also fsyncs the WAL at every commit.
@@ -33,6 +37,7 @@ import threading
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from vsm.sdk import EmptyKeyError, KeyNotFoundError, ReadOnlyTransactionError
+from vsm.sdk.diskspace import disk_full_as_error
 
 __all__ = ["open"]
 
@@ -189,7 +194,7 @@ class Collection:
                 conn.execute("COMMIT")  # a read transaction: ending it releases the snapshot
 
     def update(self, fn: Callable[[SqliteTxn], T]) -> T:
-        with self._db._lock:
+        with self._db._lock, disk_full_as_error(self._db.path, "sqlitekv"):
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -198,7 +203,7 @@ class Collection:
                 txn.flush()
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             return result
 
@@ -233,11 +238,11 @@ class Collection:
         return fn(self.get(key))
 
     def put(self, key: bytes, val: bytes) -> None:
-        with self._db._lock:
+        with self._db._lock, disk_full_as_error(self._db.path, "sqlitekv"):
             self._conn.execute("INSERT OR REPLACE INTO kv (coll, k, v) VALUES (?, ?, ?)", (self.name, _key(key), bytes(val)))
 
     def delete(self, key: bytes) -> None:
-        with self._db._lock:
+        with self._db._lock, disk_full_as_error(self._db.path, "sqlitekv"):
             self._delete(key)
 
     def scan(self, prefix: bytes) -> SqliteIter:
@@ -290,6 +295,16 @@ class Collection:
             return snapshot.execute(query, args).fetchall()
 
         return fetch
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End a failed write transaction, if SQLite has not ended it itself (it may, on SQLITE_FULL
+    or an I/O error); a failing ROLLBACK must not replace the error that caused it."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
 
 class SqliteDB:

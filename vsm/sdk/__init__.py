@@ -8,10 +8,11 @@ into an artifact. Its code runs only inside its own worker processes, never in t
 
 from __future__ import annotations
 
-from . import errors, kvstore, objstore, sectors, sectorsync
+from . import diskspace, errors, kvstore, objstore, sectors, sectorsync
 from ._kinds import Kind
 from ._manifest import SPI_VERSION, Manifest
 from .errors import (
+    DiskFullError,
     EmptyKeyError,
     InvalidObjectPathError,
     InvalidRequestError,
@@ -29,6 +30,7 @@ from .objstore import Config, InstanceInfo, Stat, iter_chunks
 __all__ = [
     "SPI_VERSION",
     "Config",
+    "DiskFullError",
     "EmptyKeyError",
     "InstanceInfo",
     "InvalidObjectPathError",
@@ -44,6 +46,7 @@ __all__ = [
     "SandboxDenied",
     "Stat",
     "TransactionConflictError",
+    "diskspace",
     "errors",
     "iter_chunks",
     "kvstore",

@@ -16,6 +16,8 @@ Tree (each is one of Go's sentinel errors; `str(E())` is Go's text)::
     ├── InstanceNotFoundError        objstore: no store instance of that name (ErrObjectStoreInstanceNotFound)
     ├── MemoryLimitExceeded          the plugin's worker reached its MemoryLimit (also a MemoryError)
     ├── SandboxDenied                the plugin's sandbox refused a file or a connection (also a PermissionError)
+    ├── DiskFullError                a write was refused for want of space: names the path and its free
+    │                                space (also an OSError, errno ENOSPC; vsm.sdk.diskspace); JSON-RPC -32006
     └── InvalidRequestError          the caller's request is wrong (bad SQL, an unknown name):
                                      JSON-RPC -32602 instead of a plugin error (-32001)
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "DiskFullError",
     "EmptyKeyError",
     "InstanceNotFoundError",
     "InvalidObjectPathError",
@@ -133,6 +136,28 @@ class MemoryLimitExceeded(PluginError, MemoryError):
 class SandboxDenied(PluginError, PermissionError):
     """The plugin's sandbox refused a file or a TCP connection; raised by vsm-pool for the
     plugin, naming it and what was denied."""
+
+
+class DiskFullError(PluginError, OSError):
+    """A write refused for want of space, by the filesystem (ENOSPC, EDQUOT) or before it by a
+    free-space floor (MinFreeSpace). Carries `path`, `free` (bytes) and `floor` (bytes, or None
+    when the filesystem itself refused); the message is built from them, one line:
+    `disk full: /data/journal: 41.2 MiB free, under MinFreeSpace 256 MiB: ...`."""
+
+    def __init__(self, path: str, free: int | None, floor: int | None = None, what: str = "") -> None:
+        import errno
+
+        from .diskspace import disk_full_message
+
+        self.path, self.free, self.floor, self.what = path, free, floor, what
+        PluginError.__init__(self, disk_full_message(path, free, floor, what))
+        self.errno = errno.ENOSPC
+
+    def __reduce__(self) -> Any:  # its facts cross a process boundary, not only its text
+        return (type(self), (self.path, self.free, self.floor, self.what))
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class InvalidRequestError(PluginError, ValueError):
