@@ -43,6 +43,10 @@ DEFAULT_MEMORY_LIMIT = 4 << 30
 # [[Common.PieceStores]] MinFreeSpace: above [Common] MinFreeSpace (256 MiB), so on a disk the
 # home shares, piece PUTs stop while the journal and the KV still have room for sector changes
 DEFAULT_PIECE_MIN_FREE_SPACE = 1 << 30
+# [Common] MinFreeSpace: a fixed amount, not a share (1% of a 100 TB disk is 1 TB held back): room
+# for the largest writes in flight at once: a DuckDB delivery of 100k rows (~100 MiB in its WAL),
+# an import chunk in SQLite's WAL (~30 MiB), a journal frame (~10 MiB) and their rollbacks.
+DEFAULT_MIN_FREE_SPACE = 256 << 20
 DEFAULT_MAX_OPEN_FILES = 4096
 # Below this a worker cannot even import vsm's SDK and pyarrow (~125 MiB of it, ~210 MiB with duckdb).
 MIN_MEMORY_LIMIT = 128 << 20
@@ -157,6 +161,9 @@ class Config:
     persist_stores: tuple[StoreConfig, ...] = ()
     sector_sync: SectorSyncConfig = SectorSyncConfig()
     api: ApiConfig = ApiConfig()
+    # [Common] MinFreeSpace: under it on a path the daemon writes (journal, KV, sinks) new
+    # writes are refused with "disk full: PATH" (vsm.sdk.diskspace); 0: only a full disk refuses
+    min_free_space: int = DEFAULT_MIN_FREE_SPACE
 
     def settings(self, plugin: str) -> PluginSettings:
         return self.plugins.get(plugin, self.plugin_defaults)
@@ -282,6 +289,16 @@ def parse_size(text: str | int) -> int | None:
         raise ValueError(text)
     value = int(float(number[:i]) * _SIZE_UNITS[unit])
     return value or None
+
+
+def _free_space_size(v: str | int) -> str | None:
+    try:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(v)
+        parse_size(v)
+        return None
+    except ValueError:
+        return f'must be a size such as "256MiB" or "1GiB" (0: only a full disk refuses), got {v!r}'
 
 
 def parse_cpus(value: str | list[int]) -> tuple[int, ...] | None:
@@ -485,6 +502,7 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
     )
     api_t.accept(*_DAMOCLES_API_KEYS)
     api_t.warn_unknown()
+    min_free_space = parse_size(common.get("MinFreeSpace", (str, int), DEFAULT_MIN_FREE_SPACE, _free_space_size)) or 0
     common.accept("ScanPersistStores", "MongoKVStore", "Proving")
     common.warn_unknown()
     root.accept("Miners")
@@ -502,6 +520,7 @@ def load_config(file: str | os.PathLike[str] | None, home: Path) -> tuple[Config
             persist_stores=stores["PersistStores"],
             sector_sync=sector_sync,
             api=api,
+            min_free_space=min_free_space,
         ),
         warnings,
     )
@@ -698,6 +717,13 @@ def default_config_text(home: Path) -> str:
     duckdb, parquet = (home / BUNDLED_META_DEFAULTS[name]["Path"] for name in ("duckdb", "parquet"))
     return f'''\
 # vsm-pool config. Relative paths are relative to the home folder holding this file.
+
+[Common]
+# Free space kept on every path the daemon writes (the journal, the KV file, each sink's files):
+# under it new sector changes are refused with "disk full: PATH" (JSON-RPC -32006) and a sink
+# waits, so a commit, a rollback and the journal always find room; all resume by themselves
+# once space is back. 0: only a full disk refuses.
+MinFreeSpace = "256MiB"
 
 [Common.Plugins]
 # Plugin artifacts (plugin-<name>.vsmp) are loaded from here, in file-name order.

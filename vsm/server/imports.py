@@ -16,12 +16,19 @@ there (default: offline if Finalized, as damocles' import-json). Columns are tho
 SECTOR_STATE_SCHEMA (missing ones null). Memory stays flat on both sides: batches are read as
 the import takes them and TCP holds the client back (the JSON-RPC `sectors.import` took a
 whole list of states in one body, 2.8k sectors/s in issue 14).
+
+An import that breaks off (the client closed or was killed, its body stalled for
+$VSM_TRANSFER_IDLE_TIMEOUT seconds, the daemon is stopping) ends after the chunks it journaled
+are written (SectorStateManager._import_pipelined): the answer, when the client is still there
+to read it, is {"error", "written", "received"}, what was stored before it broke off. The same
+import sent again skips those states (they exist), so no sector gets a second import event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from typing import Any, Iterator
 
 from aiohttp import web
@@ -40,8 +47,22 @@ _READ_HOP = 1 << 20  # bytes the import thread takes from the event loop per hop
 _READ_AHEAD = 3
 
 
+# set when the daemon stops: imports end at their next batch and answer what they stored
+_STOPPING = web.AppKey("import_stopping", threading.Event)
+
+
 def add_import_route(app: web.Application) -> None:
     app.router.add_post("/sectors/import", _import)
+    app[_STOPPING] = threading.Event()
+
+    async def stopping(app: web.Application) -> None:  # before the daemon waits for its handlers
+        app[_STOPPING].set()
+
+    app.on_shutdown.append(stopping)
+
+
+class ImportStopped(ConnectionError):
+    """The daemon is stopping: the import ends at the next batch, with what it stored."""
 
 
 class _BlockingBody:
@@ -50,6 +71,7 @@ class _BlockingBody:
 
     def __init__(self, request: web.Request, loop: asyncio.AbstractEventLoop) -> None:
         self._content = request.content
+        self._stopping = request.app.get(_STOPPING) or threading.Event()
         self._loop = loop
         self._buf = bytearray()
         self._eof = False
@@ -59,7 +81,7 @@ class _BlockingBody:
     async def _take(self, want: int) -> bytes:
         parts, n = [], 0
         while n < want:
-            chunk = await asyncio.wait_for(self._content.readany(), TRANSFER_IDLE_TIMEOUT)
+            chunk = await self._read_any()
             if not chunk:
                 break
             parts.append(chunk)
@@ -67,6 +89,24 @@ class _BlockingBody:
             if self._content.total_bytes <= self.received + n:
                 break  # nothing more buffered: go with what we have
         return b"".join(parts)
+
+    async def _read_any(self) -> bytes:
+        """The next bytes of the body; ImportStopped once the daemon is stopping (checked every
+        second while waiting), TimeoutError after TRANSFER_IDLE_TIMEOUT without a byte."""
+        reading = asyncio.ensure_future(self._content.readany())
+        deadline = self._loop.time() + TRANSFER_IDLE_TIMEOUT
+        try:
+            while not reading.done():
+                if self._stopping.is_set():
+                    raise ImportStopped("the daemon is stopping")
+                left = deadline - self._loop.time()
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                await asyncio.wait({reading}, timeout=min(left, 1.0))
+        finally:
+            if not reading.done():
+                reading.cancel()
+        return reading.result()
 
     def read(self, size: int = -1) -> bytes:
         while not self._eof and (size < 0 or len(self._buf) < size):
@@ -91,7 +131,7 @@ class _BlockingBody:
         self.closed = True
 
 
-def _run_import(manager: Any, body: _BlockingBody, override: bool, worker_state: str | None) -> dict[str, int]:
+def _run_import(manager: Any, body: _BlockingBody, override: bool, worker_state: str | None, client: str) -> dict[str, int]:
     import pyarrow as pa
 
     from ..errors import VsmError
@@ -106,7 +146,11 @@ def _run_import(manager: Any, body: _BlockingBody, override: bool, worker_state:
             received[0] += batch.num_rows
             yield batch
 
-    written = manager.sectors.import_arrow(batches(), override=override, worker_state=worker_state)
+    try:
+        written = manager.sectors.import_arrow(batches(), override=override, worker_state=worker_state, client=client)
+    except Exception as e:
+        e.received = received[0]  # type: ignore[attr-defined]
+        raise
     return {"written": written, "received": received[0]}
 
 
@@ -117,12 +161,16 @@ async def _import(request: web.Request) -> web.Response:
         return web.json_response({"error": f"worker_state must be online or offline, not {worker_state!r}"}, status=400)
     loop = asyncio.get_running_loop()
     body = _BlockingBody(request, loop)
+    client = f"sectors import from {request.remote or '?'} (POST /sectors/import)"
     try:
-        result = await loop.run_in_executor(None, _run_import, request.app["manager"], body, override, worker_state)
+        result = await loop.run_in_executor(None, _run_import, request.app["manager"], body, override, worker_state, client)
     except DiskFullError as e:  # one line, the path and its free space; what landed before it
         logger.warning("sectors import refused after {} bytes: {}", body.received, e)
         return web.json_response({"error": str(e), "written": getattr(e, "written", 0), "received": getattr(e, "received", 0)}, status=507)
     except Exception as e:
-        logger.warning("sectors import failed after {} bytes: {}: {}", body.received, type(e).__name__, e)
-        return web.json_response({"error": f"{type(e).__name__}: {e}"}, status=400 if isinstance(e, (ValueError, TypeError, ConnectionError)) else 500)
+        written, received = getattr(e, "written", 0), getattr(e, "received", 0)
+        logger.warning("sectors import from {} broke off after {} bytes, {} states stored: {}: {}",
+                       request.remote, body.received, written, type(e).__name__, e)
+        status = 503 if isinstance(e, ImportStopped) else 400 if isinstance(e, (ValueError, TypeError, ConnectionError)) else 500
+        return web.json_response({"error": f"{type(e).__name__}: {e}", "written": written, "received": received}, status=status)
     return web.json_response(result)

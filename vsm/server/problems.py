@@ -4,6 +4,7 @@ fixes it: what `vsm-pool status` prints under its tables and /metrics exports as
     disk      disk-full: a path the daemon writes (journal, KV, a sink's files) is under
               [Common] MinFreeSpace, or its disk refused a write: `disk full: PATH ...`
     journal   broken (a write failed; it retries by itself)  |  held (a KV commit's outcome unknown)
+              |  stalled (the watermark waits for one ticket while committed events pile up behind it)
     plugin    failed pool (crash loop)  |  degraded (a worker being replaced)  |  did not start
               |  starting (its pool is starting, e.g. a slow onInit: what needs it answers 503)
     store     failed to open
@@ -47,6 +48,9 @@ def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[
     if journal.get("held"):
         add("journal", "held", journal["held"], "none if the KVStore answers again (its pool restarts a crashed worker); "
             f"a failed KVStore pool: `vsm-pool plugin reload {manager.config.db.plugin_name}`")
+    if journal.get("stalled"):
+        add("journal", "stalled", journal["stalled"], "none if its op ends (a KVStore call ends at its pool's timeout); "
+            "else restart the daemon (`vsm-pool stop`, `vsm-pool start`): recovery keeps what the KV holds and drops the rest")
     loaded = {p["name"]: p for p in plugins}
     for p in plugins:
         name, pool, state = p["name"], p.get("pool") or {}, p["state"]
