@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -18,6 +19,8 @@ __all__ = ["Client", "DaemonError", "DaemonStarting", "daemon_client", "pid_aliv
 
 class DaemonError(VsmError):
     """The daemon answered with an error (its message is shown as it is)."""
+
+    reply: Any = None  # the daemon's JSON answer, when it gave one
 
 
 class DaemonStarting(DaemonError):
@@ -245,7 +248,10 @@ class Client:
         finally:
             conn.close()
         if resp.status >= 400:
-            raise DaemonError(f"{what}: {self._error_text(resp.status, raw)}")
+            err = DaemonError(f"{what}: {self._error_text(resp.status, raw)}")
+            with contextlib.suppress(ValueError):
+                err.reply = json.loads(raw)  # what else the daemon said (an import: what it stored)
+            raise err
         return json.loads(raw or b"{}")
 
     def import_batches(self, batches: Iterable[Any], override: bool, worker_state: str | None) -> dict[str, int]:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ._common import config_option, home_option, json_option, open_client
+from .client import DaemonError
 
 __all__ = ["sectors"]
 
@@ -67,7 +68,13 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
                 bar.update(batch.num_rows)
                 yield batch
 
-        result = client.import_batches(batches(), override, worker_state)
+        try:
+            result = client.import_batches(batches(), override, worker_state)
+        except DaemonError as e:
+            said = _broken_off(str(e), e.reply, override)
+            if said is None:
+                raise
+            raise DaemonError(said) from None
     written, total = result["written"], result["received"]
     for refused in report.refused[shown:]:
         click.echo(f"refused {refused}", err=True)
@@ -88,6 +95,20 @@ def _pretty_printed(file: Path) -> bool:
     (`jq .`), refused line by line as `not JSON` (issue 26)."""
     with open(file, "rb") as f:
         return f.readline(64).strip() in (b"{", b"[")
+
+
+def _broken_off(error: str, reply: Any, override: bool) -> str | None:
+    """The one line of an import that broke off: what the daemon committed (when it could still
+    answer) and how to go on. The daemon writes every chunk it journaled before it answers, so
+    a re-run finds exactly those states stored."""
+    again = ("run the same command again to continue: with --override the states already stored are written again, "
+             "each a new import event" if override else
+             "run the same command again to continue: the states already stored are skipped, none gets a second import event")
+    if isinstance(reply, dict) and isinstance(reply.get("written"), int):
+        return f"{error}; {reply['written']} states were committed before it broke off; {again}"
+    if "upload broke off" in error:  # no answer: the daemon died, or its stop outlasted the grace
+        return f"{error}; the daemon did not say how many states were committed; once it runs, {again}"
+    return None
 
 
 @sectors.command("get")

@@ -62,10 +62,11 @@ class Ticket:
     """Seqs first..last; rows are dicts (one op) or `batch`, an event batch built column-wise
     (bulk import) whose seq column the flusher fills in."""
 
-    __slots__ = ("first", "last", "rows", "batch", "n", "done", "error", "reserved")
+    __slots__ = ("first", "last", "rows", "batch", "n", "done", "error", "reserved", "owner", "since")
 
     def __init__(
-        self, first: int, last: int, rows: list[dict[str, Any]], batch: pa.RecordBatch | None = None, reserved: bool = False
+        self, first: int, last: int, rows: list[dict[str, Any]], batch: pa.RecordBatch | None = None, reserved: bool = False,
+        owner: str = "",
     ) -> None:
         self.first = first
         self.last = last
@@ -77,6 +78,8 @@ class Ticket:
         self.done = threading.Event()
         self.error: BaseException | None = None  # its rows were not journaled: never commit them
         self.reserved = reserved  # seqs without rows (reserve()): an empty frame of its own
+        self.owner = owner  # what holds it ("update m-1-n-2", "import from 10.0.0.7"): status names it
+        self.since = time.time()
 
 
 class EventWriter:
@@ -105,6 +108,7 @@ class EventWriter:
         self.committed = watermark.value  # in-memory watermark
         self.durable_watermark = watermark.value
         self._resolved: dict[int, int] = {}  # first -> last of resolved, not yet contiguous
+        self._open: dict[int, Ticket] = {}  # first -> ticket submitted, not resolved yet
         self._broken: BaseException | None = None
         self.broken_since: float | None = None  # time.time() of the write failure being retried
         self.retry_interval = retry_interval
@@ -117,27 +121,29 @@ class EventWriter:
         self._thread.start()
 
     # -- op side -------------------------------------------------------------------------
-    def submit(self, rows: list[dict[str, Any]] | pa.RecordBatch) -> Ticket:
+    def submit(self, rows: list[dict[str, Any]] | pa.RecordBatch, owner: str = "") -> Ticket:
         """Assign seqs to rows (mutating their "seq"; for a RecordBatch of SECTOR_EVENT_SCHEMA
-        the flusher writes them into its seq column) and queue them for the next frame."""
+        the flusher writes them into its seq column) and queue them for the next frame. owner
+        names what will resolve it (see `blocking`)."""
         with self._cv:
             self._check_open()
             first = self._next
             if isinstance(rows, pa.RecordBatch):
                 self._next = first + rows.num_rows
-                t = Ticket(first, self._next - 1, [], rows)
+                t = Ticket(first, self._next - 1, [], rows, owner=owner)
             else:
                 for i, r in enumerate(rows):
                     r["seq"] = first + i
                 self._next = first + len(rows)
-                t = Ticket(first, self._next - 1, rows)
+                t = Ticket(first, self._next - 1, rows, owner=owner)
+            self._open[first] = t
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append(t)
             self._cv.notify_all()
             return t
 
-    def reserve(self, n: int) -> Ticket:
+    def reserve(self, n: int, owner: str = "reserved seqs") -> Ticket:
         """n seqs without rows, journaled as an empty frame of their own: wait_durable, then
         resolve it (nothing to commit); a rebuilt sink's rows take these seqs."""
         if n < 1:
@@ -146,7 +152,8 @@ class EventWriter:
             self._check_open()
             first = self._next
             self._next = first + n
-            t = Ticket(first, self._next - 1, [], reserved=True)
+            t = Ticket(first, self._next - 1, [], reserved=True, owner=owner)
+            self._open[first] = t
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append(t)
@@ -182,6 +189,7 @@ class EventWriter:
     def resolve(self, t: Ticket) -> None:
         """The ticket's KV change is committed (or compensated): let the watermark pass it."""
         with self._cv:
+            self._open.pop(t.first, None)
             if t.first == self.committed + 1:
                 self.committed = t.last
                 while self.committed + 1 in self._resolved:
@@ -193,6 +201,22 @@ class EventWriter:
     @property
     def next_seq(self) -> int:
         return self._next
+
+    def blocking(self) -> dict[str, Any] | None:
+        """The ticket the watermark waits for (the unresolved one right after it), if any:
+        {"first", "last", "owner", "since", "committed_behind"}, the last being how many events
+        are committed to the KV past the watermark and wait for it (no sink can get them)."""
+        with self._cv:
+            t = self._open.get(self.committed + 1)
+            if t is None:
+                return None
+            behind = sum(last - first + 1 for first, last in self._resolved.items())
+            return {"first": t.first, "last": t.last, "owner": t.owner, "since": t.since, "committed_behind": behind}
+
+    def watermark_gap(self) -> int:
+        """Events committed to the KV that the durable watermark has not passed yet."""
+        with self._cv:
+            return self.committed - self.durable_watermark + sum(last - first + 1 for first, last in self._resolved.items())
 
     # -- flusher -------------------------------------------------------------------------
     def _run(self) -> None:

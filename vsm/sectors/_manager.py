@@ -41,6 +41,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -81,6 +82,13 @@ ONLINE = "online"
 OFFLINE = "offline"
 _PY_FIELDS = {v: k for k, v in STATE_FIELDS.items()}  # python attr -> Go name
 _LEGACY_KEYS = {"PreCommitInfo.Deals"}  # keys of damocles' pre-2024 states, which Go ignores
+# How long an import window waits for the source's next chunk, holding a journaled chunk and
+# every stripe: longer, and the window ends (the chunk is written; the wait goes on outside).
+# Short enough for other ops; long enough that a steady source keeps the pipeline full.
+_SOURCE_WAIT = 0.5
+# A ticket the watermark has waited for this long, with committed events behind it, is a
+# problem in status, /metrics and the dashboard (issue 24: a stuck watermark looked healthy).
+STALLED_AFTER = 10.0
 
 
 class SectorNotFoundError(KeyError):
@@ -237,11 +245,14 @@ class SectorStateManager:
         override: bool = False,
         worker_state: str | None = None,
         progress: Callable[[int], None] | None = None,
+        client: str = "import",
     ) -> int:
         """Write states as damocles' Import does (skip existing keys unless override), in
         chunks of import_chunk per KV transaction. worker_state None: each state where
         damocles' JSON import puts it (offline if Finalized, else online); "online" or
-        "offline": all of them there. Returns how many were written."""
+        "offline": all of them there. client: who imports, as status names a ticket's owner.
+        Returns how many were written; an error raised carries `written`, what was stored
+        before it (a re-run skips those states)."""
         if worker_state is not None:
             self._coll(worker_state)
         self._check_space()
@@ -256,7 +267,7 @@ class SectorStateManager:
             if chunk:
                 yield chunk
 
-        return self._import_chunks(_routed(chunks(), worker_state), override, progress)
+        return self._import_chunks(_routed(chunks(), worker_state), override, progress, client)
 
     def import_arrow(
         self,
@@ -264,6 +275,7 @@ class SectorStateManager:
         override: bool = False,
         worker_state: str | None = None,
         progress: Callable[[int], None] | None = None,
+        client: str = "import",
     ) -> int:
         """import_states for states already in Arrow (SECTOR_STATE_SCHEMA columns, in any
         order, missing ones null; e.g. `pq.ParquetFile(f).iter_batches()`): no SectorState
@@ -287,13 +299,14 @@ class SectorStateManager:
                         t = t.append_column(f, pa.nulls(t.num_rows, f.type))
                 yield t.select(SECTOR_STATE_SCHEMA.names).cast(SECTOR_STATE_SCHEMA)
 
-        return self._import_chunks(_routed(chunks(), worker_state), override, progress)
+        return self._import_chunks(_routed(chunks(), worker_state), override, progress, client)
 
-    def _import_chunks(self, chunks: Iterator[tuple[str, Any]], override: bool, progress: Callable[[int], None] | None) -> int:
+    def _import_chunks(self, chunks: Iterator[tuple[str, Any]], override: bool, progress: Callable[[int], None] | None,
+                       client: str) -> int:
         with self._sinks_lock:
             self._bulk += 1
         try:
-            return self._import_pipelined(chunks, override, progress)
+            return self._import_pipelined(chunks, override, progress, client)
         finally:
             with self._sinks_lock:
                 self._bulk -= 1
@@ -303,7 +316,8 @@ class SectorStateManager:
                         d.deliver_upto = max(d.deliver_upto, upto)
             self._notify_wm(0)
 
-    def _import_pipelined(self, chunks: Iterator[tuple[str, Any]], override: bool, progress: Callable[[int], None] | None) -> int:
+    def _import_pipelined(self, chunks: Iterator[tuple[str, Any]], override: bool, progress: Callable[[int], None] | None,
+                          client: str) -> int:
         """Chunks move through three stages at once, each chunk in write-ahead order:
 
             encode thread:  read + encode k+1
@@ -315,20 +329,29 @@ class SectorStateManager:
         next frame is written; keys of a chunk journaled but not yet written count as existing.
         A chunk of import_chunk states takes nearly every lock stripe anyway, so the import
         holds all of them, for windows of import_window chunks (no check is carried over a
-        window's end): other operations get in between windows. The steps are _ImportPipeline's."""
-        with _ImportPipeline(self, chunks, override, progress) as pipeline:
+        window's end): other operations get in between windows. The steps are _ImportPipeline's.
+
+        A window never waits long for the source (the client's upload): a chunk journaled but
+        not yet written holds the watermark, so every sink, and the window every other op. A
+        source that breaks off (closed, killed, stalled) ends the import after the chunks it
+        journaled are written, so no ticket waits on a client that is gone (issue 24: the
+        watermark stayed below such a chunk until a restart)."""
+        with _ImportPipeline(self, chunks, override, progress, client) as pipeline:
             try:
-                while pipeline.current is not None:
+                while pipeline.take():  # a slow or stalled source is waited for here, holding nothing
                     with self._locks.hold_all():
                         pipeline.run_window(self.import_window)
                     time.sleep(0)  # let waiting operations take their stripes
-            except DiskFullError as e:
-                e.written = pipeline.written  # type: ignore[attr-defined] # stored before the refusal
+            except Exception as e:
+                # stored before it broke off (a refusal, the source's error): every chunk
+                # journaled is in the KV by now, so this is what a re-run skips
+                e.written = pipeline.written  # type: ignore[attr-defined]
                 raise
             return pipeline.written
 
     def _import_journal(
-        self, p: _Prepared, exists: pa.Array | None, ws: str, inflight: _InFlight | None, override: bool = False
+        self, p: _Prepared, exists: pa.Array | None, ws: str, inflight: _InFlight | None, override: bool = False,
+        client: str = "import",
     ) -> _InFlight | None:
         """Drop the states whose keys exist (exists: a mask, None under override; a key of the
         chunk still being written counts too), journal the rest, wait until it is durable."""
@@ -343,7 +366,7 @@ class SectorStateManager:
         if not len(pairs):
             return None
         self._check_space()  # each chunk: an import that fills the disk stops at the floor
-        ticket = self.writer.submit(_event_batch(state, "import", ws, override=override))
+        ticket = self.writer.submit(_event_batch(state, "import", ws, override=override), owner=client)
         self.writer.wait_durable(ticket)
         return _InFlight(ws, pairs, state, ticket, p.n)
 
@@ -512,6 +535,7 @@ class SectorStateManager:
                 "max_backlog": self.max_backlog,
                 "held": self._held_status(),
                 "disk_full": self.disk_full(),
+                **self._stall_status(),
             },
             "sinks": sinks,
         }
@@ -659,7 +683,9 @@ class SectorStateManager:
             return
         self._check_space()
         t = _op_time()  # one operation: its rows share a time
-        ticket = self.writer.submit([self._row(c, t) for c in changes])
+        first = changes[0]
+        owner = f"{first.kind} of m-{first.sid.miner}-n-{first.sid.number}" + (f" and {len(changes) - 1} more" if len(changes) > 1 else "")
+        ticket = self.writer.submit([self._row(c, t) for c in changes], owner=owner)
         self.writer.wait_durable(ticket)
         try:
             self._commit(changes)
@@ -793,7 +819,7 @@ class SectorStateManager:
                 reverts.append(_Change(c.sid, "revert", "none", None, None, []))
         if reverts:
             t = _op_time()
-            rt = self.writer.submit([self._row(c, t) for c in reverts])
+            rt = self.writer.submit([self._row(c, t) for c in reverts], owner=f"revert of seq {ticket.first}-{ticket.last}")
             self.writer.wait_durable(rt)
             self.writer.resolve(rt)
         self.writer.resolve(ticket)
@@ -828,6 +854,21 @@ class SectorStateManager:
                 with self._held_mu:
                     self._held.remove(item)
                 log.info("seq %d-%d resolved: the KV answered again", ticket.first, ticket.last)
+
+    def _stall_status(self) -> dict[str, Any]:
+        """{"watermark_gap": events committed to the KV past the durable watermark, "watermark_age":
+        seconds the watermark has waited for the ticket after it, "stalled": the problem when that
+        ticket is older than STALLED_AFTER while committed events wait behind it (else None)}.
+        A held ticket is its own problem ("held"), not this one."""
+        blocking = self.writer.blocking()
+        age = 0.0 if blocking is None else max(0.0, time.time() - blocking["since"])
+        stalled = None
+        if blocking is not None and age >= STALLED_AFTER and blocking["committed_behind"] and self._held_status() is None:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(blocking["since"]))
+            stalled = (f"the watermark waits at seq {self.writer.durable_watermark} for seq {blocking['first']}-{blocking['last']} "
+                       f"({blocking['owner'] or 'unnamed'}) since {since} ({age:.0f} s): {blocking['committed_behind']} events "
+                       "committed to the KV wait behind it and reach no sink")
+        return {"watermark_gap": self.writer.watermark_gap(), "watermark_age": round(age, 3), "stalled": stalled}
 
     def _held_status(self) -> str | None:
         with self._held_mu:
@@ -1155,8 +1196,8 @@ class _ImportPipeline:
     """
 
     def __init__(self, mgr: SectorStateManager, chunks: Iterator[tuple[str, Any]], override: bool,
-                 progress: Callable[[int], None] | None) -> None:
-        self.mgr, self.chunks, self.override, self.progress = mgr, chunks, override, progress
+                 progress: Callable[[int], None] | None, client: str = "import") -> None:
+        self.mgr, self.chunks, self.override, self.progress, self.client = mgr, chunks, override, progress, client
         self.written = 0
         self._enc = ThreadPoolExecutor(1, thread_name_prefix="vsm-import-encode")
         self._kv = ThreadPoolExecutor(1, thread_name_prefix="vsm-import-kv")
@@ -1176,8 +1217,16 @@ class _ImportPipeline:
         self._enc.shutdown(wait=True, cancel_futures=True)
         self._kv.shutdown(wait=True)
 
+    def take(self) -> bool:
+        """Whether a chunk is left to import: waits for the source if the last window could not
+        (outside the stripes); raises the source's error, once every chunk journaled is written."""
+        if self.current is None and self._next is not None:
+            self.current = self._take_next()
+        return self.current is not None
+
     def run_window(self, window: int) -> None:
-        """Up to `window` chunks under the caller's stripes; the last write is waited for."""
+        """Up to `window` chunks under the caller's stripes; the last write is waited for. It
+        ends early when the source has no next chunk ready within _SOURCE_WAIT (or failed)."""
         try:
             for i in range(window):
                 self._step(check_next=i + 1 < window)
@@ -1193,7 +1242,7 @@ class _ImportPipeline:
         p = self.current
         assert p is not None
         staged = self._journal(p)
-        self.current = self._take_next()
+        self.current = self._take_next() if self._next_ready() else None  # else take() waits, outside
         if self.current is not None and check_next:
             self._check = self._kv.submit(_existing, self.mgr._colls[self.current.ws], self.current.pairs.keys, self.override)
         self._finish_previous(staged)
@@ -1207,7 +1256,7 @@ class _ImportPipeline:
         """Existing keys out (unless override), the rest journaled and durable."""
         check = self._check or self._kv.submit(_existing, self.mgr._colls[p.ws], p.pairs.keys, self.override)
         self._check = None
-        return self.mgr._import_journal(p, check.result(), p.ws, self._inflight, self.override)
+        return self.mgr._import_journal(p, check.result(), p.ws, self._inflight, self.override, self.client)
 
     def _finish_previous(self, staged: _InFlight | None) -> None:
         """Wait for the previous chunk's KV write; if it failed, `staged` (journaled, never
@@ -1225,6 +1274,16 @@ class _ImportPipeline:
     def _produce(self) -> _Prepared | None:
         c = next(self.chunks, None)
         return None if c is None else _prepare_import(*c)
+
+    def _next_ready(self) -> bool:
+        """Whether the source gave the next chunk (or its end) within _SOURCE_WAIT: a chunk was
+        just journaled and every stripe is held, so a client is never waited for longer. A
+        source that failed is not ready: its error is raised by take(), after this window."""
+        nxt = self._next
+        if nxt is None:
+            return True
+        done, _ = futures_wait([nxt], _SOURCE_WAIT)
+        return bool(done) and nxt.exception() is None
 
     def _take_next(self) -> _Prepared | None:
         """The chunk the encode thread prepared; it starts on the one after at once."""

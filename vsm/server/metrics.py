@@ -43,6 +43,10 @@ class Metrics:
             workers.add_metric(key, sum(1 for w in s.get("workers", []) if w.get("alive", True)))
         rebuild = GaugeMetricFamily("vsm_sink_needs_rebuild", "1: events the sink needs left the journal (vsm-pool sinks rebuild)", labels=["sink"])
         broken = GaugeMetricFamily("vsm_journal_broken", "1: the sector event journal cannot be written (it retries)")
+        gap = GaugeMetricFamily("vsm_journal_watermark_gap_events", "Sector-state events committed to the KV that the watermark "
+                                "has not passed: no sink can get them yet")
+        age = GaugeMetricFamily("vsm_journal_watermark_age_seconds", "Seconds the watermark has waited for the ticket after it "
+                                "(0: it waits for none)")
         problem = GaugeMetricFamily(
             "vsm_problem", "A broken or degraded part (as `vsm-pool status` lists it), its cause and fix", labels=["part", "state", "cause", "fix"]
         )
@@ -50,14 +54,17 @@ class Metrics:
         for name, sink in ((sectors or {}).get("sinks") or {}).items():
             lag.add_metric([name], sink.get("lag", 0))
             rebuild.add_metric([name], 1 if sink.get("needs_rebuild") else 0)
-        broken.add_metric([], 1 if ((sectors or {}).get("journal") or {}).get("broken") else 0)
+        journal = (sectors or {}).get("journal") or {}
+        broken.add_metric([], 1 if journal.get("broken") else 0)
+        gap.add_metric([], journal.get("watermark_gap", 0))
+        age.add_metric([], journal.get("watermark_age", 0.0))
         from .problems import problems
 
         for p in problems(self.manager, sectors):
             # numbers (lag, seqs, pids) out of the cause: a label that changes every scrape would
             # make a new series each time; `vsm-pool status` has the exact text
             problem.add_metric([p["part"], p["state"], re.sub(r"\d+", "N", p["cause"])[:300], p["fix"]], 1)
-        yield from (calls, errors, latency, restarts, workers, lag, rebuild, broken, problem)
+        yield from (calls, errors, latency, restarts, workers, lag, rebuild, broken, gap, age, problem)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
