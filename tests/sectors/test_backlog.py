@@ -153,6 +153,7 @@ def test_a_failed_journal_write_comes_back_without_a_restart(dictdb, tmp_path) -
     """Disk full: the waiting ops fail (nothing reaches the KV), new ones are refused; once the
     disk takes a frame again, the writer serves again and the sinks see no hole."""
     from vsm.sdk.sectors import AllocatedSector
+    from vsm.sdk import DiskFullError
     from vsm.sectors import JournalBroken
 
     rec = RecordingSink()
@@ -168,11 +169,18 @@ def test_a_failed_journal_write_comes_back_without_a_restart(dictdb, tmp_path) -
             return real(*a, **k)
 
         m.journal.append = append  # type: ignore[method-assign]
-        with pytest.raises(JournalBroken, match="No space left"):
+        with pytest.raises(DiskFullError, match="disk full: .*journal.*free"):
             m.init([AllocatedSector(SectorID(9, 1), 8)])
-        with pytest.raises(JournalBroken, match="retrying"):
+        with pytest.raises(DiskFullError, match="disk full: .*journal.*free"):
             m.init([AllocatedSector(SectorID(9, 2), 8)])
         assert "No space left" in m.status()["journal"]["broken"]
+        assert [d["part"] for d in m.status()["journal"]["disk_full"]] == ["journal"]
+        with pytest.raises(JournalBroken, match="retrying"):  # another cause: the journal is broken
+            m.writer._broken = OSError(5, "Input/output error (injected)")
+            try:
+                m.init([AllocatedSector(SectorID(9, 2), 8)])
+            finally:
+                m.writer._broken = OSError(28, "No space left on device (injected)")
         failing[0] = False
         import time
 

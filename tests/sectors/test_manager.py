@@ -541,7 +541,7 @@ def test_duckdb_latest_per_sector_with_repeats_and_large_ids() -> None:
 
 
 def test_journal_write_failure_fails_waiting_ops_instead_of_hanging(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from vsm.sectors._events import JournalBroken
+    from vsm.sdk import DiskFullError
 
     with _mgr(dictdb, tmp_path) as m:
         m.init([AllocatedSector(SectorID(19, 0), 8)])
@@ -553,9 +553,9 @@ def test_journal_write_failure_fails_waiting_ops_instead_of_hanging(dictdb, tmp_
         with ThreadPoolExecutor(4) as ex:
             futs = [ex.submit(m.init, [AllocatedSector(SectorID(19, n), 8)]) for n in range(1, 5)]
             for f in futs:
-                with pytest.raises(JournalBroken, match="No space left"):
+                with pytest.raises(DiskFullError, match="disk full: .*journal"):
                     f.result(timeout=10)
-        with pytest.raises(JournalBroken):
+        with pytest.raises(DiskFullError):
             m.update(SectorID(19, 0), {"Removed": True})
         assert "No space left" in (m.status()["journal"]["broken"] or "")
         assert not m.get(SectorID(19, 0)).removed and dictdb.open_collection("meta").data.keys() == {on_key(SectorID(19, 0))}
