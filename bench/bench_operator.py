@@ -15,9 +15,13 @@ Everything runs on the default home (`vsm-pool config init`: sqlitekv KV, fsstor
 duckdb and parquet sinks, fsync on), made fresh in a temp folder: the real daemon as a
 subprocess, the real CLI as subprocesses, real curl. A second store on the same folder
 with OpenFiles = false measures the shared-memory ring path beside the file path.
-$VSM_BENCH_IMPORT_STATES sets the import size (default 1M, --quick 50k; 5M for the memory
-check of issue 14 item 5), $VSM_BENCH_IMPORT_ROUNDS the rounds (default 3, --quick 1): each
-import variant runs on a fresh home of its own, in alternating order. RSS: peak of the CLI
+The import runs at three sizes of distinct realistic states (bench/states.py: every sector its
+own CIDs, pieces, deals and messages), $VSM_BENCH_IMPORT_STATES (default 100000,1000000,5000000;
+--quick 10k, 30k, 100k; 5M is also issue 14 item 5's memory check); a row per variant gives
+its time a state at the largest size over the smallest (linear: 1.0; issue 24's target at most
+1.3) and the CLI's ratios to its peer (Go JSON lines / Parquet >= 0.8, Parquet / engine >=
+0.85, issue 24). $VSM_BENCH_IMPORT_ROUNDS sets the rounds (default 3, --quick 1): each import
+variant runs on a fresh home of its own, in alternating order. RSS: peak of the CLI
 process, and of the daemon (its own process; its pools' workers are separate processes, summed
 in `daemon_and_workers_peak_rss_mib`). CPU per state: the CLI's, the daemon's with its workers.
 """
@@ -275,7 +279,7 @@ def bench_pieces(h: Home, root: Path, quick: bool) -> list[dict[str, Any]]:
 
 
 def _inputs(root: Path, n: int) -> Path:
-    """The sector bench's states (bench_sectors._parquet_input), as Parquet."""
+    """n distinct realistic states (bench_sectors._parquet_input), as Parquet."""
     from bench.bench_sectors import _parquet_input
 
     pq_path = root / "states.parquet"
@@ -405,49 +409,101 @@ _IMPORT_VARIANTS = {
 }
 
 
+def _sizes(quick: bool) -> list[int]:
+    """$VSM_BENCH_IMPORT_STATES: the import sizes, comma-separated (one size: no linearity row)."""
+    env = os.environ.get("VSM_BENCH_IMPORT_STATES")
+    if env:
+        return sorted(int(x) for x in env.split(","))
+    return [10_000, 30_000, 100_000] if quick else [100_000, 1_000_000, 5_000_000]
+
+
 def bench_import(h: Home, root: Path, quick: bool) -> list[dict[str, Any]]:
-    n = int(os.environ.get("VSM_BENCH_IMPORT_STATES", 50_000 if quick else 1_000_000))
+    sizes = _sizes(quick)
     rounds = int(os.environ.get("VSM_BENCH_IMPORT_ROUNDS", 1 if quick else 3))
-    # $VSM_BENCH_IMPORT_ONLY: some of engine,parquet,jsonl (a 5M memory run needs no jsonl)
+    # $VSM_BENCH_IMPORT_ONLY: some of engine,memdb,parquet,jsonl (a 5M memory run needs no jsonl)
     only = [k for k in _IMPORT_VARIANTS if k in os.environ.get("VSM_BENCH_IMPORT_ONLY", "engine,memdb,parquet,jsonl").split(",")]
-    pq_path = _inputs(root, n)
-    files = {"parquet": pq_path}
-    if "jsonl" in only:
-        files["jsonl"] = root / "states.jsonl"
-        _inputs_json(pq_path, files["jsonl"])
-    wl = f"sectors import {n} states, default home (sqlitekv + duckdb + parquet, fsync)"
+    rows: list[dict[str, Any]] = []
+    per_state: dict[str, dict[int, dict[str, float]]] = {k: {} for k in only}  # variant -> size -> best round
+    for n in sizes:
+        pq_path = _inputs(root, n)  # distinct realistic states (bench/states.py), new for each size
+        files = {"parquet": pq_path}
+        if "jsonl" in only:
+            files["jsonl"] = root / "states.jsonl"
+            _inputs_json(pq_path, files["jsonl"])
+        runs = _import_rounds(h, root, n, rounds, only, files)
+        for f in files.values():
+            f.unlink()
+        rows += _import_rows(n, runs)
+        for key, got in runs.items():
+            best = max(got, key=lambda g: g["rate"])
+            per_state[key][n] = {"us": 1e6 / best["rate"], "cpu_us": best["cpu_us_per_state"]}
+    if len(sizes) > 1:
+        rows += _linearity_rows(sizes, per_state)
+    return rows
+
+
+def _import_rounds(h: Home, root: Path, n: int, rounds: int, only: list[str], files: dict[str, Path]) -> dict[str, list[dict[str, float]]]:
+    """Every variant imports the same n states `rounds` times, alternating the order."""
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in only}
     for r in range(rounds):
         for key in (only if r % 2 == 0 else only[::-1]):
             os.sync()
             load = os.getloadavg()[0]
             if key in ("engine", "memdb"):
-                got = _in_process_import(root / f"{key}-{r}", pq_path, h.proc.pid, memdb=key == "memdb")
+                got = _in_process_import(root / f"{key}-{r}", files["parquet"], h.proc.pid, memdb=key == "memdb")
             else:
                 home = Home(root, f"{key}-{r}")
                 try:
                     got = _cli_import(home, files[key], n)
                 finally:
                     home.stop()
+                got["cpu_us_per_state"] = got["cli_cpu_us_per_state"] + got["daemon_cpu_us_per_state"]
             shutil.rmtree(root / f"{key}-{r}", ignore_errors=True)
             got["load"] = load
             runs[key].append(got)
             by = got.get("cpu_us_per_state_by_process")
-            print(f"[import] round {r} {key}: {got['rate']:.0f} sectors/s (load {load:.1f})" + (f"; CPU us a state: {by}" if by else ""), file=sys.stderr, flush=True)
+            print(f"[import] {n} states, round {r} {key}: {got['rate']:.0f} sectors/s (load {load:.1f})" + (f"; CPU us a state: {by}" if by else ""), file=sys.stderr, flush=True)
+    return runs
+
+
+# Targets of issue 24, each a ratio within one run: the CLI's Go JSON lines import at least 0.8
+# of its Parquet import of the same states, its Parquet import at least 0.85 of the engine's.
+_PEERS = {"memdb": ("engine", None), "parquet": ("engine", 0.85), "jsonl": ("parquet", 0.8)}
+
+
+def _import_rows(n: int, runs: dict[str, list[dict[str, float]]]) -> list[dict[str, Any]]:
+    wl = f"sectors import {n} states, default home (sqlitekv + duckdb + parquet, fsync)"
     rows = []
     for key, got in runs.items():
         best = max(got, key=lambda g: g["rate"])
-        extra = {k: round(v, 1) if isinstance(v, float) else v for k, v in best.items() if k not in ("rate", "load")}
+        extra: dict[str, Any] = {k: round(v, 1) if isinstance(v, float) else v for k, v in best.items() if k not in ("rate", "load")}
         extra["rates_per_round"] = [round(g["rate"]) for g in got]
         extra["load_per_round"] = [round(g["load"], 1) for g in got]
         ratio = {}
-        if key != "engine" and "engine" in runs:
-            engine = runs["engine"]
-            ratio = {"engine in-process": best["rate"] / max(e["rate"] for e in engine)}
-            extra["ratio_per_round"] = [round(g["rate"] / e["rate"], 3) for g, e in zip(got, engine)]
-            if key != "memdb":
-                extra["target"] = 0.9
+        peer, target = _PEERS.get(key, (None, None))
+        for other in ("engine", peer):
+            if other and other != key and other in runs:
+                ratio[_IMPORT_VARIANTS[other]] = best["rate"] / max(e["rate"] for e in runs[other])
+                extra[f"ratio_per_round_vs_{other}"] = [round(g["rate"] / e["rate"], 3) for g, e in zip(got, runs[other])]
+        if target is not None and peer in runs:
+            extra["target_vs_" + peer] = target
+            extra["meets_target"] = min(extra[f"ratio_per_round_vs_{peer}"]) >= target
         rows.append(_row(wl, _IMPORT_VARIANTS[key], round(best["rate"]), "sectors/s", ratio, **extra))
+    return rows
+
+
+def _linearity_rows(sizes: list[int], per_state: dict[str, dict[int, dict[str, float]]]) -> list[dict[str, Any]]:
+    """Time a state at the largest size over the smallest's, for each variant: 1.0 is linear;
+    issue 24's target is at most 1.3 (a quadratic step shows as ~size ratio)."""
+    small, large = sizes[0], sizes[-1]
+    rows = []
+    for key, by_size in per_state.items():
+        wall = by_size[large]["us"] / by_size[small]["us"]
+        cpu = by_size[large]["cpu_us"] / by_size[small]["cpu_us"]
+        rows.append(_row(f"sectors import, time a state at {large} vs {small} states", _IMPORT_VARIANTS[key], round(wall, 3), "x",
+                         us_per_state={str(k): round(v["us"], 1) for k, v in by_size.items()},
+                         cpu_us_per_state={str(k): round(v["cpu_us"], 1) for k, v in by_size.items()},
+                         cpu_ratio=round(cpu, 3), target=1.3, meets_target=wall <= 1.3))
     return rows
 
 

@@ -125,24 +125,19 @@ def _load(name: str, module: str) -> Any:
     return mod
 
 
-def _state_batch(rows: int, miner: int) -> pa.RecordBatch:
-    from bench.states import make_state
-    from vsm.sdk.sectors import states_to_arrow
+def _state_batch(rows: int, miner: int, first: int = 0) -> pa.RecordBatch:
+    """Realistic states first .. first+rows-1 of `miner` (bench/states.py): every row its own
+    CIDs, digests and messages, as real data has them (issue 24)."""
+    from bench.states import state_batch
 
-    return states_to_arrow([make_state(miner, i) for i in range(rows)])
-
-
-def _renumber(batch: pa.RecordBatch, first: int) -> pa.RecordBatch:
-    i = batch.schema.get_field_index("number")
-    return batch.set_column(i, batch.schema.field(i), pa.array(range(first, first + batch.num_rows), pa.uint64()))
+    return state_batch(miner, first, rows)
 
 
 def _event_batches(n_batches: int, rows: int) -> list[pa.RecordBatch]:
-    base = _state_batch(rows, 1000)
     now = pa.array([time.time_ns() // 1000] * rows, pa.int64()).cast(SECTOR_EVENT_SCHEMA.field("time").type)
     out = []
     for b in range(n_batches):
-        st = _renumber(base, b * rows)
+        st = _state_batch(rows, 1000, b * rows)
         head = [
             pa.array(range(b * rows + 1, (b + 1) * rows + 1), pa.uint64()),
             pa.array(["import"] * rows),
@@ -211,12 +206,14 @@ def bench_fanout(quick: bool, eng: Engine) -> list[dict[str, Any]]:
 
 
 def _parquet_input(path: str, n: int) -> None:
+    """n distinct realistic states of miner 2000 as Parquet (the import benches' input)."""
     import pyarrow.parquet as pq
 
-    base = _state_batch(10_000, 2000)
+    from bench.states import state_batches
+
     with pq.ParquetWriter(path, SECTOR_STATE_SCHEMA) as w:
-        for first in range(0, n, base.num_rows):
-            w.write_batch(_renumber(base, first).slice(0, n - first))
+        for batch in state_batches(2000, n):
+            w.write_batch(batch)
 
 
 def bench_import(quick: bool, eng: Engine, n: int | None = None) -> list[dict[str, Any]]:
@@ -338,15 +335,17 @@ def bench_recovery(quick: bool, eng: Engine) -> list[dict[str, Any]]:
     kv = eng.kv()
     jdir = os.path.join(eng.tmp, "recovery")
     m = SectorStateManager(kv, jdir, fsync=False, compact_interval=1e9)  # keep the whole tail
-    base = _state_batch(10_000, 3000)
-    m.import_arrow(pa.Table.from_batches([_renumber(base, first).slice(0, n - first) for first in range(0, n, base.num_rows)]))
+    from bench.states import state_batches
+
+    # all online, as the tail's updates need (realistic states are mostly finalized: offline)
+    m.import_arrow(pa.Table.from_batches(list(state_batches(3000, n))), worker_state="online")
     meta = m._colls["online"]  # the states collection, with its damocles key prefix
     updated = list(range(0, n, 10))
     before = {k: meta.get(f"m-3000-n-{k}".encode()) for k in updated[::2]}
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(32) as ex:  # as many callers: group commit puts tens in a frame
-        list(ex.map(lambda k: m.update(SectorID(3000, k), {"Finalized": True}), updated))
+        list(ex.map(lambda k: m.update(SectorID(3000, k), {"AbortReason": f"bench {k}"}), updated))  # a value no state has
     m.close()
     for k, old in before.items():  # the KV as a kill -9 before these commits left it
         meta.put(f"m-3000-n-{k}".encode(), old)
