@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
@@ -291,3 +292,174 @@ def test_a_session_keeps_its_tokens_level(daemon: Daemon) -> None:
     assert b'name="vsm-level" content="read"' in page
     run_cli(d.home, "auth", "revoke", "dashboard-viewer")
     assert _rpc(d, session, csrf, "status")[0] == 401  # revoking the token ends its sessions
+
+
+# -- the dashboard over time, in the browser at 1400 px and on a narrow window (issue 26 item 7) ----
+
+BIG_MINER = 2**53 + 1  # the first id a browser's JSON.parse cannot hold: it reads ...992
+
+
+def _login_page(browser: Any, d: Daemon, width: int, tz: str = "Asia/Tokyo") -> Any:
+    context = browser.new_context(viewport={"width": width, "height": 900}, timezone_id=tz)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"http://127.0.0.1:{d.port}/login")
+    page.fill("#token", d.token)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#pools tr[data-plugin]")
+    return page
+
+
+def _tokyo(utc_text: str) -> str:
+    """The daemon's UTC time as the page must show it in Tokyo (UTC+9, no DST)."""
+    from datetime import datetime, timedelta, timezone
+
+    t = datetime.fromisoformat(utc_text).astimezone(timezone(timedelta(hours=9)))
+    return t.strftime("%Y-%m-%d %H:%M:%S")
+
+
+_OVERFLOW = """() => {
+  const out = [];
+  if (document.documentElement.scrollWidth > innerWidth + 1) out.push('page ' + document.documentElement.scrollWidth + ' > ' + innerWidth);
+  for (const el of document.querySelectorAll('td.error, td.iso, #problems li')) {
+    if (el.scrollWidth > el.clientWidth + 1) out.push('cut off: ' + el.textContent.slice(0, 60));
+  }
+  return out;
+}"""
+
+
+def test_big_ids_and_figures_over_time_over_http(start_daemon: Any, tmp_path: Path) -> None:
+    d = start_daemon(env={"VSM_DASHBOARD_SAMPLE_SECONDS": "0.5"})
+    run_cli(d.home, "sectors", "import", str(_states_file(tmp_path, BIG_MINER, 3)))
+    d.wait_delivered()
+    # what the dashboard reads has the id as text; the CLI's rows keep the number
+    sql = f"select miner, number from sectors where miner = {BIG_MINER} order by number"
+    assert d.rpc("query", {"sql": sql, "js_safe": True})["rows"][0] == [str(BIG_MINER), 0]
+    assert d.rpc("query", {"sql": sql})["rows"][0] == [BIG_MINER, 0]
+    assert [str(BIG_MINER), 3, 0][:2] == d.rpc("sectors.analytics")["by_miner"]["rows"][-1][:2]
+    found = d.rpc("sectors.search", {"miner": f"f0{BIG_MINER}", "number": "2"})
+    assert [r[:2] for r in found["rows"]] == [[str(BIG_MINER), 2]]
+    events = d.rpc("sectors.history", {"miner": str(BIG_MINER), "number": 2})
+    assert [r[events["columns"].index("kind")] for r in events["rows"]] == ["import"]
+    error = d.rpc_error("sectors.history", {"miner": "f0x", "number": 1})
+    assert error["code"] == -32602 and "miner: 'f0x' is not a number" in error["message"], error
+    # the daemon's figures: calls/s of the KV store while it serves, then the ring's bound
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        d.rpc("sectors.get", {"miner": BIG_MINER, "number": 1})
+        samples = json.loads(d.request("GET", "/dashboard/history")[2])["samples"]
+        if any(s["plugins"].get("KVStore/sqlitekv", [0])[0] > 0 for s in samples) and any(s["imported_s"] for s in samples) is not None:
+            break
+        time.sleep(0.2)
+    history = json.loads(d.request("GET", "/dashboard/history")[2])
+    assert history["every"] == 0.5 and history["keep_seconds"] == 6 * 3600
+    kv = [s["plugins"]["KVStore/sqlitekv"] for s in history["samples"] if "KVStore/sqlitekv" in s["plugins"]]
+    assert any(calls > 0 and p99 is not None and p99 > 0 for calls, _, _, p99 in kv), kv
+    assert {"parquet", "duckdb"} <= set(history["samples"][-1]["sinks"])
+    assert d.request("GET", "/dashboard/history", token=None)[0] == 401
+
+
+def test_figures_keep_a_bounded_ring() -> None:
+    from vsm.server.history import Figures
+
+    class NoPlugins:  # a manager before its registry and sector manager exist (the daemon starting)
+        registry = None
+        sectors = None
+
+    figures = Figures(NoPlugins(), every=1.0, keep_seconds=5)
+    for _ in range(20):
+        figures.sample()
+    assert len(figures.history()["samples"]) == 5 and figures.history()["keep_seconds"] == 5
+
+
+def test_dashboard_tells_the_truth_over_time(start_daemon: Any, browser: Any, tmp_path: Path) -> None:
+    d = start_daemon(env={"VSM_DASHBOARD_SAMPLE_SECONDS": "0.5"})
+    run_cli(d.home, "sectors", "import", str(_states_file(tmp_path, 1400, 600)))
+    run_cli(d.home, "sectors", "import", str(_states_file(tmp_path, BIG_MINER, 3)))
+    d.wait_delivered()
+    # one sector aborted: a state of 1 beside hundreds of finalized ones
+    sql = "select number from sectors where miner = 1400 and not removed and not finalized and abort_reason = '' order by number limit 2"
+    victim, other = (r[0] for r in d.rpc("query", {"sql": sql})["rows"])
+    d.rpc("sectors.update", {"miner": 1400, "number": victim, "fields": {"AbortReason": "ticket expired"}})
+    d.wait_delivered()
+    page = _login_page(browser, d, 1400)
+    try:
+        # overview at 1400 px: nothing cut off or wider than the window; isolation as text, not JSON
+        page.wait_for_function("Number(document.querySelector('#trends').dataset.samples) >= 4", timeout=30_000)
+        assert page.evaluate(_OVERFLOW) == []
+        iso = page.text_content("#pools tr[data-plugin=sqlitekv] td.iso")
+        assert "limits:" in iso and "{" not in iso, iso
+        # the figures over time: each a line per plugin or sink on a time axis in local time
+        for canvas in ("t-calls", "t-latency", "t-errors", "t-lag", "t-journal"):
+            shown = page.eval_on_selector(f"#{canvas}", "c => { const ch = Chart.getChart(c); return [ch.data.datasets.map(s => s.label), ch.options.scales.x.title.text, ch.options.scales.y.title.text]; }")
+            assert shown[0] and "UTC+09:00" in shown[1] and shown[2], (canvas, shown)
+        calls = page.eval_on_selector("#t-calls", "c => Chart.getChart(c).data.datasets.map(s => s.label)")
+        assert "KVStore/sqlitekv" in calls, calls
+
+        # sectors: a log axis where one state has 100x another; hours in local time with units
+        page.goto(f"http://127.0.0.1:{d.port}/#sectors")
+        page.wait_for_selector("[data-chart=slowest] tbody tr")
+        counts = dict(d.rpc("sectors.analytics")["by_state"]["rows"])
+        assert max(counts.values()) >= 100 * min(counts.values()), counts
+        assert page.eval_on_selector("#c-state", "c => Chart.getChart(c).options.scales.y.type") == "logarithmic"
+        assert page.eval_on_selector("#c-hour", "c => Chart.getChart(c).options.scales.y.title.text").startswith("events per hour")
+        hour = d.rpc("sectors.analytics")["events_per_hour"]["rows"][-1][0]
+        label = page.eval_on_selector("#c-hour", "c => Chart.getChart(c).data.labels.at(-1)")
+        assert label == _tokyo(__import__("datetime").datetime.fromtimestamp(hour, __import__("datetime").timezone.utc).isoformat())[:16]
+        labels = page.eval_on_selector("#c-miner", "c => Chart.getChart(c).data.labels")
+        assert f"f0{BIG_MINER}" in labels, labels  # not f09007199254740992
+        slowest = d.rpc("sectors.analytics")["slowest"]
+        first = page.text_content("[data-chart=slowest] tbody tr td:nth-child(5)")
+        assert first == _tokyo(slowest["rows"][0][slowest["columns"].index("first_event")]), first
+        assert page.evaluate(_OVERFLOW) == []
+
+        # the badge follows status on every view: a sink disabled while this view is open
+        assert page.text_content("#health") == "OK"
+        d.rpc("plugin.disable", {"name": "parquet"})
+        d.rpc("sectors.update", {"miner": 1400, "number": other, "fields": {"AbortReason": "while parquet is off"}})
+        deadline = time.monotonic() + 10
+        while not d.rpc("status")["problems"] and time.monotonic() < deadline:  # status lists the sink
+            time.sleep(0.1)
+        assert d.rpc("status")["problems"]
+        page.wait_for_function("document.querySelector('#health').textContent !== 'OK'", timeout=10_000)
+        assert page.get_attribute("#health", "data-problems") == str(len(d.rpc("status")["problems"]))
+        d.rpc("plugin.enable", {"name": "parquet"})
+        d.wait_delivered()
+
+        # sector search, then one sector's history as a timeline in local time
+        page.goto(f"http://127.0.0.1:{d.port}/#sector")
+        page.fill("#find-form input[name=miner]", "f01400")
+        page.fill("#find-form input[name=state]", "Aborted")
+        page.click("#find-form button")
+        page.wait_for_selector("#found-count")
+        page.click(f"#found a[href='#sector/1400/{victim}']")
+        page.wait_for_selector("#history-title")
+        assert page.text_content("#history-title") == f"Sector f01400 #{victim}: Aborted"
+        bars = page.eval_on_selector("#c-history", "c => Chart.getChart(c).data.datasets[0].data.map(b => [b.y, b.reason])")
+        assert len(bars) == 2 and bars[-1] == ["Aborted", "ticket expired"], bars
+        rows = d.rpc("sectors.history", {"miner": 1400, "number": victim})
+        shown = page.eval_on_selector_all("#history tbody tr td:nth-child(3)", "tds => tds.map(td => td.textContent)")
+        assert shown == [_tokyo(r[rows["columns"].index("time")]) for r in rows["rows"]], shown
+        page.goto(f"http://127.0.0.1:{d.port}/#sector/{BIG_MINER}/2")
+        page.wait_for_selector("#history-title")
+        assert page.text_content("#history-title").startswith(f"Sector f0{BIG_MINER} #2:")
+
+        # query results: the id as it is
+        page.goto(f"http://127.0.0.1:{d.port}/#query")
+        page.fill("#sql", f"select miner, count(*) as sectors from sectors where miner > 2000 group by miner")
+        page.click("#run")
+        page.wait_for_selector("#qcount")
+        assert page.text_content("#qresult tbody td") == str(BIG_MINER)
+    finally:
+        page.context.close()
+
+    # a narrow window: every view fits, wide tables scroll inside their section
+    page = _login_page(browser, d, 420)
+    try:
+        for view in ("overview", "sectors", f"sector/1400/{victim}", "query", "plugins"):
+            page.goto(f"http://127.0.0.1:{d.port}/#{view}")
+            page.wait_for_function(f"document.querySelector('#main').dataset.loaded && document.querySelector('#main').dataset.view === '{view.split('/')[0]}'")
+            page.wait_for_timeout(300)
+            assert page.evaluate(_OVERFLOW) == [], view
+    finally:
+        page.context.close()

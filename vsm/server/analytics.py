@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["ANALYTICS", "sector_analytics"]
+__all__ = ["ANALYTICS", "js_safe_rows", "sector_analytics", "sector_history_sql", "sector_search_sql"]
 
 _STATE = """case when removed then 'Removed' when finalized then 'Finalized'
     when coalesce(abort_reason, '') <> '' then 'Aborted'
@@ -21,8 +21,9 @@ ANALYTICS: dict[str, str] = {
     "by_state": f"select {_STATE} as state, count(*) as sectors from sectors group by 1 order by 2 desc, 1",
     "by_miner": """select miner, count(*) as sectors, count(*) filter (where finalized) as finalized
         from sectors group by miner order by miner""",
-    # the last 72 hours that have events (not the wall clock: an imported history shows too)
-    "events_per_hour": """select strftime(date_trunc('hour', time), '%Y-%m-%d %H:00') as hour, count(*) as events
+    # the last 72 hours that have events (not the wall clock: an imported history shows too);
+    # hour as unix seconds, which the page shows in the browser's time zone
+    "events_per_hour": """select epoch(date_trunc('hour', time))::bigint as hour, count(*) as events
         from sector_events where time >= (select max(time) from sector_events) - interval 72 hour
         group by 1 order by 1""",
     "time_in_state": f"""with e as (
@@ -38,6 +39,53 @@ ANALYTICS: dict[str, str] = {
                round(epoch(max(time)) - epoch(min(time)), 3) as seconds
         from sector_events group by miner, number order by seconds desc, miner, number limit 10""",
 }
+
+
+_MAX_JS_INT = 2**53 - 1
+
+
+def js_safe_rows(rows: list[list[Any]]) -> list[list[Any]]:
+    """Integers a browser cannot hold exactly (beyond 2^53: a miner id or seq above it) as
+    decimal strings; JSON.parse would round 18446744073709551615 to ...552000."""
+    def safe(v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) and abs(v) > _MAX_JS_INT else v
+
+    return [[safe(v) for v in row] for row in rows]
+
+
+def _uint64(name: str, value: Any) -> int:
+    """A miner id or sector number from a request (a string when beyond 2^53)."""
+    try:
+        n = int(str(value).strip().removeprefix("f0").removeprefix("t0"))
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not a number") from None
+    if not 0 <= n < 2**64:
+        raise ValueError(f"{name}: {n} is outside 0 .. 2^64-1")
+    return n
+
+
+def sector_search_sql(miner: Any = None, number: Any = None, state: str | None = None, limit: int = 100) -> str:
+    """The sectors matching every given filter (a miner, a number, a state as by_state names
+    it), with their state, events and last event's time."""
+    where = []
+    if miner not in (None, ""):
+        where.append(f"miner = {_uint64('miner', miner)}")
+    if number not in (None, ""):
+        where.append(f"number = {_uint64('number', number)}")
+    if state:
+        where.append(f"state = '{str(state).replace(chr(39), chr(39) * 2)}'")
+    return f"""with s as (select miner, number, {_STATE} as state, time from sectors)
+        select miner, number, state, time as last_event from s {"where " + " and ".join(where) if where else ""}
+        order by last_event desc, miner, number limit {max(1, min(int(limit), 1000))}"""
+
+
+def sector_history_sql(miner: Any, number: Any) -> str:
+    """Every event of one sector, oldest first: the state it left the sector in, when, and
+    its failure or abort reason."""
+    return f"""select seq, kind, time, {_STATE} as state, worker_state,
+               nullif(coalesce(nullif(abort_reason, ''), latest_state.failure."desc"), '') as reason,
+               array_to_string(changed_fields, ', ') as changed
+        from sector_events where miner = {_uint64('miner', miner)} and number = {_uint64('number', number)} order by seq"""
 
 
 def sector_analytics(query: Callable[[str], dict[str, Any]]) -> dict[str, Any]:

@@ -73,6 +73,8 @@ RPC_LEVELS: dict[str, Level] = {
     "sectors.get": READ,
     "sectors.list": READ,
     "sectors.analytics": READ,  # the dashboard's sector charts (queries of the DuckDB sink)
+    "sectors.search": READ,  # the dashboard's sector search and a sector's timeline (the same)
+    "sectors.history": READ,
     "pieces.stat": READ,
     "pieces.stores": READ,
     "sectors.import": WRITE,

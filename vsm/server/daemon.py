@@ -45,6 +45,7 @@ from .dashboard import CSRF_HEADER, OPEN_PATHS, Sessions, add_dashboard_routes, 
 from .jsonrpc import Scrubber, dispatch_rpc
 from .methods import METHODS
 from .metrics import Metrics
+from .history import Figures
 from .imports import add_import_route
 from .pieces import add_piece_routes
 
@@ -303,7 +304,7 @@ def make_app(manager: Manager, tokens: TokenStore, request_stop: Callable[[], No
     app.router.add_post("/rpc/v0", _rpc)
     add_piece_routes(app)
     add_import_route(app)
-    add_dashboard_routes(app, sessions)
+    add_dashboard_routes(app, sessions, Figures(manager, lambda: app["imports"].received))
     return app
 
 

@@ -3,9 +3,10 @@
     GET  /login            the login form (open: it is how a browser gets in)
     POST /login            token -> a session cookie (HttpOnly, SameSite=Strict), then /
     POST /logout           drops the session
-    GET  /                 the dashboard (overview, sectors, query, plugins); /login without a session
+    GET  /                 the dashboard (overview, sectors, sector search, query, plugins); /login without a session
     GET  /ui/{asset}       its script, style and Chart.js (shipped in the wheel: no CDN)
     GET  /dashboard/export?sql=&format=csv|parquet   a query's result as a download
+    GET  /dashboard/history  the figures of the last hours, sampled in the daemon (history.py)
 
 A browser logs in once with a token; the session keeps that token's permission level, so a
 session sees and does what the token may. The page then calls /rpc/v0 with its cookie and
@@ -23,9 +24,11 @@ import html
 import secrets
 import time
 from pathlib import Path
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 from aiohttp import web
+
+from .history import Figures
 
 __all__ = ["COOKIE", "CSRF_HEADER", "OPEN_PATHS", "Session", "Sessions", "add_dashboard_routes", "browser_wants_login"]
 
@@ -89,14 +92,29 @@ class Sessions:
         return secrets.compare_digest(request.headers.get(CSRF_HEADER, ""), session.csrf)
 
 
-def add_dashboard_routes(app: web.Application, sessions: Sessions) -> None:
+def add_dashboard_routes(app: web.Application, sessions: Sessions, figures: Figures) -> None:
     app["sessions"] = sessions
+    app["figures"] = figures
+    app.cleanup_ctx.append(_sample_figures)
     app.router.add_get("/", _index)
     app.router.add_get("/login", _login_form)
     app.router.add_post("/login", _login)
     app.router.add_post("/logout", _logout)
     app.router.add_get("/ui/{asset:.+}", _asset)
     app.router.add_get("/dashboard/export", _export)
+    app.router.add_get("/dashboard/history", _history)
+
+
+async def _sample_figures(app: web.Application) -> AsyncIterator[None]:
+    """The figures' sampler runs as long as the daemon serves."""
+    task = asyncio.create_task(app["figures"].run(), name="dashboard-figures")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _history(request: web.Request) -> web.Response:
+    return web.json_response(request.app["figures"].history(), headers=_NO_STORE)
 
 
 def _page(title: str, body: str, head: str = "") -> web.Response:
@@ -121,7 +139,7 @@ async def _index(request: web.Request) -> web.StreamResponse:
         '<script src="/ui/vendor/chart.umd.min.js" defer></script><script src="/ui/app.js" defer></script>'
     )
     body = f"""<header><h1>vsm-pool</h1><span id="health" class="badge">loading</span>
-<nav><a href="#overview">Overview</a><a href="#sectors">Sectors</a><a href="#query">Query</a><a href="#plugins">Plugins</a></nav>
+<nav><a href="#overview">Overview</a><a href="#sectors">Sectors</a><a href="#sector">Sector search</a><a href="#query">Query</a><a href="#plugins">Plugins</a></nav>
 <span class="who">{html.escape(str(manager.config.home))}</span>
 <form method="post" action="/logout" id="logout"><input type="hidden" name="csrf" value="{html.escape(session.csrf)}"><button>Log out</button></form></header>
 <main id="main"></main>"""

@@ -38,7 +38,7 @@ from ..sdk import DiskFullError
 from ..sectors import read_ahead
 from .pieces import TRANSFER_IDLE_TIMEOUT
 
-__all__ = ["add_import_route"]
+__all__ = ["ImportProgress", "add_import_route"]
 
 _READ_HOP = 1 << 20  # bytes the import thread takes from the event loop per hop
 # Batches read off the socket ahead of the import: the pipeline never waits for the client to
@@ -51,7 +51,15 @@ _READ_AHEAD = 3
 _STOPPING = web.AppKey("import_stopping", threading.Event)
 
 
+class ImportProgress:
+    """States received by bulk imports since the daemon started (the dashboard's import rate)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+
 def add_import_route(app: web.Application) -> None:
+    app["imports"] = ImportProgress()
     app.router.add_post("/sectors/import", _import)
     app[_STOPPING] = threading.Event()
 
@@ -131,7 +139,8 @@ class _BlockingBody:
         self.closed = True
 
 
-def _run_import(manager: Any, body: _BlockingBody, override: bool, worker_state: str | None, client: str) -> dict[str, int]:
+def _run_import(manager: Any, body: _BlockingBody, override: bool, worker_state: str | None,
+                progress: ImportProgress, client: str) -> dict[str, int]:
     import pyarrow as pa
 
     from ..errors import VsmError
@@ -144,6 +153,7 @@ def _run_import(manager: Any, body: _BlockingBody, override: bool, worker_state:
     def batches() -> Iterator[pa.RecordBatch]:
         for batch in read_ahead(reader, _READ_AHEAD):
             received[0] += batch.num_rows
+            progress.received += batch.num_rows
             yield batch
 
     try:
@@ -163,7 +173,8 @@ async def _import(request: web.Request) -> web.Response:
     body = _BlockingBody(request, loop)
     client = f"sectors import from {request.remote or '?'} (POST /sectors/import)"
     try:
-        result = await loop.run_in_executor(None, _run_import, request.app["manager"], body, override, worker_state, client)
+        result = await loop.run_in_executor(None, _run_import, request.app["manager"], body, override, worker_state,
+                                                request.app["imports"], client)
     except DiskFullError as e:  # one line, the path and its free space; what landed before it
         logger.warning("sectors import refused after {} bytes: {}", body.received, e)
         return web.json_response({"error": str(e), "written": getattr(e, "written", 0), "received": getattr(e, "received", 0)}, status=507)

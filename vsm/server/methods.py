@@ -214,14 +214,17 @@ def query_arrow(manager: Any, sql: str, sink: str = "duckdb") -> str:
 
 
 @METHODS.method("query")
-def query(manager: Any, sql: str, sink: str = "duckdb") -> dict[str, Any]:
-    """SQL over the sink's database; {"columns": [...], "rows": [[...], ...]}."""
+def query(manager: Any, sql: str, sink: str = "duckdb", js_safe: bool = False) -> dict[str, Any]:
+    """SQL over the sink's database; {"columns": [...], "rows": [[...], ...]}. js_safe: integers
+    beyond 2^53 as decimal strings (what the dashboard asks for: a browser rounds them)."""
     import base64
 
     from ..sectors import ipc_to_table
+    from .analytics import js_safe_rows
 
     table = ipc_to_table(base64.b64decode(query_arrow(manager, sql, sink)))
-    return {"columns": table.column_names, "rows": [list(r.values()) for r in table.to_pylist()]}
+    rows = [list(r.values()) for r in table.to_pylist()]
+    return {"columns": table.column_names, "rows": js_safe_rows(rows) if js_safe else rows}
 
 
 @METHODS.method("sectors.analytics")
@@ -229,7 +232,24 @@ def sectors_analytics(manager: Any, sink: str = "duckdb") -> dict[str, Any]:
     """The dashboard's sector charts (vsm/server/analytics.py), each {"columns", "rows"}."""
     from .analytics import sector_analytics
 
-    return sector_analytics(lambda sql: query(manager, sql, sink))
+    return sector_analytics(lambda sql: query(manager, sql, sink, js_safe=True))
+
+
+@METHODS.method("sectors.search")
+def sectors_search(manager: Any, miner: Any = None, number: Any = None, state: str | None = None, limit: int = 100,
+                   sink: str = "duckdb") -> dict[str, Any]:
+    """The dashboard's sector search over the DuckDB sink: any of miner, number, state."""
+    from .analytics import sector_search_sql
+
+    return query(manager, sector_search_sql(miner, number, state, limit), sink, js_safe=True)
+
+
+@METHODS.method("sectors.history")
+def sectors_history(manager: Any, miner: Any, number: Any, sink: str = "duckdb") -> dict[str, Any]:
+    """Every event of one sector from the DuckDB sink, oldest first (the dashboard's timeline)."""
+    from .analytics import sector_history_sql
+
+    return query(manager, sector_history_sql(miner, number), sink, js_safe=True)
 
 
 METHODS.update(ADMIN_METHODS)
