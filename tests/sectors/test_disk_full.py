@@ -1,0 +1,130 @@
+"""A full disk, part by part (issue 25 item 1); the daemon's whole story is tests/daemon/test_disk_full.py.
+
+- the floor: an op under MinFreeSpace is refused before it takes a seq (nothing journaled,
+  nothing stored), and goes through once space is back; status says `disk full: PATH`;
+- a KV commit that reports an error but landed answers success, not an error over a stored change;
+- the DuckDB sink opens its file again when DuckDB invalidated it (it stayed behind until a
+  restart); the Parquet sink leaves no temp file or part of a failed batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pytest
+
+from vsm.sdk import DiskFullError
+from vsm.sdk.sectors import AllocatedSector, SectorID
+from vsm.sectors import SectorStateManager, SinkHost
+from vsm.sectors._manager import _event_batch
+
+from .helpers import RecordingSink, load_plugin, sealing_state
+
+
+def _mgr(db, tmp_path, **kw):  # type: ignore[no-untyped-def]
+    kw.setdefault("fsync", False)
+    return SectorStateManager(db, str(tmp_path / "journal"), **kw)
+
+
+def test_under_the_floor_an_op_is_refused_before_it_takes_a_seq(dictdb, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from vsm.sdk import diskspace
+
+    free = {"bytes": 1 << 40}
+    monkeypatch.setattr(diskspace, "free_bytes", lambda path: free["bytes"])
+    rec = RecordingSink()
+    kv = str(tmp_path / "kv" / "kv.sqlite")
+    with _mgr(dictdb, tmp_path, min_free_space=256 << 20, space_paths={"kv": kv}) as m:
+        m.add_sink("rec", SinkHost(sink_obj=rec))
+        m.init([AllocatedSector(SectorID(3, 0), 8)])
+        head = m.writer.next_seq
+        free["bytes"] = 100 << 20
+        with pytest.raises(DiskFullError, match=r"disk full: .*journal \(sector event journal\): 100\.0 MiB free, under MinFreeSpace 256\.0 MiB"):
+            m.init([AllocatedSector(SectorID(3, 1), 8)])
+        with pytest.raises(DiskFullError) as refused:
+            m.import_states([sealing_state(3, n) for n in range(2, 5)])
+        assert refused.value.free == 100 << 20 and refused.value.floor == 256 << 20
+        with pytest.raises(DiskFullError):
+            m.update(SectorID(3, 0), {"SectorType": 5})
+        assert m.writer.next_seq == head, "a refused op took seqs"
+        parts = [d["part"] for d in m.status()["journal"]["disk_full"]]
+        assert parts == ["journal", "kv"]
+        assert m.get(SectorID(3, 0)).sector_type == 8  # reads go on
+        free["bytes"] = 1 << 40  # space is back: at once, no restart
+        m.init([AllocatedSector(SectorID(3, 1), 8)])
+        assert m.status()["journal"]["disk_full"] == []
+        assert m.wait_delivered(10)
+    assert set(dictdb.open_collection("meta").data) == {b"sector-states/m-3-n-0", b"sector-states/m-3-n-1"}
+    assert rec.seqs == [1, 2]
+
+
+def test_a_commit_that_landed_despite_its_error_answers_success(dictdb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The KV reports a failure after the write landed (a full disk met by what follows the
+    commit): the manager reads what the KV holds; the op answers success and no revert is
+    journaled. Issue 25: an import answered with an error was found stored after a restart."""
+    rec = RecordingSink()
+    meta = dictdb.open_collection("meta")
+    real = meta.update
+
+    def lands_then_fails(fn):  # type: ignore[no-untyped-def]
+        real(fn)
+        raise DiskFullError("/kv", 0)
+
+    with _mgr(dictdb, tmp_path, commit_retries=1) as m:
+        m.add_sink("rec", SinkHost(sink_obj=rec))
+        m.init([AllocatedSector(SectorID(4, 0), 8)])
+        meta.update = lands_then_fails  # type: ignore[method-assign]
+        st = m.update(SectorID(4, 0), {"SectorType": 5})
+        assert st.sector_type == 5
+        meta.update = real  # type: ignore[method-assign]
+        assert m.get(SectorID(4, 0)).sector_type == 5
+        assert m.wait_delivered(10)
+    kinds = [r["kind"] for t in rec.tables for r in t.select(["kind"]).to_pylist()]
+    assert kinds == ["init", "update"], kinds  # no revert: the update stands
+
+
+def _events(n: int, first_seq: int) -> pa.RecordBatch:
+    from vsm.sdk.sectors import states_to_arrow
+
+    batch = _event_batch(states_to_arrow([sealing_state(6, i) for i in range(first_seq, first_seq + n)]), "import", "online")
+    return batch.set_column(0, "seq", pa.array(range(first_seq, first_seq + n), pa.uint64()))
+
+
+def test_duckdb_sink_opens_its_file_again_after_duckdb_invalidated_it(tmp_path) -> None:
+    """A database DuckDB invalidated (a commit that met a full disk is FATAL for it) fails every
+    later statement; the sink opens the file again, and the redelivered batch is stored once."""
+    duck = load_plugin("duckdb_sink", "duckdb_sink")
+    sink = duck.open({"Path": str(tmp_path / "s.duckdb")})
+    try:
+        sink.on_batch(_events(5, 1))
+        sink.con.close()  # what an invalidated database answers: every statement fails
+        with pytest.raises(Exception):
+            sink.on_batch(_events(5, 6))
+        sink.on_batch(_events(5, 6))  # redelivered (at least once): now it goes through
+        sink.on_batch(_events(5, 6))
+        assert sorted(sink.stored_seqs().to_pylist()) == list(range(1, 11))
+    finally:
+        sink.close()
+
+
+def test_parquet_sink_leaves_nothing_of_a_batch_the_disk_refused(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    pq_sink = load_plugin("parquet_sink", "parquet_sink")
+    root = tmp_path / "pq"
+    sink = pq_sink.open({"Path": str(root), "FlushInterval": "0"})
+    sink.on_batch(_events(5, 1))
+    real = pq_sink.pq.write_table
+
+    def full(table, where, **kw):  # type: ignore[no-untyped-def]
+        with open(where, "wb") as f:
+            f.write(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq_sink.pq, "write_table", full)
+    with pytest.raises(DiskFullError, match=rf"disk full: {root} \(parquet sink\)"):
+        sink.on_batch(_events(5, 6))
+    left = sorted(p.name for p in root.rglob("*") if p.is_file())
+    assert not [n for n in left if n.endswith(".tmp")], left
+    monkeypatch.setattr(pq_sink.pq, "write_table", real)
+    sink.on_batch(_events(5, 6))
+    assert sorted(sink.stored_seqs()) == list(range(1, 11))
+    assert os.path.exists(root / "_max_seq")
