@@ -18,11 +18,14 @@ from .errors import ConfigError
 __all__ = [
     "ApiConfig",
     "Config",
+    "ConfigChanges",
     "DBConfig",
     "PluginSettings",
     "SectorSyncConfig",
     "StoreConfig",
+    "config_changes",
     "default_config_text",
+    "live_config",
     "load_config",
     "resolve_home",
 ]
@@ -709,6 +712,77 @@ def _scanned_persist_stores(common: _Reader, path: Path, local_path: Callable[[s
             entry = _Reader(file, {**fields, "Path": folder, "Name": t.get("Name", str, "") or ident}, "", [])
             out.append(_store(entry, f"{common.key('ScanPersistStores')} ({file})", True, local_path))
     return tuple(out)
+
+
+# -- a config against the running one (issue 26: `vsm-pool config reload`, status) -----------
+
+# Config fields only a restart applies, by the keys an operator writes; the rest (plugins' pool
+# settings and Meta, stores, store policies) a reload applies live (Manager.reload_config).
+_RESTART_KEYS = {
+    "plugins_dir": "Common.Plugins.Dir", "strict": "Common.Plugins.Strict", "db": "Common.DB",
+    "sector_sync": "Common.SectorSync / Common.Journal", "api": "Common.Api", "min_free_space": "Common.MinFreeSpace",
+}
+_LIVE_FIELDS = frozenset({"file", "home", "plugins", "plugin_defaults", "piece_stores", "persist_stores"})
+_PLUGIN_PLACEMENT = ("backend", "ray_address", "ray_resources", "ray_node", "disabled")  # where (whether) its pool runs
+_STORE_POLICY = ("allow_miners", "deny_miners", "weight")  # read by each reservation: no pool change
+
+
+@dataclasses.dataclass
+class ConfigChanges:
+    """What `new` changes from the running config `old` (config_changes)."""
+
+    restart: list[str] = dataclasses.field(default_factory=list)  # keys only a restart applies
+    plugins: list[str] = dataclasses.field(default_factory=list)  # plugins whose pool settings or Meta change
+    stores: dict[str, str] = dataclasses.field(default_factory=dict)  # store name -> added | removed | changed | policy
+    store_plugins: set[str] = dataclasses.field(default_factory=set)  # ObjStore plugins whose stores open anew
+
+    def __bool__(self) -> bool:
+        return bool(self.restart or self.plugins or self.stores)
+
+    def keys(self) -> list[str]:
+        """Each change as an operator reads it, e.g. `Common.Plugins.duckdb`, `store 'blobs' added`."""
+        return [*self.restart, *(f"Common.Plugins.{n}" for n in self.plugins), *(f"store {n!r} {w}" for n, w in self.stores.items())]
+
+
+def live_config(old: Config, new: Config) -> Config:
+    """`new` with what only a restart applies kept as in `old`: the config a reload runs on (so
+    status goes on showing those keys as differing from the file until the restart)."""
+    keep = {f.name: getattr(old, f.name) for f in dataclasses.fields(Config) if f.name not in _LIVE_FIELDS}
+    backend = {"backend": old.plugin_defaults.backend, "ray_address": old.plugin_defaults.ray_address}
+    plugins = {
+        name: dataclasses.replace(now, **{f: getattr(old.settings(name), f) for f in _PLUGIN_PLACEMENT})
+        for name, now in new.plugins.items()
+    }
+    return dataclasses.replace(new, **keep, plugin_defaults=dataclasses.replace(new.plugin_defaults, **backend), plugins=plugins)
+
+
+def config_changes(old: Config, new: Config, plugin_names: tuple[str, ...] = ()) -> ConfigChanges:
+    """Compare two loads of a config; `plugin_names`: the loaded plugins, whose settings may come
+    from [Common.Plugins] alone."""
+    out = ConfigChanges()
+    for f in dataclasses.fields(Config):
+        if f.name not in _LIVE_FIELDS and getattr(old, f.name) != getattr(new, f.name):
+            out.restart.append(_RESTART_KEYS.get(f.name, f.name))
+    if (old.plugin_defaults.backend, old.plugin_defaults.ray_address) != (new.plugin_defaults.backend, new.plugin_defaults.ray_address):
+        out.restart.append("Common.Plugins.Backend / RayAddress")
+    for name in sorted({*old.plugins, *new.plugins, *plugin_names}):
+        was, now = old.settings(name), new.settings(name)
+        moved = [f for f in _PLUGIN_PLACEMENT if getattr(was, f) != getattr(now, f)]
+        if moved:
+            out.restart.append(f"Common.Plugins.{name}: {', '.join(moved)}")
+        if dataclasses.replace(was, **{f: getattr(now, f) for f in _PLUGIN_PLACEMENT}) != now:
+            out.plugins.append(name)
+    olds, news = ({s.name: dataclasses.replace(s, key="") for s in (*c.piece_stores, *c.persist_stores)} for c in (old, new))
+    for name in sorted(olds.keys() | news.keys()):
+        was_s, now_s = olds.get(name), news.get(name)
+        if was_s == now_s:
+            continue
+        if was_s is not None and now_s is not None and dataclasses.replace(was_s, **{f: getattr(now_s, f) for f in _STORE_POLICY}) == now_s:
+            out.stores[name] = "policy"
+            continue
+        out.stores[name] = "added" if was_s is None else "removed" if now_s is None else "changed"
+        out.store_plugins |= {s.plugin_name for s in (was_s, now_s) if s is not None}
+    return out
 
 
 def default_config_text(home: Path) -> str:

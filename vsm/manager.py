@@ -23,8 +23,10 @@ or its StartTimeout passes (then DISABLED with the cause; under Strict the daemo
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from loguru import logger
 from executors import PoolState
 
 from .config import Config, StoreConfig
-from .errors import ConfigError, NotFoundError, PluginLoadError, PluginStarting
+from .errors import ConfigError, NotFoundError, PluginLoadError, PluginStarting, VsmError
 from .plugin.loader import Plugin, PluginState, Registry, discover
 from .plugin.proxies import PooledDB, PooledStore
 from .sdk import Config as StoreCfg
@@ -482,6 +484,137 @@ class Manager:
         self.registry.plugins.remove(plugin)
         logger.info("plugin '{}' removed: its artifact {} is gone", plugin.label, plugin.source)
         return {**row, "change": "removed"}
+
+    # --- the config at run time (issue 26: `vsm-pool config reload`, SIGHUP; status) ------------
+
+    _config_reload_lock = threading.Lock()  # one reload at a time (a SIGHUP beside `config reload`)
+    _disk_config: Any = None  # (stat of the file, (its Config or None, why not))
+    config_not_applied: list[str] = []  # what the last reload could not apply, for status
+
+    def config_on_disk(self) -> tuple[Config | None, str]:
+        """The config file as it is now (parsed once per change of its mtime and size), or None
+        and why it does not load."""
+        from .config import load_config
+
+        try:
+            st = os.stat(self.config.file)
+            stamp: tuple[Any, ...] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError as e:
+            return None, f"{self.config.file}: {e.strerror}"
+        if not stat.S_ISREG(st.st_mode):
+            return None, ""  # a pipe (`--config <(...)`) is read once: nothing to compare
+        cached = self._disk_config
+        if cached is None or cached[0] != stamp:
+            try:
+                loaded: tuple[Config | None, str] = (load_config(self.config.file, Path(self.config.home))[0], "")
+            except ConfigError as e:
+                loaded = (None, str(e))
+            cached = self._disk_config = (stamp, loaded)
+        return cached[1]
+
+    def config_drift(self) -> dict[str, Any]:
+        """Whether the config on disk differs from the running one, what differs, and what a
+        reload could not apply (status shows it: a running config never hides behind the file)."""
+        from .config import config_changes
+
+        disk, error = self.config_on_disk()
+        changes = [] if disk is None else config_changes(self.config, disk, self._plugin_names()).keys()
+        return {"file": self.config.file, "differs": bool(changes or error), "changes": changes, "error": error,
+                "not_applied": list(self.config_not_applied)}
+
+    def _plugin_names(self) -> tuple[str, ...]:
+        return tuple(p.manifest.name for p in self.registry.plugins) if self.registry is not None else ()
+
+    def reload_config(self) -> dict[str, Any]:
+        """Read the config file again and apply what can change live: a plugin whose pool
+        settings or Meta changed gets a new pool (a reload of its running build: a sink hands
+        over at a batch boundary, open with the new Meta); an ObjStore plugin whose stores
+        changed gets a new pool opening the new set (its sandbox then allows the new Paths);
+        store policies apply to the next reservation. What only a restart applies is listed,
+        untouched. A plugin whose new pool fails runs on as it was, listed under `failed`."""
+        with self._config_reload_lock:
+            return self._reload_config()
+
+    def _reload_config(self) -> dict[str, Any]:
+        from .config import config_changes, live_config, load_config
+        from .plugin.isolation import describe_limits
+
+        assert self.registry is not None
+        on_disk, _ = load_config(self.config.file, Path(self.config.home))  # ConfigError: nothing changes
+        self.registry.check_config(on_disk)
+        old = self.config
+        changes = config_changes(old, on_disk, self._plugin_names())
+        new = live_config(old, on_disk)
+        with self._wiring:
+            self.config = new
+            self.registry.config = new
+        applied: list[str] = []
+        failed: list[str] = []
+        for name in sorted({*changes.plugins, *changes.store_plugins}):
+            plugin = next((p for p in self.registry.plugins if p.manifest.name == name and p.state is not PluginState.FAILED), None)
+            if plugin is None:
+                continue  # settings of a plugin not loaded: read when it is
+            plugin.limits = describe_limits(new.settings(name))
+            try:
+                applied.append(self._apply_config_to(plugin, old))
+            except VsmError as e:
+                failed.append(f"{plugin.label}: {e}; it runs on as before")
+        gone = {n for n, what in changes.stores.items() if what == "removed"}
+        with self._wiring:
+            self.stores = {n: st for n, st in self.stores.items() if n not in gone}
+            self.store_errors = {n: e for n, e in self.store_errors.items() if n not in gone}
+            if self.reserver is not None:
+                self.reserver.set_stores(self._persist_stores())
+        applied += [f"store {n!r}: {what}" for n, what in changes.stores.items() if what == "policy"]
+        self.config_not_applied = failed
+        self._disk_config = None
+        logger.info("config reloaded from {}: {}", new.file, "; ".join(applied + failed + [f"needs a restart: {k}" for k in changes.restart]) or "nothing changed")
+        return {"file": new.file, "changed": changes.keys(), "applied": applied, "failed": failed, "restart": changes.restart,
+                "previous_file_unchanged": old.file == new.file}
+
+    def _apply_config_to(self, plugin: Plugin, old: Config) -> str:
+        """One plugin's share of a config reload (reload_config); what was done, in a line."""
+        name, kind, pool = plugin.manifest.name, plugin.manifest.kind, plugin.pool
+        mine = [s for s in {s.name: s for s in (*self.config.piece_stores, *self.config.persist_stores)}.values() if s.plugin_name == name]
+        if pool is None:
+            if kind is Kind.ObjStore and mine and plugin.state is PluginState.LOADED:
+                assert self.registry is not None
+                self.registry.start(plugin, backend=self.backend)  # its first store: its pool starts now
+                self._open_stores_of(name)
+                return f"{plugin.label}: started for store(s) {', '.join(s.name for s in mine)}"
+            return f"{plugin.label}: not running; the new settings apply when it starts"
+        if kind is Kind.ObjStore:
+            def cfg_of(s: StoreConfig) -> StoreCfg:
+                return StoreCfg(name=s.name, path=s.path, meta=dict(s.meta), strict=s.strict, read_only=s.read_only, weight=s.weight)
+
+            before = pool.set_replays("open_store", [(s.name, cfg_of(s)) for s in mine])
+            with self._wiring:  # opened by the swap below, not again by _after_swap
+                self.store_errors = {n: e for n, e in self.store_errors.items() if n not in {s.name for s in mine}}
+            try:
+                self.reload(name)
+            except BaseException:
+                pool.set_replays("open_store", before)
+                raise
+            with self._wiring:
+                kept = {n: st for n, st in self.stores.items() if st.pool is not pool}
+                self.stores = {**kept, **{s.name: PooledStore(pool, cfg_of(s), opened=True) for s in mine}}
+            return f"{plugin.label}: new pool, stores {', '.join(s.name for s in mine) or 'none'}"
+        if kind is Kind.SyncSectorState and pool.has_replay("open_sink"):
+            new = self.config
+            before = pool.set_replays("open_sink", [(dict(new.settings(name).meta),)])
+            with self._wiring:  # if the new pool fails, the handover reopens the old one with its old Meta
+                self.config = dataclasses.replace(new, plugins={**new.plugins, name: old.settings(name)})
+            try:
+                self.reload(name)
+            except BaseException:
+                pool.set_replays("open_sink", before)
+                raise
+            finally:
+                with self._wiring:
+                    self.config = new
+            return f"{plugin.label}: new pool, sink open with the new Meta"
+        self.reload(name)
+        return f"{plugin.label}: new pool"
 
     def store(self, name: str) -> PooledStore:
         try:

@@ -43,13 +43,19 @@ def test_empty_and_missing_plugin_dir(tmp_path):
         discover(tmp_path / "nowhere", entry_points=False)
 
 
-def test_duplicate_name_names_both_files(tmp_path):
+def test_duplicate_name_names_both_files_and_the_rest_loads(tmp_path):
+    """Issue 24 item 4: a name declared twice costs the second artifact, not the scan."""
     first, _, _ = build(BUNDLED / "memdb", tmp_path)
-    copy = tmp_path / "plugin-memdb-copy.vsmp"
+    build(BUNDLED / "sqlitekv", tmp_path)
+    copy = tmp_path / "plugin-memdb-copy.vsmp"  # sorts before plugin-memdb.vsmp
     copy.write_bytes(first.read_bytes())
-    with pytest.raises(PluginLoadError) as info:
-        discover(tmp_path, entry_points=False)
-    assert str(first) in str(info.value) and str(copy) in str(info.value)
+    found = {p.source: p for p in discover(tmp_path, entry_points=False)[0]}
+    assert found[copy].state is PluginState.LOADED and found[first].state is PluginState.FAILED
+    assert str(first) in found[first].error and str(copy) in found[first].error and "remove one" in found[first].error
+    assert found[tmp_path / "plugin-sqlitekv.vsmp"].state is PluginState.LOADED
+    # the one running now keeps its name (a rescan)
+    found = {p.source: p for p in discover(tmp_path, entry_points=False, keep=[first])[0]}
+    assert found[first].state is PluginState.LOADED and found[copy].state is PluginState.FAILED
 
 
 @pytest.mark.parametrize(

@@ -113,3 +113,44 @@ def test_a_store_that_failed_to_open_is_in_status_and_comes_back_with_reload(sta
     assert status == 201, body
     assert (missing / "x.bin").read_bytes() == b"late"
     assert "problems: none" in d.cli("status").stdout
+
+
+
+def _events_by_miner(d: Daemon) -> list[list[int]]:
+    sql = "select miner, count(*) as n, count(distinct seq) as seqs from sector_events group by miner order by miner"
+    return d.rpc("query", {"sql": sql, "sink": "duckdb"})["rows"]  # type: ignore[no-any-return]
+
+
+def test_duckdb_sink_reloaded_after_the_breaker_delivers_again(start_daemon: Any, tmp_path: Path) -> None:
+    """Issue 24 item 5: a DuckDB sink whose open failed at start (its file could not be opened)
+    is in status with its fix; once the file can be opened, kill -9 its workers until the
+    breaker fails the pool and `plugin reload duckdb`: the new build opens the sink, the
+    checkpoint moves, every event is in its table exactly once. Then the same on the sink
+    that now runs (its open is replayed into the new build)."""
+    from .harness import prepare_home
+
+    home = prepare_home(tmp_path / "home")
+    blocker = home / "data" / "duckdb" / "sectors.duckdb"
+    blocker.mkdir(parents=True)  # a folder where its database file goes: its Constructor fails
+    d: Daemon = start_daemon(home)
+    st = d.cli("status").stdout
+    assert "sink/duckdb: failed:" in st and "Constructor failed" in st and "vsm-pool plugin reload duckdb" in st, st
+    first = _import(d, tmp_path, 601, 100)
+    blocker.rmdir()
+    crash_loop(d, "duckdb")
+    head = _import(d, tmp_path, 602, 150)
+    out = d.cli("plugin", "reload", "duckdb").stdout
+    assert "duckdb" in out, out
+    assert _pool(d, "duckdb")["state"] == "ready"
+    _caught_up(d, "duckdb", head, timeout=30)
+    assert head > first and _events_by_miner(d) == [[601, 100, 100], [602, 150, 150]]
+    assert "problems: none" in d.cli("status").stdout
+
+    crash_loop(d, "duckdb")  # the same on a sink that delivers
+    head = _import(d, tmp_path, 603, 50)
+    d.cli("plugin", "reload", "duckdb")
+    _caught_up(d, "duckdb", head, timeout=30)
+    assert _events_by_miner(d) == [[601, 100, 100], [602, 150, 150], [603, 50, 50]]
+    sink = d.rpc("sinks.status")["sinks"]["duckdb"]
+    assert sink["state"] == "running" and not sink["last_error"], sink
+    assert "problems: none" in d.cli("status").stdout

@@ -260,9 +260,15 @@ def plugin_flush(home: Path | None, config_file: Path | None, name: str) -> None
 @click.option("--config", "config_file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def plugin_rescan(home: Path | None, config_file: Path | None, as_json: bool) -> None:
-    """Pick up changed or new artifacts in the plugins dir (never done silently)."""
+    """Pick up changed or new artifacts in the plugins dir (never done silently). Exits 1 if an
+    artifact did not load (every one is listed; the others are picked up all the same)."""
     changes = daemon_or_fail(home, config_file).call("plugin.rescan")
     print_table(changes, ["name", "change", "version", "artifact", "error"], as_json)
+    broken = [c for c in changes if c["change"] in ("failed", "refused")]
+    if broken:
+        click.echo(f"{len(broken)} artifact(s) did not load: fix or remove each one listed, then `vsm-pool plugin rescan` again "
+                   "(`vsm-pool status` lists them meanwhile)", err=True)
+        sys.exit(1)
 
 
 @plugin.group("env")

@@ -314,9 +314,10 @@ class Registry:
         """Every loadable plugin's manifest by name: what a plugin's validate hook sees."""
         return {p.manifest.name: p.manifest for p in self.plugins if p.state is not PluginState.FAILED}
 
-    def check_config(self) -> None:
-        """Every plugin the config names exists, with the right kind; raises ConfigError."""
-        cfg = self.config
+    def check_config(self, config: Config | None = None) -> None:
+        """Every plugin the config (or `config`, one to reload) names exists, with the right
+        kind; raises ConfigError."""
+        cfg = config or self.config
         if cfg is None:
             return
         wanted = [(Kind.KVStore, cfg.db.plugin_name, "Common.DB.Plugin.PluginName" if cfg.db.driver == "plugin" else "Common.DB.Driver")]

@@ -169,11 +169,13 @@ class PooledStore:
     """objstore.Store over an ObjStore plugin's pool: one configured store instance.
     Bytes move through the pool's shared-memory ring in both directions."""
 
-    def __init__(self, pool: Pool, cfg: Config) -> None:
+    def __init__(self, pool: Pool, cfg: Config, opened: bool = False) -> None:
+        """`opened`: the pool's workers opened it already (a config reload's swap replayed it)."""
         self.pool = pool
         self.cfg = cfg
         self.name = cfg.name or cfg.path
-        pool.broadcast("open_store", self.name, cfg, replay=True)
+        if not opened:
+            pool.broadcast("open_store", self.name, cfg, replay=True)
 
     def __repr__(self) -> str:
         return f"PooledStore({self.pool.spec.name!r}, {self.name!r})"

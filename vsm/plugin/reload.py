@@ -68,6 +68,14 @@ class SwappablePool:
                 self._replays.append((method, args))
         return result
 
+    def set_replays(self, method: str, calls: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Make `calls` the setup calls `method` a swap replays (a config reload: the stores or the
+        Meta the next pool opens); returns the previous ones, to put back if the swap fails."""
+        with self._lock:
+            before = [args for m, args in self._replays if m == method]
+            self._replays = [(m, a) for m, a in self._replays if m != method] + [(method, args) for args in calls]
+        return before
+
     def stream_put(self, method: str, args: tuple[Any, ...], source: BinaryIO, **kw: Any) -> Any:
         return self._run(lambda p: p.stream_put(method, args, source, **kw))
 

@@ -31,6 +31,11 @@ def plugin_flush(manager: Any, name: str) -> list[bool]:
     return manager.flush(name)
 
 
+@ADMIN_METHODS.method("config.reload")
+def config_reload(manager: Any) -> dict[str, Any]:
+    return manager.reload_config()
+
+
 @ADMIN_METHODS.method("plugin.rescan")
 def plugin_rescan(manager: Any) -> list[dict[str, Any]]:
     return manager.rescan()

@@ -132,6 +132,18 @@ def run_daemon(config: Config, home: Path) -> None:
             logger.info("vsm-pool stopped")
 
 
+def _reload_config_on_hup(manager: Manager, startup: "_Startup") -> None:
+    """SIGHUP: the config reloaded as `vsm-pool config reload` does; a failure is one log line
+    (the running config serves on)."""
+    if not startup.ready:
+        logger.warning("SIGHUP: the config is not reloaded while the daemon is starting; send it again once it is ready")
+        return
+    try:
+        manager.reload_config()  # it logs what it applied and what needs a restart
+    except VsmError as e:
+        logger.error("SIGHUP: the config is not reloaded: {}", e)
+
+
 class _Startup:
     """Whether the manager is ready; what the daemon answers until it is."""
 
@@ -196,6 +208,8 @@ async def _serve(manager: Manager, sock: socket.socket, home: Path) -> None:
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="vsm-api")
     loop.set_default_executor(threads)
     startup = _Startup(manager)
+    # `kill -HUP <pid>`: `vsm-pool config reload` (off the loop: a reload swaps pools)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, _reload_config_on_hup, manager, startup))
     app = make_app(manager, TokenStore(home), stop.set, startup)
     # read_bufsize: a streamed body (piece, import) is read 1 MiB at a time, not 64 KiB
     runner = web.AppRunner(app, read_bufsize=READ_BUFSIZE, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)

@@ -38,6 +38,7 @@ def status(manager: Any) -> dict[str, Any]:
                    **{n: {"state": "starting", "error": why} for n, why in manager.stores_starting().items()}},
         "sectors": sectors,
         "problems": problems(manager, sectors, plugins),  # what is broken, why, and the command that fixes it
+        "config": manager.config_drift(),  # whether the file on disk differs from the running config
     }
 
 

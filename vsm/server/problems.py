@@ -5,11 +5,14 @@ fixes it: what `vsm-pool status` prints under its tables and /metrics exports as
               [Common] MinFreeSpace, or its disk refused a write: `disk full: PATH ...`
     journal   broken (a write failed; it retries by itself)  |  held (a KV commit's outcome unknown)
               |  stalled (the watermark waits for one ticket while committed events pile up behind it)
-    plugin    failed pool (crash loop)  |  degraded (a worker being replaced)  |  did not start
-              |  starting (its pool is starting, e.g. a slow onInit: what needs it answers 503)
+    plugin    failed pool (crash loop)  |  failed (its artifact did not load, at start or rescan)
+              |  degraded (a worker being replaced)  |  disabled (by `plugin disable`, by the
+              config, or its start failed)  |  starting (its pool is starting, e.g. a slow onInit:
+              what needs it answers 503)
     store     failed to open
     sink      needs a rebuild (its events left the journal)  |  backoff (deliveries failing)
-              |  disabled (its backlog waits in the journal)  |  no plugin (a checkpoint only)
+              |  disabled (its plugin is: its backlog waits in the journal)  |  failed (its
+              Constructor failed: nothing is delivered)  |  no plugin (a checkpoint only)
 
 One row: {"part": "sink/parquet", "state": "needs-rebuild", "cause": "...", "fix": "vsm-pool ..."}.
 """
@@ -51,7 +54,9 @@ def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[
     if journal.get("stalled"):
         add("journal", "stalled", journal["stalled"], "none if its op ends (a KVStore call ends at its pool's timeout); "
             "else restart the daemon (`vsm-pool stop`, `vsm-pool start`): recovery keeps what the KV holds and drops the rest")
-    loaded = {p["name"]: p for p in plugins}
+    sinks = (sectors or {}).get("sinks") or {}
+    # by name; an artifact that failed to load never hides the running plugin of its name
+    loaded = {p["name"]: p for p in sorted(plugins, key=lambda p: p["state"] != "failed" or bool(p.get("pool")))}
     for p in plugins:
         name, pool, state = p["name"], p.get("pool") or {}, p["state"]
         if state == "failed" and pool:
@@ -64,8 +69,12 @@ def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[
                 f"none: it serves once ready; past StartTimeout ({since.get('start_timeout', 60):g} s) it is disabled with the cause")
         elif pool.get("state") == "degraded":
             add(f"plugin/{name}", "degraded", pool.get("last_error") or "", "none: its worker is being replaced")
-        elif state == "disabled" and p.get("error") and not str(p["error"]).startswith("disabled "):
-            add(f"plugin/{name}", "disabled", p["error"], f"fix it, then `vsm-pool plugin enable {name}`")
+        elif state == "disabled" and not (sinks.get(name) or {}).get("needs_rebuild"):  # (a sink's needs-rebuild row says enable)
+            sink = p["kind"] == "SyncSectorState"
+            add(f"sink/{name}" if sink else f"plugin/{name}", "disabled", _disabled_cause(p, sinks.get(name), journal), _enable_fix(name, p.get("error") or ""))
+        elif state == "ready" and p.get("error") and p["kind"] == "SyncSectorState":  # its open (Constructor) failed: nothing reaches it
+            add(f"sink/{name}", "failed", p["error"], f"fix what it names (its file or folder), then `vsm-pool plugin reload {name}` "
+                f"(a change to [Common.Plugins.{name}.Meta] in config.toml needs a restart)")
     for store, cause in sorted(getattr(manager, "store_errors", {}).items()):
         plugin = next((s.plugin_name for s in (*manager.config.piece_stores, *manager.config.persist_stores) if s.name == store), "?")
         add(f"store/{store}", "failed", cause, f"fix the store (or its config.toml entry), then `vsm-pool plugin reload {plugin}`")
@@ -78,10 +87,34 @@ def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[
         elif s.get("state") == "backoff":
             add(f"sink/{name}", "backoff", s.get("last_error") or "", f"it retries by itself; after fixing the sink: `vsm-pool plugin reload {name}`")
         elif not s.get("attached") and s.get("lag"):
-            behind = f"{s['lag']} events behind, kept in the journal (up to [Common.Journal] MaxBacklog = {journal.get('max_backlog')})"
+            behind = _behind(s, journal)
+            if name in loaded and (loaded[name]["state"] == "disabled" or (loaded[name]["state"] == "ready" and loaded[name].get("error"))):
+                continue  # listed with its plugin's cause above
             if name in loaded:
                 add(f"sink/{name}", loaded[name]["state"], behind, f"`vsm-pool plugin enable {name}`")
             else:
                 add(f"sink/{name}", "no plugin", behind + "; no plugin of that name is loaded",
                     f"put its plugin back in the plugins folder and `vsm-pool plugin rescan`, or `vsm-pool sinks forget {name}`")
     return out
+
+
+def _behind(sink: dict[str, Any], journal: dict[str, Any]) -> str:
+    return f"{sink['lag']} events behind, kept in the journal (up to [Common.Journal] MaxBacklog = {journal.get('max_backlog')})"
+
+
+def _disabled_cause(plugin: dict[str, Any], sink: dict[str, Any] | None, journal: dict[str, Any]) -> str:
+    """Why a plugin is disabled; for a sink, what it is missing meanwhile."""
+    why = plugin.get("error") or "disabled"
+    if sink and sink.get("lag"):
+        return f"{_behind(sink, journal)}; {why}"
+    if plugin["kind"] == "SyncSectorState":
+        return f"{why}; new sector events wait for it in the journal"
+    return why
+
+
+def _enable_fix(name: str, error: str) -> str:
+    if error.startswith("disabled by `vsm-pool plugin disable`") or not error:
+        return f"`vsm-pool plugin enable {name}`"
+    if error == "disabled in config":
+        return f"`vsm-pool plugin enable {name}` (for good: remove `Disabled = true` from [Common.Plugins.{name}] in config.toml)"
+    return f"fix it, then `vsm-pool plugin enable {name}`"
