@@ -236,3 +236,60 @@ def test_selftest_fails_on_a_broken_install_naming_the_part(tmp_path: Path) -> N
     assert len(kept) == 1 and f"the temporary home is kept in {kept[0]}" in last
     assert not (kept[0] / "daemon.json").exists(), "the daemon still runs"
     assert shm_entries() <= shm_before
+
+
+def test_config_reload_applies_stores_limits_and_meta_and_says_what_needs_a_restart(tmp_path: Path) -> None:
+    """Item 5: a store added to config.toml is a 404 that says the file names it and how to
+    apply it; `status` says the file differs; `vsm-pool config reload` opens it (in a new
+    fsstore pool whose sandbox allows its Path), applies a plugin's new limits and a sink's new
+    Meta, lists what needs a restart; after it, status says nothing differs; SIGHUP does the same."""
+    import signal
+    import time
+
+    from .harness import prepare_home
+
+    home = prepare_home(tmp_path / "home")
+    d = start(home)
+    try:
+        blobs = tmp_path / "blobs"
+        blobs.mkdir()
+        config = home / "config.toml"
+        config.write_text(
+            config.read_text().replace('[Common.Api]\nListen = "127.0.0.1:1789"', '[Common.Api]\nListen = "127.0.0.1:1789"\nMaxListLimit = 500')
+            + f'\n[[Common.PieceStores]]\nName = "blobs"\nPath = "{blobs}"\n'
+            + '\n[Common.Plugins.sqlitekv]\nMemoryLimit = "1GiB"\n'
+        )
+        status, _, body = d.request("PUT", "/pieces/blobs/a.car", b"piece")
+        assert status == 404 and f"no store named 'blobs'" in body.decode() and f"{config} names it since the daemon started: `vsm-pool config reload` opens it" in body.decode(), body
+
+        out = d.cli("status").stdout
+        assert f"config: {config} on disk differs from the running config (Common.Api, Common.Plugins.sqlitekv, store 'blobs' added): `vsm-pool config reload` applies it" in out, out
+
+        reload = d.cli("config", "reload")
+        assert "applied: ObjStore/fsstore: new pool, stores pieces, blobs" in reload.stdout, reload.stdout
+        assert "applied: KVStore/sqlitekv: new pool" in reload.stdout
+        assert "needs a restart: Common.Api (`vsm-pool stop`, then `vsm-pool start`)" in reload.stdout
+        assert d.request("PUT", "/pieces/blobs/a.car", b"piece")[0] == 201
+        assert (blobs / "a.car").read_bytes() == b"piece"
+        assert d.request("PUT", "/pieces/pieces/b.car", b"still")[0] == 201  # the store it had serves on
+        plugins = {p["name"]: p for p in d.rpc("status")["plugins"]}
+        assert plugins["sqlitekv"]["limits"]["text"].startswith("mem 1GiB"), plugins["sqlitekv"]["limits"]
+        d.rpc("sectors.init", {"sectors": [{"miner": 9, "number": 1, "proof_type": 8}]})  # the DB serves in its new pool
+        assert d.rpc("sectors.get", {"miner": 9, "number": 1})["ID"] == {"Miner": 9, "Number": 1}
+        drift = d.rpc("status")["config"]
+        assert drift["changes"] == ["Common.Api"] and drift["not_applied"] == [], drift  # only what needs a restart is left
+
+        # a sink's Meta by SIGHUP: the parquet sink writes to its new Path from the next event
+        moved = tmp_path / "parquet-moved"
+        config.write_text(config.read_text().replace(f'Path = "{home}/data/parquet"', f'Path = "{moved}"'))
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while "SyncSectorState/parquet: new pool, sink open with the new Meta" not in d.log_text():
+            assert time.monotonic() < deadline, d.log_text()[-3000:]
+            time.sleep(0.1)
+        d.rpc("sectors.init", {"sectors": [{"miner": 9, "number": 2, "proof_type": 8}]})
+        run_cli(home, "plugin", "flush", "parquet")
+        d.wait_delivered()
+        assert any(moved.rglob("*.parquet")), list(moved.rglob("*"))
+    finally:
+        finish(d)

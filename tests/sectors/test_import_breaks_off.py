@@ -119,6 +119,14 @@ def test_stuck_ticket_is_a_problem(dictdb: Any, tmp_path: Any, monkeypatch: pyte
             assert "vsm_journal_watermark_gap_events 2.0" in text, text
             assert 'vsm_problem{cause="the watermark waits at seq' in text and 'state="stalled"' in text, text
             assert "vsm_journal_watermark_age_seconds 0.0" not in text
+            # `vsm-pool sinks status`: every sink's lag is 0 (it counts up to the watermark), the line says why
+            from click.testing import CliRunner
+
+            from vsm.cli import sinks as sinks_cli
+
+            monkeypatch.setattr(sinks_cli, "daemon_or_fail", lambda *_: SimpleNamespace(call=lambda method: m.status()))
+            out = CliRunner().invoke(sinks_cli.sinks, ["status"]).output
+            assert "journal: stalled: the watermark waits at seq" in out, out
         finally:
             gate.set()
             stuck.join(30)

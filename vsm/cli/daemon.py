@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -85,6 +86,7 @@ def status(home: Path | None, as_json: bool) -> None:
         return
     d = st["daemon"]
     click.echo(f"daemon: pid {d['pid']}, listening on {d['listen']}, home {d['home']}")
+    _print_config(st.get("config") or {})
     rows = []
     for p in st["plugins"]:
         pool = p.get("pool") or {}
@@ -113,6 +115,18 @@ def status(home: Path | None, as_json: bool) -> None:
             False,
         )
     _print_problems(st.get("problems") or [])
+
+
+def _print_config(drift: dict[str, Any]) -> None:
+    """The running config against the file on disk (issue 26: a store added to the file was
+    a 404 until a restart, with no word on why)."""
+    if drift.get("error"):
+        click.echo(f"config: {drift['error']} (the daemon runs on the config it started with)")
+    elif drift.get("differs"):
+        click.echo(f"config: {drift['file']} on disk differs from the running config ({', '.join(drift['changes'])}): "
+                   "`vsm-pool config reload` applies it")
+    for line in drift.get("not_applied") or []:
+        click.echo(f"config: not applied at the last reload: {line}")
 
 
 def _print_problems(rows: list[dict[str, str]]) -> None:

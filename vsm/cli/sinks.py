@@ -27,6 +27,10 @@ def sinks_status(home: Path | None, config_file: Path | None, as_json: bool) -> 
     st = daemon_or_fail(home, config_file).call("sinks.status")
     rows = [{"sink": n, **s, "problem": s.get("needs_rebuild") or ""} for n, s in st["sinks"].items()]
     print_table(rows, ["sink", "state", "attached", "checkpoint", "lag", "problem"], as_json)
+    journal = st.get("journal") or {}
+    for state in ("stalled", "held", "broken"):  # lag counts up to the watermark: a stuck one shows here
+        if journal.get(state) and not as_json:
+            click.echo(f"journal: {state}: {journal[state]}")
 
 
 @sinks.command("rebuild")

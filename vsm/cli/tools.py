@@ -35,6 +35,26 @@ def config_init(home: Path | None, force: bool) -> None:
     click.echo(str(target))
 
 
+@config.command("reload")
+@home_option
+def config_reload(home: Path | None) -> None:
+    """Apply the config file's changes to the running daemon (as `kill -HUP`): stores, plugins'
+    pool settings and Meta, store policies; list what needs a restart."""
+    from ._common import daemon_or_fail
+
+    report = daemon_or_fail(home, None).call("config.reload")
+    if not report["changed"]:
+        click.echo(f"{report['file']}: nothing changed")
+    for line in report["applied"]:
+        click.echo(f"applied: {line}")
+    for line in report["restart"]:
+        click.echo(f"needs a restart: {line} (`vsm-pool stop`, then `vsm-pool start`)")
+    for line in report["failed"]:
+        click.echo(f"not applied: {line}", err=True)
+    if report["failed"]:
+        sys.exit(1)
+
+
 @click.command()
 @click.option("--quick", is_flag=True, help="Smaller sizes, for a smoke run (about a minute).")
 @click.option("--suite", "suites", multiple=True, type=click.Choice(["executor", "isolation", "sectors", "operator", "envs", "ray", "soak"]),
