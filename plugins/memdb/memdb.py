@@ -194,6 +194,8 @@ class Collection:
 class MemDB:
     """What the Constructor returns: a set of collections, created on first open."""
 
+    cannot_backup = "memdb keeps its keys in the worker's memory only: there is no file to back up, and they are gone at every stop"
+
     def __init__(self) -> None:
         self._collections: dict[str, Collection] = {}
         self._lock = threading.Lock()

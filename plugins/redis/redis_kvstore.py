@@ -159,6 +159,7 @@ class RedisDB:
     # A scan pages the index and is not a snapshot (badger's is): saying so, the kit skips
     # its snapshot rule for this store instead of failing it.
     snapshot_scans = False
+    cannot_backup = "the data lives in the Redis server: back it up with Redis' own BGSAVE (its RDB file) or a replica"
 
     def __init__(self, addr: str, key_prefix: str, pool: redis.ConnectionPool, has_password: bool) -> None:
         self.addr = addr

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,8 @@ def read_artifact_manifest(path: Path) -> tuple[Manifest, list[str]]:
             names = set(zf.namelist())
     except zipfile.BadZipFile:
         raise ArtifactError(path, "not a vsm-pool plugin artifact, or truncated: not a readable zip archive") from None
+    except zlib.error as e:  # a garbled deflate stream fails before its CRC is compared (issue 25)
+        raise ArtifactError(path, f"corrupt artifact: an entry does not decompress ({e}); rebuild it") from None
     except (OSError, EOFError) as e:
         raise ArtifactError(path, f"cannot read artifact: {e}") from None
     try:

@@ -227,6 +227,38 @@ class KVHost(_Host):
     def need_retry_transactions(self, coll: str) -> bool:
         return bool(self._coll(coll).need_retry_transactions())
 
+    def backup(self) -> str:
+        """The DB's own `backup(dest)` (vsm.sdk.kvstore) into a new file of the worker's temp
+        folder, the one place a sandboxed plugin may always write; returns its path, which the
+        manager moves to the backup's folder. Raises with the DB's reason when it has none."""
+        import tempfile
+
+        db = self._open()
+        own = getattr(db, "backup", None)
+        if own is None:
+            why = getattr(db, "cannot_backup", "") or "its DB has no backup(dest) method (vsm.sdk.kvstore.DB)"
+            raise InvalidRequestError(f"the KVStore plugin '{self.manifest.name}' cannot back up: {why}")
+        fd, dest = tempfile.mkstemp(prefix="kv-backup-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(dest)  # a new file: the DB's backup makes it
+        try:
+            own(dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dest)
+            raise
+        return dest
+
+    def check(self) -> list[str] | None:
+        """The damage the DB's own `check()` finds ([] none); None if it has no check."""
+        own = getattr(self._open(), "check", None)
+        return None if own is None else [str(line) for line in own()]
+
+    def _open(self) -> Any:
+        if self._db is None:
+            raise RuntimeError(f"{self.manifest.name}: no database is open in this worker")
+        return self._db
+
     def scan_open(self, coll: str, prefix: bytes) -> tuple[int, list[tuple[bytes, bytes]], bool]:
         """Start a scan; returns (cursor, first page, done). Later pages come from scan_next on
         the same worker, since the cursor lives here."""

@@ -118,3 +118,13 @@ class DB(Protocol):
     # Optional (not in Go's interface): `collections() -> list[str]`, the names of the
     # collections that hold keys, so `vsm-pool util migrate` copies each one present; and
     # `snapshot_scans = False` for a store whose scans are not snapshots (the kit skips that rule).
+    #
+    # Optional, for `vsm-pool backup` and `vsm-pool doctor` (issue 25):
+    #   backup(dest: str) -> None   write a consistent copy of the whole DB (one moment of it,
+    #                               every commit before that moment) to the new file `dest`, while
+    #                               the DB serves; the file is what `vsm-pool restore` puts back at
+    #                               the Meta path of the DB (pathMeta), so an embedded store only.
+    #   cannot_backup: str          why this DB has no backup (a server's store: "use the server's
+    #                               own backup: redis BGSAVE"); shown to the operator.
+    #   check() -> list[str]        the damage the DB finds in its own files ([] when none), e.g.
+    #                               SQLite's integrity_check; each item one line.

@@ -7,6 +7,7 @@ keys and a persistent store can be checked again without cleanup.
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
 from typing import Callable
@@ -209,6 +210,29 @@ def scan_is_a_snapshot(db: DB) -> None:
         it.close()
     got = [(bytes(first[0]), bytes(first[1])), *rest]
     expect(got == [(k, b"old") for k in keys], f"a scan saw writes made after it began ({len(got)} items, expected {len(keys)} as they were)")
+
+
+def backup_and_check(db: DB) -> None:
+    """The optional backup (vsm.sdk.kvstore, `vsm-pool backup`): a DB that can back up writes a
+    non-empty copy while it serves, and its optional check() finds a sound DB sound ([]); one
+    that cannot says why (cannot_backup) and is skipped."""
+    coll = _collection(db, backup_and_check)
+    coll.put(b"before-backup", b"kept")
+    backup, check = getattr(db, "backup_file", None), getattr(db, "check", None)
+    if backup is None or check is None:
+        raise SkipCheck("the DB is not served by a plugin pool here")
+    try:
+        path = backup()
+    except Exception as e:  # noqa: BLE001 - "cannot back up: <why>" is the store's answer
+        if "cannot back up" in str(e):
+            raise SkipCheck(str(e).split("cannot back up: ", 1)[-1]) from None
+        raise
+    try:
+        expect(os.path.getsize(path) > 0, f"backup() wrote an empty file ({path})")
+    finally:
+        os.unlink(path)
+    found = check()
+    expect(found is None or found == [], f"check() found damage in a sound DB: {found}")
 
 
 def empty_key_refused(db: DB) -> None:
@@ -416,6 +440,7 @@ KVSTORE_CHECKS: tuple[Callable[[DB], None], ...] = (
     closures_work,
     bulk_update_commits_all,
     need_retry_transactions_is_bool,
+    backup_and_check,
 )
 
 

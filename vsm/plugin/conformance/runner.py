@@ -148,6 +148,13 @@ class _TrackedDB:
     def snapshot_scans(self) -> bool:
         return self.db.snapshot_scans
 
+    def backup_file(self) -> str:
+        """The DB's own backup, as `vsm-pool backup` makes it (vsm/plugin/host.py KVHost.backup)."""
+        return str(self.db.pool.call("backup", timeout=None))
+
+    def check(self) -> list[str] | None:
+        return self.db.pool.call("check")  # type: ignore[no-any-return]
+
 
 def _kvstore(ctx: _Context, run: KitRun) -> None:
     db = PooledDB(ctx.pool, ctx.meta)
