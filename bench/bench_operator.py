@@ -6,6 +6,7 @@
     curl GET /pieces/<store>/<path> > /dev/null     cat FILE > /dev/null; a bare sendfile
                                                     server + the same curl (the transport)
     curl -T FILE PUT /pieces/<store>/<path>         cp FILE + sync of the copy (fsync)
+    curl -r A-B GET /pieces/<store>/<path>          nginx serving the same file (sendfile)
     vsm-pool sectors import FILE (daemon running)   the same states imported in-process by
       Parquet and Go JSON lines                     the engine on the same kind of home
 
@@ -214,6 +215,14 @@ def _sendfile_server(path: Path, conns: int) -> tuple[int, threading.Thread]:
     return srv.getsockname()[1], t
 
 
+def _piece_file(path: Path, size: int) -> None:
+    """size bytes of a repeated random 8 MiB block (cheap to make, not sparse)."""
+    with open(path, "wb") as f:
+        block = os.urandom(8 * MiB)
+        for _ in range(size // len(block)):
+            f.write(block)
+
+
 def bench_pieces(h: Home, root: Path, quick: bool) -> list[dict[str, Any]]:
     curl = shutil.which("curl")
     if curl is None:
@@ -221,10 +230,7 @@ def bench_pieces(h: Home, root: Path, quick: bool) -> list[dict[str, Any]]:
     size = (256 * MiB) if quick else (1 << 30)
     rounds = 2 if quick else 3
     src = root / "piece.bin"
-    with open(src, "wb") as f:
-        block = os.urandom(8 * MiB)
-        for _ in range(size // len(block)):
-            f.write(block)
+    _piece_file(src, size)
     wl = f"piece {size >> 20} MiB, fsstore on disk, Fsync on"
     auth = ["-H", f"Authorization: Bearer {h.token}"]
     put: dict[str, list[float]] = {"file": [], "ring": [], "cp": []}
@@ -264,6 +270,111 @@ def bench_pieces(h: Home, root: Path, quick: bool) -> list[dict[str, Any]]:
         _row(wl, "cat FILE > /dev/null", rate(get["cat"]), "GiB/s"),
         _row(wl, "bare sendfile server + curl", rate(get["bare"]), "GiB/s", {"cat": rate(get["bare"]) / rate(get["cat"])}),
     ]
+
+
+# -- 2b. ranged piece GETs ------------------------------------------------------------------
+# Retrieval clients ask for ranges (issue 26 item 4). Peer: nginx (nginx-light) serving the same
+# file from the store's folder with sendfile, the web server such a client would otherwise
+# get pieces from. Two shapes: many 1 MiB ranges at random offsets through one curl on one
+# keep-alive connection (per-request cost: the store's worker opens the file or the stream
+# every time), and one big range (the second half of the piece: bytes per second, the worker
+# seeking, not reading, up to it).
+
+
+def _nginx(docroot: Path, root: Path) -> tuple[subprocess.Popen[bytes], int] | None:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if nginx is None:
+        return None
+    port = _free_port()
+    conf = root / "nginx.conf"
+    user = "user root;\n" if os.geteuid() == 0 else ""  # its worker reads the home's store as we do
+    conf.write_text(
+        f"{user}daemon off; worker_processes 1; pid {root}/nginx.pid; error_log {root}/nginx-error.log;\n"
+        f"events {{}}\nhttp {{ access_log off; sendfile on; keepalive_requests 100000;\n"
+        f"  server {{ listen 127.0.0.1:{port}; root {docroot}; }} }}\n"
+    )
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        time.sleep(0.05)
+    proc.kill()
+    return None
+
+
+def _ranges_config(path: Path, url: str, headers: list[str], ranges: list[tuple[int, int]]) -> Path:
+    """A curl config that GETs url once per range, all on one connection (--next between)."""
+    lines = []
+    for first, last in ranges:
+        lines += [f'url = "{url}"', f'range = "{first}-{last}"', 'output = "/dev/null"', "silent", "fail", "show-error"]
+        lines += [f'header = "{h}"' for h in headers]
+        lines.append("next")
+    path.write_text("\n".join(lines[:-1]) + "\n")
+    return path
+
+
+def bench_ranges(h: Home, root: Path, quick: bool) -> list[dict[str, Any]]:
+    import random
+
+    curl = shutil.which("curl")
+    if curl is None:
+        return [_row("ranged piece GET", "skipped: no curl (apt-get install curl)", 0, "")]
+    size = (256 * MiB) if quick else (1 << 30)
+    n_small = 100 if quick else 300
+    rounds = 2 if quick else 3
+    piece = h.store_dir / "bench" / "ranged.bin"  # fsstore's objects are files: written in place
+    piece.parent.mkdir(parents=True, exist_ok=True)
+    _piece_file(piece, size)
+    started = _nginx(h.store_dir, root)
+    rnd = random.Random(26)
+    small = [(o, o + MiB - 1) for o in (rnd.randrange(0, size - MiB) for _ in range(n_small))]
+    auth = [f"Authorization: Bearer {h.token}"]
+    urls = {"file": (h.url("/pieces/pieces/bench/ranged.bin"), auth), "ring": (h.url("/pieces/ring/bench/ranged.bin"), auth)}
+    if started is not None:
+        urls["nginx"] = (f"http://127.0.0.1:{started[1]}/bench/ranged.bin", [])
+    many: dict[str, list[float]] = {k: [] for k in urls}
+    half: dict[str, list[float]] = {k: [] for k in urls}
+    try:
+        for key, (url, headers) in urls.items():  # the bytes are the piece's, on every server
+            got = subprocess.run([curl, "-sfS", "-r", "1000-1009", *(a for hd in headers for a in ("-H", hd)), url], capture_output=True, check=True).stdout
+            with open(piece, "rb") as f:
+                f.seek(1000)
+                assert got == f.read(10), f"{key}: a ranged GET returned other bytes"
+        for _ in range(rounds):  # alternating, so that load changes hit every variant alike
+            for key, (url, headers) in urls.items():
+                cfg = _ranges_config(root / f"ranges-{key}.curl", url, headers, small)
+                many[key].append(_timed([curl, "--config", str(cfg)]))
+                half[key].append(_timed([curl, "-sfS", "-o", "/dev/null", "-r", f"{size // 2}-",
+                                         *(a for hd in headers for a in ("-H", hd)), url]))
+    finally:
+        if started is not None:
+            started[0].terminate()
+            started[0].wait(10)
+        piece.unlink(missing_ok=True)
+
+    def per_s(ts: list[float]) -> float:
+        return round(n_small / min(ts), 1)
+
+    def gib_s(ts: list[float]) -> float:
+        return round(size / 2 / min(ts) / 2**30, 3)
+
+    wl_many = f"ranged GET: {n_small} x 1 MiB at random offsets of a {size >> 20} MiB piece, one curl, keep-alive"
+    wl_half = f"ranged GET: the second half of a {size >> 20} MiB piece (curl -r {size // 2}-)"
+    if "nginx" not in urls:
+        note = "skipped nginx: not installed (apt-get install nginx-light)"
+        return [_row(wl_many, f"{k} path", per_s(many[k]), "requests/s", note=note) for k in ("file", "ring")] + \
+               [_row(wl_half, f"{k} path", gib_s(half[k]), "GiB/s", note=note) for k in ("file", "ring")]
+    names = {"file": "file path (sendfile of the range)", "ring": "ring path (OpenFiles=false: the worker seeks)", "nginx": "nginx, sendfile on"}
+    rows = []
+    for key in ("file", "ring", "nginx"):
+        vs = {} if key == "nginx" else {"nginx": per_s(many[key]) / per_s(many["nginx"])}
+        rows.append(_row(wl_many, names[key], per_s(many[key]), "requests/s", vs))
+    for key in ("file", "ring", "nginx"):
+        vs = {} if key == "nginx" else {"nginx": gib_s(half[key]) / gib_s(half["nginx"])}
+        rows.append(_row(wl_half, names[key], gib_s(half[key]), "GiB/s", vs))
+    return rows
 
 
 # -- 3. bulk import -------------------------------------------------------------------------
@@ -518,7 +629,7 @@ def _inputs_json(pq_path: Path, js_path: Path) -> None:
             f.write(b"\n".join(arrow_to_go_json(batch).to_pylist()) + b"\n")
 
 
-BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {"cli": bench_cli, "pieces": bench_pieces, "import": bench_import}
+BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {"cli": bench_cli, "pieces": bench_pieces, "ranges": bench_ranges, "import": bench_import}
 
 
 def run(quick: bool, only: list[str] | None = None) -> list[dict[str, Any]]:
@@ -531,6 +642,8 @@ def run(quick: bool, only: list[str] | None = None) -> list[dict[str, Any]]:
             rows += bench_cli(h, quick)
         if not only or "pieces" in only:
             rows += bench_pieces(h, root, quick)
+        if not only or "ranges" in only:
+            rows += bench_ranges(h, root, quick)
         if not only or "import" in only:
             rows += bench_import(h, root, quick)
         return rows
