@@ -77,6 +77,8 @@ def _update_reaches_sink(d: Daemon, number: int, evt: str, timeout: float = 30.0
         assert time.monotonic() < deadline, f"the update (seq {head}) did not reach the sinks within {timeout}s: {st['journal']}"
         time.sleep(0.1)
     assert not [p for p in d.rpc("status")["problems"] if p["part"] == "journal"]
+    metrics = d.request("GET", "/metrics")[2].decode()
+    assert "vsm_journal_watermark_gap_events 0.0" in metrics and "vsm_journal_watermark_age_seconds" in metrics, metrics
 
 
 def _resume(d: Daemon, path: Path) -> None:
