@@ -105,6 +105,7 @@ def _methods_objstore() -> list[str]:
         *_methods(objstore.Store, "Store"),
         *_methods(objstore.FileStore, "FileStore (optional, for a store whose objects are files)"),
         *_methods(objstore.ObjectWriter, "ObjectWriter"),
+        *_methods(objstore.RangeStore, "RangeStore (optional: ranged reads without reading up to the range)"),
         f"`vsm.sdk.iter_chunks{_signature(chunks)}`: {_first_line(chunks.__doc__)}",
         "",
     ]

@@ -52,6 +52,7 @@ from ..errors import StoreBusy
 from ..plugin.proxies import object_path_refusal
 from ..sdk import InvalidObjectPathError, ObjectNotFoundError, ReadOnlyStoreError
 from ..sdk import errors as sdk_errors
+from ..sdk.diskspace import human_bytes
 
 __all__ = ["add_piece_routes"]
 
@@ -227,17 +228,10 @@ def piece_space_refusal(store: str, path: str, where: str, free: int, floor: int
     the store's MinFreeSpace (`floor`). The one free-space rule of piece stores (issue 25)."""
     if free >= floor + (incoming or 0):
         return None
-    why = (f"this piece's {_size(incoming)} would leave less than" if incoming and free >= floor else "under")
-    return (f"disk full: PUT {store}/{path} refused: {where} has {_size(free)} free, {why} the store's "
-            f"MinFreeSpace {_size(floor)}: free space there, or lower MinFreeSpace in its "
+    why = (f"this piece's {human_bytes(incoming)} would leave less than" if incoming and free >= floor else "under")
+    return (f"disk full: PUT {store}/{path} refused: {where} has {human_bytes(free)} free, {why} the store's "
+            f"MinFreeSpace {human_bytes(floor)}: free space there, or lower MinFreeSpace in its "
             "[[Common.PieceStores]] entry; PUTs resume by themselves")
-
-
-def _size(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def _disk_full(e: BaseException | None) -> OSError | None:
@@ -269,9 +263,9 @@ async def _space_refused(request: web.Request, store: Any, path: str, incoming: 
         info = None
     if failed is not None:  # the size was not known up front, or another writer took the space
         where = info.config.path if info is not None else f"store {store.name!r}"
-        free = f"; {_size(info.free)} free once it was dropped" if info is not None else ""
+        free = f"; {human_bytes(info.free)} free once it was dropped" if info is not None else ""
         text = (f"disk full: PUT {store.name}/{path} failed, nothing stored: the disk of {where} filled "
-                f"during the upload ({failed.strerror}){free}: free space there (a PUT that sends its "
+                f"during the upload ({failed.strerror or failed}){free}: free space there (a PUT that sends its "
                 "Content-Length is refused before a byte is written); PUTs resume by themselves")
     elif info is None or not info.total:
         return None
