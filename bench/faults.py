@@ -328,6 +328,8 @@ class Load:
                 continue
             with self.mu:
                 self.imported.update((self.miner, n) for n in range(first, first + self.chunk))
+                # realistic states: the finalized ones are imported offline, never finalized again
+                self.finalized.update((self.miner, st["ID"]["Number"]) for st in states if st["Finalized"])
             self._count("import", True)
             self._pause()
 
