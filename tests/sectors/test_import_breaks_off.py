@@ -4,6 +4,7 @@ status, /metrics and the problems list (what the dashboard shows)."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from vsm.sdk.sectors import AllocatedSector, SectorID, states_to_arrow
-from vsm.sectors import SectorStateManager, SinkHost
+from vsm.sectors import SectorStateManager, SinkHost, op_client
 from vsm.server.metrics import Metrics
 from vsm.server.problems import problems
 
@@ -101,7 +102,9 @@ def test_stuck_ticket_is_a_problem(dictdb: Any, tmp_path: Any, monkeypatch: pyte
             orig(changes)
 
         m._commit = slow_commit  # type: ignore[method-assign]
-        stuck = threading.Thread(target=m.update, args=(SectorID(1, 1), {"AbortReason": "slow"}))
+        request = contextvars.copy_context()  # as the daemon runs each JSON-RPC request's method
+        request.run(op_client.set, "JSON-RPC from 10.0.0.9")
+        stuck = threading.Thread(target=request.run, args=(m.update, SectorID(1, 1), {"AbortReason": "slow"}))
         stuck.start()
         try:
             wait_until(lambda: m.writer.blocking() is not None)
@@ -110,7 +113,7 @@ def test_stuck_ticket_is_a_problem(dictdb: Any, tmp_path: Any, monkeypatch: pyte
             wait_until(lambda: m.status()["journal"]["stalled"] is not None)
             status = m.status()
             journal = status["journal"]
-            assert "(update of m-1-n-1)" in journal["stalled"] and "2 events committed to the KV wait behind it" in journal["stalled"]
+            assert "(update of m-1-n-1 by JSON-RPC from 10.0.0.9)" in journal["stalled"] and "2 events committed to the KV wait behind it" in journal["stalled"]
             assert journal["watermark_gap"] == 2 and journal["watermark_age"] >= 0.2, journal
             daemon = SimpleNamespace(sectors=m, registry=None, config=None)
             rows = [p for p in problems(daemon, status) if p["part"] == "journal"]

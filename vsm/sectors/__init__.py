@@ -9,7 +9,7 @@ on-disk layout, `_dispatch.py` for per-sink delivery and `sink_host.py` for the 
 from __future__ import annotations
 
 from ._dispatch import PoolSink, SinkState
-from ._events import JournalBroken
+from ._events import JournalBroken, op_client
 from ._io import ImportReport, RefusedLine, query_duckdb, read_ahead, read_import_batches, read_import_file, write_import_file
 from ._journal import FrameRef, Journal, read_frame
 from ._manager import OFFLINE, ONLINE, SectorNotFoundError, SectorStateManager
@@ -30,6 +30,7 @@ __all__ = [
     "SinkState",
     "ipc_to_table",
     "make_sink_host",
+    "op_client",
     "query_duckdb",
     "read_frame",
     "read_ahead",

@@ -33,6 +33,7 @@ space stays without holes and a sink's gap check (a missing seq = lost events) s
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from typing import Any, Callable
@@ -44,7 +45,11 @@ from vsm.sdk.sectors import SECTOR_EVENT_SCHEMA
 
 from ._journal import Journal, Watermark
 
-__all__ = ["EventRejected", "EventWriter", "JournalBroken", "Ticket"]
+__all__ = ["EventRejected", "EventWriter", "JournalBroken", "Ticket", "op_client"]
+
+# Who asked for the op this thread runs ("JSON-RPC from 10.0.0.7"), set by the daemon per
+# request: a ticket's owner names it, so a stalled watermark says which client holds it.
+op_client: contextvars.ContextVar[str] = contextvars.ContextVar("vsm_op_client", default="")
 
 _ROOM_TO_RETRY = 1 << 20  # free bytes on a full journal's disk that make its writer retry at once
 

@@ -67,7 +67,7 @@ from vsm.sdk.sectors import (
 
 from ._backlog import clear_mark, find_gap, gap_cause, read_mark, stored_checkpoints, write_mark
 from ._dispatch import SinkDispatcher
-from ._events import EventWriter, Ticket
+from ._events import EventWriter, Ticket, op_client
 from ._journal import Journal, Watermark, read_frame
 from ._keys import STATE_PREFIXES, PrefixedKVStore, adopt_bare_keys
 from ._kvpairs import KVPairs
@@ -685,6 +685,8 @@ class SectorStateManager:
         t = _op_time()  # one operation: its rows share a time
         first = changes[0]
         owner = f"{first.kind} of m-{first.sid.miner}-n-{first.sid.number}" + (f" and {len(changes) - 1} more" if len(changes) > 1 else "")
+        if op_client.get():
+            owner += f" by {op_client.get()}"
         ticket = self.writer.submit([self._row(c, t) for c in changes], owner=owner)
         self.writer.wait_durable(ticket)
         try:

@@ -40,6 +40,7 @@ from ..config import Config
 from ..errors import VsmError
 from ..home import daemon_info, read_token, token_path
 from ..manager import Manager
+from ..sectors import op_client
 from .auth import MIN_TOKEN_CHARS, Level, TokenStore, needed_for_http, needed_for_rpc, why_not
 from .dashboard import CSRF_HEADER, OPEN_PATHS, Sessions, add_dashboard_routes, browser_wants_login
 from .jsonrpc import Scrubber, dispatch_rpc
@@ -371,6 +372,7 @@ async def _rpc(request: web.Request) -> web.Response:
         return slow
     manager = request.app["manager"]
     level = request["level"]
+    op_client.set(f"JSON-RPC from {request.remote or '?'}")  # this request's task only: tickets name it
     reply = await dispatch_rpc(
         raw, METHODS, manager, request.app["request_stop"],
         allowed=lambda method: why_not(level, needed_for_rpc(method, METHODS), method),

@@ -37,6 +37,7 @@ adds the full trace.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import os
@@ -278,7 +279,9 @@ async def _call(
         bound = sig.bind(manager, *params) if isinstance(params, list) else sig.bind(manager, **params)
     except TypeError as e:
         raise RpcError(INVALID_PARAMS, f"invalid params for {name}: {e}") from None
-    return await loop.run_in_executor(None, translate_errors, lambda: fn(*bound.args, **bound.kwargs), name, scrub)
+    # in this request's context: the method's ops know their client (vsm.sectors.op_client)
+    ctx = contextvars.copy_context()
+    return await loop.run_in_executor(None, ctx.run, translate_errors, lambda: fn(*bound.args, **bound.kwargs), name, scrub)
 
 
 def _remote(e: BaseException) -> bool:
