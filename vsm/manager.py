@@ -599,9 +599,13 @@ class Manager:
                 kept = {n: st for n, st in self.stores.items() if st.pool is not pool}
                 self.stores = {**kept, **{s.name: PooledStore(pool, cfg_of(s), opened=True) for s in mine}}
             return f"{plugin.label}: new pool, stores {', '.join(s.name for s in mine) or 'none'}"
-        if kind is Kind.SyncSectorState and pool.has_replay("open_sink"):
+        if kind is Kind.SyncSectorState:
             new = self.config
             before = pool.set_replays("open_sink", [(dict(new.settings(name).meta),)])
+            if not before:  # never opened (its Constructor failed): the reload's handover opens it with the new Meta
+                pool.set_replays("open_sink", [])
+                self.reload(name)
+                return f"{plugin.label}: new pool, sink open with the new Meta"
             with self._wiring:  # if the new pool fails, the handover reopens the old one with its old Meta
                 self.config = dataclasses.replace(new, plugins={**new.plugins, name: old.settings(name)})
             try:
