@@ -38,6 +38,7 @@ from ._journal import FrameRef, Journal, _fsync_dir
 __all__ = ["SharedBatches", "SinkDispatcher", "SinkEndpoint", "SinkState", "PoolSink", "as_endpoint", "shared_batches"]
 
 log = logging.getLogger("vsm.sectors")
+_DISK_FULL_RETRY = 1.0  # seconds between deliveries a full disk refused (issue 25: resume within seconds)
 _NOTED: set[tuple[str, str]] = set()  # (sink, note) logged by this process: once, not per attach
 
 
@@ -440,7 +441,9 @@ class SinkDispatcher:
                 self.linger = None  # ask again: the sink may have been reloaded
                 if self._stop.wait(delay):
                     break
-                delay = min(delay * 2, self.backoff[1])
+                # a full disk is asked again every second at most: the sink is back within a
+                # second of space coming back, not up to the back-off's cap later
+                delay = min(delay * 2, _DISK_FULL_RETRY if self.disk_full else self.backoff[1])
                 continue
             self._backlog_since = None
             self.disk_full = None
