@@ -98,8 +98,9 @@ def test_rescan_lists_every_broken_artifact_goes_on_past_a_duplicate_and_shows_l
 
     for name in ("plugin-notes.vsmp", "plugin-cut.vsmp", "plugin-parquet-copy.vsmp", "plugin-brokensink.vsmp"):
         (plugins / name).unlink()
-    out = d.cli("plugin", "rescan")
-    assert out.returncode == 0, out
+    out = d.cli("plugin", "rescan", "--json")
+    assert {Path(r["artifact"]).name: r["change"] for r in json.loads(out.stdout)} == {
+        "plugin-notes.vsmp": "removed", "plugin-cut.vsmp": "removed", "plugin-parquet-copy.vsmp": "removed", "plugin-brokensink.vsmp": "removed"}
     assert "problems: none" in d.cli("status").stdout
 
 

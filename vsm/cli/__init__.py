@@ -28,6 +28,9 @@ __all__ = ["main"]
 # command name -> (module, attribute); imported when the command runs (or for --help)
 _COMMANDS = {
     "auth": ("auth", "auth"),
+    "backup": ("backup", "backup"),
+    "doctor": ("doctor", "doctor"),
+    "restore": ("backup", "restore"),
     "bench": ("tools", "bench"),
     "config": ("tools", "config"),
     "pieces": ("pieces", "pieces"),

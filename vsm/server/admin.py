@@ -1,4 +1,5 @@
-"""JSON-RPC methods that change plugins at run time (enable, disable, reload, flush, rescan)."""
+"""JSON-RPC methods that change plugins at run time (enable, disable, reload, flush, rescan), and
+the KV's hot backup."""
 
 from __future__ import annotations
 
@@ -39,3 +40,12 @@ def config_reload(manager: Any) -> dict[str, Any]:
 @ADMIN_METHODS.method("plugin.rescan")
 def plugin_rescan(manager: Any) -> list[dict[str, Any]]:
     return manager.rescan()
+
+
+@ADMIN_METHODS.method("kv.backup")
+def kv_backup(manager: Any, dest: str) -> dict[str, Any]:
+    """A consistent copy of the KV at `dest` (a new file), made by the KV plugin while the daemon
+    serves (`vsm-pool backup`: vsm/backup.py). Returns {plugin, bytes, seconds}."""
+    from ..backup import backup_kv
+
+    return backup_kv(manager, dest)

@@ -92,6 +92,7 @@ RPC_LEVELS: dict[str, Level] = {
     "plugin.rescan": ADMIN,
     "sinks.rebuild": ADMIN,  # refills a sink from the KV: heavy, an operator's call
     "sinks.forget": ADMIN,  # drops a sink's checkpoint: its backlog is released
+    "kv.backup": ADMIN,  # writes the whole KV to a file of the daemon's machine
     "daemon.stop": ADMIN,
 }
 # A RegisterJsonRpc plugin's methods (`<namespace>.<method>`) may change the plugin's state
