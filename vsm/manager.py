@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import datetime
 import json
 import os
 import stat
@@ -40,7 +41,7 @@ from .errors import ConfigError, NotFoundError, PluginLoadError, PluginStarting,
 from .plugin.loader import Plugin, PluginState, Registry, discover
 from .plugin.proxies import PooledDB, PooledStore
 from .sdk import Config as StoreCfg
-from .sdk import Kind
+from .sdk import Kind, Manifest
 from .sdk.errors import InstanceNotFoundError
 
 __all__ = ["Manager"]
@@ -48,12 +49,18 @@ __all__ = ["Manager"]
 
 class _SinkHandover:
     """Around a sink's pool swap: pause delivery and release the sink's files in the old
-    workers before the new build opens them; undo both if the new build fails."""
+    workers before the new build opens them; undo both if the new build fails.
+
+    A sink whose open never succeeded (its Constructor failed, or its pool broke while it was
+    opening) has no open_sink for the swap to replay: the new build opens it here, else its
+    workers would get deliveries with no sink (issue 24 item 5: `AttributeError: deliver`)."""
 
     def __init__(self, manager: "Manager", plugin: Plugin) -> None:
         self.manager, self.plugin = manager, plugin
+        self.was_open = False
 
     def before(self, old: Any) -> None:
+        self.was_open = bool(self.plugin.pool is not None and self.plugin.pool.has_replay("open_sink"))
         self.manager.sectors.remove_sink(self.plugin.manifest.name)  # waits for the delivery in flight
         if old.state in (PoolState.FAILED, PoolState.CLOSED):
             old.close()  # the breaker gave up on it: stop what is left before the new build opens the files
@@ -61,12 +68,17 @@ class _SinkHandover:
         old.broadcast("close_sink")
 
     def undo(self, old: Any) -> None:
+        if not self.was_open:
+            return  # nothing was delivering before the reload: nothing to resume
         if old.state not in (PoolState.FAILED, PoolState.CLOSED):
             old.broadcast("open_sink", self.manager.config.settings(self.plugin.manifest.name).meta)
         self.manager.sectors.add_sink(self.plugin.manifest.name, self.plugin.pool)
 
     def after(self) -> None:
-        self.manager.sectors.add_sink(self.plugin.manifest.name, self.plugin.pool)
+        if self.was_open:  # the swap replayed open_sink into the new build's workers
+            self.manager.sectors.add_sink(self.plugin.manifest.name, self.plugin.pool)
+        else:
+            self.manager._attach_sink(self.plugin)  # a Constructor that fails again: plugin.error says why
 
 
 class Manager:
@@ -323,6 +335,7 @@ class Manager:
             logger.warning("sink '{}' is not attached: {}", plugin.label, plugin.error)
             return False
         self.sectors.add_sink(plugin.manifest.name, plugin.pool)
+        plugin.error = ""  # a reload that opened it at last: no cause left to show
         return True
 
     # --- plugins at run time -------------------------------------------------------------
@@ -399,6 +412,8 @@ class Manager:
         if plugin.manifest.kind is Kind.SyncSectorState and plugin.pool is not None and self.sectors is not None:
             handover = _SinkHandover(self, plugin)
             plugin, previous = self.registry.reload(name, Path(artifact) if artifact else None, backend=self.backend, handover=handover)
+            if plugin.error:  # the new build runs, but its sink did not open (its Constructor failed)
+                raise PluginLoadError(f"reload of '{plugin.label}': the new build runs but its sink did not open: {plugin.error}")
         else:
             plugin, previous = self.registry.reload(name, Path(artifact) if artifact else None, backend=self.backend)
         self._after_swap(plugin)
@@ -436,35 +451,52 @@ class Manager:
         return self.registry.flush(name)
 
     def rescan(self) -> list[dict[str, Any]]:
-        """Pick up changed and new artifacts in the plugins dir, on request only: a changed
-        build of a loaded plugin is reloaded; a new plugin is loaded (and started if it is a
-        sink or an RPC plugin)."""
+        """Pick up changed and new artifacts in the plugins dir, on request only: a newer build
+        of a loaded plugin is reloaded, never an older one (a `plugin dev` build serves on); a
+        new plugin is loaded (and started if it is a sink or an RPC plugin). Every artifact that
+        does not load is a row ("failed", "refused") and, like one found at start, a plugin in
+        status' problems until a rescan finds it fixed or gone; none stops the others."""
         assert self.registry is not None
-        found, warnings = discover(self.config.plugins_dir)
+        running = [p.source for p in self.registry.plugins if p.state is not PluginState.FAILED]
+        found, warnings = discover(self.config.plugins_dir, keep=running)
         for w in warnings:
             logger.warning(w)
+        # what failed to load before is judged again from what is there now
+        failed_before = [p for p in self.registry.plugins if p.state is PluginState.FAILED]
+        self.registry.plugins = [p for p in self.registry.plugins if p.state is not PluginState.FAILED]
         changes = []
-        known = {p.manifest.name: p for p in self.registry.plugins if p.state is not PluginState.FAILED}
+        known = {p.manifest.name: p for p in self.registry.plugins}
         for fresh in found:
-            name = fresh.manifest.name
+            name, row = fresh.manifest.name, {"name": fresh.manifest.name, "artifact": str(fresh.source)}
             if fresh.state is PluginState.FAILED:
-                changes.append({"name": name, "artifact": str(fresh.source), "change": "failed", "error": fresh.error})
+                self.registry.add(fresh)
+                changes.append({**row, "change": "failed", "error": fresh.error})
                 continue
             old = known.get(name)
-            if old is None:
-                self.registry.plugins.append(fresh)
-                if fresh.manifest.kind in (Kind.SyncSectorState, Kind.RegisterJsonRpc):
-                    self.enable(name)
-                changes.append({"name": name, "artifact": str(fresh.source), "change": "loaded"})
-            elif (fresh.manifest.build_time, fresh.source) != (old.manifest.build_time, old.source):
-                try:
+            try:
+                if old is None:
+                    self.registry.add(fresh)
+                    if fresh.manifest.kind in (Kind.SyncSectorState, Kind.RegisterJsonRpc):
+                        self.enable(name)
+                    changes.append({**row, "change": "loaded", "version": fresh.manifest.version})
+                elif (fresh.manifest.build_time, fresh.source) == (old.manifest.build_time, old.source):
+                    continue
+                elif _newer_build(fresh.manifest, old.manifest):
                     self.reload(name, str(fresh.source))
-                    changes.append({"name": name, "artifact": str(fresh.source), "change": "reloaded", "version": fresh.manifest.version})
-                except PluginLoadError as e:
-                    changes.append({"name": name, "artifact": str(fresh.source), "change": "refused", "error": str(e)})
+                    changes.append({**row, "change": "reloaded", "version": fresh.manifest.version})
+                else:
+                    changes.append({**row, "change": "kept", "version": old.manifest.version, "error": (
+                        f"built {fresh.manifest.build_time}, not after the running build of '{old.label}' ({old.source}, built "
+                        f"{old.manifest.build_time}), which serves on; to run this one anyway: `vsm-pool plugin reload {name} {fresh.source}`")})
+            except VsmError as e:
+                changes.append({**row, "change": "refused", "error": str(e)})
+                if old is not None:  # the running build serves on; the artifact is listed as broken
+                    fresh.state, fresh.error = PluginState.FAILED, str(e)
+                    self.registry.add(fresh)
         sources = {p.source for p in found}
         for gone in [p for p in self.registry.plugins if p.source not in sources and not p.source.exists()]:
             changes.append(self._drop_removed(gone))
+        changes += [{"name": p.manifest.name, "artifact": str(p.source), "change": "removed"} for p in failed_before if p.source not in sources]
         return changes
 
     def _drop_removed(self, plugin: Plugin) -> dict[str, Any]:
@@ -672,3 +704,12 @@ class Manager:
                 logger.warning("closing the DB: {}", e)
         if self.registry is not None:
             self.registry.close(timeout)
+
+
+def _newer_build(fresh: Manifest, running: Manifest) -> bool:
+    """Whether `fresh` was built after `running`; without two comparable build
+    times (a source folder has none) a changed plugin counts as newer."""
+    try:
+        return datetime.datetime.fromisoformat(fresh.build_time) > datetime.datetime.fromisoformat(running.build_time)
+    except (TypeError, ValueError):
+        return True

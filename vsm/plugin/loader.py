@@ -141,9 +141,10 @@ class Plugin:
         return row
 
 
-def discover(plugins_dir: str | Path | None, *, entry_points: bool = True) -> tuple[list[Plugin], list[str]]:
+def discover(plugins_dir: str | Path | None, *, entry_points: bool = True, keep: Iterable[Path] = ()) -> tuple[list[Plugin], list[str]]:
     """Every plugin found, valid or not (invalid ones are FAILED with their error), plus
-    warnings. Raises PluginLoadError for a name loaded twice, naming both files."""
+    warnings. A name declared twice loads once: the other is FAILED naming both files (the
+    one in `keep`, the sources running now, wins; else the first found), and the rest loads."""
     found: list[Plugin] = []
     warnings: list[str] = []
     if plugins_dir:
@@ -156,15 +157,15 @@ def discover(plugins_dir: str | Path | None, *, entry_points: bool = True) -> tu
     if entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             found.append(_from_entry_point(ep, warnings))
+    running = set(keep)
     seen: dict[str, Plugin] = {}
-    for p in found:
+    for p in sorted(found, key=lambda p: p.source not in running):  # stable: file order otherwise
         if p.state is PluginState.FAILED:
             continue
         other = seen.setdefault(p.manifest.name, p)
         if other is not p:
-            raise PluginLoadError(
-                f"plugin name {p.manifest.name!r} is declared by both {other.source} and {p.source}: remove one"
-            )
+            p.state = PluginState.FAILED
+            p.error = f"{p.source}: plugin name {p.manifest.name!r} is declared by {other.source} too: remove one of them"
     return found, warnings
 
 
@@ -282,15 +283,23 @@ class Registry:
         self._lock = threading.Lock()
         self._closing = False
         self._starting_pools: set[Pool] = set()  # pools whose start() runs: close() stops them
-        if config is not None:
-            for p in self.plugins:
-                if not p.unreadable:
-                    settings = config.settings(p.manifest.name)
-                    p.limits = isolation.describe_limits(settings)
-                    p.sandbox = self._sandbox_plan(p, settings.backend)
-        for p in self.plugins:  # plugin list shows an existing environment before its first start
-            if p.env is not None and p.env_info is None:
-                p.env_info = self._env_info(p.env, envs.read_info(p.env.path(self.envs_dir)))
+        for p in self.plugins:
+            self._describe_settings(p)
+
+    def add(self, plugin: Plugin) -> None:
+        """A plugin found after the start (`plugin rescan`): listed like those found at start."""
+        self._describe_settings(plugin)
+        self.plugins.append(plugin)
+
+    def _describe_settings(self, plugin: Plugin) -> None:
+        """What plugin list and status show before its first start: its limits, sandbox and
+        existing environment."""
+        if self.config is not None and not plugin.unreadable:
+            settings = self.config.settings(plugin.manifest.name)
+            plugin.limits = isolation.describe_limits(settings)
+            plugin.sandbox = self._sandbox_plan(plugin, settings.backend)
+        if plugin.env is not None and plugin.env_info is None:
+            plugin.env_info = self._env_info(plugin.env, envs.read_info(plugin.env.path(self.envs_dir)))
 
     def _env_info(self, env: envs.EnvPlan, info: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if info is None else {**info, "path": str(env.path(self.envs_dir))}

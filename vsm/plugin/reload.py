@@ -68,6 +68,12 @@ class SwappablePool:
                 self._replays.append((method, args))
         return result
 
+    def has_replay(self, method: str) -> bool:
+        """Whether the setup call `method` was made here (broadcast with replay=True): a swap
+        replays it into the new pool; one never made (a sink whose open failed) is not."""
+        with self._lock:
+            return any(m == method for m, _ in self._replays)
+
     def set_replays(self, method: str, calls: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Make `calls` the setup calls `method` a swap replays (a config reload: the stores or the
         Meta the next pool opens); returns the previous ones, to put back if the swap fails."""
