@@ -161,6 +161,15 @@ def test_a_full_disk_refuses_cleanly_and_resumes_by_itself(small_home: Path, flo
         result, err = _call(d, "sectors.update", {"miner": MINER, "number": 0, "fields": {"SectorType": 5}})
         assert err is not None, result
         _assert_disk_full(err, "update on a full disk")
+        # the CLI's bulk import (POST /sectors/import): one line, exit 1, nothing of it stored
+        lines = home.parent / "states.jsonl"
+        lines.write_text("".join(json.dumps(s) + "\n" for s in _states(nxt, BATCH)))
+        cli = d.cli("sectors", "import", str(lines), check=False)
+        said = (cli.stdout + cli.stderr).strip()
+        assert cli.returncode != 0 and "disk full: " in said and "Traceback" not in said, said
+        print(f"CLI on a full disk (exit {cli.returncode}): {said}")
+        refused[nxt] = 0
+        nxt += BATCH
 
         # reads and queries go on; status, problems and /metrics say it
         assert d.rpc("sectors.get", {"miner": MINER, "number": 1})["ID"]["Number"] == 1
