@@ -522,6 +522,11 @@ class Manager:
     _config_reload_lock = threading.Lock()  # one reload at a time (a SIGHUP beside `config reload`)
     _disk_config: Any = None  # (stat of the file, (its Config or None, why not))
     config_not_applied: list[str] = []  # what the last reload could not apply, for status
+    cli_listen = ""  # `vsm-pool start --listen`, over the file's [Common.Api] Listen
+
+    def _as_started(self, disk: Config) -> Config:
+        """The file's config as the daemon was started on it (`--listen` over its Listen)."""
+        return dataclasses.replace(disk, api=dataclasses.replace(disk.api, listen=self.cli_listen)) if self.cli_listen else disk
 
     def config_on_disk(self) -> tuple[Config | None, str]:
         """The config file as it is now (parsed once per change of its mtime and size), or None
@@ -550,7 +555,7 @@ class Manager:
         from .config import config_changes
 
         disk, error = self.config_on_disk()
-        changes = [] if disk is None else config_changes(self.config, disk, self._plugin_names()).keys()
+        changes = [] if disk is None else config_changes(self.config, self._as_started(disk), self._plugin_names()).keys()
         return {"file": self.config.file, "differs": bool(changes or error), "changes": changes, "error": error,
                 "not_applied": list(self.config_not_applied)}
 
@@ -574,6 +579,7 @@ class Manager:
         assert self.registry is not None
         on_disk, _ = load_config(self.config.file, Path(self.config.home))  # ConfigError: nothing changes
         self.registry.check_config(on_disk)
+        on_disk = self._as_started(on_disk)
         old = self.config
         changes = config_changes(old, on_disk, self._plugin_names())
         new = live_config(old, on_disk)
@@ -624,8 +630,12 @@ class Manager:
                 self.store_errors = {n: e for n, e in self.store_errors.items() if n not in {s.name for s in mine}}
             try:
                 self.reload(name)
-            except BaseException:
+            except BaseException as e:
                 pool.set_replays("open_store", before)
+                with self._wiring:  # the stores it had serve on; the new ones say why they are not open
+                    self.store_errors = {**self.store_errors, **{
+                        s.name: f"{s.key}: store {s.name!r} ({name}) was not opened by `vsm-pool config reload`: {e}"
+                        for s in mine if s.name not in self.stores}}
                 raise
             with self._wiring:
                 kept = {n: st for n, st in self.stores.items() if st.pool is not pool}

@@ -293,3 +293,35 @@ def test_config_reload_applies_stores_limits_and_meta_and_says_what_needs_a_rest
         assert any(moved.rglob("*.parquet")), list(moved.rglob("*"))
     finally:
         finish(d)
+
+
+def test_a_config_reload_that_cannot_open_a_store_says_so_and_the_rest_serves(tmp_path: Path) -> None:
+    """Item 5: a store whose folder does not exist cannot open (fsstore refuses a missing
+    folder, as damocles): the reload exits 1 naming it, the stores that served go on, the store
+    says why in the 404 and in status; removing the entry and reloading again clears it."""
+    from .harness import prepare_home
+
+    home = prepare_home(tmp_path / "home")
+    d = start(home)
+    try:
+        config = home / "config.toml"
+        original = config.read_text()
+        missing = tmp_path / "not-made"
+        config.write_text(original + f'\n[[Common.PieceStores]]\nName = "later"\nPath = "{missing}"\n')
+        out = d.cli("config", "reload", check=False)
+        assert out.returncode == 1
+        assert "not applied: ObjStore/fsstore: reload of 'ObjStore/fsstore' refused" in out.stderr and "is not an existing folder" in out.stderr, out.stderr
+        assert d.request("PUT", "/pieces/pieces/a.car", b"served")[0] == 201
+        status, _, body = d.request("PUT", "/pieces/later/a.car", b"x")
+        assert status == 404 and "store 'later' (fsstore) was not opened by `vsm-pool config reload`" in body.decode(), body
+        st = d.rpc("status")
+        assert st["config"]["not_applied"] and any(p["part"] == "store/later" for p in st["problems"]), st["problems"]
+
+        config.write_text(original)
+        out = d.cli("config", "reload")
+        assert "applied: ObjStore/fsstore: new pool, stores pieces" in out.stdout, out.stdout
+        st = d.rpc("status")
+        assert st["config"] == {**st["config"], "differs": False, "not_applied": []} and not st["problems"], (st["config"], st["problems"])
+        assert d.request("GET", "/pieces/pieces/a.car")[2] == b"served"
+    finally:
+        finish(d)

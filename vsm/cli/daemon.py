@@ -39,7 +39,7 @@ def start(home: Path | None, config_file: Path | None, listen: str | None, debug
         cfg, home_dir = load_and_prepare(home, config_file)
         if listen:
             cfg = dataclasses.replace(cfg, api=dataclasses.replace(cfg.api, listen=listen))
-        run_daemon(cfg, home_dir)
+        run_daemon(cfg, home_dir, cli_listen=listen or "")
     finally:
         marker.unlink(missing_ok=True)
 

@@ -116,7 +116,7 @@ def _bind(listen: str) -> socket.socket:
     return sock
 
 
-def run_daemon(config: Config, home: Path) -> None:
+def run_daemon(config: Config, home: Path, cli_listen: str = "") -> None:
     """Serve at once, start the manager behind it (clients get 503 `starting` with progress
     meanwhile), serve until SIGTERM/SIGINT or `vsm-pool stop`, then stop everything."""
     # `kill -USR1 <pid>`: every thread's stack into the log, to see where a daemon hangs
@@ -125,6 +125,7 @@ def run_daemon(config: Config, home: Path) -> None:
         sock = _bind(config.api.listen)
         _ensure_token(home)
         manager = Manager(config)
+        manager.cli_listen = cli_listen  # `start --listen`: what the file's Listen is compared as
         try:
             asyncio.run(_serve(manager, sock, home))
         finally:
