@@ -77,8 +77,23 @@ def backup_home(client: Any, cfg: Any, home: Path, dest: Path, step: Callable[[s
     dest = dest.resolve()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BackupError(f"{dest}: exists and is not an empty folder: back up into a new folder")
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     os.chmod(dest, 0o700)  # it holds the tokens and every sector state
+    try:
+        return _write_backup(client, cfg, home, dest, step)
+    except BaseException:
+        for left in dest.iterdir():  # a part of a backup is no backup: leave none behind
+            if left.is_dir():
+                shutil.rmtree(left)
+            else:
+                left.unlink()
+        if created:
+            dest.rmdir()
+        raise
+
+
+def _write_backup(client: Any, cfg: Any, home: Path, dest: Path, step: Callable[[str], None]) -> dict[str, Any]:
     began = time.time()
     step("KV")
     kv = client.call("kv.backup", {"dest": str(dest / KV_FILE)})

@@ -74,7 +74,20 @@ def open(meta: dict[str, str]) -> DuckDBSink:  # noqa: A001 - the exported Const
         threads = int(meta.get("Threads", 1))
     except ValueError:
         raise ValueError(f"duckdb sink: meta key 'Threads' must be an integer, got {meta['Threads']!r}") from None
-    return DuckDBSink(path, threads=threads)
+    try:
+        return DuckDBSink(path, threads=threads)
+    except duckdb.Error as e:
+        if not any(sign in str(e) for sign in _DAMAGED):
+            raise
+        # issue 25: the generic "fix what it names" left an operator with a damaged file and no way back
+        raise RuntimeError(
+            f"duckdb sink: the database {path} is damaged ({' '.join(str(e).split())}): stop the daemon and run "
+            "`vsm-pool doctor --repair`, which sets the file aside (kept) and rebuilds this sink from the sector states"
+        ) from None
+
+
+# What DuckDB says of a file that is damaged, never of one that is busy or on a full disk.
+_DAMAGED = ("Corrupt database file", "Could not read enough bytes", "not a valid DuckDB database file")
 
 
 def _duckdb_memory_limit() -> int:

@@ -134,6 +134,12 @@ def test_a_damaged_duckdb_is_set_aside_and_rebuilt(written_home: Path, tmp_path:
     duck = home / "data/duckdb/sectors.duckdb"
     with open(duck, "r+b") as f:
         f.truncate(duck.stat().st_size // 2)
+    d = start(home)  # serves, the damaged sink shown as a problem that names the way back
+    try:
+        problems = [p for p in d.rpc("status")["problems"] if p["part"] == "sink/duckdb"]
+        assert problems and "is damaged" in problems[0]["cause"] and "vsm-pool doctor --repair" in problems[0]["cause"], problems
+    finally:
+        finish(d)
     out = _doctor(home, "--repair")
     assert out.returncode == 0, out.stdout + out.stderr
     assert [p.name for p in duck.parent.glob("sectors.duckdb.damaged-*")], out.stdout  # kept, renamed
@@ -204,3 +210,25 @@ def test_backup_under_load_restores_every_acknowledged_update(tmp_path: Path) ->
     finally:
         finish(r)
     print(json.dumps({"updates_per_s_before_backup": round(rate), "acked_before": len(before), "acked_total": len(acked)}))
+
+
+def test_backup_and_restore_refuse_in_one_line(written_home: Path, tmp_path: Path) -> None:
+    """A KV that cannot back up says why and leaves no folder; a backup file damaged since is
+    named by restore, which makes no home from it."""
+    mem = _copy_home(written_home, tmp_path / "mem")
+    config = mem / "config.toml"
+    config.write_text(config.read_text().replace('Driver = "sqlite"', 'Driver = "memory"').replace(f'Path = "{mem}/data/kv/kv.sqlite"', ""))
+    out = run_cli(mem, "backup", str(tmp_path / "mem-backup"), check=False, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("vsm-pool: error: kv.backup: the KVStore plugin 'memdb' cannot back up: memdb keeps"), out.stderr
+    assert not (tmp_path / "mem-backup").exists()
+
+    backup = tmp_path / "backup"
+    run_cli(written_home, "backup", str(backup), timeout=300)  # no daemon: a manager in-process
+    _overwrite(backup / "kv.backup", 4096, 16)
+    out = run_cli(tmp_path, "restore", str(backup), "--home", str(tmp_path / "new"), check=False, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"vsm-pool: error: {backup / 'kv.backup'}: damaged (its sha256 differs from the one vsm-backup.json recorded): use another backup"
+    ), out.stderr
+    assert not (tmp_path / "new").exists()
