@@ -587,7 +587,10 @@ def _db_config(common: _Reader, path: Path, home: Path, local_path: Callable[[st
         db_meta = plugin_t.strings("Meta")
     elif driver in BUILTIN_DB_DRIVERS:
         plugin_name = BUILTIN_DB_DRIVERS[driver]
-        db_meta = plugin_t.strings("Meta") or ({"Path": str(home / "data" / "kv.sqlite")} if driver == "sqlite" else {})
+        # no Meta (a damocles config): the file in a folder of its own, as a new home's config
+        # says (the sandbox confines the plugin to it); data/kv.sqlite where an earlier home has it
+        kv_file = home / "data" / "kv.sqlite" if (home / "data" / "kv.sqlite").exists() else home / "data" / "kv" / "kv.sqlite"
+        db_meta = plugin_t.strings("Meta") or ({"Path": str(kv_file)} if driver == "sqlite" else {})
     else:
         raise ConfigError(
             path, db_t.key("Driver"), f"unsupported db driver {driver!r}: expected one of {', '.join([*BUILTIN_DB_DRIVERS, 'plugin'])}"

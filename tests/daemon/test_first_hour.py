@@ -46,6 +46,7 @@ def test_start_with_a_damocles_config_makes_a_new_home(tmp_path: Path) -> None:
         rows = json.loads(d.cli("query", "--format", "json", "select count(*) as n from sectors").stdout)
         assert rows == [{"n": 1}]
         assert (home / "data" / "duckdb" / "sectors.duckdb").is_file() and any((home / "data" / "parquet").rglob("*.parquet"))
+        assert (home / "data" / "kv" / "kv.sqlite").is_file() and not (home / "data" / "kv.sqlite").exists()  # a folder of its own
     finally:
         finish(d)
 

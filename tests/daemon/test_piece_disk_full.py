@@ -91,6 +91,18 @@ def test_full_disk_refuses_puts_cleanly_and_recovers(start_daemon: Any, tmp_path
     assert "<store small> has" in line and "MiB free" in line, line  # the store's folder, as clients see it
     assert "resume by themselves" in line
 
+    # curl asks `Expect: 100-continue` first: refused, it sends no byte of the body
+    if shutil.which("curl"):
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(20 * MiB))
+        out = subprocess.run(["curl", "-sS", "-T", str(big), "-w", "\n%{http_code} %{size_upload}", "-H", f"Authorization: Bearer {d.token}",
+                              f"http://127.0.0.1:{d.port}/pieces/small/curl.bin"], capture_output=True, text=True, timeout=60)
+        body, _, tail = out.stdout.rpartition("\n")
+        assert tail.split() == ["507", "0"], (out.stdout, out.stderr)
+        assert "disk full: PUT small/curl.bin refused" in json.loads(body)["error"]
+        assert d.request("PUT", "/pieces/small/ok.bin", b"ok", {"Expect": "100-continue"})[0] == 201  # accepted: 100, then the body
+        assert d.request("DELETE", "/pieces/small/ok.bin")[0] == 204
+
     # the size is not known (chunked): the filesystem's ENOSPC, nothing kept
     code, err = put("chunked.bin", os.urandom(20 * MiB), chunked=True)
     assert code != 0 and "Traceback" not in err, err

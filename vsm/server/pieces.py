@@ -64,10 +64,26 @@ TRANSFER_IDLE_TIMEOUT = float(os.environ.get("VSM_TRANSFER_IDLE_TIMEOUT", "120")
 
 
 def add_piece_routes(app: web.Application) -> None:
-    app.router.add_put("/pieces/{store}/{path:.+}", _piece_put)
+    app.router.add_put("/pieces/{store}/{path:.+}", _piece_put, expect_handler=_continue_later)
     app.router.add_get("/pieces/{store}/{path:.+}", _piece_get, allow_head=False)
     app.router.add_route("HEAD", "/pieces/{store}/{path:.+}", _piece_head)
     app.router.add_delete("/pieces/{store}/{path:.+}", _piece_delete)
+
+
+async def _continue_later(request: web.Request) -> None:
+    """aiohttp answers `Expect: 100-continue` before any check; a PUT says it only once the
+    token, store, path and free space are checked (_send_continue), so a refused client never
+    sends its body (curl waits for it on every upload over 1 MiB: a refused 32 GiB piece)."""
+
+
+async def _send_continue(request: web.Request) -> None:
+    expect = request.headers.get("Expect", "")
+    if not expect:
+        return
+    if expect.lower() != "100-continue" or request.version != (1, 1):
+        raise web.HTTPExpectationFailed(text=json.dumps({"error": f"unknown Expect: {expect}"}), content_type="application/json")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's own handler: the response starts after it
 
 
 _PIECE_STATUS: list[tuple[type[BaseException], int]] = [
@@ -274,7 +290,9 @@ async def _space_refused(request: web.Request, store: Any, path: str, incoming: 
         if text is None:
             return None
     logger.warning("{} -> 507 {}", request.method, text)
-    return web.json_response({"error": request.app["scrub"](text)}, status=507)
+    response = web.json_response({"error": request.app["scrub"](text)}, status=507)
+    response.force_close()  # no 10 s of reading and dropping the rest of a refused body
+    return response
 
 
 async def _piece_put(request: web.Request) -> web.Response:
@@ -292,6 +310,12 @@ async def _piece_put(request: web.Request) -> web.Response:
             pending = await loop.run_in_executor(None, opener, path)
         except Exception as e:
             return _piece_error(request, e)
+    try:
+        await _send_continue(request)  # accepted: the client may send the body now
+    except BaseException:
+        if pending is not None:
+            await loop.run_in_executor(None, pending.abort)
+        raise
     if pending is not None:
         return await _put_into_file(request, store, path, pending)
     reader = _BodyReader(request, loop)
