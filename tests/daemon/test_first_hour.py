@@ -326,3 +326,25 @@ def test_a_config_reload_that_cannot_open_a_store_says_so_and_the_rest_serves(tm
         assert d.request("GET", "/pieces/pieces/a.car")[2] == b"served"
     finally:
         finish(d)
+
+
+def test_config_reload_applies_a_persist_store_policy_from_the_next_reservation(tmp_path: Path) -> None:
+    """Item 5: a persist store's AllowMiners changed in the file applies to the next
+    reservation after `config reload`, without a new pool."""
+    from .harness import prepare_home
+
+    sealed = tmp_path / "sealed"
+    sealed.mkdir()
+    home = prepare_home(tmp_path / "home", append=f'[[Common.PersistStores]]\nName = "sealed"\nPath = "{sealed}"\nAllowMiners = [1]\n')
+    d = start(home)
+    try:
+        d.rpc("sectors.init", {"sectors": [{"miner": 2, "number": 1, "proof_type": 8}]})
+        assert d.rpc("stores.reserve_space", {"miner": 2, "number": 1, "size": 1}) is None  # miner 2 is not allowed there
+        config = home / "config.toml"
+        config.write_text(config.read_text().replace("AllowMiners = [1]", "AllowMiners = [1, 2]"))
+        out = d.cli("config", "reload").stdout
+        assert "applied: store 'sealed': policy" in out and "new pool" not in out, out
+        reserved = d.rpc("stores.reserve_space", {"miner": 2, "number": 1, "size": 1})
+        assert reserved is not None and "sealed" in json.dumps(reserved), reserved
+    finally:
+        finish(d)
