@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import VsmError
+from ..errors import VsmError
 
 __all__ = ["BackupError", "backup_home", "backup_kv", "restore_home", "MANIFEST"]
 
@@ -148,7 +148,7 @@ def read_manifest(src: Path) -> dict[str, Any]:
 def restore_home(src: Path, home: Path, step: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Make the new home `home` from the backup folder `src`, its sinks rebuilt; returns what
     was restored: {"states", "sinks": {name: rows}, "kv": path}."""
-    from .config import load_config
+    from ..config import load_config
 
     src, home = src.resolve(), home.resolve()
     step("checking the backup")
@@ -188,9 +188,9 @@ def restore_home(src: Path, home: Path, step: Callable[[str], None] = lambda _: 
 
 def _rebuild_sinks(home: Path) -> dict[str, int]:
     """Start a manager on the restored home, refill every sink from the sector states, stop."""
-    from .config import load_config
-    from .home import ensure_home
-    from .manager import Manager
+    from ..config import load_config
+    from ..home import ensure_home
+    from ..manager import Manager
 
     ensure_home(home)  # its data folders; bundled plugins the backup did not hold
     manager = Manager(load_config(None, home)[0]).start()

@@ -100,8 +100,8 @@ def check_home(home: Path, config_file: Path | None = None, progress: Callable[[
 
 
 def _config(h: _Home) -> Iterator[Problem]:
-    from .config import load_config
-    from .errors import VsmError
+    from ..config import load_config
+    from ..errors import VsmError
 
     file = h.config_file or h.home / "config.toml"
     try:
@@ -112,7 +112,7 @@ def _config(h: _Home) -> Iterator[Problem]:
 
 
 def _tokens(h: _Home) -> Iterator[Problem]:
-    from .server.auth import MIN_TOKEN_CHARS
+    from ..server.auth import MIN_TOKEN_CHARS
 
     path = h.home / "token"
     redo = "delete it: the next `vsm-pool start` writes a new admin token (the CLI reads it itself)"
@@ -140,9 +140,9 @@ def _tokens(h: _Home) -> Iterator[Problem]:
 
 
 def _artifacts(h: _Home) -> Iterator[Problem]:
-    from .errors import VsmError
-    from .home import bundled_sources_by_name
-    from .plugin.artifact import read_artifact_manifest
+    from ..errors import VsmError
+    from ..home import bundled_sources_by_name
+    from ..plugin.artifact import read_artifact_manifest
 
     folder = h.plugins_dir
     if not folder.is_dir():
@@ -169,9 +169,9 @@ def _kv(h: _Home) -> Iterator[Problem]:
         return  # the config is the problem: which KV is unknown
     from executors import make_pool
 
-    from .plugin.loader import Registry, discover
-    from .plugin.proxies import PooledDB
-    from .sdk import Kind
+    from ..plugin.loader import Registry, discover
+    from ..plugin.proxies import PooledDB
+    from ..sdk import Kind
 
     cfg = h.cfg
     where = cfg.db.meta.get("Path") or f"the KV of plugin '{cfg.db.plugin_name}'"
@@ -271,8 +271,8 @@ def repair(home: Path, problems: list[Problem], config_file: Path | None = None,
     """Set each repairable damaged file aside and rebuild the sinks that held it, on a manager
     started in-process; returns {sink: rows}. The KV, config, tokens and artifacts are not
     repaired here: their problems name their own way back."""
-    from .config import load_config
-    from .manager import Manager
+    from ..config import load_config
+    from ..manager import Manager
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     sinks: set[str] = set()

@@ -1,4 +1,4 @@
-"""`vsm-pool backup DEST` and `vsm-pool restore SRC --home DIR` (vsm/backup.py does the work)."""
+"""`vsm-pool backup DEST` and `vsm-pool restore SRC --home DIR` (vsm/care/backup.py does the work)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def backup(home: Path | None, config_file: Path | None, dest: Path) -> None:
     """Back the home up into the new folder DEST while the daemon serves: a consistent copy of
     the KV (made by its plugin), the config, the tokens and the plugins. The sinks are rebuilt
     from the KV at `vsm-pool restore`."""
-    from ..backup import backup_home
+    from ..care.backup import backup_home
     from ..config import resolve_home
 
     cfg = load_config_for(home, config_file)
@@ -64,7 +64,7 @@ def restore(home: Path, src: Path) -> None:
     """Make the new home DIR from the backup folder SRC: its config (paths moved under DIR),
     tokens, plugins and KV; every sink rebuilt from the sector states. Start it with
     `vsm-pool start --home DIR`."""
-    from ..backup import restore_home
+    from ..care.backup import restore_home
     from ._common import setup_logging
 
     setup_logging()

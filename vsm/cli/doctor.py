@@ -1,4 +1,4 @@
-"""`vsm-pool doctor [--repair]`: check every file of a stopped home (vsm/doctor.py does the work)."""
+"""`vsm-pool doctor [--repair]`: check every file of a stopped home (vsm/care/doctor.py does the work)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def doctor(home: Path | None, config_file: Path | None, repair: bool) -> None:
     from tqdm import tqdm
 
     from ..config import resolve_home
-    from ..doctor import check_home, repair as repair_home
+    from ..care.doctor import check_home, repair as repair_home
     from ..home import daemon_info
     from .client import pid_alive
 

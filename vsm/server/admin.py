@@ -45,7 +45,7 @@ def plugin_rescan(manager: Any) -> list[dict[str, Any]]:
 @ADMIN_METHODS.method("kv.backup")
 def kv_backup(manager: Any, dest: str) -> dict[str, Any]:
     """A consistent copy of the KV at `dest` (a new file), made by the KV plugin while the daemon
-    serves (`vsm-pool backup`: vsm/backup.py). Returns {plugin, bytes, seconds}."""
-    from ..backup import backup_kv
+    serves (`vsm-pool backup`: vsm/care/backup.py). Returns {plugin, bytes, seconds}."""
+    from ..care.backup import backup_kv
 
     return backup_kv(manager, dest)
