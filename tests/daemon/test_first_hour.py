@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,6 +135,36 @@ def test_a_sandboxed_plugin_making_its_folders_is_told_why_and_what_to_do(tmp_pa
         finish(d)
 
 
+def _start_held_reading_its_config(tmp_path: Path, home: Path, port: int) -> tuple[Any, Path, int]:
+    """`vsm-pool start --config FIFO`, held where it reads its config (a FIFO nobody writes
+    yet): (its process, its log, the FIFO's write end to let it go on)."""
+    from .harness import launch
+
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    proc, log, _ = launch(home, port, "--config", str(fifo))
+    while True:  # until the start opens its config (O_NONBLOCK: ENXIO while no reader has)
+        assert proc.poll() is None, log.read_text()
+        try:
+            return proc, log, os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            time.sleep(0.05)
+
+
+def test_stop_right_after_start_stops_it(tmp_path: Path) -> None:
+    """Item 6: `vsm-pool stop` while the start does not listen yet stops it (was: no daemon)."""
+    from .harness import free_port, kill_tree
+
+    proc, log, writer = _start_held_reading_its_config(tmp_path, tmp_path / "home", free_port())
+    try:
+        out = run_cli(tmp_path / "home", "stop")
+        assert out.stdout.strip() == f"vsm-pool (pid {proc.pid}) stopped", (out.stdout, out.stderr)
+        assert proc.wait(timeout=30) != 0  # it had not started: killed by the signal
+    finally:
+        os.close(writer)
+        kill_tree(proc)
+
+
 def test_status_right_after_start_waits_and_a_wrong_token_is_named(tmp_path: Path) -> None:
     """Item 6: `vsm-pool start &` then at once `vsm-pool status`, while the start is still
     reading its config (a FIFO here: it reads it once we write it, after `status` has looked),
@@ -140,27 +172,17 @@ def test_status_right_after_start_waits_and_a_wrong_token_is_named(tmp_path: Pat
     variable, not as <home>/token."""
     import subprocess
     import sys
-    import time
 
     from vsm.config import default_config_text
 
-    from .harness import ROOT, Daemon, cli_env, free_port, kill_tree, launch, shm_entries
+    from .harness import ROOT, Daemon, cli_env, free_port, kill_tree, shm_entries
 
     home = tmp_path / "home"
-    fifo = tmp_path / "config.fifo"
-    os.mkfifo(fifo)
     shm_before = shm_entries()
     port = free_port()
-    proc, log, _ = launch(home, port, "--config", str(fifo))
+    proc, log, writer = _start_held_reading_its_config(tmp_path, home, port)
     status = None
     try:
-        writer = -1
-        while writer < 0:  # until the start opens its config (O_NONBLOCK: ENXIO while no reader has)
-            assert proc.poll() is None, log.read_text()
-            try:
-                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                time.sleep(0.05)
         status = subprocess.Popen([sys.executable, "-m", "vsm", "status"], cwd=ROOT, env=cli_env(home), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         assert status.stderr is not None
@@ -245,7 +267,6 @@ def test_config_reload_applies_stores_limits_and_meta_and_says_what_needs_a_rest
     fsstore pool whose sandbox allows its Path), applies a plugin's new limits and a sink's new
     Meta, lists what needs a restart; after it, status says nothing differs; SIGHUP does the same."""
     import signal
-    import time
 
     from .harness import prepare_home
 

@@ -49,20 +49,30 @@ def start(home: Path | None, config_file: Path | None, listen: str | None, debug
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon to exit.")
 def stop(home: Path | None, timeout: float) -> None:
     """Ask the daemon to stop, and wait until it has."""
+    import os
+    import signal
+
     from ..config import resolve_home
-    from ..home import daemon_info
+    from ..home import daemon_info, starting_pid
+    from .client import DaemonStarting
 
-    client = daemon_client(home, wait=False)
-    if client is None:
-        raise no_daemon(home)
-    pid = int((daemon_info(resolve_home(home)) or {}).get("pid", 0))
-    if client.health()[0] == 503:  # still starting: it answers no call yet, a signal it takes
-        import os
-        import signal
-
-        os.kill(pid, signal.SIGTERM)
+    try:
+        client = daemon_client(home, wait=False)
+    except DaemonStarting:  # a start that does not listen yet (issue 26): a signal it takes
+        client = None
+        pid = starting_pid(resolve_home(home))
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it ended meanwhile
     else:
-        client.call("daemon.stop")
+        if client is None:
+            raise no_daemon(home)
+        pid = int((daemon_info(resolve_home(home)) or {}).get("pid", 0))
+        if client.health()[0] == 503:  # still starting: it answers no call yet, a signal it takes
+            os.kill(pid, signal.SIGTERM)
+        else:
+            client.call("daemon.stop")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):
