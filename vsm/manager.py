@@ -397,6 +397,11 @@ class Manager:
                 raise PluginLoadError(f"enable of '{plugin.label}' failed: {plugin.error}")
             self._after_swap(plugin)
             logger.info("enabled plugin '{}'", plugin.label)
+        elif plugin.manifest.kind is Kind.SyncSectorState and self.sectors is not None and not plugin.pool.has_replay("open_sink"):
+            # running, but its sink never opened (its Constructor failed): new workers open it (a
+            # sandbox's rules name the files as they were when its workers started)
+            self.reload(name)
+            logger.info("enabled sink '{}': a new pool opened it", plugin.label)
         row = plugin.describe()
         if row["state"] != PluginState.READY.value:  # e.g. its workers crash-looped right away
             raise PluginLoadError(f"enable of '{plugin.label}' failed: it is {row['state']}: {row.get('error') or 'no cause given'}")

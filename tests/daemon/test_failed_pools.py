@@ -154,3 +154,21 @@ def test_duckdb_sink_reloaded_after_the_breaker_delivers_again(start_daemon: Any
     sink = d.rpc("sinks.status")["sinks"]["duckdb"]
     assert sink["state"] == "running" and not sink["last_error"], sink
     assert "problems: none" in d.cli("status").stdout
+
+
+def test_a_sink_whose_open_failed_opens_with_enable(start_daemon: Any, tmp_path: Path) -> None:
+    """`plugin enable` of a running sink whose Constructor failed opens it (was: `enabled ...:
+    ready` while nothing reached it)."""
+    from .harness import prepare_home
+
+    home = prepare_home(tmp_path / "home")
+    blocker = home / "data" / "duckdb" / "sectors.duckdb"
+    blocker.mkdir(parents=True)
+    d: Daemon = start_daemon(home)
+    head = _import(d, tmp_path, 701, 40)
+    assert "sink/duckdb: failed:" in d.cli("status").stdout
+    blocker.rmdir()
+    d.cli("plugin", "enable", "duckdb")
+    _caught_up(d, "duckdb", head, timeout=30)
+    assert _events_by_miner(d) == [[701, 40, 40]]
+    assert "problems: none" in d.cli("status").stdout
