@@ -128,3 +128,62 @@ def test_parquet_sink_leaves_nothing_of_a_batch_the_disk_refused(tmp_path, monke
     sink.on_batch(_events(5, 6))
     assert sorted(sink.stored_seqs()) == list(range(1, 11))
     assert os.path.exists(root / "_max_seq")
+
+
+def test_a_sink_waits_under_the_floor_and_delivers_once_space_is_back(dictdb, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The sink's files' filesystem under MinFreeSpace: it writes nothing (status: disk_full, the
+    line naming its path), and delivers within about a second of space coming back."""
+    import time
+
+    from vsm.sdk import diskspace
+
+    sink_path = str(tmp_path / "sink" / "s.duckdb")
+    free = {"journal": 1 << 40, "sink": 1 << 40}
+    monkeypatch.setattr(diskspace, "free_bytes", lambda path: free["sink" if path == sink_path else "journal"])
+    rec = RecordingSink()
+    with _mgr(dictdb, tmp_path, min_free_space=256 << 20, space_paths={"sink/rec": sink_path}, sink_backoff=(0.05, 30.0)) as m:
+        m.add_sink("rec", SinkHost(sink_obj=rec))
+        free["sink"] = 1 << 20
+        m.init([AllocatedSector(SectorID(5, 0), 8)])  # the journal's disk has room: accepted
+        deadline = time.monotonic() + 10
+        while not m.status()["sinks"]["rec"]["disk_full"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        st = m.status()["sinks"]["rec"]
+        assert st["disk_full"].startswith(f"disk full: {sink_path} (sink rec): 1.0 MiB free"), st
+        assert [d["part"] for d in m.status()["journal"]["disk_full"]] == ["sink/rec"]
+        time.sleep(7)  # back-off grows meanwhile (to 6.4 s, its cap here 30 s): a full disk is asked every second
+        assert rec.seqs == []
+        free["sink"] = 1 << 40
+        t0 = time.monotonic()
+        assert m.wait_delivered(10)
+        assert time.monotonic() - t0 < 3, "the sink waited out its back-off"
+        assert m.status()["sinks"]["rec"]["disk_full"] is None
+    assert rec.seqs == [1]
+
+
+def test_a_journal_the_disk_refused_retries_as_soon_as_it_has_room(dictdb, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from vsm.sectors import _events
+
+    with _mgr(dictdb, tmp_path) as m:
+        m.writer.retry_interval = 60.0  # a full disk does not wait it out
+        real, failing = m.journal.append, [True]
+
+        def append(*a, **k):  # type: ignore[no-untyped-def]
+            if failing[0]:
+                raise OSError(28, "No space left on device (injected)")
+            return real(*a, **k)
+
+        m.journal.append = append  # type: ignore[method-assign]
+        room = {"bytes": 0}
+        monkeypatch.setattr(_events, "free_bytes", lambda path: room["bytes"])
+        with pytest.raises(DiskFullError, match="disk full: .*journal"):
+            m.init([AllocatedSector(SectorID(7, 0), 8)])
+        failing[0] = False
+        room["bytes"] = 64 << 20
+        t0 = time.monotonic()
+        while m.writer.broken is not None and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        assert m.writer.broken is None and time.monotonic() - t0 < 3
+        m.init([AllocatedSector(SectorID(7, 1), 8)])
