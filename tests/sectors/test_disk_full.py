@@ -187,3 +187,27 @@ def test_a_journal_the_disk_refused_retries_as_soon_as_it_has_room(dictdb, tmp_p
             time.sleep(0.02)
         assert m.writer.broken is None and time.monotonic() - t0 < 3
         m.init([AllocatedSector(SectorID(7, 1), 8)])
+
+
+def test_json_rpc_says_disk_full_in_its_own_code_and_a_broken_journal_in_one_line() -> None:
+    """-32006 with the path, the free space and what an import wrote before it; a journal broken
+    for another cause is -32000 with its line (issue 25 answered `-32000 internal error
+    (JournalBroken)` and logged a trace for each call, as if a bug)."""
+    from vsm.sectors import JournalBroken
+    from vsm.server.jsonrpc import RpcError, translate_errors
+
+    def raises(e: Exception):  # type: ignore[no-untyped-def]
+        def call() -> None:
+            raise e
+        return call
+
+    full = DiskFullError("/home/x/data/journal", 12 << 20, 256 << 20, "sector event journal")
+    full.written = 10000  # type: ignore[attr-defined]
+    with pytest.raises(RpcError) as err:
+        translate_errors(raises(full), "sectors.import", lambda s: s.replace("/home/x", "<home>"))
+    assert err.value.code == -32006 and err.value.data == {"type": "DiskFullError", "written": 10000}
+    assert err.value.message.startswith("disk full: <home>/data/journal (sector event journal): 12.0 MiB free, under MinFreeSpace 256.0 MiB")
+    assert "10000 of the import's states were written before it" in err.value.message
+    with pytest.raises(RpcError) as err:
+        translate_errors(raises(JournalBroken("sector event journal is broken: OSError(5, 'Input/output error')")), "sectors.update", str)
+    assert err.value.code == -32000 and err.value.message == "sector event journal is broken: OSError(5, 'Input/output error')"
