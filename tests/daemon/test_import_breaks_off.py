@@ -155,3 +155,28 @@ def test_stop_during_import_says_what_was_committed(start_daemon: Any, states_fi
     assert _events(d2, "import")[0] == committed
     _update_reaches_sink(d2, 3, "after-stop")
     _resume(d2, states_file)
+
+
+def test_unreadable_file_ends_the_upload_and_says_so(start_daemon: Any, tmp_path: Path) -> None:
+    """A Parquet file whose fifth row group is corrupt: the CLI ends the stream there, the daemon
+    commits the 20,000 states before it, and the one line names the file, the cause and the count
+    (it waited out the daemon's idle timeout and blamed a stall, or printed a trace offline)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vsm.sdk.sectors import states_to_arrow
+
+    good, bad = tmp_path / "good.parquet", tmp_path / "states.parquet"
+    pq.write_table(pa.Table.from_batches([states_to_arrow([_state(n) for n in range(30_000)])]), good, row_group_size=5000)
+    data = bytearray(good.read_bytes())
+    at = pq.ParquetFile(good).metadata.row_group(4).column(0).data_page_offset
+    data[at:at + 200] = b"\xab" * 200
+    bad.write_bytes(bytes(data))
+    d = start_daemon(env={"VSM_TRANSFER_IDLE_TIMEOUT": "5"})
+    proc = d.cli("sectors", "import", str(bad), check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1].startswith(f"vsm-pool: error: {bad}: cannot be read past its first 20000 states (OSError: "), lines
+    assert "; 20000 states were committed; fix the file and run the same command again" in lines[-1], lines
+    d.wait_delivered()
+    assert _events(d, "import") == (20_000, 20_000)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ._common import config_option, home_option, json_option, open_client
+from ..errors import VsmError
 from .client import DaemonError
 
 __all__ = ["sectors"]
@@ -56,17 +57,21 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
 
     report = ImportReport()
     shown = 0
+    unreadable: list[Exception] = []
     with open_client(home, config_file) as client, tqdm(unit=" sectors", desc="import", file=sys.stderr, disable=None) as bar:
 
         def batches() -> Any:  # what the import takes, as it takes it (flat memory)
             nonlocal shown
             # the next batches are read (and decoded) while this one is on its way
-            for batch in read_ahead(read_import_batches(str(file), chunk=chunk, report=report), 2):
-                for refused in report.refused[shown:]:
-                    bar.write(f"refused {refused}", file=sys.stderr)
-                shown = len(report.refused)
-                bar.update(batch.num_rows)
-                yield batch
+            try:
+                for batch in read_ahead(read_import_batches(str(file), chunk=chunk, report=report), 2):
+                    for refused in report.refused[shown:]:
+                        bar.write(f"refused {refused}", file=sys.stderr)
+                    shown = len(report.refused)
+                    bar.update(batch.num_rows)
+                    yield batch
+            except Exception as e:  # noqa: BLE001 - the file cannot be read on (a corrupt row group):
+                unreadable.append(e)  # the stream ends here, the daemon commits what it got and says so
 
         try:
             result = client.import_batches(batches(), override, worker_state)
@@ -78,6 +83,11 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
     written, total = result["written"], result["received"]
     for refused in report.refused[shown:]:
         click.echo(f"refused {refused}", err=True)
+    if unreadable:
+        cause = " ".join(str(unreadable[0]).split())  # pyarrow's text spans lines
+        raise VsmError(f"{file}: cannot be read past its first {total + len(report.refused)} states "
+                       f"({type(unreadable[0]).__name__}: {cause}); {written} states were committed; fix the file and "
+                       + _again(override))
     click.echo(
         f"imported {written} of {total + len(report.refused)} sectors from {file}"
         + ("" if written == total or override else " (the rest exist already; --override replaces them)")
@@ -101,14 +111,18 @@ def _broken_off(error: str, reply: Any, override: bool) -> str | None:
     """The one line of an import that broke off: what the daemon committed (when it could still
     answer) and how to go on. The daemon writes every chunk it journaled before it answers, so
     a re-run finds exactly those states stored."""
-    again = ("run the same command again to continue: with --override the states already stored are written again, "
-             "each a new import event" if override else
-             "run the same command again to continue: the states already stored are skipped, none gets a second import event")
+    again = _again(override)
     if isinstance(reply, dict) and isinstance(reply.get("written"), int):
         return f"{error}; {reply['written']} states were committed before it broke off; {again}"
     if "upload broke off" in error:  # no answer: the daemon died, or its stop outlasted the grace
         return f"{error}; the daemon did not say how many states were committed; once it runs, {again}"
     return None
+
+
+def _again(override: bool) -> str:
+    if override:
+        return "run the same command again to continue: with --override the states already stored are written again, each a new import event"
+    return "run the same command again to continue: the states already stored are skipped, none gets a second import event"
 
 
 @sectors.command("get")
