@@ -166,7 +166,7 @@ def test_a_full_disk_refuses_cleanly_and_resumes_by_itself(small_home: Path, flo
         lines.write_text("".join(json.dumps(s) + "\n" for s in _states(nxt, BATCH)))
         cli = d.cli("sectors", "import", str(lines), check=False)
         said = (cli.stdout + cli.stderr).strip()
-        assert cli.returncode != 0 and "disk full: " in said and "Traceback" not in said, said
+        assert cli.returncode != 0 and "disk full: <home>/" in said and "Traceback" not in said, said
         print(f"CLI on a full disk (exit {cli.returncode}): {said}")
         refused[nxt] = 0
         nxt += BATCH

@@ -177,7 +177,8 @@ async def _import(request: web.Request) -> web.Response:
                                                 request.app["imports"], client)
     except DiskFullError as e:  # one line, the path and its free space; what landed before it
         logger.warning("sectors import refused after {} bytes: {}", body.received, e)
-        return web.json_response({"error": str(e), "written": getattr(e, "written", 0), "received": getattr(e, "received", 0)}, status=507)
+        return web.json_response({"error": request.app["scrub"](str(e)), "written": getattr(e, "written", 0),
+                                  "received": getattr(e, "received", 0)}, status=507)
     except Exception as e:
         written, received = getattr(e, "written", 0), getattr(e, "received", 0)
         logger.warning("sectors import from {} broke off after {} bytes, {} states stored: {}: {}",
