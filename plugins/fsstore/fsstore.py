@@ -66,6 +66,7 @@ from vsm.sdk import (
     Stat,
     iter_chunks,
 )
+from vsm.sdk.diskspace import disk_full_as_error
 
 __all__ = ["open"]
 
@@ -158,7 +159,8 @@ class FsStore:
         fd, tmp = self._temp(folder)
         try:
             written = 0
-            with builtins.open(fd, "wb", buffering=0, closefd=True) as out:
+            # a full disk: DiskFullError naming the store's folder and its free space (issue 25)
+            with disk_full_as_error(self._root, what=f"store {self.instance()!r}"), builtins.open(fd, "wb", buffering=0, closefd=True) as out:
                 for chunk in iter_chunks(reader):
                     view = memoryview(chunk)
                     while view.nbytes:  # raw writes may be short

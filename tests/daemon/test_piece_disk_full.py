@@ -139,3 +139,19 @@ def test_min_free_space_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(cfg, tmp_path)
     assert "Common.PieceStores[0].MinFreeSpace: must be a size" in str(e.value) and "'lots'" in str(e.value)
+
+
+def test_full_disk_without_a_daemon_is_one_line(tmp_path: Path, tmpfs: Path) -> None:
+    """`vsm-pool pieces put` with no daemon (the manager in-process: no floor is checked there)
+    still says it in one line, naming the store's folder and its free space; nothing left."""
+    store = tmpfs / "pieces"
+    store.mkdir()
+    home = prepare_home(tmp_path / "home", append=f'[[Common.PieceStores]]\nName = "small"\nPath = "{store}"\nMinFreeSpace = "0"\n')
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(20 * MiB))
+    proc = subprocess.run([sys.executable, "-m", "vsm", "pieces", "put", str(src), "small/big.bin"],
+                          env=cli_env(home), capture_output=True, text=True, timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"put small/big.bin: disk full: {store}" in last and "free" in last, last
+    assert _objects(store) == [], _objects(store)

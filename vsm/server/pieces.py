@@ -281,7 +281,7 @@ async def _space_refused(request: web.Request, store: Any, path: str, incoming: 
         where = info.config.path if info is not None else f"store {store.name!r}"
         free = f"; {human_bytes(info.free)} free once it was dropped" if info is not None else ""
         text = (f"disk full: PUT {store.name}/{path} failed, nothing stored: the disk of {where} filled "
-                f"during the upload ({failed.strerror or failed}){free}: free space there (a PUT that sends its "
+                f"during the upload ({failed.strerror or 'No space left on device'}){free}: free space there (a PUT that sends its "
                 "Content-Length is refused before a byte is written); PUTs resume by themselves")
     elif info is None or not info.total:
         return None
