@@ -90,6 +90,7 @@ RPC_LEVELS: dict[str, Level] = {
     "plugin.reload": ADMIN,  # loads code from a path
     "plugin.flush": ADMIN,
     "plugin.rescan": ADMIN,
+    "config.reload": ADMIN,  # rebuilds pools with the file's settings (issue 26)
     "sinks.rebuild": ADMIN,  # refills a sink from the KV: heavy, an operator's call
     "sinks.forget": ADMIN,  # drops a sink's checkpoint: its backlog is released
     "kv.backup": ADMIN,  # writes the whole KV to a file of the daemon's machine
