@@ -40,8 +40,8 @@ def states_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _start_import(d: Daemon, path: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "vsm", "sectors", "import", "--chunk", "2000", str(path)], cwd=ROOT,
+def _start_import(d: Daemon, path: Path, *flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "vsm", "sectors", "import", *flags, "--chunk", "2000", str(path)], cwd=ROOT,
                             env=cli_env(d.home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -180,3 +180,31 @@ def test_unreadable_file_ends_the_upload_and_says_so(start_daemon: Any, tmp_path
     assert "; 20000 states were committed; fix the file and run the same command again" in lines[-1], lines
     d.wait_delivered()
     assert _events(d, "import") == (20_000, 20_000)
+
+
+def test_override_import_stopped_continues_with_skip(start_daemon: Any, states_file: Path) -> None:
+    """With --override the same command would write the committed states again (each a new
+    import event, as damocles' override import does): the line gives the command that goes on
+    after them, and it leaves no duplicate."""
+    import shlex
+
+    d = start_daemon()
+    home, port = d.home, d.port
+    proc = _start_import(d, states_file, "--override")
+    try:
+        _wait_head(d, 4000, proc)
+        d.cli("stop")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    d.stop(None)
+    committed = int(err.split(" states were committed")[0].split()[-1])
+    assert f"continue with `vsm-pool sectors import --override --chunk 2000 --skip {committed} {states_file}`" in err, err
+    command = err.split("continue with `")[1].split("`")[0]
+    d2 = start_daemon(home, port)
+    proc2 = d2.cli(*shlex.split(command)[1:], timeout=600)
+    assert f"imported {COUNT - committed} of {COUNT} sectors from {states_file} ({committed} left out with --skip)" in proc2.stdout, proc2.stdout
+    d2.wait_delivered(timeout=120)
+    assert _events(d2, "import") == (COUNT, COUNT)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -44,8 +45,11 @@ def _show_state(state: dict[str, Any], as_json: bool) -> None:
 @click.option("--online", "worker_state", flag_value="online", help="Import every state online (default: as damocles' import-json, offline if Finalized).")
 @click.option("--offline", "worker_state", flag_value="offline", help="Import every state offline (as damocles' import from lotus).")
 @click.option("--chunk", default=10_000, show_default=True, help="States per Arrow batch.")
+@click.option("--skip", default=0, show_default=True, metavar="N",
+              help="Leave out FILE's first N states (lines refused not counted): those an --override import that broke off committed.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def sectors_import(home: Path | None, config_file: Path | None, override: bool, worker_state: str | None, chunk: int, file: Path) -> None:
+def sectors_import(home: Path | None, config_file: Path | None, override: bool, worker_state: str | None, chunk: int, skip: int,
+                   file: Path) -> None:
     """Bulk-load FILE: JSON lines of SectorState in damocles' encoding, or Parquet in the Arrow
     schema. Finalized states go offline (`offline_meta`), the others online, as damocles'
     `util sealer sectors state import-json` routes them. Lines Go's json.Unmarshal would
@@ -58,6 +62,7 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
     report = ImportReport()
     shown = 0
     unreadable: list[Exception] = []
+    again = _again(override, worker_state, chunk, skip, file)
     with open_client(home, config_file) as client, tqdm(unit=" sectors", desc="import", file=sys.stderr, disable=None) as bar:
 
         def batches() -> Any:  # what the import takes, as it takes it (flat memory)
@@ -69,14 +74,19 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
                         bar.write(f"refused {refused}", file=sys.stderr)
                     shown = len(report.refused)
                     bar.update(batch.num_rows)
+                    if left[0] >= batch.num_rows:
+                        left[0] -= batch.num_rows
+                        continue
+                    batch, left[0] = batch.slice(left[0]), 0
                     yield batch
             except Exception as e:  # noqa: BLE001 - the file cannot be read on (a corrupt row group):
                 unreadable.append(e)  # the stream ends here, the daemon commits what it got and says so
 
+        left = [skip]  # --skip: states still to leave out
         try:
             result = client.import_batches(batches(), override, worker_state)
         except DaemonError as e:
-            said = _broken_off(str(e), e.reply, override)
+            said = _broken_off(str(e), e.reply, again)
             if said is None:
                 raise
             raise DaemonError(said) from None
@@ -85,11 +95,12 @@ def sectors_import(home: Path | None, config_file: Path | None, override: bool, 
         click.echo(f"refused {refused}", err=True)
     if unreadable:
         cause = " ".join(str(unreadable[0]).split())  # pyarrow's text spans lines
-        raise VsmError(f"{file}: cannot be read past its first {total + len(report.refused)} states "
+        raise VsmError(f"{file}: cannot be read past its first {skip + total + len(report.refused)} states "
                        f"({type(unreadable[0]).__name__}: {cause}); {written} states were committed; fix the file and "
-                       + _again(override))
+                       + again(written))
     click.echo(
-        f"imported {written} of {total + len(report.refused)} sectors from {file}"
+        f"imported {written} of {skip + total + len(report.refused)} sectors from {file}"
+        + (f" ({skip} left out with --skip)" if skip else "")
         + ("" if written == total or override else " (the rest exist already; --override replaces them)")
         + (f"; {report.summary()}" if report.summary() else "")
     )
@@ -107,22 +118,33 @@ def _pretty_printed(file: Path) -> bool:
         return f.readline(64).strip() in (b"{", b"[")
 
 
-def _broken_off(error: str, reply: Any, override: bool) -> str | None:
+def _broken_off(error: str, reply: Any, again: Callable[[int], str]) -> str | None:
     """The one line of an import that broke off: what the daemon committed (when it could still
     answer) and how to go on. The daemon writes every chunk it journaled before it answers, so
     a re-run finds exactly those states stored."""
-    again = _again(override)
     if isinstance(reply, dict) and isinstance(reply.get("written"), int):
-        return f"{error}; {reply['written']} states were committed before it broke off; {again}"
+        return f"{error}; {reply['written']} states were committed before it broke off; {again(reply['written'])}"
     if "upload broke off" in error:  # no answer: the daemon died, or its stop outlasted the grace
-        return f"{error}; the daemon did not say how many states were committed; once it runs, {again}"
+        return f"{error}; the daemon did not say how many states were committed; once it runs, {again(-1)}"
     return None
 
 
-def _again(override: bool) -> str:
-    if override:
-        return "run the same command again to continue: with --override the states already stored are written again, each a new import event"
-    return "run the same command again to continue: the states already stored are skipped, none gets a second import event"
+def _again(override: bool, worker_state: str | None, chunk: int, skip: int, file: Path) -> Callable[[int], str]:
+    """How to continue after `committed` states (-1: unknown). Without --override the same command:
+    states stored already are skipped, as damocles' import skips them. With it, they would be
+    written again (each a new import event): the committed ones are a prefix of FILE's states
+    (the daemon writes chunks in order, each journaled one before it answers), so --skip them."""
+
+    def again(committed: int) -> str:
+        if not override:
+            return "run the same command again to continue: the states already stored are skipped, none gets a second import event"
+        if committed < 0:
+            return "with --override the same command writes every state again (each a new import event)"
+        flags = " ".join(f for f in ("--override", worker_state and f"--{worker_state}", chunk != 10_000 and f"--chunk {chunk}") if f)
+        return (f"continue with `vsm-pool sectors import {flags} --skip {skip + committed} {shlex.quote(str(file))}` "
+                "(the same command again would write the committed states again, each a new import event)")
+
+    return again
 
 
 @sectors.command("get")
