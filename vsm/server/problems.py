@@ -62,7 +62,7 @@ def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[
         if state == "failed" and pool:
             add(f"plugin/{name}", "failed", p.get("error") or pool.get("last_error") or "", f"`vsm-pool plugin reload {name}` (or enable)")
         elif state == "failed":
-            add(f"plugin/{name}", "failed", p.get("error") or "", "rebuild or replace its artifact, then `vsm-pool plugin rescan`")
+            add(f"plugin/{name}", "failed", p.get("error") or "", "rebuild, replace or remove the artifact it names, then `vsm-pool plugin rescan`")
         elif state == "starting":
             since = p.get("starting") or {}
             add(f"plugin/{name}", "starting", f"its workers are starting (importing it, onInit) for {since.get('seconds', 0):.0f} s",
