@@ -232,3 +232,27 @@ def test_backup_and_restore_refuse_in_one_line(written_home: Path, tmp_path: Pat
         f"vsm-pool: error: {backup / 'kv.backup'}: damaged (its sha256 differs from the one vsm-backup.json recorded): use another backup"
     ), out.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_call_meeting_a_damaged_kv_page_says_so_in_one_line(written_home: Path, tmp_path: Path) -> None:
+    """With the check at open turned off, the daemon serves on a damaged KV; a call that reads
+    a damaged page fails with one line naming the file and the way back, and the daemon goes on."""
+    home = _copy_home(written_home, tmp_path / "served")
+    config = home / "config.toml"
+    kv_line = f'Path = "{home}/data/kv/kv.sqlite"'
+    config.write_text(config.read_text().replace(kv_line, kv_line + '\nCheckOnOpen = "false"'))
+    _damage_kv(home)
+    d = start(home)
+    try:
+        errors = []
+        for ws in ("online", "offline"):
+            status, reply = d.post_rpc({"jsonrpc": "2.0", "id": 1, "method": "sectors.list", "params": {"worker_state": ws, "limit": 10000}})
+            if "error" in reply:
+                errors.append(reply["error"]["message"])
+        assert errors, "no call met the damaged pages"
+        for message in errors:
+            assert "\n" not in message and "Traceback" not in message, message
+            assert "<home>/data/kv/kv.sqlite is damaged" in message and "vsm-pool restore" in message, message
+        assert d.rpc("status")["daemon"]["pid"] == d.pid
+    finally:
+        finish(d)
