@@ -487,7 +487,11 @@ class Manager:
                 elif (fresh.manifest.build_time, fresh.source) == (old.manifest.build_time, old.source):
                     continue
                 elif _newer_build(fresh.manifest, old.manifest):
+                    on_purpose = name in self._disabled_by_operator() or self.config.settings(name).disabled
+                    start_failed = old.state is PluginState.DISABLED and bool(old.error) and not on_purpose
                     self.reload(name, str(fresh.source))
+                    if start_failed:  # its build before failed to start: this one starts in its place
+                        self.enable(name)
                     changes.append({**row, "change": "reloaded", "version": fresh.manifest.version})
                 else:
                     changes.append({**row, "change": "kept", "version": old.manifest.version, "error": (
@@ -495,7 +499,7 @@ class Manager:
                         f"{old.manifest.build_time}), which serves on; to run this one anyway: `vsm-pool plugin reload {name} {fresh.source}`")})
             except VsmError as e:
                 changes.append({**row, "change": "refused", "error": str(e)})
-                if old is not None:  # the running build serves on; the artifact is listed as broken
+                if old is not None and old.pool is not None:  # the running build serves on; the artifact is listed as broken
                     fresh.state, fresh.error = PluginState.FAILED, str(e)
                     self.registry.add(fresh)
         sources = {p.source for p in found}

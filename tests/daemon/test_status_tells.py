@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,8 @@ def _build(d: Daemon, tmp_path: Path, kind: str, name: str, out: Path, extra: st
 
 
 def test_rescan_lists_every_broken_artifact_goes_on_past_a_duplicate_and_shows_limits(start_daemon: Any, tmp_path: Path) -> None:
-    d: Daemon = start_daemon()
+    home = tmp_path / "home"
+    d: Daemon = start_daemon(prepare_home(home, append=f'[Common.Plugins.brokensink.Meta]\nPath = "{home / "data" / "brokensink"}"\n'))
     plugins = d.home / "plugins"
     (plugins / "plugin-notes.vsmp").write_text("not a plugin")
     memdb = (plugins / "plugin-memdb.vsmp").read_bytes()
@@ -96,11 +98,17 @@ def test_rescan_lists_every_broken_artifact_goes_on_past_a_duplicate_and_shows_l
     st = d.cli("status").stdout
     assert "plugin/cut: failed:" in st and "problems: none" not in st, st
 
-    for name in ("plugin-notes.vsmp", "plugin-cut.vsmp", "plugin-parquet-copy.vsmp", "plugin-brokensink.vsmp"):
+    # fixed: the sink rebuilt (it starts in place of the build that failed), the others removed
+    module = tmp_path / "src" / "brokensink" / "brokensink.py"
+    module.write_text(module.read_text().replace("\nraise RuntimeError('broken on purpose')\n", "\n"))
+    time.sleep(1.1)  # a build time (in seconds) after the broken build's
+    d.cli("plugin", "build", "--src-dir", str(module.parent), "--out-dir", str(plugins))
+    for name in ("plugin-notes.vsmp", "plugin-cut.vsmp", "plugin-parquet-copy.vsmp"):
         (plugins / name).unlink()
     out = d.cli("plugin", "rescan", "--json")
     assert {Path(r["artifact"]).name: r["change"] for r in json.loads(out.stdout)} == {
-        "plugin-notes.vsmp": "removed", "plugin-cut.vsmp": "removed", "plugin-parquet-copy.vsmp": "removed", "plugin-brokensink.vsmp": "removed"}
+        "plugin-notes.vsmp": "removed", "plugin-cut.vsmp": "removed", "plugin-parquet-copy.vsmp": "removed", "plugin-brokensink.vsmp": "reloaded"}
+    assert next(r for r in d.rpc("plugin.list") if r["name"] == "brokensink")["state"] == "ready"
     assert "problems: none" in d.cli("status").stdout
 
 
