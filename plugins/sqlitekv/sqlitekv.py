@@ -30,7 +30,8 @@ call that met a bad page, with "database disk image is malformed". At open the f
 SQLite's quick_check (~0.14 s for 300 MB here, page cache warm: every page is read once), so a
 damaged file stops the start in one line naming it and the way back (`vsm-pool restore`); a
 page damaged later fails each call that meets it with that same line (SQLITE_CORRUPT and
-SQLITE_NOTADB only, never a busy or full disk). `check()` runs the full integrity_check for
+SQLITE_NOTADB only, never a busy or full disk), kept as `damage`, which `vsm-pool status` lists
+as a problem. `check()` runs the full integrity_check for
 `vsm-pool doctor`; `backup(dest)` is SQLite's online backup API in one step on a connection of
 its own: one read transaction, so the copy is one moment of the file, and writers go on
 meanwhile (WAL). A backup in several steps would restart at every commit of another
@@ -104,7 +105,7 @@ def _names_damage(method: Callable[..., T]) -> Callable[..., T]:
         except sqlite3.DatabaseError as e:
             if (getattr(e, "sqlite_errorcode", 0) & 0xFF) not in _DAMAGE_CODES:
                 raise
-            raise RuntimeError(_damage_line(self._db.path, e)) from None
+            raise self._db.met_damage(e) from None
 
     wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
     return wrapper
@@ -345,7 +346,7 @@ class Collection:
             except sqlite3.DatabaseError as e:  # a page of a scan (_names_damage covers the calls)
                 if (getattr(e, "sqlite_errorcode", 0) & 0xFF) not in _DAMAGE_CODES:
                     raise
-                raise RuntimeError(_damage_line(self._db.path, e)) from None
+                raise self._db.met_damage(e) from None
 
         return fetch
 
@@ -383,6 +384,12 @@ class SqliteDB:
             conn.close()
             raise RuntimeError(_damage_line(self.path, "; ".join(damage)))
         self._conn: sqlite3.Connection | None = conn
+        self.damage: str | None = None  # what a call met while serving (vsm.sdk.kvstore: status shows it)
+
+    def met_damage(self, cause: object) -> RuntimeError:
+        """The one-line error for a damaged page a call met, kept as `damage` for status."""
+        self.damage = _damage_line(self.path, cause)
+        return RuntimeError(self.damage)
 
     def run(self) -> None:
         """Nothing runs in the background."""
@@ -417,7 +424,7 @@ class SqliteDB:
             src.backup(out, pages=-1)  # one step: one read transaction (see the docstring)
         except sqlite3.DatabaseError as e:
             if (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _DAMAGE_CODES:
-                raise RuntimeError(_damage_line(self.path, e)) from None
+                raise self.met_damage(e) from None
             raise
         finally:
             out.close()

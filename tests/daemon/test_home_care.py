@@ -236,7 +236,8 @@ def test_backup_and_restore_refuse_in_one_line(written_home: Path, tmp_path: Pat
 
 def test_a_call_meeting_a_damaged_kv_page_says_so_in_one_line(written_home: Path, tmp_path: Path) -> None:
     """With the check at open turned off, the daemon serves on a damaged KV; a call that reads
-    a damaged page fails with one line naming the file and the way back, and the daemon goes on."""
+    a damaged page fails with one line naming the file and the way back, the daemon goes on, and
+    status lists the damage as a problem."""
     home = _copy_home(written_home, tmp_path / "served")
     config = home / "config.toml"
     kv_line = f'Path = "{home}/data/kv/kv.sqlite"'
@@ -253,6 +254,8 @@ def test_a_call_meeting_a_damaged_kv_page_says_so_in_one_line(written_home: Path
         for message in errors:
             assert "\n" not in message and "Traceback" not in message, message
             assert "<home>/data/kv/kv.sqlite is damaged" in message and "vsm-pool restore" in message, message
-        assert d.rpc("status")["daemon"]["pid"] == d.pid
+        damaged = [p for p in d.rpc("status")["problems"] if p["part"] == "kv"]  # and status is not green
+        assert damaged and damaged[0]["state"] == "damaged" and "vsm-pool restore" in damaged[0]["fix"], d.rpc("status")["problems"]
+        assert "kv: damaged:" in d.cli("status").stdout
     finally:
         finish(d)

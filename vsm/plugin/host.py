@@ -254,6 +254,10 @@ class KVHost(_Host):
         own = getattr(self._open(), "check", None)
         return None if own is None else [str(line) for line in own()]
 
+    def damage(self) -> str | None:
+        """The damage the DB met while serving (an optional DB attribute), for status."""
+        return getattr(self._db, "damage", None) if self._db is not None else None
+
     def _open(self) -> Any:
         if self._db is None:
             raise RuntimeError(f"{self.manifest.name}: no database is open in this worker")

@@ -128,3 +128,5 @@ class DB(Protocol):
     #                               own backup: redis BGSAVE"); shown to the operator.
     #   check() -> list[str]        the damage the DB finds in its own files ([] when none), e.g.
     #                               SQLite's integrity_check; each item one line.
+    #   damage: str | None          the damage a call met while the DB served (one line, naming
+    #                               the file and the way back), or None; `vsm-pool status` lists it.

@@ -5,6 +5,7 @@ fixes it: what `vsm-pool status` prints under its tables and /metrics exports as
               [Common] MinFreeSpace, or its disk refused a write: `disk full: PATH ...`
     journal   broken (a write failed; it retries by itself)  |  held (a KV commit's outcome unknown)
               |  stalled (the watermark waits for one ticket while committed events pile up behind it)
+    kv        damaged (a call met a damaged page of the DB's file: the KV plugin's `damage`)
     plugin    failed pool (crash loop)  |  failed (its artifact did not load, at start or rescan)
               |  degraded (a worker being replaced)  |  disabled (by `plugin disable`, by the
               config, or its start failed)  |  starting (its pool is starting, e.g. a slow onInit:
@@ -54,6 +55,10 @@ def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[
     if journal.get("stalled"):
         add("journal", "stalled", journal["stalled"], "none if its op ends (a KVStore call ends at its pool's timeout); "
             "else restart the daemon (`vsm-pool stop`, `vsm-pool start`): recovery keeps what the KV holds and drops the rest")
+    damage = _kv_damage(manager)
+    if damage:
+        add("kv", "damaged", damage, "stop the daemon and restore the home from a backup: `vsm-pool restore BACKUP --home NEWDIR` "
+            "(`vsm-pool doctor` lists every damaged file)")
     sinks = (sectors or {}).get("sinks") or {}
     # by name; an artifact that failed to load never hides the running plugin of its name
     loaded = {p["name"]: p for p in sorted(plugins, key=lambda p: p["state"] != "failed" or bool(p.get("pool")))}
@@ -96,6 +101,18 @@ def problems(manager: Any, sectors: dict[str, Any] | None = None, plugins: list[
                 add(f"sink/{name}", "no plugin", behind + "; no plugin of that name is loaded",
                     f"put its plugin back in the plugins folder and `vsm-pool plugin rescan`, or `vsm-pool sinks forget {name}`")
     return out
+
+
+def _kv_damage(manager: Any) -> str | None:
+    """The damage the DB's plugin met while serving (sqlitekv: a damaged page), asked of its
+    worker: a call that meets it fails alone, and the status must not stay green (issue 25)."""
+    db = getattr(manager, "db", None)
+    if db is None:
+        return None
+    try:
+        return db.pool.call("damage", timeout=5)  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - a pool that cannot answer has its own row (failed, degraded)
+        return None
 
 
 def _behind(sink: dict[str, Any], journal: dict[str, Any]) -> str:
