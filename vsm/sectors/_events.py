@@ -169,7 +169,7 @@ class EventWriter:
         """(holding _cv) Refuse new seqs while a write failure is being retried, or once closed."""
         if self._broken is not None:
             if is_disk_full(self._broken):
-                raise self._broken_error(self._broken) from self._broken
+                raise self.refusal(self._broken) from self._broken
             raise JournalBroken(
                 f"sector event journal cannot be written: {self._broken!r} (retrying every {self.retry_interval:g} s; "
                 "free the disk under the journal folder)"
@@ -183,9 +183,9 @@ class EventWriter:
             raise t.error
         if self.durable_seq < t.last:
             broken = self._broken
-            raise self._broken_error(broken) from broken
+            raise self.refusal(broken) from broken
 
-    def _broken_error(self, err: BaseException | None) -> Exception:
+    def refusal(self, err: BaseException | None) -> Exception:
         """What a refused op is told: the disk is full (path, free space), or the journal broke."""
         if is_disk_full(err):
             return DiskFullError(self.journal.dir, free_bytes(self.journal.dir), None, "sector event journal")
@@ -305,7 +305,7 @@ class EventWriter:
             waiting, self._pending = unwritten + self._pending, []
             self._cv.notify_all()
         for t in waiting:
-            t.error = self._broken_error(err)
+            t.error = self.refusal(err)
             t.error.__cause__ = err
             t.rows, t.batch = [], None
             t.done.set()

@@ -716,7 +716,7 @@ class SectorStateManager:
                 out.append({"part": part, "path": path, "message": str(DiskFullError(path, free, self.floor.min_free, what))})
         broken = self.writer.broken
         if broken is not None and not any(d["part"] == "journal" for d in out):
-            err = self.writer._broken_error(broken)
+            err = self.writer.refusal(broken)
             if isinstance(err, DiskFullError):
                 out.append({"part": "journal", "path": err.path, "message": str(err)})
         return out
