@@ -223,7 +223,7 @@ class Manager:
             name=store.name, path=store.path, meta=dict(store.meta), strict=store.strict, read_only=store.read_only, weight=store.weight
         )
         try:
-            opened = PooledStore(plugin.pool, cfg)
+            opened = PooledStore(plugin.pool, cfg, min_free_space=store.min_free_space)
         except Exception as e:  # the store's constructor failed in the worker: this store only
             self._store_failed(store, f"{store.key}: store {store.name!r} ({store.plugin_name}) failed to open: {e}")
             return
@@ -648,7 +648,7 @@ class Manager:
                 raise
             with self._wiring:
                 kept = {n: st for n, st in self.stores.items() if st.pool is not pool}
-                self.stores = {**kept, **{s.name: PooledStore(pool, cfg_of(s), opened=True) for s in mine}}
+                self.stores = {**kept, **{s.name: PooledStore(pool, cfg_of(s), opened=True, min_free_space=s.min_free_space) for s in mine}}
             return f"{plugin.label}: new pool, stores {', '.join(s.name for s in mine) or 'none'}"
         if kind is Kind.SyncSectorState:
             new = self.config

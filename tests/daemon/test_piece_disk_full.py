@@ -142,16 +142,20 @@ def test_min_free_space_config(tmp_path: Path) -> None:
 
 
 def test_full_disk_without_a_daemon_is_one_line(tmp_path: Path, tmpfs: Path) -> None:
-    """`vsm-pool pieces put` with no daemon (the manager in-process: no floor is checked there)
-    still says it in one line, naming the store's folder and its free space; nothing left."""
+    """`vsm-pool pieces put` with no daemon (the manager in-process) keeps the same rule: a
+    piece of known size that does not fit is refused before a byte is written; one that meets
+    ENOSPC (stdin: size unknown) is fsstore's DiskFullError; one line each, nothing left."""
     store = tmpfs / "pieces"
     store.mkdir()
     home = prepare_home(tmp_path / "home", append=f'[[Common.PieceStores]]\nName = "small"\nPath = "{store}"\nMinFreeSpace = "0"\n')
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(20 * MiB))
-    proc = subprocess.run([sys.executable, "-m", "vsm", "pieces", "put", str(src), "small/big.bin"],
-                          env=cli_env(home), capture_output=True, text=True, timeout=120)
-    last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-    assert f"put small/big.bin: disk full: {store}" in last and "free" in last, last
-    assert _objects(store) == [], _objects(store)
+    for stdin, want in ((False, f"put small/big.bin: disk full: PUT small/big.bin refused: {store} has 16.0 MiB free, too little for this piece's 20.0 MiB"),
+                        (True, f"put small/big.bin: disk full: {store} (store 'small'): ")):
+        with open(src, "rb") as f:
+            proc = subprocess.run([sys.executable, "-m", "vsm", "pieces", "put", "-" if stdin else str(src), "small/big.bin"],
+                                  env=cli_env(home), stdin=f if stdin else subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert want in last, (want, last)
+        assert _objects(store) == [], _objects(store)

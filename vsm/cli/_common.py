@@ -207,6 +207,11 @@ class LocalClient:
         return {"written": written, "received": received[0]}
 
     def put_piece(self, store: str, path: str, source: Any, size: int, progress: Any = None) -> Any:
+        target = self._translated(f"put {store}/{path}", lambda: self.manager.store(store))
+        if not target.cfg.read_only:  # the daemon's rule (PooledStore.space_refusal), here too
+            refused = self._translated(f"put {store}/{path}", lambda: target.space_refusal(path, size))
+            if refused:
+                raise DaemonError(f"put {store}/{path}: {refused}")
         reader = _Progress(source, progress)
         n = self._translated(f"put {store}/{path}", lambda: self.manager.store(store).put(path, reader))
         return {"store": store, "path": path, "size": n}

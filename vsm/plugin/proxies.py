@@ -16,8 +16,9 @@ from executors import Pool
 
 from ..errors import StoreBusy
 from ..sdk import Config, InstanceInfo, InvalidObjectPathError, Stat
+from ..sdk.diskspace import human_bytes
 
-__all__ = ["PendingWrite", "PooledDB", "PooledKVStore", "PooledStore", "object_path_refusal"]
+__all__ = ["PendingWrite", "PooledDB", "PooledKVStore", "PooledStore", "object_path_refusal", "piece_space_refusal"]
 
 T = TypeVar("T")
 
@@ -158,6 +159,22 @@ def object_path_refusal(path: str) -> str | None:
     return None
 
 
+def piece_space_refusal(store: str, path: str, where: str, free: int, floor: int, incoming: int | None) -> str | None:
+    """Why a PUT of `incoming` bytes (None: not said, a chunked body) into a store whose disk
+    at `where` has `free` bytes must be refused (HTTP 507), or None: it would leave less than
+    the store's MinFreeSpace (`floor`). The one free-space rule of piece stores (issue 25)."""
+    if free >= floor + (incoming or 0):
+        return None
+    if free < floor:
+        why = f"under the store's MinFreeSpace {human_bytes(floor)}"
+    elif floor:
+        why = f"this piece's {human_bytes(incoming)} would leave less than the store's MinFreeSpace {human_bytes(floor)}"
+    else:
+        why = f"too little for this piece's {human_bytes(incoming)}"
+    return (f"disk full: PUT {store}/{path} refused: {where} has {human_bytes(free)} free, {why}: free space "
+            "there, or lower MinFreeSpace in its [[Common.PieceStores]] entry; PUTs resume by themselves")
+
+
 def _checked(path: str) -> str:
     refused = object_path_refusal(path)
     if refused:
@@ -169,11 +186,13 @@ class PooledStore:
     """objstore.Store over an ObjStore plugin's pool: one configured store instance.
     Bytes move through the pool's shared-memory ring in both directions."""
 
-    def __init__(self, pool: Pool, cfg: Config, opened: bool = False) -> None:
-        """`opened`: the pool's workers opened it already (a config reload's swap replayed it)."""
+    def __init__(self, pool: Pool, cfg: Config, opened: bool = False, min_free_space: int = 0) -> None:
+        """`opened`: the pool's workers opened it already (a config reload's swap replayed it);
+        `min_free_space`: the store's MinFreeSpace (space_refusal)."""
         self.pool = pool
         self.cfg = cfg
         self.name = cfg.name or cfg.path
+        self.min_free_space = min_free_space
         if not opened:
             pool.broadcast("open_store", self.name, cfg, replay=True)
 
@@ -197,6 +216,15 @@ class PooledStore:
 
     def instance_info(self) -> InstanceInfo:
         return self._call("instance_info")
+
+    def space_refusal(self, path: str, incoming: int | None) -> str | None:
+        """Why a PUT of `incoming` bytes must be refused for want of space, asked of the store
+        itself (instance_info: its worker's statvfs) on every PUT, so a refusal ends as soon as
+        space is back; None where the store reports no disk (s3store: total 0)."""
+        info = self.instance_info()
+        if not info.total:
+            return None
+        return piece_space_refusal(self.name, path, info.config.path, info.free, self.min_free_space, incoming)
 
     def stat(self, path: str) -> Stat:
         return self._call("stat", _checked(path))

@@ -238,18 +238,6 @@ def _upload_failed(request: web.Request, store: Any, path: str, e: BaseException
     return web.json_response({"error": f"{store.name}/{path}: {e}"}, status=400)
 
 
-def piece_space_refusal(store: str, path: str, where: str, free: int, floor: int, incoming: int | None) -> str | None:
-    """Why a PUT of `incoming` bytes (None: not said, a chunked body) into a store whose disk
-    at `where` has `free` bytes must be refused (HTTP 507), or None: it would leave less than
-    the store's MinFreeSpace (`floor`). The one free-space rule of piece stores (issue 25)."""
-    if free >= floor + (incoming or 0):
-        return None
-    why = (f"this piece's {human_bytes(incoming)} would leave less than" if incoming and free >= floor else "under")
-    return (f"disk full: PUT {store}/{path} refused: {where} has {human_bytes(free)} free, {why} the store's "
-            f"MinFreeSpace {human_bytes(floor)}: free space there, or lower MinFreeSpace in its "
-            "[[Common.PieceStores]] entry; PUTs resume by themselves")
-
-
 def _disk_full(e: BaseException | None) -> OSError | None:
     """The filesystem's "full" (ENOSPC, EDQUOT) in e or what it was raised from, or None."""
     for _ in range(8):
@@ -261,34 +249,28 @@ def _disk_full(e: BaseException | None) -> OSError | None:
     return None
 
 
-def _store_floor(request: web.Request, store: Any) -> int:
-    config = request.app["manager"].config
-    entry = next((s for s in (*config.piece_stores, *config.persist_stores) if s.name == store.name), None)
-    return getattr(entry, "min_free_space", 0)
-
-
 async def _space_refused(request: web.Request, store: Any, path: str, incoming: int | None, failed: OSError | None = None) -> web.Response | None:
-    """507 before a PUT that would go under the store's MinFreeSpace, or after one the
-    filesystem refused (`failed`: ENOSPC, EDQUOT); None otherwise. Stores that know no disk
-    (instance_info total 0: s3store) are never refused here."""
+    """507 before a PUT that would go under the store's MinFreeSpace (PooledStore.space_refusal),
+    or after one the filesystem refused (`failed`: ENOSPC, EDQUOT); None otherwise."""
     loop = asyncio.get_running_loop()
-    try:
-        info = await loop.run_in_executor(None, store.instance_info)
-    except Exception as e:  # the PUT itself will say what is wrong with the store
-        logger.debug("{}: instance_info failed, no free-space check: {}", store.name, e)
-        info = None
-    if failed is not None:  # the size was not known up front, or another writer took the space
+    if failed is None:
+        try:
+            text = await loop.run_in_executor(None, store.space_refusal, path, incoming)
+        except Exception as e:  # the PUT itself will say what is wrong with the store
+            logger.debug("{}: no free-space check: {}", store.name, e)
+            text = None
+        if text is None:
+            return None
+    else:  # the size was not known up front, or another writer took the space
+        try:
+            info = await loop.run_in_executor(None, store.instance_info)
+        except Exception:
+            info = None
         where = info.config.path if info is not None else f"store {store.name!r}"
         free = f"; {human_bytes(info.free)} free once it was dropped" if info is not None else ""
         text = (f"disk full: PUT {store.name}/{path} failed, nothing stored: the disk of {where} filled "
                 f"during the upload ({failed.strerror or 'No space left on device'}){free}: free space there (a PUT that sends its "
                 "Content-Length is refused before a byte is written); PUTs resume by themselves")
-    elif info is None or not info.total:
-        return None
-    else:
-        text = piece_space_refusal(store.name, path, info.config.path, info.free, _store_floor(request, store), incoming)
-        if text is None:
-            return None
     logger.warning("{} -> 507 {}", request.method, text)
     response = web.json_response({"error": request.app["scrub"](text)}, status=507)
     response.force_close()  # no 10 s of reading and dropping the rest of a refused body
