@@ -292,7 +292,7 @@ class Manager:
         sectors = SectorStateManager(
             self.db, Path(sync.journal_dir), flush_rows=sync.batch_rows, flush_age=sync.batch_age, max_backlog=sync.max_backlog,
             segment_bytes=sync.segment_bytes, recovery_progress=self._recovery_progress,
-            min_free_space=self.config.min_free_space, space_paths=self._space_paths(),
+            min_free_space=self.config.min_free_space, space_paths=self._space_paths,
         )
         with self._wiring:
             self.reserver = StoreReserver(self.db.open_collection("common"), self._persist_stores())
@@ -304,8 +304,8 @@ class Manager:
     def _space_paths(self) -> dict[str, str]:
         """The files the sector data lives in besides the journal, for MinFreeSpace: the KV's and
         each sink's `Path` Meta key (what the bundled sqlitekv, duckdb and parquet take; a plugin
-        whose Meta names no local path is not watched: a server's disk is the server's)."""
-        assert self.registry is not None
+        whose Meta names no local path is not watched: a server's disk is the server's), as the
+        config and the plugins are now: asked again when a sink attaches."""
 
         def local(meta: dict[str, str]) -> str | None:
             path = next((v for k, v in meta.items() if k.casefold() == "path"), "")
@@ -316,7 +316,7 @@ class Manager:
         out = {}
         if (kv := local(self.config.db.meta)) is not None:
             out["kv"] = kv
-        for plugin in self.registry.of_kind(Kind.SyncSectorState):
+        for plugin in self.registry.of_kind(Kind.SyncSectorState) if self.registry is not None else ():
             name = plugin.manifest.name
             if (path := local(self.config.settings(name).meta)) is not None:
                 out[f"sink/{name}"] = path

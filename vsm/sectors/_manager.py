@@ -163,8 +163,9 @@ class SectorStateManager:
         recovery_progress: called (done, total) while a journal tail is reconciled at open.
         min_free_space: the free-space floor (bytes) of the journal's, the KV's and each sink's
             filesystem: under it new ops are refused and the sink waits (None/0: no floor).
-        space_paths: what else writes files, as {"kv": path, "sink/<name>": path}: the floor
-            is checked there too (the journal folder always).
+        space_paths: what else writes files, as {"kv": path, "sink/<name>": path}, or a function
+            that says it now (a sink loaded by a rescan, a Meta changed by a config reload): the
+            floor is checked there too (the journal folder always).
     """
 
     def __init__(
@@ -189,11 +190,12 @@ class SectorStateManager:
         max_backlog: int | None = None,
         recovery_progress: Callable[[int, int], None] | None = None,
         min_free_space: int | None = None,
-        space_paths: Mapping[str, str] | None = None,
+        space_paths: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.db = db
         self.floor = FreeSpaceFloor(min_free_space)
-        self.space_paths = dict(space_paths or {})
+        self._space_paths = space_paths if callable(space_paths) else (lambda: dict(space_paths or {}))
+        self.kv_path = self._space_paths().get("kv")  # the KV's file moves only with a restart
         self.journal_dir = journal_dir
         os.makedirs(journal_dir, exist_ok=True)
         self.ckpt_dir = os.path.join(journal_dir, "sinks")
@@ -474,7 +476,7 @@ class SectorStateManager:
                 bulk_linger=self.sink_bulk_linger,
             )
             d.max_backlog = self.max_backlog
-            path = self.space_paths.get(f"sink/{name}")
+            path = self._space_paths().get(f"sink/{name}")
             if path is not None and self.floor.min_free:
                 d.check_space = lambda: self.floor.check(path, f"sink {name}")
             if self._hurry:
@@ -701,15 +703,15 @@ class SectorStateManager:
         """Refuse a new op (DiskFullError) while the journal's or the KV's filesystem is under
         MinFreeSpace: before it takes a seq, so nothing of it is journaled or stored."""
         self.floor.check(self.journal_dir, "sector event journal")
-        if "kv" in self.space_paths:
-            self.floor.check(self.space_paths["kv"], "sector KV")
+        if self.kv_path is not None:
+            self.floor.check(self.kv_path, "sector KV")
 
     def disk_full(self) -> list[dict[str, str]]:
         """{"part", "path", "message": "disk full: PATH ..."} for each path of the manager
         (part "journal", "kv", "sink/<name>") under the floor now, and for the journal while a
         write of it is refused by a full disk."""
         out = []
-        for part, path in (("journal", self.journal_dir), *sorted(self.space_paths.items())):
+        for part, path in (("journal", self.journal_dir), *sorted(self._space_paths().items())):
             free = self.floor.short(path)
             if free is not None:
                 what = {"journal": "sector event journal", "kv": "sector KV"}.get(part, part)
