@@ -369,3 +369,25 @@ def test_config_reload_applies_a_persist_store_policy_from_the_next_reservation(
         assert reserved is not None and "sealed" in json.dumps(reserved), reserved
     finally:
         finish(d)
+
+
+def test_the_readme_first_hour_path(tmp_path: Path) -> None:
+    """README "Coming from damocles-manager", the first hour: damocles' file with Driver =
+    "sqlite", `start --home NEW --config vsm.cfg &`, `status` (it waits; no problem), then
+    `sectors import states.jsonl`."""
+    from vsm.sdk.sectors import SectorID, SectorState
+
+    cfg = tmp_path / "vsm.cfg"
+    text = DAMOCLES_CFG.read_text()
+    assert '#Driver = "badger"' in text
+    cfg.write_text(text.replace('#Driver = "badger"', 'Driver = "sqlite"'))
+    home = tmp_path / "vsm-pool"
+    d = start(home, None, "--config", str(cfg))
+    try:
+        out = d.cli("status").stdout
+        assert out.rstrip().endswith("problems: none") and "config:" not in out, out
+        states = tmp_path / "states.jsonl"
+        states.write_bytes(b"".join(SectorState(SectorID(1000, n), 8).to_go_json() + b"\n" for n in range(3)))
+        assert "imported 3 of 3 sectors" in d.cli("sectors", "import", str(states)).stdout
+    finally:
+        finish(d)
