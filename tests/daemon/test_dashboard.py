@@ -343,15 +343,23 @@ def test_big_ids_and_figures_over_time_over_http(start_daemon: Any, tmp_path: Pa
     assert [r[events["columns"].index("kind")] for r in events["rows"]] == ["import"]
     error = d.rpc_error("sectors.history", {"miner": "f0x", "number": 1})
     assert error["code"] == -32602 and "miner: 'f0x' is not a number" in error["message"], error
-    # the daemon's figures: calls/s of the KV store while it serves, then the ring's bound
+    # the daemon's figures: calls/s of the KV store while it serves, an import's states/s and
+    # the journal's events/s
     deadline = time.monotonic() + 30
+    while not json.loads(d.request("GET", "/dashboard/history")[2])["samples"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    run_cli(d.home, "sectors", "import", str(_states_file(tmp_path, 1500, 500)))
     while time.monotonic() < deadline:
         d.rpc("sectors.get", {"miner": BIG_MINER, "number": 1})
         samples = json.loads(d.request("GET", "/dashboard/history")[2])["samples"]
-        if any(s["plugins"].get("KVStore/sqlitekv", [0])[0] > 0 for s in samples) and any(s["imported_s"] for s in samples) is not None:
+        imported = sum(s["imported_s"] * s["dt"] for s in samples)
+        if any(s["plugins"].get("KVStore/sqlitekv", [0])[0] > 0 for s in samples) and imported > 499:
             break
         time.sleep(0.2)
     history = json.loads(d.request("GET", "/dashboard/history")[2])
+    # every state once: as received by the import, as events in the journal (rates x the interval)
+    assert round(sum(s["imported_s"] * s["dt"] for s in history["samples"])) in (500, 503)  # 3: if sampled before the first
+    assert sum(s["journal_events_s"] * s["dt"] for s in history["samples"]) > 499
     assert history["every"] == 0.5 and history["keep_seconds"] == 6 * 3600
     kv = [s["plugins"]["KVStore/sqlitekv"] for s in history["samples"] if "KVStore/sqlitekv" in s["plugins"]]
     assert any(calls > 0 and p99 is not None and p99 > 0 for calls, _, _, p99 in kv), kv

@@ -7,7 +7,7 @@ numbers per plugin and sink, and at most KEEP of them are kept (a ring), so memo
 whatever the uptime. Nothing is counted twice: /metrics and `vsm-pool status` read the same
 counters.
 
-    sample = {"t": unix seconds, "journal_events_s", "imported_s",
+    sample = {"t": unix seconds, "dt": the interval's seconds, "journal_events_s", "imported_s",
               "plugins": {"Kind/name": [calls/s, errors/s, p50 s | None, p99 s | None]},
               "sinks": {"name": lag in events}}
 
@@ -52,7 +52,7 @@ class Figures:
                     s.get("calls", 0), s.get("errors", 0), list(s.get("latency_buckets") or []))
         sectors = self.manager.sectors.status() if self.manager.sectors is not None else {}
         return {"t": time.time(), "mono": time.monotonic(), "pools": pools,
-                "head": (sectors.get("journal") or {}).get("head") or 0,
+                "head": (sectors.get("journal") or {}).get("head"),  # None while the journal is not open
                 "sinks": {n: s.get("lag", 0) for n, s in (sectors.get("sinks") or {}).items()},
                 "imported": self.imported()}
 
@@ -78,7 +78,9 @@ class Figures:
                               quantile(diff, 0.5), quantile(diff, 0.99)]
         self.samples.append({
             "t": round(now["t"], 3),
-            "journal_events_s": round(max(0, now["head"] - last["head"]) / dt, 3),
+            "dt": round(dt, 3),  # the interval the rates are of
+            # from the journal's open on: its first head is the whole history, not a rate
+            "journal_events_s": round(max(0, now["head"] - last["head"]) / dt, 3) if None not in (now["head"], last["head"]) else 0.0,
             "imported_s": round(max(0, now["imported"] - last["imported"]) / dt, 3),
             "plugins": plugins,
             "sinks": now["sinks"],

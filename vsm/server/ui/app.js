@@ -99,10 +99,11 @@ function timeAxis(what) {
   };
   return { type: "linear", title: { display: true, text: `${what} (${ZONE})` }, ticks: { maxTicksLimit: 8, callback: tick } };
 }
-// a count axis: logarithmic when its values differ by two orders of magnitude or more
+// a count axis: logarithmic when its values differ by 20x or more (on a linear one, a state of
+// 86,000 sectors flattens one of 2,000 to a line)
 function countAxis(unit, values) {
   const pos = values.map(Number).filter((v) => v > 0);
-  const log = pos.length > 1 && Math.max(...pos) / Math.min(...pos) >= 100;
+  const log = pos.length > 1 && Math.max(...pos) / Math.min(...pos) >= 20;
   return { type: log ? "logarithmic" : "linear", beginAtZero: !log, title: { display: true, text: log ? `${unit} (log scale)` : unit } };
 }
 const PALETTE = ["#3e7cb1", "#b26a00", "#1b7f3b", "#7b4fa0", "#b00020", "#00838f", "#6d4c41", "#c2185b", "#455a64", "#9e9d24"];
@@ -252,8 +253,10 @@ async function trends() {
   // one chart of series; on a log axis a zero (no call in that interval) is a gap
   const plot = (id, unit, list) => {
     const axis = countAxis(unit, list.flatMap((c) => c.points.map((p) => p.y)));
-    if (axis.type === "logarithmic") list = list.map((c) => ({ name: c.name, points: c.points.map((p) => ({ x: p.x, y: p.y > 0 ? p.y : null })) }));
-    chart(id, "line", undefined, list.map(line), { scales: { x: timeAxis("local time"), y: axis },
+    if (axis.type === "logarithmic") list = list.map((c) => Object.assign({}, c, { points: c.points.map((p) => ({ x: p.x, y: p.y > 0 ? p.y : null })) }));
+    // a value between two gaps (an import within one sample) is a point, else it would not show
+    const lone = (ps) => ps.some((p, i) => p.y !== null && (i === 0 || ps[i - 1].y === null) && (i === ps.length - 1 || ps[i + 1].y === null));
+    chart(id, "line", undefined, list.map((c, i) => Object.assign(line(c, i), lone(c.points) ? { pointRadius: 2 } : {}, c.style || {})), { scales: { x: timeAxis("local time"), y: axis },
       plugins: { legend: { display: true, position: "bottom", labels: { boxWidth: 10 } } } });
   };
   plot("t-calls", "calls/s", byName((v) => v[0], "plugins", moved));
@@ -263,7 +266,8 @@ async function trends() {
   plot("t-lag", "events behind", byName((v) => v, "sinks", () => true));
   plot("t-journal", "per second", [
     { name: "journal events/s", points: samples.map((s) => ({ x: x(s), y: s.journal_events_s })) },
-    { name: "imported states/s", points: samples.map((s) => ({ x: x(s), y: s.imported_s })) },
+    // each imported state is a journal event too: its marks stand out over the journal's
+    { name: "imported states/s", points: samples.map((s) => ({ x: x(s), y: s.imported_s })), style: { pointStyle: "triangle", pointRadius: 4, order: -1 } },
   ]);
 }
 
