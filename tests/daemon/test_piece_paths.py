@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import http.client
+import random
 from pathlib import Path
 from typing import Any
 
@@ -53,4 +54,12 @@ def test_hostile_paths_are_4xx_never_5xx(start_daemon: Any, tmp_path: Path, open
     assert _request(d, "PUT", "ok/" * 200 + "x")[0] == 201  # deep, within the bounds
     assert _request(d, "GET", "ok/" * 200 + "x") == (200, b"hostile")
     assert d.rpc_error("pieces.stat", {"store": "pieces", "path": "d/" * 300})["code"] == -32602
+    # and odd ones at random (fixed seed): encoded dots, slashes, NULs, bytes that are no UTF-8
+    rnd = random.Random(25)
+    parts = ["a", "d", "/", ".", "%2e", "%2f", "%ff", "%00", "..", "%0a", "x" * 100, ".vsm-tmp"]
+    for _ in range(100):
+        path = "".join(rnd.choice(parts) for _ in range(rnd.randint(1, 60)))
+        for verb in ("PUT", "GET", "DELETE"):
+            status, body = _request(d, verb, path)
+            assert status < 500, (verb, path, status, body[:300])
     assert d.healthy()
