@@ -566,6 +566,9 @@ def _import_rounds(h: Home, root: Path, n: int, rounds: int, only: list[str], fi
                 home = Home(root, f"{key}-{r}")
                 try:
                     got = _cli_import(home, files[key], n)
+                except RuntimeError as e:  # the daemon's side of it, before its folder goes
+                    tail = (root / f"{key}-{r}-daemon.log").read_bytes()[-3000:].decode(errors="replace")
+                    raise RuntimeError(f"{e}\n--- the daemon's log, its end:\n{tail}") from None
                 finally:
                     home.stop()
                 got["cpu_us_per_state"] = got["cli_cpu_us_per_state"] + got["daemon_cpu_us_per_state"]
@@ -573,7 +576,8 @@ def _import_rounds(h: Home, root: Path, n: int, rounds: int, only: list[str], fi
             got["load"] = load
             runs[key].append(got)
             by = got.get("cpu_us_per_state_by_process")
-            print(f"[import] {n} states, round {r} {key}: {got['rate']:.0f} sectors/s (load {load:.1f})" + (f"; CPU us a state: {by}" if by else ""), file=sys.stderr, flush=True)
+            print(f"[import] {n} states, round {r} {key}: {got['rate']:.0f} sectors/s (load {load:.1f}), {got['cpu_us_per_state']:.1f} us of CPU a state"
+                  + (f": {by}" if by else f" (CLI {got['cli_cpu_us_per_state']:.1f}, daemon with workers {got['daemon_cpu_us_per_state']:.1f})"), file=sys.stderr, flush=True)
     return runs
 
 
