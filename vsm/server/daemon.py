@@ -186,7 +186,9 @@ class _GuardedHandler(RequestHandler):  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
-        if self._head_since is None and (self._last_payload is None or self._last_payload.is_eof()):
+        # data: aiohttp calls this with b"" too (resuming a paused read), which starts no head:
+        # taken for one, it dropped every request still running HeaderTimeout later (a slow update)
+        if data and self._head_since is None and (self._last_payload is None or self._last_payload.is_eof()):
             since = self._head_since = loop.time()  # the first bytes of a new request's head
             loop.call_at(since + self._head_timeout, self._head_deadline, since)
         count = self._request_count
@@ -198,8 +200,9 @@ class _GuardedHandler(RequestHandler):  # type: ignore[misc]
     def _head_deadline(self, since: float) -> None:
         if self._head_since == since and self.transport is not None:
             logger.info("dropped a connection whose request headers did not arrive within {:g} s ([Common.Api] HeaderTimeout)", self._head_timeout)
-            self.force_close()
-            self.transport.close()
+            transport = self.transport
+            self.force_close()  # may close it and forget it already
+            transport.close()
 
 
 async def _serve(manager: Manager, sock: socket.socket, home: Path) -> None:
