@@ -138,11 +138,17 @@ def mark_starting(home: Path) -> Path:
 
 
 def starting_pid(home: Path) -> int:
-    """The pid in <home>/daemon.starting, 0 if none (whether it still runs is the caller's check)."""
+    """The pid in <home>/daemon.starting while that process is a `vsm-pool start`, else 0: a
+    marker a kill -9 left behind may name a pid the system gave to another program since
+    (`stop` signals this pid). Whether it still runs is the caller's check."""
     try:
-        return int((Path(home) / "daemon.starting").read_text())
-    except (FileNotFoundError, ValueError):
+        pid = int((Path(home) / "daemon.starting").read_text())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except (OSError, ValueError):
         return 0
+    names = {os.path.basename(a) for a in args[:3]}
+    return pid if "start" in {a.decode(errors="replace") for a in args} and names & {b"vsm-pool", b"vsm"} else 0
 
 
 def daemon_info(home: Path) -> dict[str, Any] | None:
