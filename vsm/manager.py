@@ -219,9 +219,7 @@ class Manager:
         if plugin is None or plugin.pool is None:
             self._store_failed(store, f"{store.key}: plugin '{store.plugin_name}' is not ready: {plugin.error if plugin else ''}")
             return
-        cfg = StoreCfg(
-            name=store.name, path=store.path, meta=dict(store.meta), strict=store.strict, read_only=store.read_only, weight=store.weight
-        )
+        cfg = _store_cfg(store)
         try:
             opened = PooledStore(plugin.pool, cfg, min_free_space=store.min_free_space)
         except Exception as e:  # the store's constructor failed in the worker: this store only
@@ -631,10 +629,7 @@ class Manager:
                 return f"{plugin.label}: started for store(s) {', '.join(s.name for s in mine)}"
             return f"{plugin.label}: not running; the new settings apply when it starts"
         if kind is Kind.ObjStore:
-            def cfg_of(s: StoreConfig) -> StoreCfg:
-                return StoreCfg(name=s.name, path=s.path, meta=dict(s.meta), strict=s.strict, read_only=s.read_only, weight=s.weight)
-
-            before = pool.set_replays("open_store", [(s.name, cfg_of(s)) for s in mine])
+            before = pool.set_replays("open_store", [(s.name, _store_cfg(s)) for s in mine])
             with self._wiring:  # opened by the swap below, not again by _after_swap
                 self.store_errors = {n: e for n, e in self.store_errors.items() if n not in {s.name for s in mine}}
             try:
@@ -648,7 +643,7 @@ class Manager:
                 raise
             with self._wiring:
                 kept = {n: st for n, st in self.stores.items() if st.pool is not pool}
-                self.stores = {**kept, **{s.name: PooledStore(pool, cfg_of(s), opened=True, min_free_space=s.min_free_space) for s in mine}}
+                self.stores = {**kept, **{s.name: PooledStore(pool, _store_cfg(s), opened=True, min_free_space=s.min_free_space) for s in mine}}
             return f"{plugin.label}: new pool, stores {', '.join(s.name for s in mine) or 'none'}"
         if kind is Kind.SyncSectorState:
             new = self.config
@@ -723,6 +718,11 @@ class Manager:
                 logger.warning("closing the DB: {}", e)
         if self.registry is not None:
             self.registry.close(timeout)
+
+
+def _store_cfg(store: StoreConfig) -> StoreCfg:
+    """What a store plugin's Constructor gets for one configured store."""
+    return StoreCfg(name=store.name, path=store.path, meta=dict(store.meta), strict=store.strict, read_only=store.read_only, weight=store.weight)
 
 
 def _newer_build(fresh: Manifest, running: Manifest) -> bool:
