@@ -1,6 +1,6 @@
 """The dashboard through the real daemon: what an unauthenticated client gets, the login and its
 cookie, CSRF, the export; then the pages in a real browser (Debian's chromium, driven by
-Playwright), with a screenshot of each (docs/screenshots/ with VSM_UPDATE_SCREENSHOTS=1)."""
+Playwright), with a screenshot of each (kept in $VSM_SCREENSHOTS when set)."""
 
 from __future__ import annotations
 
@@ -156,10 +156,9 @@ def browser() -> Iterator[Any]:
 
 
 def _shots(tmp_path: Path) -> Path:
-    if os.environ.get("VSM_UPDATE_SCREENSHOTS") == "1":
-        out = ROOT / "docs" / "screenshots"
-    else:
-        out = Path(os.environ.get("VSM_SCREENSHOTS") or tmp_path / "screenshots")
+    """Where the test's pages go (VSM_SCREENSHOTS to keep them); the README's are of a realistic
+    home, taken by tests/daemon/screenshots.py, not of this test's few sectors."""
+    out = Path(os.environ.get("VSM_SCREENSHOTS") or tmp_path / "screenshots")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -458,6 +457,11 @@ def test_dashboard_tells_the_truth_over_time(start_daemon: Any, browser: Any, tm
         page.click("#run")
         page.wait_for_selector("#qcount")
         assert page.text_content("#qresult tbody td") == str(BIG_MINER)
+
+        # plugins: build times in local time too
+        page.goto(f"http://127.0.0.1:{d.port}/#plugins")
+        built = next(p for p in d.rpc("plugin.list") if p["name"] == "parquet")["build_time"]
+        assert page.text_content("tr[data-plugin=parquet] td:nth-child(3)") == _tokyo(built)
     finally:
         page.context.close()
 

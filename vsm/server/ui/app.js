@@ -267,7 +267,7 @@ async function trends() {
   plot("t-journal", "per second", [
     { name: "journal events/s", points: samples.map((s) => ({ x: x(s), y: s.journal_events_s })) },
     // each imported state is a journal event too: its marks stand out over the journal's
-    { name: "imported states/s", points: samples.map((s) => ({ x: x(s), y: s.imported_s })), style: { pointStyle: "triangle", pointRadius: 4, order: -1 } },
+    { name: "imported states/s", points: samples.map((s) => ({ x: x(s), y: s.imported_s })), style: { pointStyle: "triangle", pointRadius: (c) => (c.raw && c.raw.y > 0 ? 4 : 0), order: -1 } },
   ]);
 }
 
@@ -460,7 +460,7 @@ async function plugins(main) {
   for (const p of list) {
     const cls = p.state === "ready" ? "ok" : p.state === "failed" || p.error ? "bad" : p.state === "loaded" ? "" : "warn";
     const offered = OFFERED[p.state] || ACTIONS.map(([a]) => a);
-    h += `<tr data-plugin="${esc(p.name)}"><td>${esc(p.kind)}/<b>${esc(p.name)}</b></td><td>${esc(p.version)}</td><td>${esc(p.build_time)}</td>
+    h += `<tr data-plugin="${esc(p.name)}"><td>${esc(p.kind)}/<b>${esc(p.name)}</b></td><td>${esc(p.version)}</td><td>${cell(p.build_time)}</td>
       <td>${badge(p.state, cls)}${p.error ? `<div class="error">${esc(p.error)}</div>` : ""}</td><td class="mono">${esc(p.artifact)}</td>
       <td class="actions">${ACTIONS.filter(([a]) => offered.includes(a)).map(([a, label]) => `<button data-action="${a}" data-name="${esc(p.name)}">${label}</button>`).join("")}</td></tr>`;
   }
