@@ -423,8 +423,7 @@ def _in_process_import(home: Path, pq_path: Path, skip: int, memdb: bool = False
     """The engine on a fresh default home, in this process: import_arrow of the file's batches
     until every sink has them (what `sectors import` does without a daemon). memdb: the same
     home with the in-memory KVStore (`[Common.DB] Driver = "memory"`) instead of sqlitekv."""
-    import pyarrow.parquet as pq
-
+    from bench.bench_sectors import _parquet_batches
     from vsm.config import load_config
     from vsm.home import ensure_home
     from vsm.manager import Manager
@@ -442,7 +441,7 @@ def _in_process_import(home: Path, pq_path: Path, skip: int, memdb: bool = False
         cpu0 = _tree_cpu(os.getpid(), skip)
         by0 = _cpu_by_process(m)
         t = time.perf_counter()
-        n = m.sectors.import_arrow(pq.ParquetFile(pq_path).iter_batches(batch_size=10_000))
+        n = m.sectors.import_arrow(_parquet_batches(str(pq_path)))
         assert m.sectors.wait_delivered(3600)
         rate = n / (time.perf_counter() - t)
         by = {k: round((v - by0.get(k, 0.0)) / n * 1e6, 1) for k, v in _cpu_by_process(m).items()}
@@ -624,12 +623,11 @@ def _linearity_rows(sizes: list[int], per_state: dict[str, dict[int, dict[str, f
 
 def _inputs_json(pq_path: Path, js_path: Path) -> None:
     """The same states as Go JSON lines (what damocles' export-json writes)."""
-    import pyarrow.parquet as pq
-
+    from bench.bench_sectors import _parquet_batches
     from vsm.sdk.sectors import arrow_to_go_json
 
     with open(js_path, "wb") as f:
-        for batch in pq.ParquetFile(pq_path).iter_batches(batch_size=10_000):
+        for batch in _parquet_batches(str(pq_path)):
             f.write(b"\n".join(arrow_to_go_json(batch).to_pylist()) + b"\n")
 
 
