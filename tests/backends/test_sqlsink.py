@@ -125,8 +125,13 @@ def test_go_state_format(sql_dsn: str, table_prefix: str) -> None:
     assert state["Ticket"] == {"Ticket": "AP8=", "Epoch": 1}
 
 
-def test_empty_batch_is_a_no_op(sink: Any) -> None:
+def test_empty_batch_is_a_no_op(sink: Any, sql_dsn: str, table_prefix: str) -> None:
     sink.on_batch(batch())
+    # nothing written, not even a table (they are made with the first rows)
+    names = f"('{table_prefix}sector_events', '{table_prefix}sectors')"
+    assert query(sql_dsn, f"SELECT COUNT(*) FROM information_schema.tables WHERE table_name IN {names}") == [(0,)]
+    sink.on_batch(batch((1, 1000, 3)))  # and the sink still takes the next one
+    assert query(sql_dsn, f"SELECT COUNT(*) FROM {table_prefix}sector_events") == [(1,)]
 
 
 def test_big_batch(sink: Any, sql_dsn: str, table_prefix: str) -> None:

@@ -18,7 +18,14 @@ def coll(constructor: Callable[[str], Callable[..., Any]]) -> Any:
 
 
 def test_on_init_accepts_the_documented_arguments(load_plugin: Callable[[str], Any]) -> None:
-    load_plugin("memdb").on_init("/plugins", Manifest(name="memdb", kind=Kind.KVStore))
+    module = load_plugin("memdb")
+    assert module.on_init("/plugins", Manifest(name="memdb", kind=Kind.KVStore)) is None
+    # onInit prepares nothing: a DB opened after it starts empty and works
+    coll = module.open({}).open_collection("c")
+    with pytest.raises(KeyNotFoundError):
+        coll.get(b"k")
+    coll.put(b"k", b"v")
+    assert coll.get(b"k") == b"v"
 
 
 def test_view_refuses_writes(coll: Any) -> None:

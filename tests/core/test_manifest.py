@@ -70,9 +70,11 @@ def test_unknown_key_is_a_warning(write_plugin):
 
 def test_impl_bound_by_import_is_accepted(write_plugin):
     folder = write_plugin(GOOD, "from os import path as open\ndef on_init(a, b): pass\n")
-    read_source_manifest(folder)
+    manifest, warnings = read_source_manifest(folder)
+    assert manifest.exports == {"Constructor": "open"} and manifest.on_init == "on_init" and warnings == []
 
 
 def test_optional_and_varargs_parameters_fit(write_plugin):
     folder = write_plugin(GOOD, "def open(meta, extra=None): pass\ndef on_init(*args): pass\n")
-    read_source_manifest(folder)
+    manifest, warnings = read_source_manifest(folder)
+    assert manifest.exports == {"Constructor": "open"} and manifest.on_init == "on_init" and warnings == []
