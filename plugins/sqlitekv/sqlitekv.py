@@ -47,6 +47,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from vsm.sdk import EmptyKeyError, KeyNotFoundError, ReadOnlyTransactionError
@@ -370,12 +371,7 @@ class SqliteDB:
         self._lock = threading.RLock()
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # a new file only: before WAL and the table
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={synchronous}")
-            conn.execute(_SCHEMA)
-            damage = _problems(conn, "quick_check", 3) if check_on_open else []
+            conn, damage = self._open(synchronous, check_on_open)
         except sqlite3.Error as e:
             if (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _DAMAGE_CODES:
                 raise RuntimeError(_damage_line(self.path, e)) from None
@@ -385,6 +381,29 @@ class SqliteDB:
             raise RuntimeError(_damage_line(self.path, "; ".join(damage)))
         self._conn: sqlite3.Connection | None = conn
         self.damage: str | None = None  # what a call met while serving (vsm.sdk.kvstore: status shows it)
+
+    def _open(self, synchronous: str, check_on_open: bool) -> tuple[sqlite3.Connection, list[str]]:
+        """The connection, set up, and what quick_check found. Two workers opening a new file
+        at once can meet SQLITE_BUSY without the busy handler (the switch to WAL takes an
+        exclusive lock): the setup is tried again for up to 10 s, as it is idempotent."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # a new file only: before WAL and the table
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={synchronous}")
+                conn.execute(_SCHEMA)
+                return conn, (_problems(conn, "quick_check", 3) if check_on_open else [])
+            except sqlite3.OperationalError as e:
+                conn.close()
+                if (getattr(e, "sqlite_errorcode", 0) & 0xFF) != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            except BaseException:
+                conn.close()
+                raise
 
     def met_damage(self, cause: object) -> RuntimeError:
         """The one-line error for a damaged page a call met, kept as `damage` for status."""
