@@ -255,9 +255,42 @@ def test_hostile_paths_raise_invalid_path_not_recursion(store: Any, root: pathli
     deep = "d/" * 1900 + "x"  # ~3.8 KB: within PATH_MAX here, 1,900 levels of folders
     if len(str(root)) + len(deep) < 4000:
         store.put(deep, io.BytesIO(b"deep"))
-        assert store.get(deep).read() == b"deep"
+        try:
+            assert store.get(deep).read() == b"deep"
+        finally:
+            _remove_chain(root / "d")
     for bad in ("d/" * 3000, "d/" * 3000 + "x", "a/"):
         for call in (lambda p: store.put(p, io.BytesIO(b"x")), store.get, store.stat, store.delete):
             with pytest.raises(InvalidObjectPathError):
                 call(bad)
     assert not (root / "a").exists()
+
+
+def _remove_chain(top: pathlib.Path) -> None:
+    """Remove a chain of thousands of nested folders (one folder a level) without recursion:
+    shutil.rmtree (3.11) recursed past Python's limit on it, so pytest could not remove the
+    test's folder and left a garbage-* tree in its temp root on every run. Each level is opened
+    relative to its parent, as the whole path is past PATH_MAX."""
+    parents = [os.open(top.parent, os.O_RDONLY | os.O_DIRECTORY)]  # parents[i] holds names[i]
+    names = [top.name]
+    try:
+        while True:
+            here = os.open(names[-1], os.O_RDONLY | os.O_DIRECTORY, dir_fd=parents[-1])
+            sub = None
+            with os.scandir(here) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        sub = entry.name
+                    else:
+                        os.unlink(entry.name, dir_fd=here)
+            if sub is None:
+                os.close(here)
+                break
+            parents.append(here)
+            names.append(sub)
+        while names:
+            os.rmdir(names.pop(), dir_fd=parents[-1])
+            os.close(parents.pop())
+    finally:
+        for fd in parents:
+            os.close(fd)
