@@ -130,12 +130,10 @@ def test_stalled_upload(start_daemon: Any, states_file: Path) -> None:
     _resume(d, states_file)
 
 
-def test_stop_during_import_says_what_was_committed(start_daemon: Any, states_file: Path) -> None:
-    """`vsm-pool stop` during an import: the CLI says how many states were committed and how to
-    go on; after a restart the same command finishes the import."""
-    d = start_daemon()
-    home, port = d.home, d.port
-    proc = _start_import(d, states_file)
+def _stop_during_import(d: Daemon, states_file: Path, *flags: str) -> tuple[subprocess.Popen[str], str, str]:
+    """`vsm-pool stop` once the import has journaled 4000 events: (the CLI's process, its
+    stdout, its stderr), the daemon stopped."""
+    proc = _start_import(d, states_file, *flags)
     try:
         _wait_head(d, 4000, proc)
         d.cli("stop")
@@ -145,6 +143,15 @@ def test_stop_during_import_says_what_was_committed(start_daemon: Any, states_fi
             proc.kill()
             proc.wait(10)
     d.stop(None)
+    return proc, out, err
+
+
+def test_stop_during_import_says_what_was_committed(start_daemon: Any, states_file: Path) -> None:
+    """`vsm-pool stop` during an import: the CLI says how many states were committed and how to
+    go on; after a restart the same command finishes the import."""
+    d = start_daemon()
+    home, port = d.home, d.port
+    proc, out, err = _stop_during_import(d, states_file)
     assert proc.returncode != 0, out
     assert "Traceback" not in err, err
     assert "committed" in err and "run the same command again" in err, err
@@ -190,16 +197,7 @@ def test_override_import_stopped_continues_with_skip(start_daemon: Any, states_f
 
     d = start_daemon()
     home, port = d.home, d.port
-    proc = _start_import(d, states_file, "--override")
-    try:
-        _wait_head(d, 4000, proc)
-        d.cli("stop")
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    d.stop(None)
+    _, _, err = _stop_during_import(d, states_file, "--override")
     committed = int(err.split(" states were committed")[0].split()[-1])
     assert f"continue with `vsm-pool sectors import --override --chunk 2000 --skip {committed} {states_file}`" in err, err
     command = err.split("continue with `")[1].split("`")[0]

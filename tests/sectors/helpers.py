@@ -8,9 +8,12 @@ import sys
 import threading
 import time
 from types import ModuleType
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from vsm.sectors import SectorStateManager
 
 from bench.states import make_state  # one generator for tests and benchmarks
 from vsm.sdk.sectors import (
@@ -106,3 +109,17 @@ def wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
 def assert_no_gaps(seqs: list[int]) -> None:
     s = sorted(set(seqs))
     assert s == list(range(1, len(s) + 1)), f"gap or duplicate in seqs: first={s[:3]} last={s[-3:]} n={len(s)}"
+
+
+def fail_journal_appends(m: SectorStateManager) -> list[bool]:
+    """Make m's journal appends fail with ENOSPC (a full disk) while the returned flag's one
+    item is True; set it False to let them through again."""
+    real, failing = m.journal.append, [True]
+
+    def append(*a: Any, **k: Any) -> Any:
+        if failing[0]:
+            raise OSError(28, "No space left on device (injected)")
+        return real(*a, **k)
+
+    m.journal.append = append  # type: ignore[method-assign]
+    return failing

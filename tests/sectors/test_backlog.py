@@ -11,7 +11,7 @@ import pytest
 from vsm.sdk.sectors import SectorID
 from vsm.sectors import SectorStateManager, SinkHost
 
-from .helpers import RecordingSink, assert_no_gaps, load_plugin, make_state, sealing_state
+from .helpers import RecordingSink, assert_no_gaps, fail_journal_appends, load_plugin, make_state, sealing_state
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -161,14 +161,7 @@ def test_a_failed_journal_write_comes_back_without_a_restart(dictdb, tmp_path) -
         m.writer.retry_interval = 0.05
         m.add_sink("rec", SinkHost(sink_obj=rec))
         m.init([AllocatedSector(SectorID(9, 0), 8)])
-        real, failing = m.journal.append, [True]
-
-        def append(*a, **k):  # type: ignore[no-untyped-def]
-            if failing[0]:
-                raise OSError(28, "No space left on device (injected)")
-            return real(*a, **k)
-
-        m.journal.append = append  # type: ignore[method-assign]
+        failing = fail_journal_appends(m)
         with pytest.raises(DiskFullError, match="disk full: .*journal.*free"):
             m.init([AllocatedSector(SectorID(9, 1), 8)])
         with pytest.raises(DiskFullError, match="disk full: .*journal.*free"):

@@ -19,7 +19,7 @@ from vsm.sdk.sectors import AllocatedSector, SectorID
 from vsm.sectors import SectorStateManager, SinkHost
 from vsm.sectors._manager import _event_batch
 
-from .helpers import RecordingSink, load_plugin, sealing_state
+from .helpers import RecordingSink, fail_journal_appends, load_plugin, sealing_state
 
 
 def _mgr(db, tmp_path, **kw):  # type: ignore[no-untyped-def]
@@ -168,14 +168,7 @@ def test_a_journal_the_disk_refused_retries_as_soon_as_it_has_room(dictdb, tmp_p
 
     with _mgr(dictdb, tmp_path) as m:
         m.writer.retry_interval = 60.0  # a full disk does not wait it out
-        real, failing = m.journal.append, [True]
-
-        def append(*a, **k):  # type: ignore[no-untyped-def]
-            if failing[0]:
-                raise OSError(28, "No space left on device (injected)")
-            return real(*a, **k)
-
-        m.journal.append = append  # type: ignore[method-assign]
+        failing = fail_journal_appends(m)
         room = {"bytes": 0}
         monkeypatch.setattr(_events, "free_bytes", lambda path: room["bytes"])
         with pytest.raises(DiskFullError, match="disk full: .*journal"):
